@@ -1,0 +1,88 @@
+"""Typed FastAPI dependencies: the settings, a database connection, and the current user with their scope."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+import psycopg
+from fastapi import Depends, HTTPException, Query, Request, status
+from fastapi.security import OAuth2PasswordBearer
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from gridhub.auth import PRINCIPAL_SQL, AuthError, Principal, decode_token, principal_from_row
+from gridhub.settings import Settings
+
+oauth2 = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+def get_pool(request: Request) -> AsyncConnectionPool:
+    pool: AsyncConnectionPool = request.app.state.pool
+    return pool
+
+
+PoolDep = Annotated[AsyncConnectionPool, Depends(get_pool)]
+
+
+async def get_conn(pool: PoolDep) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
+    async with pool.connection() as conn:
+        conn.row_factory = dict_row  # type: ignore[assignment]
+        yield conn  # type: ignore[misc]
+
+
+ConnDep = Annotated[psycopg.AsyncConnection[dict[str, Any]], Depends(get_conn)]
+
+_UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+
+
+async def current_user(
+    request: Request,
+    settings: SettingsDep,
+    pool: PoolDep,
+    bearer: Annotated[str | None, Depends(oauth2)],
+    access_token: Annotated[str | None, Query(include_in_schema=False)] = None,
+) -> Principal:
+    token = bearer or access_token
+    if not token:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "not authenticated: send Authorization: Bearer <token>",
+                            headers=_UNAUTHORIZED)
+    try:
+        claims = decode_token(token, settings.signing_key())
+    except AuthError as exc:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc), headers=_UNAUTHORIZED) from exc
+    async with pool.connection() as conn:
+        row = await (await conn.execute(PRINCIPAL_SQL, (claims["sub"],))).fetchone()
+    if row is None or not row[4]:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid token: the user no longer exists",
+                            headers=_UNAUTHORIZED)
+    if int(claims.get("pwd", 0)) != int(row[6] or 0):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "token revoked by a password change: log in again",
+                            headers=_UNAUTHORIZED)
+    return principal_from_row(row)
+
+
+CurrentUser = Annotated[Principal, Depends(current_user)]
+
+
+def require_roles(*roles: str) -> Callable[..., Any]:
+    """A dependency admitting only the given roles (403 for the others)."""
+
+    async def check(user: CurrentUser) -> Principal:
+        if user.role not in roles:
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                f"role {user.role} may not do this; allowed: {', '.join(roles)}")
+        return user
+
+    return check
+
+
+AdminUser = Annotated[Principal, Depends(require_roles("admin"))]

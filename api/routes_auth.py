@@ -1,0 +1,37 @@
+"""POST /api/v1/auth/token: OAuth2 password log-in."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import OAuth2PasswordRequestForm
+from pydantic import BaseModel
+
+from gridhub.api.deps import PoolDep, SettingsDep
+from gridhub.auth import check_password, issue_token
+
+router = APIRouter(tags=["auth"])
+
+
+class Token(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+
+
+@router.post("/auth/token", response_model=Token)
+async def log_in(form: Annotated[OAuth2PasswordRequestForm, Depends()], settings: SettingsDep,
+                 pool: PoolDep) -> Token:
+    async with pool.connection() as conn:
+        row = await (await conn.execute(
+            "SELECT password_hash, extract(epoch FROM password_set_at)::bigint, active FROM workers WHERE id = %s",
+            (form.username,),
+        )).fetchone()
+    ok = await run_in_threadpool(check_password, row[0] if row else None, form.password)
+    if not ok or row is None or not row[2]:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong user or password",
+                            headers={"WWW-Authenticate": "Bearer"})
+    token = issue_token(form.username, settings.signing_key(), settings.token_ttl_s, row[1])
+    return Token(access_token=token, expires_in=settings.token_ttl_s)

@@ -1,0 +1,44 @@
+"""GET /healthz (liveness with dependency checks) and GET /metrics (Prometheus)."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from gridhub.api.deps import PoolDep, SettingsDep
+from gridhub.metrics import render_counters
+from gridhub.mqtt import check_broker
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/healthz")
+async def healthz(settings: SettingsDep, pool: PoolDep) -> JSONResponse:
+    checks: dict[str, dict[str, object]] = {}
+    t0 = time.perf_counter()
+    try:
+        async with pool.connection(timeout=3) as conn:
+            await conn.execute("SELECT 1")
+        checks["database"] = {"ok": True, "ms": round((time.perf_counter() - t0) * 1000, 1)}
+    except Exception as exc:  # noqa: BLE001
+        checks["database"] = {"ok": False, "error": str(exc)}
+    if settings.mqtt_url:
+        t0 = time.perf_counter()
+        err = await run_in_threadpool(check_broker, settings.mqtt_url)
+        checks["broker"] = {"ok": err is None, **({"error": err} if err else
+                                                  {"ms": round((time.perf_counter() - t0) * 1000, 1)})}
+    else:
+        checks["broker"] = {"ok": False, "error": "GRIDHUB_MQTT_URL is not set"}
+    ok = all(c["ok"] for c in checks.values())
+    return JSONResponse({"status": "ok" if ok else "degraded", "checks": checks}, status_code=200 if ok else 503)
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(pool: PoolDep) -> PlainTextResponse:
+    async with pool.connection() as conn:
+        rows = await (await conn.execute("SELECT name, labels, value FROM counters")).fetchall()
+    return PlainTextResponse(render_counters([(r[0], r[1], r[2]) for r in rows]),
+                             media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,1 @@
+"""gridhub core: settings, database, registry, users and the gridhub command."""

@@ -1,0 +1,105 @@
+"""Users, passwords and tokens: who is calling and which grids they may see."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+import psycopg
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+ROLES = ("grid_worker", "grid_head", "street_officer", "bureau", "admin")
+_hasher = PasswordHasher()
+# A real hash verified when the user does not exist, so that a wrong user costs as long as a wrong password.
+_DUMMY_HASH = _hasher.hash("gridhub-no-such-user")
+ALGORITHM = "HS256"
+
+
+class AuthError(Exception):
+    """Log-in or token refused; the message is safe to show."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller: a registry worker with a role and a scope."""
+
+    id: str
+    name: str
+    role: str
+    street_id: str | None = None
+    grids: frozenset[str] = field(default_factory=frozenset)  # the grids in scope (empty with all_grids)
+
+    @property
+    def all_grids(self) -> bool:
+        return self.role in ("bureau", "admin")
+
+    def sees_grid(self, grid_id: str | None) -> bool:
+        return self.all_grids or (grid_id is not None and grid_id in self.grids)
+
+    def grid_filter(self, column: str) -> tuple[str, list[Any]]:
+        """A SQL condition restricting `column` (a grid id) to this principal's scope, with its parameters."""
+        if self.all_grids:
+            return "TRUE", []
+        return f"{column} = ANY(%s)", [list(self.grids)]
+
+
+def hash_password(password: str) -> str:
+    if len(password) < 8:
+        raise ValueError("a password needs at least 8 characters")
+    return _hasher.hash(password)
+
+
+def set_password(conn: psycopg.Connection[Any], worker_id: str, password: str) -> None:
+    h = hash_password(password)
+    cur = conn.execute(
+        "UPDATE workers SET password_hash = %s, password_set_at = now() WHERE id = %s", (h, worker_id)
+    )
+    if cur.rowcount == 0:
+        raise AuthError(f"worker {worker_id!r} is not in the registry: import it with `gridhub registry import`")
+    conn.commit()
+
+
+def check_password(stored_hash: str | None, password: str) -> bool:
+    try:
+        _hasher.verify(stored_hash or _DUMMY_HASH, password)
+    except (VerificationError, InvalidHashError):
+        return False
+    return stored_hash is not None
+
+
+def issue_token(principal_id: str, key: str, ttl_s: int, password_set_at: float | None) -> str:
+    now = int(time.time())
+    claims = {"sub": principal_id, "iat": now, "exp": now + ttl_s, "pwd": int(password_set_at or 0)}
+    return jwt.encode(claims, key, algorithm=ALGORITHM)
+
+
+def decode_token(token: str, key: str) -> dict[str, Any]:
+    try:
+        claims: dict[str, Any] = jwt.decode(token, key, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]})
+    except jwt.ExpiredSignatureError as exc:
+        raise AuthError("token expired: log in again") from exc
+    except jwt.PyJWTError as exc:
+        raise AuthError("invalid token") from exc
+    return claims
+
+
+PRINCIPAL_SQL = """
+SELECT w.id, w.name, w.role, w.street_id, w.active, w.password_hash,
+       extract(epoch FROM w.password_set_at)::bigint AS pwd,
+       CASE
+         WHEN w.role IN ('grid_worker', 'grid_head')
+           THEN ARRAY(SELECT grid_id FROM worker_grids WHERE worker_id = w.id)
+         WHEN w.role = 'street_officer'
+           THEN ARRAY(SELECT g.id FROM grids g JOIN communities c ON c.id = g.community_id
+                      WHERE c.street_id = w.street_id)
+         ELSE ARRAY[]::text[]
+       END AS grids
+FROM workers w WHERE w.id = %s
+"""
+
+
+def principal_from_row(row: Any) -> Principal:
+    return Principal(id=row[0], name=row[1], role=row[2], street_id=row[3], grids=frozenset(row[7] or ()))

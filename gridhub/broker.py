@@ -1,0 +1,150 @@
+"""Broker accounts from the registry: mosquitto's password file and ACL, and each account's password.
+
+A device may publish only under its own topics and read its own command topic; a worker's app account may
+read only its own tasks topic (and the bureau and admins the alerts topic); the hub's account reads and writes
+everything. Device and app passwords are derived from the hub's secret key, so they are stable across runs
+and never stored in the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import hashlib
+import hmac
+import io
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gridhub.mqtt import BrokerAddress
+from gridhub.settings import Settings, get_settings
+
+WORKER_PREFIX = "worker."  # '.' cannot appear in a device id, so an app account can never pose as a device
+
+
+@dataclass(frozen=True)
+class Account:
+    username: str
+    password: str
+    kind: str  # hub | device | worker
+    subject: str  # device or worker id ('' for the hub)
+
+
+def derived_password(secret: str, purpose: str, ident: str) -> str:
+    mac = hmac.new(secret.encode(), f"mqtt:{purpose}:{ident}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")[:32]
+
+
+def device_account(secret: str, device_id: str) -> Account:
+    return Account(device_id, derived_password(secret, "device", device_id), "device", device_id)
+
+
+def worker_account(secret: str, worker_id: str) -> Account:
+    return Account(WORKER_PREFIX + worker_id, derived_password(secret, "worker", worker_id), "worker", worker_id)
+
+
+def mosquitto_hash(password: str, salt: bytes | None = None, iterations: int = 101) -> str:
+    """mosquitto 2's `$7$` password hash (PBKDF2-SHA512)."""
+    salt = salt or os.urandom(12)
+    dk = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(dk).decode()}"
+
+
+def acl_text(prefix: str, hub_user: str, workers: list[tuple[str, str]]) -> str:
+    """The ACL: `workers` are (worker id, role)."""
+    lines = [
+        "# Written by `gridhub devices credentials` from the registry; edits are overwritten.",
+        f"user {hub_user}",
+        "topic readwrite #",
+        "",
+    ]
+    for wid, role in workers:
+        lines.append(f"user {WORKER_PREFIX}{wid}")
+        lines.append(f"topic read {prefix}/workers/{wid}/tasks")
+        if role in ("bureau", "admin"):
+            lines.append(f"topic read {prefix}/alerts")
+        lines.append("")
+    lines += [
+        "# every device: its own topics only",
+        f"pattern write {prefix}/devices/%u/telemetry",
+        f"pattern write {prefix}/devices/%u/event",
+        f"pattern write {prefix}/devices/%u/status",
+        f"pattern write {prefix}/devices/%u/frame",
+        f"pattern write {prefix}/devices/%u/frame/+",
+        f"pattern read {prefix}/devices/%u/command",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def build_accounts(conn: Any, settings: Settings) -> tuple[list[Account], list[tuple[str, str]], Account]:
+    secret = settings.signing_key()
+    devices = [r[0] for r in conn.execute("SELECT id FROM devices WHERE NOT retired ORDER BY id")]
+    workers = [(r[0], r[1]) for r in conn.execute("SELECT id, role FROM workers WHERE active ORDER BY id")]
+    if not settings.mqtt_url:
+        raise RuntimeError("GRIDHUB_MQTT_URL is not set: the hub's own broker account is unknown")
+    addr = BrokerAddress.parse(settings.mqtt_url)
+    if not addr.username or not addr.password:
+        raise RuntimeError("GRIDHUB_MQTT_URL has no user and password: the broker needs the hub's account")
+    hub = Account(addr.username, addr.password, "hub", "")
+    accounts = [hub] + [device_account(secret, d) for d in devices] + [worker_account(secret, w) for w, _ in workers]
+    return accounts, workers, hub
+
+
+def passwd_text(accounts: list[Account]) -> str:
+    return "".join(f"{a.username}:{mosquitto_hash(a.password)}\n" for a in accounts)
+
+
+def credentials_csv(accounts: list[Account]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["kind", "id", "username", "password"])
+    for a in accounts:
+        if a.kind != "hub":
+            w.writerow([a.kind, a.subject, a.username, a.password])
+    return buf.getvalue()
+
+
+def write_credentials(settings: Settings, out_dir: Path | None = None, reload: bool = True) -> dict[str, Any]:
+    """Write passwd, acl and device-credentials.csv (0600); apply them to the local broker when it is ours."""
+    from gridhub.db import connect
+
+    assert settings.database_url
+    with connect(settings.database_url) as conn:
+        accounts, workers, hub = build_accounts(conn, settings)
+    pw = passwd_text(accounts)
+    acl = acl_text(settings.topic_prefix, hub.username, workers)
+    out = out_dir or (settings.data_dir / "broker")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("passwd", pw), ("acl", acl), ("device-credentials.csv", credentials_csv(accounts))):
+        path = out / name
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o600)
+        tmp.replace(path)
+    applied = False
+    if reload:
+        try:
+            from gridhub.localservices import apply_broker_accounts
+
+            applied = apply_broker_accounts(settings, pw, acl)
+        except ImportError:
+            applied = False
+    return {"dir": str(out), "devices": sum(a.kind == "device" for a in accounts),
+            "workers": sum(a.kind == "worker" for a in accounts), "applied_to_local_broker": applied}
+
+
+def credentials_cli(args: argparse.Namespace) -> int:
+    from gridhub.cli import resolve_services
+
+    settings = resolve_services(get_settings())
+    res = write_credentials(settings, Path(args.out_dir) if args.out_dir else None, reload=not args.no_reload)
+    print(f"wrote passwd, acl and device-credentials.csv to {res['dir']}: {res['devices']} devices, "
+          f"{res['workers']} worker apps" + ("; the local broker reloaded them" if res["applied_to_local_broker"] else ""))
+    if not res["applied_to_local_broker"]:
+        print("point your mosquitto's password_file and acl_file at these files and send it SIGHUP", file=sys.stderr)
+    return 0

@@ -1,0 +1,330 @@
+"""The `gridhub` command."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gridhub.settings import Settings, get_settings
+
+log = logging.getLogger("gridhub")
+
+PARTS = ("ingest", "alerts", "detect", "api")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def resolve_services(settings: Settings, *, embedded: bool = False) -> Settings:
+    """Settings with both URLs filled in: the configured ones, else the project's own local services."""
+    if settings.database_url and settings.mqtt_url:
+        return settings
+    from gridhub.localservices import start_local_services
+
+    services = start_local_services(settings.data_dir, prefer_embedded=embedded)
+    log.info("local services (%s): database and broker started", services.kind)
+    os.environ.setdefault("GRIDHUB_DATABASE_URL", services.database_url)
+    os.environ.setdefault("GRIDHUB_MQTT_URL", services.mqtt_url)
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def _need_db(settings: Settings) -> str:
+    if not settings.database_url:
+        settings = resolve_services(settings)
+    assert settings.database_url
+    return settings.database_url
+
+
+# ------------------------------------------------------------------ commands
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from gridhub.db import migrate
+
+    applied = migrate(_need_db(get_settings()))
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+    return 0
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from gridhub.db import connect, migrate
+    from gridhub.registry import RegistryError, dump_yaml, export_registry, import_registry, load_file
+
+    url = _need_db(get_settings())
+    migrate(url)
+    if args.action == "import":
+        try:
+            reg = load_file(Path(args.file))
+        except RegistryError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        with connect(url) as conn:
+            try:
+                counts = import_registry(conn, reg)
+            except Exception as exc:  # a foreign key names the missing parent
+                print(f"registry import refused: {exc}", file=sys.stderr)
+                return 2
+        print("imported " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        return 0
+    with connect(url) as conn:
+        sys.stdout.write(dump_yaml(export_registry(conn)))
+    return 0
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    from gridhub.auth import AuthError, set_password
+    from gridhub.db import connect, migrate
+
+    url = _need_db(get_settings())
+    migrate(url)
+    password = args.password
+    if password is None:
+        if sys.stdin.isatty():
+            password = getpass.getpass(f"new password for {args.worker_id}: ")
+            if getpass.getpass("again: ") != password:
+                print("the passwords differ; nothing changed", file=sys.stderr)
+                return 2
+        else:
+            password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        with connect(url) as conn:
+            set_password(conn, args.worker_id, password)
+    except (AuthError, ValueError) as exc:
+        print(f"password not set: {exc}", file=sys.stderr)
+        return 2
+    print(f"password set for {args.worker_id}")
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from gridhub.broker import credentials_cli
+
+    return credentials_cli(args)
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    from gridhub.localservices import services_cli
+
+    return services_cli(args.rest)
+
+
+def cmd_part(args: argparse.Namespace) -> int:
+    settings = resolve_services(get_settings(), embedded=getattr(args, "embedded", False))
+    from gridhub.db import migrate
+
+    assert settings.database_url
+    migrate(settings.database_url)
+    part = args.command
+    if part == "ingest":
+        from gridhub.ingest.service import run as run_ingest
+
+        run_ingest(settings)
+    elif part == "alerts":
+        from gridhub.alerts.service import run as run_alerts
+
+        run_alerts(settings)
+    elif part == "detect":
+        if getattr(args, "detect_action", None) == "replay":
+            raise AssertionError("unreachable")
+        from gridhub.detectors.live import run as run_detect
+
+        run_detect(settings)
+    elif part == "api":
+        import uvicorn
+
+        from gridhub.api.app import create_app
+
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info",
+                    proxy_headers=True, timeout_graceful_shutdown=3)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from gridhub.detectors.replay import replay_cli
+
+    return replay_cli(args.rest)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from gridhub.simulators.cli import main as simulate_main
+
+    return simulate_main(args.rest)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Every part in its own process, supervised: a part that dies is restarted; Ctrl-C stops them all."""
+    settings = resolve_services(get_settings(), embedded=args.embedded)
+    from gridhub.db import migrate
+
+    assert settings.database_url
+    migrate(settings.database_url)
+    parts = args.parts.split(",") if args.parts else list(PARTS)
+    return supervise(parts, port=args.port, host=args.host)
+
+
+def supervise(parts: list[str], *, port: int, host: str, extra: dict[str, list[str]] | None = None) -> int:
+    env = dict(os.environ)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    starts: dict[str, float] = {}
+
+    def spawn(part: str) -> None:
+        cmd = [sys.executable, "-m", "gridhub.cli", part]
+        if part == "api":
+            cmd += ["--port", str(port), "--host", host]
+        cmd += (extra or {}).get(part, [])
+        procs[part] = subprocess.Popen(cmd, env=env)
+        starts[part] = time.monotonic()
+
+    stopping = False
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    for part in parts:
+        spawn(part)
+    if "api" in parts:
+        print(f"gridhub is up: board at http://{host if host != '0.0.0.0' else '127.0.0.1'}:{port}/", flush=True)
+    try:
+        while not stopping:
+            time.sleep(0.5)
+            for part, proc in list(procs.items()):
+                rc = proc.poll()
+                if rc is not None and not stopping:
+                    wait = 0 if time.monotonic() - starts[part] > 30 else 3
+                    log.error("part %s exited with %s; restarting%s", part, rc, f" in {wait} s" if wait else "")
+                    time.sleep(wait)
+                    spawn(part)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gridhub.simulators.demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    from gridhub.db import apply_retention
+
+    s = get_settings()
+    out = apply_retention(_need_db(s), s.readings_days, s.quarantine_days)
+    print(", ".join(f"{k}: {v} removed" for k, v in out.items()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gridhub", description="IoT and camera event hub for grid governance")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run every part (with local services when no URLs are set)")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--parts", help=f"comma-separated subset of {','.join(PARTS)}")
+    up.add_argument("--embedded", action="store_true", help="use the embedded services even if system ones exist")
+    up.set_defaults(func=cmd_up)
+
+    for part in ("ingest", "alerts"):
+        sp = sub.add_parser(part, help=f"run the {part} part alone")
+        sp.add_argument("--embedded", action="store_true")
+        sp.set_defaults(func=cmd_part)
+    det = sub.add_parser("detect", help="run the camera detectors; `detect replay` runs one offline")
+    det.add_argument("--embedded", action="store_true")
+    det.set_defaults(func=cmd_part)
+    det_sub = det.add_subparsers(dest="detect_action")
+    rp = det_sub.add_parser("replay", help="gridhub detect replay --camera C.json --frames DIR --out OUT.jsonl",
+                            add_help=False)
+    rp.add_argument("rest", nargs=argparse.REMAINDER)
+    rp.set_defaults(func=cmd_replay)
+    api = sub.add_parser("api", help="run the API and web pages alone")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--embedded", action="store_true")
+    api.set_defaults(func=cmd_part)
+
+    sim = sub.add_parser("simulate", help="device simulators and load (see `gridhub simulate --help`)",
+                         add_help=False)
+    sim.add_argument("rest", nargs=argparse.REMAINDER)
+    sim.set_defaults(func=cmd_simulate)
+
+    reg = sub.add_parser("registry", help="import or export the registry file")
+    reg_sub = reg.add_subparsers(dest="action", required=True)
+    ri = reg_sub.add_parser("import", help="upsert a registry YAML file")
+    ri.add_argument("file")
+    reg_sub.add_parser("export", help="print the registry as YAML")
+    reg.set_defaults(func=cmd_registry)
+
+    users = sub.add_parser("users", help="log-in accounts")
+    users_sub = users.add_subparsers(dest="action", required=True)
+    pw = users_sub.add_parser("passwd", help="set a worker's password (from stdin, or --password)")
+    pw.add_argument("worker_id")
+    pw.add_argument("--password")
+    users.set_defaults(func=cmd_users)
+
+    dev = sub.add_parser("devices", help="device accounts on the broker")
+    dev_sub = dev.add_subparsers(dest="action", required=True)
+    cr = dev_sub.add_parser("credentials", help="write mosquitto's password file and ACL from the registry")
+    cr.add_argument("--out-dir", help="where to write passwd, acl and device-credentials.csv")
+    cr.add_argument("--no-reload", action="store_true", help="do not signal the local broker to reload")
+    dev.set_defaults(func=cmd_devices)
+
+    svc = sub.add_parser("services", help="the project's own PostgreSQL and mosquitto (start|stop|status|env)",
+                         add_help=False)
+    svc.add_argument("rest", nargs=argparse.REMAINDER)
+    svc.set_defaults(func=cmd_services)
+
+    demo = sub.add_parser("demo", help="everything with a demo district and simulators")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--embedded", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    sub.add_parser("retention", help="drop data past its retention").set_defaults(func=cmd_retention)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from gridhub.db import DatabaseUnavailable
+
+        if isinstance(exc, DatabaseUnavailable):
+            print(f"gridhub: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

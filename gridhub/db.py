@@ -1,0 +1,146 @@
+"""Database access: connections, migrations under an advisory lock, TimescaleDB feature detection, retention."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+log = logging.getLogger("gridhub.db")
+
+MIGRATION_LOCK = 0x67726964  # "grid": one advisory lock key for schema changes
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be reached; the message says where and what to do."""
+
+
+def connect(url: str, *, autocommit: bool = False, **kw: Any) -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(url, autocommit=autocommit, **kw)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to PostgreSQL at {redact(url)}: {exc}. "
+            "Set GRIDHUB_DATABASE_URL, or unset it to let gridhub run its own local services."
+        ) from exc
+
+
+def redact(url: str) -> str:
+    """A URL with its password hidden, for messages and logs."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
+
+
+@dataclass(frozen=True)
+class Features:
+    """What the connected server offers."""
+
+    timescaledb: bool
+    license: str | None  # 'apache' or 'timescale' when timescaledb is there
+    server_version: int
+
+    @property
+    def continuous_aggregates(self) -> bool:
+        return self.timescaledb and self.license == "timescale"
+
+    @property
+    def compression(self) -> bool:
+        return self.timescaledb and self.license == "timescale"
+
+
+def features(conn: psycopg.Connection[Any]) -> Features:
+    row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+    lic: str | None = None
+    if row:
+        try:
+            lic_row = conn.execute("SHOW timescaledb.license").fetchone()
+            lic = lic_row[0] if lic_row else None
+        except psycopg.Error:
+            lic = None
+    return Features(timescaledb=row is not None, license=lic, server_version=conn.info.server_version)
+
+
+def migration_files() -> list[tuple[str, str]]:
+    """(version, sql) of every migration shipped with the package, in order."""
+    out = []
+    for entry in resources.files("gridhub.migrations").iterdir():
+        name = entry.name
+        if name.endswith(".sql"):
+            out.append((name.removesuffix(".sql"), entry.read_text(encoding="utf-8")))
+    return sorted(out)
+
+
+def migrate(url: str) -> list[str]:
+    """Apply pending migrations; safe to call from several processes at once. Returns what was applied."""
+    applied: list[str] = []
+    with connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            _ensure_timescaledb(conn)
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+            for version, sql in migration_files():
+                if version in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(sql.encode())
+                    conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+                log.info("applied migration %s", version)
+                applied.append(version)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+    return applied
+
+
+def _ensure_timescaledb(conn: psycopg.Connection[Any]) -> None:
+    avail = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
+    if not avail:
+        log.info("TimescaleDB is not available on this server: using plain PostgreSQL tables")
+        return
+    try:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    except psycopg.Error as exc:
+        log.warning(
+            "TimescaleDB is installed but could not be enabled (%s); is it in shared_preload_libraries? "
+            "Using plain PostgreSQL tables.",
+            exc.diag.message_primary or exc,
+        )
+
+
+def apply_retention(url: str, readings_days: int, quarantine_days: int) -> dict[str, int]:
+    """Drop readings and events older than their retention (by chunk on TimescaleDB), and old quarantine."""
+    out: dict[str, int] = {}
+    with connect(url, autocommit=True) as conn:
+        feats = features(conn)
+        keep = timedelta(days=readings_days)
+        for table in ("readings", "events"):
+            if feats.timescaledb:
+                rows = conn.execute("SELECT drop_chunks(%s::regclass, older_than => %s::interval)", (table, keep)).fetchall()
+                out[table] = len(rows)
+            else:
+                cur = conn.execute(f"DELETE FROM {table} WHERE ts < now() - %s::interval", (keep,))
+                out[table] = cur.rowcount
+        cur = conn.execute(
+            "DELETE FROM quarantine WHERE received_at < now() - %s::interval", (timedelta(days=quarantine_days),)
+        )
+        out["quarantine"] = cur.rowcount
+    return out
+
+
+def dict_connect(url: str, **kw: Any) -> psycopg.Connection[dict[str, Any]]:
+    try:
+        return psycopg.connect(url, row_factory=dict_row, **kw)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {redact(url)}: {exc}") from exc
