@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 DEFAULT_PG_PORT = 55432
 DEFAULT_MQTT_PORT = 51883
@@ -56,9 +56,12 @@ def _is_root() -> bool:
 
 
 def service_root(data_dir: Path) -> Path:
-    """Where the local services keep their state: a system directory under root (so that the
-    `postgres` and `mosquitto` users can reach it even when the checkout is in a private home),
-    else `<data_dir>/services`."""
+    """Where the local services keep their state: $GRIDHUB_SERVICES_DIR when set, else a system
+    directory under root (so that the `postgres` and `mosquitto` users can reach it even when the
+    checkout is in a private home), else `<data_dir>/services`."""
+    override = os.environ.get("GRIDHUB_SERVICES_DIR", "").strip()
+    if override:
+        return Path(override).absolute()
     if _is_root():
         return SERVICE_ROOT_WHEN_ROOT
     return Path(data_dir).resolve() / "services"
@@ -531,18 +534,6 @@ def find_mosquitto() -> Path | None:
         if candidate.exists():
             return candidate
     return None
-
-
-class _Broker(Protocol):
-    port: int
-    confdir: Path
-
-    def ensure_started(self, timeout: float = ...) -> None: ...
-    def stop(self, timeout: float = ...) -> None: ...
-    def is_running(self) -> bool: ...
-    def apply_accounts(self, passwd_text: str, acl_text: str) -> None: ...
-    def url(self) -> str: ...
-    def hub_password(self) -> str: ...
 
 
 class _BrokerFiles:
