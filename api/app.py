@@ -1,4 +1,4 @@
-"""The FastAPI application: REST under /api/v1, health and metrics."""
+"""The FastAPI application: REST and the live stream under /api/v1, health and metrics, the two web pages."""
 
 from __future__ import annotations
 
@@ -8,12 +8,25 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gridhub.api import routes_auth, routes_system
+from gridhub.api import (
+    routes_alerts,
+    routes_auth,
+    routes_devices,
+    routes_evidence,
+    routes_quarantine,
+    routes_stream,
+    routes_summary,
+    routes_system,
+    routes_tasks,
+)
+from gridhub.api.commands import CommandPublisher
+from gridhub.api.pages import mount_pages
 from gridhub.settings import Settings, get_settings
 
 log = logging.getLogger("gridhub.api")
@@ -23,16 +36,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     if not settings.database_url:
         raise RuntimeError("GRIDHUB_DATABASE_URL is not set: start the hub with `gridhub up`")
+    database_url: str = settings.database_url
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = AsyncConnectionPool(settings.database_url, min_size=2, max_size=20, open=False,
+        pool = AsyncConnectionPool(database_url, min_size=2, max_size=20, open=False,
                                    kwargs={"autocommit": True})
         await pool.open(wait=True, timeout=30)
         app.state.pool = pool
+        commands = CommandPublisher(settings) if settings.mqtt_url else None
+        if commands is not None:
+            await run_in_threadpool(commands.start)
+        app.state.commands = commands
+        changes = routes_stream.ChangeFeed(settings.database_url or "")
+        app.state.changes = changes
         try:
             yield
         finally:
+            await changes.close()
+            if commands is not None:
+                await run_in_threadpool(commands.stop)
             await pool.close()
 
     app = FastAPI(title="gridhub", version="1", lifespan=lifespan,
@@ -52,6 +75,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         detail: Any = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
-    app.include_router(routes_auth.router, prefix="/api/v1")
+    for module in (routes_auth, routes_devices, routes_alerts, routes_tasks, routes_evidence, routes_summary,
+                   routes_stream, routes_quarantine):
+        app.include_router(module.router, prefix="/api/v1")
     app.include_router(routes_system.router)
+    mount_pages(app)
     return app

@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel
 
-from gridhub.api.deps import PoolDep, SettingsDep
+from gridhub.api.deps import CurrentUser, PoolDep, SettingsDep
 from gridhub.auth import check_password, issue_token
 
 router = APIRouter(tags=["auth"])
@@ -26,7 +26,7 @@ async def log_in(form: Annotated[OAuth2PasswordRequestForm, Depends()], settings
                  pool: PoolDep) -> Token:
     async with pool.connection() as conn:
         row = await (await conn.execute(
-            "SELECT password_hash, extract(epoch FROM password_set_at)::bigint, active FROM workers WHERE id = %s",
+            "SELECT password_hash, (extract(epoch FROM password_set_at) * 1000000)::bigint, active FROM workers WHERE id = %s",
             (form.username,),
         )).fetchone()
     ok = await run_in_threadpool(check_password, row[0] if row else None, form.password)
@@ -35,3 +35,19 @@ async def log_in(form: Annotated[OAuth2PasswordRequestForm, Depends()], settings
                             headers={"WWW-Authenticate": "Bearer"})
     token = issue_token(form.username, settings.signing_key(), settings.token_ttl_s, row[1])
     return Token(access_token=token, expires_in=settings.token_ttl_s)
+
+
+class Me(BaseModel):
+    id: str
+    name: str
+    role: str
+    street_id: str | None
+    grids: list[str]
+    all_grids: bool
+
+
+@router.get("/me", response_model=Me)
+async def me(user: CurrentUser) -> Me:
+    """Who the token belongs to and what they may see (the pages use it after log-in)."""
+    return Me(id=user.id, name=user.name, role=user.role, street_id=user.street_id, grids=sorted(user.grids),
+              all_grids=user.all_grids)

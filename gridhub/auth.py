@@ -88,7 +88,7 @@ def decode_token(token: str, key: str) -> dict[str, Any]:
 
 PRINCIPAL_SQL = """
 SELECT w.id, w.name, w.role, w.street_id, w.active, w.password_hash,
-       extract(epoch FROM w.password_set_at)::bigint AS pwd,
+       (extract(epoch FROM w.password_set_at) * 1000000)::bigint AS pwd,
        CASE
          WHEN w.role IN ('grid_worker', 'grid_head')
            THEN ARRAY(SELECT grid_id FROM worker_grids WHERE worker_id = w.id)

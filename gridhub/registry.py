@@ -8,7 +8,17 @@ from typing import Annotated, Any, Literal
 
 import psycopg
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, model_validator
+from psycopg.types.json import Jsonb
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 
 from gridhub.protocol import DeviceKind
 
@@ -206,10 +216,10 @@ def _check_references(reg: RegistryFile, lines: dict[tuple[Any, ...], int], sour
                         buildings.add(b.id)
     for wi, w in enumerate(reg.workers):
         unique("worker", w.id, ("workers", wi))
-        for gi, g in enumerate(w.grids):
-            if g not in grids:
+        for gi, gid in enumerate(w.grids):
+            if gid not in grids:
                 problems.append((lines.get(("workers", wi, "grids", gi)), f"workers[{wi}]({w.id}).grids",
-                                 f"grid {g!r} is not defined under districts"))
+                                 f"grid {gid!r} is not defined under districts"))
         if w.street and w.street not in streets:
             problems.append((lines.get(("workers", wi, "street")), f"workers[{wi}]({w.id}).street",
                              f"street {w.street!r} is not defined under districts"))
@@ -289,9 +299,9 @@ def import_registry(conn: psycopg.Connection[Any], reg: RegistryFile, *, partial
                 (w.id, w.name, w.phone, w.role, w.street),
             )
             conn.execute("DELETE FROM worker_grids WHERE worker_id = %s AND NOT (grid_id = ANY(%s))", (w.id, w.grids))
-            for g in w.grids:
+            for gid in w.grids:
                 conn.execute(
-                    "INSERT INTO worker_grids (worker_id, grid_id) VALUES (%s, %s) ON CONFLICT DO NOTHING", (w.id, g)
+                    "INSERT INTO worker_grids (worker_id, grid_id) VALUES (%s, %s) ON CONFLICT DO NOTHING", (w.id, gid)
                 )
             counts["workers"] += 1
         for dev in reg.devices:
@@ -307,7 +317,7 @@ def import_registry(conn: psycopg.Connection[Any], reg: RegistryFile, *, partial
                 "   (EXCLUDED.kind, EXCLUDED.building_id, EXCLUDED.floor, EXCLUDED.place, EXCLUDED.heartbeat_s,"
                 "    EXCLUDED.camera, EXCLUDED.retired) THEN devices.updated_at ELSE now() END",
                 (dev.id, dev.kind.value, dev.building, dev.floor, dev.place, dev.heartbeat_s,
-                 psycopg.types.json.Jsonb(camera) if camera is not None else None, dev.retired),
+                 Jsonb(camera) if camera is not None else None, dev.retired),
             )
             conn.execute("INSERT INTO device_state (device_id) VALUES (%s) ON CONFLICT DO NOTHING", (dev.id,))
             counts["devices"] += 1

@@ -1,0 +1,64 @@
+"""Migrations: idempotent, safe to run from several processes at once, TimescaleDB used where present."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import psycopg
+
+from gridhub.db import features, migrate, migration_files
+
+
+def test_migrations_apply_twice_without_harm(make_database):
+    url = make_database()
+    first = migrate(url)
+    assert first == [v for v, _ in migration_files()]
+    assert migrate(url) == []
+    with psycopg.connect(url) as conn:
+        tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert {"devices", "readings", "events", "latest_readings", "device_state", "quarantine", "workers"} <= tables
+
+
+def test_concurrent_migrations_do_not_conflict(make_database):
+    url = make_database()
+    code = "import sys; from gridhub.db import migrate; print(len(migrate(sys.argv[1])))"
+    procs = [subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [r[1] for r in results]
+    applied = sorted(int(out.strip()) for out, _ in results)
+    assert applied == [0, 0, 0, len(migration_files())]  # exactly one process did the work
+    with psycopg.connect(url) as conn:
+        n = conn.execute("SELECT count(*) FROM schema_migrations").fetchone()
+    assert n is not None and n[0] == len(migration_files())
+
+
+def test_readings_and_events_are_hypertables_when_timescaledb_is_installed(db_url):
+    with psycopg.connect(db_url) as conn:
+        feats = features(conn)
+        available = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
+        if available is None:
+            # plain PostgreSQL: the same tables, without hypertables
+            assert not feats.timescaledb
+            return
+        assert feats.timescaledb, "timescaledb is installed on the server but was not enabled"
+        hyper = {r[0] for r in conn.execute("SELECT hypertable_name FROM timescaledb_information.hypertables")}
+        assert {"readings", "events"} <= hyper
+        interval = conn.execute(
+            "SELECT time_interval FROM timescaledb_information.dimensions WHERE hypertable_name = 'readings'"
+        ).fetchone()
+        assert interval is not None and interval[0].days == 1
+
+
+def test_duplicate_reading_is_refused_by_the_unique_key(db_url):
+    with psycopg.connect(db_url) as conn:
+        for _ in range(2):
+            conn.execute(
+                "INSERT INTO readings (ts, device_id, seq, metric, value) VALUES"
+                " ('2026-11-01T00:00:00Z', 'sp-0001', -1, 'pressure_mpa', 0.3) ON CONFLICT DO NOTHING"
+            )
+        n = conn.execute("SELECT count(*) FROM readings WHERE device_id = 'sp-0001' AND ts = '2026-11-01T00:00:00Z'"
+                         ).fetchone()
+        conn.rollback()
+    assert n is not None and n[0] == 1
