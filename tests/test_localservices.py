@@ -293,6 +293,22 @@ def test_mosquitto_picks_up_new_accounts_without_restart(mosquitto: LocalMosquit
     mosquitto.apply_accounts(_passwd(DEVICES), DEVICE_ACL)
 
 
+def test_private_mosquitto_keeps_a_hub_account_given_by_the_caller(tmp_path: Path) -> None:
+    if find_mosquitto() is None:
+        pytest.skip(NO_MOSQUITTO)
+    own = "the-callers-hub-password"
+    broker = start_private_mosquitto(tmp_path, passwd_text=f"{HUB_MQTT_USER}:{mosquitto_password_hash(own)}\n",
+                                     acl_text=f"user {HUB_MQTT_USER}\ntopic readwrite #\n")
+    try:
+        hub = connect(broker.port, HUB_MQTT_USER, own, "hub-own")
+        assert not hub.reason.is_failure, hub.reason
+        hub.close()
+        assert refused(broker.port, HUB_MQTT_USER, broker.hub_password())
+    finally:
+        broker.stop()
+    assert not broker.is_running()
+
+
 # --- embedded fallbacks ------------------------------------------------------------------------
 
 
