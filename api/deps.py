@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import psycopg
 from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import OAuth2PasswordBearer
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from gridhub.auth import PRINCIPAL_SQL, AuthError, Principal, decode_token, principal_from_row
@@ -36,7 +36,10 @@ PoolDep = Annotated[AsyncConnectionPool, Depends(get_pool)]
 async def get_conn(pool: PoolDep) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
     async with pool.connection() as conn:
         conn.row_factory = dict_row  # type: ignore[assignment]
-        yield conn  # type: ignore[misc]
+        try:
+            yield conn  # type: ignore[misc]
+        finally:
+            conn.row_factory = tuple_row  # type: ignore[assignment]  # pooled: others expect plain rows
 
 
 ConnDep = Annotated[psycopg.AsyncConnection[dict[str, Any]], Depends(get_conn)]

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from fastapi import HTTPException, Query, status
+from fastapi import HTTPException, Query
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -56,7 +56,7 @@ def decode_cursor(cursor: str, kinds: tuple[type, ...]) -> tuple[Any, ...]:
                 out.append(value)
         return tuple(out)
     except (ValueError, TypeError, UnicodeDecodeError) as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
+        raise HTTPException(422,
                             "cursor: not a cursor from this list; pass the `next` value of the previous page") from exc
 
 

@@ -147,7 +147,7 @@ async def device_readings(
     end_t: datetime = end or datetime.now(settings.tz)
     start_t: datetime = start or end_t - timedelta(hours=24)
     if start_t >= end_t:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
+        raise HTTPException(422,
                             f"start ({start_t.isoformat()}) must be before end ({end_t.isoformat()})")
     tz = settings.tz
     out: dict[str, Any] = {"device_id": device_id, "metric": metric, "start": rfc3339(start_t, tz),
@@ -163,7 +163,7 @@ async def device_readings(
         return out
     width = BUCKETS[bucket]
     if (end_t - start_t) / width > MAX_BUCKETS:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
+        raise HTTPException(422,
                             f"{bucket} buckets over this range make more than {MAX_BUCKETS} points: "
                             "choose a larger bucket or a shorter range")
     rows = await (await conn.execute(
