@@ -1,0 +1,96 @@
+"""The devices ingest accepts (kind, retired), cached in memory and reloaded on LISTEN `gridhub_registry`
+(sent by `gridhub registry import`) and every minute."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import psycopg
+
+from gridhub.db import redact
+from gridhub.ingest.validate import Device
+from gridhub.protocol import DeviceKind
+
+log = logging.getLogger("gridhub.ingest.registry")
+
+CHANNEL = "gridhub_registry"
+
+
+def load_devices(conn: psycopg.Connection[Any], ids: Iterable[str] | None = None) -> dict[str, Device]:
+    if ids is None:
+        rows = conn.execute("SELECT id, kind, retired FROM devices").fetchall()
+    else:
+        rows = conn.execute("SELECT id, kind, retired FROM devices WHERE id = ANY(%s)", (list(ids),)).fetchall()
+    return {r[0]: Device(DeviceKind(r[1]), bool(r[2])) for r in rows}
+
+
+class RegistryCache(Mapping[str, Device]):
+    """A read-mostly map device id -> Device; `follow()` keeps it fresh from a thread of its own."""
+
+    def __init__(self, database_url: str, refresh_s: float = 60.0) -> None:
+        self.url = database_url
+        self.refresh_s = refresh_s
+        self._devices: dict[str, Device] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.loads = 0
+        self._loaded_at = 0.0
+
+    def __getitem__(self, key: str) -> Device:
+        return self._devices[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._devices.get(key, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._devices)
+
+    def __len__(self) -> int:
+        return len(self._devices)
+
+    def reload(self) -> None:
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+            self._devices = load_devices(conn)
+        self.loads += 1
+        self._loaded_at = time.monotonic()
+
+    def add_missing(self, conn: psycopg.Connection[Any], ids: Iterable[str]) -> None:
+        """Look up devices not in the cache (a registry import whose notice has not arrived yet)."""
+        missing = [i for i in ids if i not in self._devices]
+        if missing:
+            found = load_devices(conn, missing)
+            if found:
+                self._devices = {**self._devices, **found}
+
+    def start(self) -> None:
+        self.reload()
+        self._thread = threading.Thread(target=self._follow, name="ingest-registry", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self.reload()
+                    while not self._stop.is_set():
+                        changed = False
+                        for _ in conn.notifies(timeout=min(self.refresh_s, 1.0)):
+                            changed = True
+                        if changed:
+                            self.reload()
+                            log.info("registry changed: %d devices known", len(self._devices))
+                        elif time.monotonic() - self._loaded_at >= self.refresh_s:
+                            self.reload()
+            except psycopg.Error as exc:
+                log.warning("registry cache cannot follow %s (%s); retrying in 5 s", redact(self.url), exc)
+                self._stop.wait(5)

@@ -1,0 +1,395 @@
+"""The ingest consumer: device telemetry, events and status from the broker into the database, in batches,
+each message acknowledged only after its batch is committed (stored or quarantined).
+
+A paho client with manual acknowledgement on a persistent session (MQTT 5 session expiry, or clean
+session off on 3.1.1) with a stable client id receives on its network thread into a queue; one writer
+thread takes a batch (up to `batch_max` messages or `linger_s` after the first), classifies it, commits it
+and then acknowledges its messages in arrival order. The broker's in-flight window bounds the unacknowledged
+messages, so a batch is at most half the window: the next half arrives while one is committed. A database
+outage stalls the writer, which retries with backoff and acknowledges nothing meanwhile; the broker keeps
+the rest in the session.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as paho
+import psycopg
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from gridhub.db import redact
+from gridhub.ingest.registry_cache import RegistryCache
+from gridhub.ingest.store import BatchCounts, Item, prepare, reject_unstorable, write_batch
+from gridhub.ingest.validate import Rejected, Validator, quarantine_payload
+from gridhub.mqtt import BrokerAddress, make_client
+from gridhub.protocol import Reason
+from gridhub.settings import Settings
+
+log = logging.getLogger("gridhub.ingest")
+
+SESSION_EXPIRY_S = int(os.environ.get("GRIDHUB_INGEST_SESSION_EXPIRY_S", 14 * 86400))
+CHANNELS = ("telemetry", "event", "status")
+SHARE_GROUP = "ingest"
+REFUSED_AUTH = {134, 135, 4, 5}  # bad user name or password, not authorised (MQTT 5 and 3.1.1 codes)
+
+
+@dataclass(frozen=True)
+class IngestTuning:
+    """Batching against the broker's in-flight window (mosquitto `max_inflight_messages`, MQTT 5 Receive
+    Maximum); GRIDHUB_INGEST_WINDOW, GRIDHUB_INGEST_BATCH and GRIDHUB_INGEST_LINGER_MS override."""
+
+    window: int = 1000
+    batch_max: int = 500
+    linger_s: float = 0.05
+    connect_timeout_s: float = 10.0
+
+    @classmethod
+    def from_env(cls) -> IngestTuning:
+        window = int(os.environ.get("GRIDHUB_INGEST_WINDOW", cls.window))
+        batch = int(os.environ.get("GRIDHUB_INGEST_BATCH", max(1, window // 2)))
+        linger = float(os.environ.get("GRIDHUB_INGEST_LINGER_MS", cls.linger_s * 1000)) / 1000
+        return cls(window=window, batch_max=batch, linger_s=linger)
+
+
+class BrokerRefused(RuntimeError):
+    """The broker refused the hub's account; the message says which and how to fix it."""
+
+
+@dataclass(slots=True)
+class _Inbound:
+    msg: paho.MQTTMessage
+    received: float
+    generation: int
+
+
+class IngestService:
+    """One ingest consumer; `start()`, then `stop()` drains what was received and disconnects."""
+
+    def __init__(self, settings: Settings, tuning: IngestTuning | None = None) -> None:
+        if not settings.database_url or not settings.mqtt_url:
+            raise ValueError("ingest needs GRIDHUB_DATABASE_URL and GRIDHUB_MQTT_URL (or run it through gridhub up)")
+        self.settings = settings
+        self.tuning = tuning or IngestTuning.from_env()
+        self.client_id = settings.client_id("ingest")
+        self.registry = RegistryCache(settings.database_url)
+        self.validator = Validator(settings.topic_prefix, self.registry, settings.readings_days)
+        self._queue: queue.SimpleQueue[_Inbound] = queue.SimpleQueue()
+        self._generation = 0
+        self._stopping = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._client: paho.Client | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+        self.protocol: int | None = None
+        self.shared = False
+        self.connected = threading.Event()
+        self.totals = BatchCounts()
+        self.batches = 0
+        self.failed = threading.Event()
+
+    # ------------------------------------------------------------------ broker
+
+    def start(self) -> None:
+        self.registry.start()
+        self._client = self._connect()
+        self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
+        self._writer.start()
+
+    def _connect(self) -> paho.Client:
+        assert self.settings.mqtt_url
+        addr = BrokerAddress.parse(self.settings.mqtt_url)
+        last_error = "no answer"
+        for protocol in (paho.MQTTv5, paho.MQTTv311):
+            client = make_client(self.settings.mqtt_url, self.client_id, protocol=protocol, clean=False,
+                                 manual_ack=True)
+            outcome: dict[str, Any] = {}
+            answered = threading.Event()
+
+            def on_connect(c: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any = None,
+                           _o: dict[str, Any] = outcome, _a: threading.Event = answered) -> None:
+                if not _a.is_set():
+                    _o["rc"] = rc
+                    _a.set()
+                if not rc.is_failure:
+                    self._on_connected(c, flags, props)
+
+            def on_disconnect(c: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any = None,
+                              _o: dict[str, Any] = outcome, _a: threading.Event = answered) -> None:
+                self.connected.clear()
+                if not _a.is_set():
+                    _o["closed"] = rc
+                    _a.set()
+                elif not self._stopping.is_set():
+                    log.warning("broker connection lost (%s); reconnecting, unacknowledged messages stay in the "
+                                "session", rc)
+
+            client.on_connect = on_connect
+            client.on_disconnect = on_disconnect
+            client.on_message = self._on_message
+            client.reconnect_delay_set(1, 10)
+            props = None
+            if protocol == paho.MQTTv5:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = SESSION_EXPIRY_S
+                props.ReceiveMaximum = self.tuning.window
+            try:
+                if protocol == paho.MQTTv5:
+                    client.connect(addr.host, addr.port, keepalive=30, clean_start=False, properties=props)
+                else:
+                    client.connect(addr.host, addr.port, keepalive=30)
+            except OSError as exc:
+                raise BrokerRefused(f"cannot reach the broker at {addr.host}:{addr.port} ({exc}): check "
+                                    "GRIDHUB_MQTT_URL and that the broker runs") from exc
+            self.protocol = protocol
+            client.loop_start()
+            answered.wait(self.tuning.connect_timeout_s)
+            rc = outcome.get("rc")
+            if rc is not None and not rc.is_failure:
+                return client
+            client.loop_stop()
+            client.disconnect()
+            code = getattr(rc, "value", None)
+            if code in REFUSED_AUTH:
+                raise BrokerRefused(f"the broker at {addr.host}:{addr.port} refused user {addr.username!r} ({rc}): "
+                                    "check the user and password in GRIDHUB_MQTT_URL and the broker's password file")
+            last_error = str(rc if rc is not None else outcome.get("closed", "no answer"))
+            if protocol == paho.MQTTv5:
+                log.info("the broker does not take MQTT 5 (%s): using MQTT 3.1.1 without shared subscriptions",
+                         last_error)
+        raise BrokerRefused(f"the broker at {addr.host}:{addr.port} did not accept a connection ({last_error})")
+
+    def _on_connected(self, client: paho.Client, flags: Any, props: Any) -> None:
+        self._generation += 1
+        prefix = self.settings.topic_prefix
+        shared = self.protocol == paho.MQTTv5 and getattr(props, "SharedSubscriptionAvailable", 1) != 0
+        self.shared = shared
+        if shared:
+            topics: list[tuple[str, Any]] = [
+                (f"$share/{SHARE_GROUP}/{prefix}/devices/+/{ch}", SubscribeOptions(qos=1)) for ch in CHANNELS]
+        elif self.protocol == paho.MQTTv5:
+            topics = [(f"{prefix}/devices/+/{ch}", SubscribeOptions(qos=1)) for ch in CHANNELS]
+        else:
+            topics = [(f"{prefix}/devices/+/{ch}", 1) for ch in CHANNELS]
+        client.subscribe(topics)
+        log.info("ingest %s connected (MQTT %s, %s subscription, session %s)", self.client_id,
+                 "5" if self.protocol == paho.MQTTv5 else "3.1.1", "shared" if shared else "plain",
+                 "resumed" if getattr(flags, "session_present", False) else "new")
+        self.connected.set()
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        if self._stopping.is_set():
+            return  # left unacknowledged: the broker redelivers it to the session
+        self._queue.put(_Inbound(msg, time.time(), self._generation))
+
+    # ------------------------------------------------------------------ writer
+
+    def _next_batch(self) -> list[_Inbound]:
+        q = self._queue
+        try:
+            first = q.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.tuning.linger_s
+        limit = self.tuning.batch_max
+        while len(batch) < limit:
+            try:
+                batch.append(q.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(q.get(timeout=remaining))
+            except queue.Empty:
+                break
+        return batch
+
+    def _write_loop(self) -> None:
+        try:
+            while True:
+                batch = self._next_batch()
+                if not batch:
+                    if self._stopping.is_set():
+                        return
+                    continue
+                if not self._commit(batch):
+                    return
+                self._ack(batch)
+        except Exception:  # a bug: stop acknowledging, let the supervisor restart us; nothing is lost
+            log.exception("ingest writer failed; no further messages are acknowledged")
+            self.failed.set()
+
+    def _classify(self, batch: list[_Inbound]) -> list[Item]:
+        now_ms = int(time.time() * 1000)
+        items: list[Item] = []
+        classify = self.validator.classify
+        for inbound in batch:
+            msg = inbound.msg
+            topic = _topic(msg)
+            payload = msg.payload
+            try:
+                outcome = classify(topic, payload, retained=bool(msg.retain), now_ms=now_ms)
+            except Exception as exc:  # noqa: BLE001 - a message must never stop the consumer
+                log.exception("validator failed on %s", topic)
+                text, enc, trunc = quarantine_payload(payload)
+                outcome = Rejected(topic, self.validator.device_id_of(topic), Reason.SCHEMA,
+                                   f"the hub could not check this message ({exc!r}): report it with this entry",
+                                   text, enc, trunc)
+            items.append(Item(outcome, inbound.received, topic, payload))
+        return items
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            assert self.settings.database_url
+            self._conn = psycopg.connect(self.settings.database_url, connect_timeout=10)
+            prepare(self._conn)
+        return self._conn
+
+    def _commit(self, batch: list[_Inbound]) -> bool:
+        """Store the batch, retrying through database outages; False when stopping before it could be stored."""
+        delay = 0.2
+        give_up_at: float | None = None
+        items: list[Item] | None = None
+        while True:
+            try:
+                conn = self._connection()
+                ids = {d for d in (self.validator.device_id_of(_topic(i.msg)) for i in batch) if d}
+                if any(d not in self.registry for d in ids):
+                    with conn.transaction():
+                        self.registry.add_missing(conn, ids)
+                if items is None:
+                    items = self._classify(batch)
+                gauges = {"gridhub_ingest_lag_seconds": max(0.0, time.time() - batch[0].received),
+                          "gridhub_ingest_queue_messages": float(self._queue.qsize())}
+                try:
+                    counts = write_batch(conn, items, instance=self.settings.instance_id, gauges=gauges)
+                except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                    if conn.closed or conn.broken:
+                        raise
+                    log.warning("a batch of %d was refused by the database (%s); storing one by one", len(items), exc)
+                    counts = self._write_one_by_one(conn, items)
+                self._account(counts)
+                return True
+            except (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.DeadlockDetected,
+                    psycopg.errors.SerializationFailure) as exc:
+                if self._conn is not None and (self._conn.closed or self._conn.broken):
+                    self._conn = None
+                if self._stopping.is_set():
+                    give_up_at = give_up_at or time.monotonic() + 10
+                    if time.monotonic() > give_up_at:
+                        log.error("stopping with a batch of %d unstored and unacknowledged: the broker redelivers it",
+                                  len(batch))
+                        return False
+                assert self.settings.database_url
+                log.warning("cannot store a batch of %d in %s (%s); retrying in %.1f s, nothing is acknowledged",
+                            len(batch), redact(self.settings.database_url), str(exc).strip().splitlines()[0:1], delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _write_one_by_one(self, conn: psycopg.Connection[Any], items: list[Item]) -> BatchCounts:
+        total = BatchCounts()
+        for item in items:
+            try:
+                counts = write_batch(conn, [item], instance=self.settings.instance_id)
+            except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                if conn.closed or conn.broken:
+                    raise
+                counts = write_batch(conn, [reject_unstorable(item, exc)], instance=self.settings.instance_id)
+            _add(total, counts)
+        return total
+
+    def _account(self, counts: BatchCounts) -> None:
+        _add(self.totals, counts)
+        self.batches += 1
+
+    def _ack(self, batch: list[_Inbound]) -> None:
+        client = self._client
+        assert client is not None
+        generation = self._generation
+        for inbound in batch:
+            msg = inbound.msg
+            # after a reconnect the broker redelivers what was unacknowledged; an old packet id is not ours
+            if msg.qos and inbound.generation == generation:
+                client.ack(msg.mid, msg.qos)
+
+    # ------------------------------------------------------------------ stop
+
+    def stop(self, timeout: float = 30.0, *, end_session: bool = False) -> None:
+        """Store and acknowledge what was received, then disconnect; the session keeps the rest for the next
+        start with the same instance id. `end_session` (MQTT 5) ends the session instead, dropping what the
+        broker still holds for it: for tests, and for an instance removed for good while others share the load."""
+        self._stopping.set()
+        if self._writer:
+            self._writer.join(timeout)
+        if self._client:
+            props = None
+            if end_session and self.protocol == paho.MQTTv5:
+                props = Properties(PacketTypes.DISCONNECT)
+                props.SessionExpiryInterval = 0
+            self._client.disconnect(properties=props)
+            self._client.loop_stop()
+        self.registry.stop()
+        if self._conn is not None:
+            self._conn.close()
+        log.info("ingest stopped: %d messages in %d batches (%d readings, %d events stored, %d duplicates, "
+                 "quarantined %s)", self.totals.messages, self.batches, self.totals.readings, self.totals.events,
+                 self.totals.duplicates, self.totals.quarantined or "none")
+
+
+def _topic(msg: paho.MQTTMessage) -> str:
+    try:
+        return msg.topic
+    except UnicodeDecodeError:
+        return msg._topic.decode("utf-8", "replace")
+
+
+def _add(total: BatchCounts, counts: BatchCounts) -> None:
+    total.messages += counts.messages
+    total.readings += counts.readings
+    total.events += counts.events
+    total.duplicates += counts.duplicates
+    total.seq_gaps += counts.seq_gaps
+    total.unknown_metrics += counts.unknown_metrics
+    for k, v in counts.quarantined.items():
+        total.quarantined[k] = total.quarantined.get(k, 0) + v
+
+
+def run(settings: Settings) -> None:
+    """Run ingest until SIGTERM or SIGINT, then drain and exit."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("signal %d: draining and stopping", signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    service = IngestService(settings)
+    try:
+        service.start()
+        last = time.monotonic()
+        seen = 0
+        while not stop.wait(1.0):
+            if service.failed.is_set():
+                raise RuntimeError("the ingest writer failed (see the log above); restart gridhub ingest")
+            if time.monotonic() - last >= 30:
+                n = service.totals.messages
+                log.info("ingest: %d messages (%.0f/s), %d readings, %d events, quarantined %s", n,
+                         (n - seen) / (time.monotonic() - last), service.totals.readings, service.totals.events,
+                         service.totals.quarantined or "none")
+                last, seen = time.monotonic(), n
+    finally:
+        service.stop()
+        for s, h in previous.items():
+            signal.signal(s, h)
