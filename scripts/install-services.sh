@@ -18,12 +18,9 @@ pkg_installed() {
 # --- which Debian, which PostgreSQL -------------------------------------------------------------
 
 VERSION_ID=""
-VERSION_CODENAME=""
 if [[ -r /etc/os-release ]]; then
     # shellcheck disable=SC1091
     VERSION_ID="$(. /etc/os-release && echo "${VERSION_ID:-}")"
-    # shellcheck disable=SC1091
-    VERSION_CODENAME="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
 fi
 
 APT_UPDATED=0
@@ -74,9 +71,11 @@ detect_pg_major || true
 PGBIN="${PGV:+/usr/lib/postgresql/$PGV/bin}"
 
 timescaledb_installed() {
-    [[ -n "$PGBIN" && -x "$PGBIN/pg_config" ]] || return 1
-    local sharedir
-    sharedir="$("$PGBIN/pg_config" --sharedir)"
+    [[ -n "$PGV" ]] || return 1
+    local sharedir="/usr/share/postgresql/$PGV"
+    if [[ -x "$PGBIN/pg_config" ]]; then
+        sharedir="$("$PGBIN/pg_config" --sharedir)"
+    fi
     [[ -f "$sharedir/extension/timescaledb.control" ]]
 }
 
