@@ -1,0 +1,177 @@
+"""Alert rows: raise (one active per device and type, enforced by INSERT ... ON CONFLICT on a partial unique
+index), repeat, clear; their tasks; the building-level fire incident and the noisy-device rule."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from gridhub.alerts import changes, tasks, timers
+from gridhub.alerts.rules import RuleBook
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a device is: what an alert needs to know about it."""
+
+    device_id: str
+    kind: str
+    building_id: str
+    grid_id: str
+    place: str | None = None
+    heartbeat_s: int | None = None
+
+
+def place_of(conn: psycopg.Connection[Any], device_id: str) -> Place | None:
+    row = conn.execute(
+        "SELECT d.id, d.kind, d.building_id, b.grid_id, d.place, d.heartbeat_s FROM devices d"
+        " JOIN buildings b ON b.id = d.building_id WHERE d.id = %s", (device_id,)).fetchone()
+    return Place(*row) if row else None
+
+
+def _describe(p: Place, alert_type: str) -> str:
+    return f"{alert_type} from {p.device_id} ({p.building_id}{', ' + p.place if p.place else ''})"
+
+
+@dataclass(frozen=True)
+class Raised:
+    alert_id: str
+    created: bool
+    task_id: str | None
+
+
+def raise_alert(conn: psycopg.Connection[Any], p: Place, alert_type: str, seen: datetime, now: datetime,
+                rules: RuleBook, detail: dict[str, Any] | None = None) -> Raised:
+    """Raise `alert_type` for the device, or repeat the active one (count and last_seen rise); open or join
+    its task. Correlates fire alarms and sprinkler drops into the building's fire incident."""
+    severity = rules.severity_of(alert_type)
+    row = conn.execute(
+        "INSERT INTO alerts (id, device_id, building_id, grid_id, type, severity, first_seen, last_seen, detail)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (device_id, type) WHERE state = 'active' AND type <> 'fire_incident'"
+        " DO UPDATE SET count = alerts.count + 1, last_seen = GREATEST(alerts.last_seen, EXCLUDED.last_seen)"
+        " RETURNING id, (xmax = 0), task_id",
+        (tasks.new_id("al", now), p.device_id, p.building_id, p.grid_id, alert_type, severity, seen, seen,
+         Jsonb(detail or {}))).fetchone()
+    assert row is not None
+    alert_id, created, task_id = str(row[0]), bool(row[1]), row[2]
+    changes.stage_alert(conn, alert_id)
+    if created:
+        task_id, _ = tasks.open_or_join_task(
+            conn, alert_id=alert_id, alert_type=alert_type, severity=severity,
+            incident_key=f"{alert_type}:{p.device_id}", grid_id=p.grid_id, building_id=p.building_id,
+            device_id=p.device_id, seen=seen, now=now, rules=rules, note=_describe(p, alert_type))
+    elif task_id:
+        tasks.note_repeat(conn, task_id, seen)
+    if created and alert_type in ("fire_alarm", "sprinkler_drop"):
+        correlate_fire(conn, p, seen, now, rules)
+    return Raised(alert_id, created, task_id)
+
+
+def clear_alert(conn: psycopg.Connection[Any], p: Place, alert_type: str, seen: datetime, now: datetime,
+                why: str) -> str | None:
+    """Clear the device's active `alert_type`; its task keeps a note (a person closes it). Returns the alert id."""
+    row = conn.execute(
+        "UPDATE alerts SET state = 'cleared', cleared_at = %s, last_seen = GREATEST(last_seen, %s)"
+        " WHERE device_id = %s AND type = %s AND state = 'active' RETURNING id, task_id",
+        (now, seen, p.device_id, alert_type)).fetchone()
+    if row is None:
+        return None
+    alert_id, task_id = str(row[0]), row[1]
+    changes.stage_alert(conn, alert_id)
+    if task_id:
+        tasks.annotate(conn, task_id, now, "alert_cleared", f"{alert_type} cleared: {why}")
+    if alert_type == "fire_alarm":
+        _clear_incident_if_quiet(conn, p, now)
+    return alert_id
+
+
+def _lock_building(conn: psycopg.Connection[Any], building_id: str) -> None:
+    """Serialise fire correlation per building, so that two alarms committed at once still see each other."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (0x66697265, zlib.crc32(building_id.encode()) - 2**31))
+
+
+def correlate_fire(conn: psycopg.Connection[Any], p: Place, seen: datetime, now: datetime, rules: RuleBook) -> None:
+    """Two fire alarms in one building within the window, or a fire alarm with a sprinkler drop: one fire
+    incident (critical) per building, its task linking every alert that made it."""
+    _lock_building(conn, p.building_id)
+    window = timedelta(seconds=rules.fire_incident.window_s)
+    rows = conn.execute(
+        "SELECT id, device_id, type FROM alerts WHERE building_id = %s AND type IN ('fire_alarm', 'sprinkler_drop')"
+        " AND (state = 'active' OR last_seen >= %s) AND first_seen <= %s ORDER BY first_seen, id",
+        (p.building_id, seen - window, seen + window)).fetchall()
+    alarms = {r[1] for r in rows if r[2] == "fire_alarm"}
+    drops = [r for r in rows if r[2] == "sprinkler_drop"]
+    if not (len(alarms) >= 2 or (alarms and drops)):
+        return
+    reason = (f"{len(alarms)} smoke alarms" if len(alarms) >= 2 else "a smoke alarm") + (
+        " and a sprinkler pressure drop" if drops else "") + f" in {p.building_id}"
+    first_device = next(r[1] for r in rows if r[2] == "fire_alarm")
+    row = conn.execute(
+        "INSERT INTO alerts (id, device_id, building_id, grid_id, type, severity, first_seen, last_seen, detail)"
+        " VALUES (%s, %s, %s, %s, 'fire_incident', %s, %s, %s, %s)"
+        " ON CONFLICT (building_id, type) WHERE state = 'active' AND type = 'fire_incident'"
+        " DO UPDATE SET count = alerts.count + 1, last_seen = GREATEST(alerts.last_seen, EXCLUDED.last_seen),"
+        " detail = EXCLUDED.detail RETURNING id, (xmax = 0), task_id",
+        (tasks.new_id("al", now), first_device, p.building_id, p.grid_id, rules.severity_of("fire_incident"),
+         seen, seen, Jsonb({"reason": reason, "alerts": [r[0] for r in rows]}))).fetchone()
+    assert row is not None
+    incident_id, created, task_id = str(row[0]), bool(row[1]), row[2]
+    changes.stage_alert(conn, incident_id)
+    if created or task_id is None:
+        task_id, _ = tasks.open_or_join_task(
+            conn, alert_id=incident_id, alert_type="fire_incident", severity=rules.severity_of("fire_incident"),
+            incident_key=f"fire_incident:{p.building_id}", grid_id=p.grid_id, building_id=p.building_id,
+            device_id=first_device, seen=seen, now=now, rules=rules, note=f"fire incident: {reason}")
+    else:
+        tasks.add_history(conn, task_id, now, tasks.SYSTEM, "alert", f"fire incident grows: {reason}")
+        changes.stage_task(conn, task_id)
+    for r in rows:
+        tasks.link_alert(conn, task_id, r[0])
+
+
+def _clear_incident_if_quiet(conn: psycopg.Connection[Any], p: Place, now: datetime) -> None:
+    _lock_building(conn, p.building_id)
+    still = conn.execute("SELECT 1 FROM alerts WHERE building_id = %s AND type = 'fire_alarm' AND state = 'active'"
+                         " LIMIT 1", (p.building_id,)).fetchone()
+    if still:
+        return
+    row = conn.execute(
+        "UPDATE alerts SET state = 'cleared', cleared_at = %s WHERE building_id = %s AND type = 'fire_incident'"
+        " AND state = 'active' RETURNING id, task_id", (now, p.building_id)).fetchone()
+    if row is None:
+        return
+    changes.stage_alert(conn, str(row[0]))
+    if row[1]:
+        tasks.annotate(conn, row[1], now, "alert_cleared", f"fire incident in {p.building_id}: every alarm cleared")
+
+
+def count_alarm(conn: psycopg.Connection[Any], p: Place, seen: datetime, now: datetime, rules: RuleBook) -> None:
+    """noisy_device: more than max_alarms fire alarms within the window (by the events' own ts)."""
+    nr = rules.noisy_device
+    row = conn.execute("SELECT count(*) FROM rule_events WHERE device_id = %s AND type = 'alarm' AND ts > %s AND ts <= %s",
+                       (p.device_id, seen - timedelta(seconds=nr.window_s), seen)).fetchone()
+    n = int(row[0]) if row else 0
+    if n > nr.max_alarms:
+        raise_alert(conn, p, "noisy_device", seen, now, rules, {"alarms_in_window": n})
+        timers.schedule(conn, "noisy", p.device_id, now + timedelta(seconds=nr.window_s), payload={})
+
+
+def noisy_check(conn: psycopg.Connection[Any], device_id: str, now: datetime, rules: RuleBook) -> None:
+    """The noisy-device timer: clear once the last window holds at most max_alarms alarms, else look again."""
+    p = place_of(conn, device_id)
+    if p is None:
+        return
+    nr = rules.noisy_device
+    rows = conn.execute("SELECT ts FROM rule_events WHERE device_id = %s AND type = 'alarm' AND ts > %s"
+                        " ORDER BY ts DESC", (device_id, now - timedelta(seconds=nr.window_s))).fetchall()
+    if len(rows) <= nr.max_alarms:
+        clear_alert(conn, p, "noisy_device", now, now, f"at most {nr.max_alarms} alarms in the last window")
+    else:  # look again when the oldest alarm that keeps it noisy leaves the window
+        oldest_needed = rows[nr.max_alarms][0]
+        timers.schedule(conn, "noisy", device_id, oldest_needed + timedelta(seconds=nr.window_s))

@@ -1,0 +1,405 @@
+"""Grid tasks (CONTRACT §4.1): the one place that decides task transitions — opening or joining a task for an
+alert, dispatch, deadlines, reminders, escalation, and the people's actions with their role and state rules.
+
+Every function works inside the caller's transaction on a sync psycopg connection; the public entry points
+(`apply_action`, `record_history`) write the change log before returning, so the caller only commits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+import psycopg
+
+from gridhub.alerts import changes, timers
+from gridhub.alerts.rules import RuleBook, load_rules
+from gridhub.alerts.shapes import alert_shape, task_shape
+from gridhub.auth import Principal
+from gridhub.protocol import parse_ts
+from gridhub.settings import get_settings
+
+__all__ = ["TaskNotFound", "ActionForbidden", "IllegalTransition", "BadActionBody", "apply_action",
+           "task_shape", "alert_shape", "record_history", "open_or_join_task", "escalate", "remind",
+           "ACTIONS", "RESOLUTIONS"]
+
+SYSTEM = "system"
+RESOLUTIONS = ("fixed", "false_alarm", "duplicate", "referred_119")
+OPEN_STATES = ("open", "accepted", "on_site")
+LEVEL_NAMES = {1: "grid head", 2: "street officer", 3: "bureau"}
+
+
+class TaskNotFound(LookupError):
+    """No such task in the caller's scope (404)."""
+
+
+class ActionForbidden(PermissionError):
+    """The caller's role may not take this action (403); the message says who may."""
+
+
+class IllegalTransition(Exception):
+    """The task's state does not allow the action (409); the message says the state and what is allowed."""
+
+
+class BadActionBody(ValueError):
+    """The action's body is missing or invalid (422)."""
+
+
+@dataclass(frozen=True)
+class ActionRule:
+    from_states: tuple[str, ...]
+    who: str  # human description for ActionForbidden
+
+
+ACTIONS: dict[str, ActionRule] = {
+    "accept": ActionRule(("open",), "the assignee, or a grid head or street officer in scope"),
+    "arrive": ActionRule(("accepted",), "the assignee"),
+    "resolve": ActionRule(("accepted", "on_site"), "the assignee"),
+    "close": ActionRule(("resolved",), "a grid head or street officer in scope, or the bureau"),
+    "reject": ActionRule(("resolved",), "a grid head or street officer in scope"),
+    "return": ActionRule(("open", "accepted"), "the assignee"),
+    "reassign": ActionRule(OPEN_STATES, "a grid head or street officer in scope, or an admin"),
+    "extend": ActionRule(OPEN_STATES, "a grid head or street officer in scope"),
+    "comment": ActionRule(("open", "accepted", "on_site", "resolved", "closed"), "anyone in scope"),
+}
+
+
+@lru_cache(maxsize=1)
+def default_rules() -> RuleBook:
+    return load_rules(get_settings().rules_file)
+
+
+def _now(now: datetime | None) -> datetime:
+    return now if now is not None else datetime.now(UTC)
+
+
+def new_id(prefix: str, now: datetime) -> str:
+    import secrets
+
+    return f"{prefix}-{int(now.timestamp() * 1000):011x}{secrets.token_hex(3)}"
+
+
+# ------------------------------------------------------------------ history and dispatch
+
+def add_history(conn: psycopg.Connection[Any], task_id: str, at: datetime, actor: str, action: str,
+                note: str | None) -> None:
+    conn.execute("INSERT INTO task_history (task_id, at, actor, action, note) VALUES (%s, %s, %s, %s, %s)",
+                 (task_id, at, actor, action, note))
+
+
+def record_history(conn: psycopg.Connection[Any], task_id: str, actor_id: str, action: str, note: str | None,
+                   *, now: datetime | None = None) -> None:
+    """Add a step to a task's history (e.g. action 'photo' when the API stores evidence) and log the change."""
+    if conn.execute("SELECT 1 FROM tasks WHERE id = %s", (task_id,)).fetchone() is None:
+        raise TaskNotFound(f"task {task_id} does not exist")
+    add_history(conn, task_id, _now(now), actor_id, action, note)
+    changes.stage_task(conn, task_id)
+    changes.flush(conn)
+
+
+def _fewest_open(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...]) -> str | None:
+    row = conn.execute(
+        f"SELECT w.id FROM ({sql}) w LEFT JOIN tasks t ON t.assignee = w.id AND t.state IN ('open', 'accepted', 'on_site')"
+        " GROUP BY w.id ORDER BY count(t.id), w.id LIMIT 1", params).fetchone()
+    return row[0] if row else None
+
+
+def grid_people(conn: psycopg.Connection[Any], grid_id: str | None, role: str, exclude: str | None = None) -> str | None:
+    """The active worker of `role` responsible for the grid with the fewest open tasks."""
+    if grid_id is None:
+        return None
+    if role == "street_officer":
+        sql = ("SELECT w.id FROM workers w JOIN communities c ON c.street_id = w.street_id"
+               " JOIN grids g ON g.community_id = c.id WHERE g.id = %s AND w.role = 'street_officer' AND w.active"
+               " AND w.id IS DISTINCT FROM %s")
+    else:
+        sql = ("SELECT w.id FROM workers w JOIN worker_grids wg ON wg.worker_id = w.id"
+               f" WHERE wg.grid_id = %s AND w.role = '{role}' AND w.active AND w.id IS DISTINCT FROM %s")
+    return _fewest_open(conn, sql, (grid_id, exclude))
+
+
+def choose_assignee(conn: psycopg.Connection[Any], grid_id: str | None) -> str | None:
+    """The grid worker with the fewest open tasks; no worker: the grid head; none: the street officer."""
+    for role in ("grid_worker", "grid_head", "street_officer"):
+        who = grid_people(conn, grid_id, role)
+        if who:
+            return who
+    return None
+
+
+def _schedule_accept(conn: psycopg.Connection[Any], task_id: str, accept_due: datetime, now: datetime,
+                     rules: RuleBook, severity: str) -> None:
+    d = rules.deadlines(severity)
+    timers.schedule(conn, "escalate", task_id, accept_due)
+    timers.schedule(conn, "remind", task_id, now + timedelta(seconds=d.remind_s))
+
+
+def open_or_join_task(conn: psycopg.Connection[Any], *, alert_id: str, alert_type: str, severity: str,
+                      incident_key: str, grid_id: str | None, building_id: str | None, device_id: str | None,
+                      seen: datetime, now: datetime, rules: RuleBook, note: str) -> tuple[str, bool]:
+    """Open the incident's task assigned by the dispatch rule, or join the one not yet closed (count and
+    last_seen rise); link the alert. Returns (task id, opened)."""
+    d = rules.deadlines(severity)
+    assignee = choose_assignee(conn, grid_id)
+    accept_due = now + timedelta(seconds=d.accept_s)
+    resolve_due = now + timedelta(seconds=d.resolve_s)
+    row = conn.execute(
+        "INSERT INTO tasks (id, type, severity, state, grid_id, building_id, device_id, assignee, accept_due,"
+        " resolve_due, opened_at, last_seen, incident_key) VALUES (%s, %s, %s, 'open', %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (incident_key) WHERE state <> 'closed'"
+        " DO UPDATE SET count = tasks.count + 1, last_seen = GREATEST(tasks.last_seen, EXCLUDED.last_seen)"
+        " RETURNING id, (xmax = 0)",
+        (new_id("tk", now), alert_type, severity, grid_id, building_id, device_id, assignee, accept_due,
+         resolve_due, now, seen, incident_key)).fetchone()
+    assert row is not None
+    task_id, opened = str(row[0]), bool(row[1])
+    conn.execute("INSERT INTO task_alerts (task_id, alert_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                 (task_id, alert_id))
+    conn.execute("UPDATE alerts SET task_id = %s WHERE id = %s AND task_id IS NULL", (task_id, alert_id))
+    if opened:
+        who = f"assigned to {assignee}" if assignee else "no one in the grid or street to assign"
+        add_history(conn, task_id, now, SYSTEM, "open", f"{note}; {who}")
+        _schedule_accept(conn, task_id, accept_due, now, rules, severity)
+    else:
+        add_history(conn, task_id, now, SYSTEM, "alert", note)
+    changes.stage_task(conn, task_id)
+    return task_id, opened
+
+
+def link_alert(conn: psycopg.Connection[Any], task_id: str, alert_id: str) -> None:
+    conn.execute("INSERT INTO task_alerts (task_id, alert_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                 (task_id, alert_id))
+
+
+def note_repeat(conn: psycopg.Connection[Any], task_id: str, seen: datetime) -> None:
+    """A repeated alert: the task's count and last_seen rise; the board sees it, workers get no push."""
+    conn.execute("UPDATE tasks SET count = count + 1, last_seen = GREATEST(last_seen, %s) WHERE id = %s"
+                 " AND state <> 'closed'", (seen, task_id))
+    changes.stage_task(conn, task_id, quiet=True)
+
+
+def annotate(conn: psycopg.Connection[Any], task_id: str, now: datetime, action: str, note: str) -> None:
+    """A system note on a task that is not closed (an alert cleared: a person still closes the task)."""
+    row = conn.execute("SELECT state FROM tasks WHERE id = %s", (task_id,)).fetchone()
+    if row is None or row[0] == "closed":
+        return
+    add_history(conn, task_id, now, SYSTEM, action, note)
+    changes.stage_task(conn, task_id)
+
+
+# ------------------------------------------------------------------ deadlines
+
+def _lock_task(conn: psycopg.Connection[Any], task_id: str) -> dict[str, Any] | None:
+    cur = conn.execute(
+        "SELECT id, type, severity, state, grid_id, assignee, escalation_level, accept_due, resolve_due"
+        " FROM tasks WHERE id = %s FOR UPDATE", (task_id,))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    names = [c.name for c in cur.description or ()]
+    return dict(zip(names, row, strict=True))
+
+
+def escalate(conn: psycopg.Connection[Any], task_id: str, now: datetime, rules: RuleBook | None = None) -> None:
+    """The escalation timer: at each breach (not accepted by accept_due, not resolved by resolve_due, and each
+    further window after that) raise the level by one, as far as the severity allows, and notify that level."""
+    rules = rules or default_rules()
+    t = _lock_task(conn, task_id)
+    if t is None or t["state"] not in OPEN_STATES:
+        return
+    d = rules.deadlines(t["severity"])
+    phase, due, window = (("accept", t["accept_due"], d.accept_s) if t["state"] == "open"
+                          else ("resolve", t["resolve_due"], d.resolve_s))
+    if due is not None and now < due:  # moved by extend, reassign or return: wait for the new deadline
+        timers.schedule(conn, "escalate", task_id, due)
+        return
+    level = int(t["escalation_level"])
+    if level >= d.max_escalation:
+        return
+    level += 1
+    conn.execute("UPDATE tasks SET escalation_level = %s WHERE id = %s", (level, task_id))
+    add_history(conn, task_id, now, SYSTEM, "escalate",
+                f"not {'accepted' if phase == 'accept' else 'resolved'} by {due.isoformat() if due else 'its deadline'}:"
+                f" level {level}, {LEVEL_NAMES[level]} notified")
+    changes.stage_task(conn, task_id)
+    if level < d.max_escalation:
+        timers.schedule(conn, "escalate", task_id, now + timedelta(seconds=window))
+
+
+def remind(conn: psycopg.Connection[Any], task_id: str, now: datetime, rules: RuleBook | None = None) -> None:
+    """The reminder timer: while the task is not accepted, remind the assignee every remind_s."""
+    rules = rules or default_rules()
+    t = _lock_task(conn, task_id)
+    if t is None or t["state"] != "open":
+        return
+    add_history(conn, task_id, now, SYSTEM, "remind", f"waiting to be accepted by {t['assignee'] or 'someone'}")
+    changes.stage_task(conn, task_id)
+    timers.schedule(conn, "remind", task_id, now + timedelta(seconds=rules.deadlines(t["severity"]).remind_s))
+
+
+def timer_actions(rules: RuleBook) -> dict[str, timers.TimerAction]:
+    return {"escalate": lambda c, key, payload, now: escalate(c, key, now, rules),
+            "remind": lambda c, key, payload, now: remind(c, key, now, rules)}
+
+
+# ------------------------------------------------------------------ people's actions
+
+def _note(body: dict[str, Any], required: bool) -> str | None:
+    note = body.get("note")
+    if note is not None and not isinstance(note, str):
+        raise BadActionBody("note must be a string")
+    if required and not (note and note.strip()):
+        raise BadActionBody("note is required for this action: say why")
+    return note.strip() if note else None
+
+
+def _in_grid(conn: psycopg.Connection[Any], worker_id: str, grid_id: str | None) -> tuple[bool, bool]:
+    """(exists and active, responsible for the grid)."""
+    row = conn.execute("SELECT role, street_id, active FROM workers WHERE id = %s", (worker_id,)).fetchone()
+    if row is None or not row[2]:
+        return False, False
+    role, street_id = row[0], row[1]
+    if role in ("grid_worker", "grid_head"):
+        ok = conn.execute("SELECT 1 FROM worker_grids WHERE worker_id = %s AND grid_id = %s",
+                          (worker_id, grid_id)).fetchone() is not None
+    elif role == "street_officer":
+        ok = conn.execute("SELECT 1 FROM grids g JOIN communities c ON c.id = g.community_id"
+                          " WHERE g.id = %s AND c.street_id = %s", (grid_id, street_id)).fetchone() is not None
+    else:
+        ok = False
+    return True, ok
+
+
+def _may(action: str, actor: Principal, task: dict[str, Any]) -> bool:
+    is_assignee = task["assignee"] is not None and actor.id == task["assignee"]
+    supervisor = actor.role in ("grid_head", "street_officer")
+    return {
+        "accept": is_assignee or supervisor,
+        "arrive": is_assignee,
+        "resolve": is_assignee,
+        "close": supervisor or actor.role == "bureau",
+        "reject": supervisor,
+        "return": is_assignee,
+        "reassign": supervisor or actor.role == "admin",
+        "extend": supervisor,
+        "comment": True,
+    }[action]
+
+
+def apply_action(conn: psycopg.Connection[Any], task_id: str, action: str, actor: Principal,
+                 body: dict[str, Any] | None = None, *, now: datetime | None = None,
+                 rules: RuleBook | None = None) -> dict[str, Any]:
+    """Take a person's action on a task (CONTRACT §4.1) and return the task in the REST shape.
+
+    Raises TaskNotFound (no such task in the actor's scope), ActionForbidden (role), IllegalTransition (state),
+    BadActionBody (body). Checks run in that order. The caller commits.
+    """
+    body = body or {}
+    if not isinstance(body, dict):
+        raise BadActionBody("the body must be a JSON object")
+    rule = ACTIONS.get(action)
+    if rule is None:
+        raise BadActionBody(f"unknown task action {action!r}: one of {', '.join(ACTIONS)}")
+    rules = rules or default_rules()
+    now = _now(now)
+    t = _lock_task(conn, task_id)
+    if t is None or not (actor.sees_grid(t["grid_id"]) or actor.id == t["assignee"]):
+        raise TaskNotFound(f"task {task_id} does not exist in your scope")
+    if not _may(action, actor, t):
+        raise ActionForbidden(f"{action} on task {task_id} is for {rule.who}; you are {actor.role} {actor.id}")
+    if t["state"] not in rule.from_states:
+        raise IllegalTransition(
+            f"task {task_id} is {t['state']}: {action} needs it {' or '.join(rule.from_states)}")
+    d = rules.deadlines(t["severity"])
+    also: tuple[str, ...] = ()
+    if action == "accept":
+        note = _note(body, False)
+        conn.execute("UPDATE tasks SET state = 'accepted', accepted_at = %s, assignee = %s WHERE id = %s",
+                     (now, actor.id, task_id))
+        also = (t["assignee"],) if t["assignee"] and t["assignee"] != actor.id else ()
+        add_history(conn, task_id, now, actor.id, "accept", note)
+        for (aid,) in conn.execute(
+                "UPDATE alerts SET acked = true, acked_by = %s, acked_at = %s WHERE NOT acked AND id IN"
+                " (SELECT alert_id FROM task_alerts WHERE task_id = %s) RETURNING id", (actor.id, now, task_id)).fetchall():
+            changes.stage_alert(conn, aid)
+        timers.cancel(conn, "remind", task_id)
+        timers.schedule(conn, "escalate", task_id, t["resolve_due"] or now + timedelta(seconds=d.resolve_s))
+    elif action == "arrive":
+        conn.execute("UPDATE tasks SET state = 'on_site' WHERE id = %s", (task_id,))
+        add_history(conn, task_id, now, actor.id, "arrive", _note(body, False))
+    elif action == "resolve":
+        resolution = body.get("resolution")
+        if resolution not in RESOLUTIONS:
+            raise BadActionBody(f"resolution must be one of {', '.join(RESOLUTIONS)}, not {resolution!r}")
+        note = _note(body, False)
+        conn.execute("UPDATE tasks SET state = 'resolved', resolved_at = %s, resolution = %s WHERE id = %s",
+                     (now, resolution, task_id))
+        add_history(conn, task_id, now, actor.id, "resolve", f"{resolution}: {note}" if note else resolution)
+        timers.cancel(conn, "escalate", task_id)
+    elif action == "close":
+        conn.execute("UPDATE tasks SET state = 'closed', closed_at = %s WHERE id = %s", (now, task_id))
+        add_history(conn, task_id, now, actor.id, "close", _note(body, False))
+        timers.cancel(conn, "escalate", task_id)
+        timers.cancel(conn, "remind", task_id)
+    elif action == "reject":
+        note = _note(body, True)
+        conn.execute("UPDATE tasks SET state = 'accepted', resolved_at = NULL, resolution = NULL WHERE id = %s",
+                     (task_id,))
+        add_history(conn, task_id, now, actor.id, "reject", note)
+        timers.schedule(conn, "escalate", task_id, max(t["resolve_due"] or now, now))
+    elif action == "return":
+        note = _note(body, True)
+        head = grid_people(conn, t["grid_id"], "grid_head", exclude=actor.id) or grid_people(
+            conn, t["grid_id"], "street_officer", exclude=actor.id)
+        if head is None:
+            raise IllegalTransition(f"task {task_id} cannot be returned: its grid has no grid head or street officer")
+        _reopen(conn, task_id, head, now, rules, t["severity"])
+        add_history(conn, task_id, now, actor.id, "return", f"{note}; assigned to {head}")
+        also = (actor.id,)
+    elif action == "reassign":
+        worker_id = body.get("worker_id")
+        if not isinstance(worker_id, str) or not worker_id:
+            raise BadActionBody("worker_id is required: the worker to take the task")
+        exists, responsible = _in_grid(conn, worker_id, t["grid_id"])
+        if not exists:
+            raise BadActionBody(f"worker {worker_id} does not exist or is not active")
+        if not responsible:
+            raise BadActionBody(f"worker {worker_id} is not responsible for grid {t['grid_id']}")
+        note = _note(body, False)
+        _reopen(conn, task_id, worker_id, now, rules, t["severity"])
+        add_history(conn, task_id, now, actor.id, "reassign",
+                    f"{t['assignee']} -> {worker_id}" + (f": {note}" if note else ""))
+        also = (t["assignee"],) if t["assignee"] else ()
+    elif action == "extend":
+        until_raw = body.get("until")
+        try:
+            until = datetime.fromtimestamp(parse_ts(until_raw) / 1000, tz=UTC) if isinstance(until_raw, str) else None
+        except ValueError as exc:
+            raise BadActionBody(f"until: {exc}") from exc
+        if until is None:
+            raise BadActionBody("until is required: an RFC 3339 time with offset")
+        if until <= now:
+            raise BadActionBody(f"until {until_raw} is not in the future")
+        note = _note(body, False)
+        conn.execute("UPDATE tasks SET resolve_due = %s WHERE id = %s", (until, task_id))
+        add_history(conn, task_id, now, actor.id, "extend", f"resolve by {until_raw}" + (f": {note}" if note else ""))
+        if t["state"] != "open":
+            timers.schedule(conn, "escalate", task_id, until)
+    elif action == "comment":
+        add_history(conn, task_id, now, actor.id, "comment", _note(body, True))
+    changes.stage_task(conn, task_id, also_notify=also)
+    changes.flush(conn)
+    shape = task_shape(conn, task_id)
+    assert shape is not None
+    return shape
+
+
+def _reopen(conn: psycopg.Connection[Any], task_id: str, assignee: str, now: datetime, rules: RuleBook,
+            severity: str) -> None:
+    """Back to open for a new assignee, whose accept clock starts now."""
+    accept_due = now + timedelta(seconds=rules.deadlines(severity).accept_s)
+    conn.execute("UPDATE tasks SET state = 'open', assignee = %s, accepted_at = NULL, accept_due = %s WHERE id = %s",
+                 (assignee, accept_due, task_id))
+    _schedule_accept(conn, task_id, accept_due, now, rules, severity)

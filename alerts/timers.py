@@ -1,0 +1,103 @@
+"""Durable timers in the database (offline deadlines, escalations, reminders, noisy-device checks) and the clock
+they run on; a due timer is taken with FOR UPDATE SKIP LOCKED, so several processes never fire one twice."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from gridhub.alerts import changes
+
+log = logging.getLogger("gridhub.alerts.timers")
+
+CHANNEL = "gridhub_timers"
+ANY_SHARD = -1
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class ShiftedClock:
+    """The system clock moved by an offset that tests can change (deadlines without sleeping)."""
+
+    def __init__(self, offset: timedelta = timedelta(0)) -> None:
+        self.offset = offset
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+def schedule(conn: psycopg.Connection[Any], kind: str, key: str, due_at: datetime, *, shard: int = ANY_SHARD,
+             payload: dict[str, Any] | None = None, wake: bool = True) -> None:
+    """Set (or move) the timer `kind`/`key`; the timer loops are woken when the transaction commits."""
+    conn.execute(
+        "INSERT INTO timers (kind, key, due_at, shard, payload) VALUES (%s, %s, %s, %s, %s)"
+        " ON CONFLICT (kind, key) DO UPDATE SET due_at = EXCLUDED.due_at, shard = EXCLUDED.shard,"
+        " payload = EXCLUDED.payload", (kind, key, due_at, shard, Jsonb(payload or {})))
+    if wake:
+        conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+
+
+def cancel(conn: psycopg.Connection[Any], kind: str, key: str) -> None:
+    conn.execute("DELETE FROM timers WHERE kind = %s AND key = %s", (kind, key))
+
+
+def due_at(conn: psycopg.Connection[Any], kind: str, key: str) -> datetime | None:
+    row = conn.execute("SELECT due_at FROM timers WHERE kind = %s AND key = %s", (kind, key)).fetchone()
+    return row[0] if row else None
+
+
+TimerAction = Callable[[psycopg.Connection[Any], str, dict[str, Any], datetime], None]
+
+
+def _eligible(kinds: Collection[str], shards: Collection[int], held_back: Collection[str]) -> tuple[str, list[Any]]:
+    cond = "kind = ANY(%s) AND NOT (kind = ANY(%s)) AND (shard = -1 OR shard = ANY(%s))"
+    return cond, [list(kinds), list(held_back), list(shards)]
+
+
+def fire_due(conn: psycopg.Connection[Any], now: datetime, actions: dict[str, TimerAction], *,
+             shards: Collection[int] = range(64), held_back: Collection[str] = (), limit: int = 1000) -> int:
+    """Fire the timers due at `now`, each in its own transaction; returns how many fired.
+
+    A timer is deleted before its action runs, in the same transaction, so an action that reschedules it
+    (schedule with the same kind and key) keeps the new due time. `held_back` kinds wait (the offline grace).
+    """
+    cond, params = _eligible(actions.keys(), shards, held_back)
+    fired = 0
+    while fired < limit:
+        with conn.transaction():
+            row = conn.execute(
+                f"SELECT kind, key, payload FROM timers WHERE due_at <= %s AND {cond}"
+                " ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED", [now, *params]).fetchone()
+            if row is None:
+                changes.discard(conn)
+                return fired
+            kind, key, payload = row
+            conn.execute("DELETE FROM timers WHERE kind = %s AND key = %s", (kind, key))
+            try:
+                with conn.transaction():
+                    actions[kind](conn, key, payload or {}, now)
+                    changes.flush(conn)
+            except Exception:  # noqa: BLE001 - one broken timer must not stop the others; it is logged
+                changes.discard(conn)
+                log.exception("timer %s/%s failed; dropped", kind, key)
+        fired += 1
+    return fired
+
+
+def next_due(conn: psycopg.Connection[Any], kinds: Collection[str], *, shards: Collection[int] = range(64),
+             held_back: Collection[str] = ()) -> datetime | None:
+    cond, params = _eligible(kinds, shards, held_back)
+    row = conn.execute(f"SELECT min(due_at) FROM timers WHERE {cond}", params).fetchone()
+    return row[0] if row else None
