@@ -104,6 +104,14 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def _require_free_port(port: int, what: str, env_name: str) -> None:
+    if _port_open(port):
+        raise ServiceError(
+            f"127.0.0.1:{port} is taken by another program, so {what} cannot listen there: "
+            f"stop that program or choose another port with {env_name}"
+        )
+
+
 def _user_exists(name: str) -> bool:
     try:
         pwd.getpwnam(name)
@@ -413,6 +421,7 @@ class LocalPostgres:
                 if running[1] in (None, self.port):
                     return
                 self._stop_unlocked(timeout)
+            _require_free_port(self.port, "PostgreSQL", "GRIDHUB_PG_PORT")
             self._initdb()
             self._clear_stale_lock()
             options = " ".join(shlex.quote(o) for o in self._server_options())
@@ -744,6 +753,7 @@ class LocalMosquitto(_BrokerFiles):
         with _locked(self._lockfile):
             if self.is_running():
                 return
+            _require_free_port(self.port, "mosquitto", "GRIDHUB_MQTT_PORT")
             self._prepare_dir()
             self._ensure_accounts()
             _write_private(self.conf_file, self._config_text(), self.file_owner)
@@ -1012,6 +1022,7 @@ class EmbeddedMqttBroker(_BrokerFiles):
         with _locked(self._lockfile):
             if self.is_running():
                 return
+            _require_free_port(self.port, "the amqtt broker", "GRIDHUB_MQTT_PORT")
             self.confdir.mkdir(parents=True, exist_ok=True)
             self._ensure_accounts()
             _write_private(self.conf_file, yaml.safe_dump(self._config()))
