@@ -311,7 +311,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `gridhub simulate --devices N ...`: argparse's REMAINDER cannot start with an option, so the words after
+    # a pass-through command go to it untouched
+    head, rest = argv, None
+    for i, word in enumerate(argv):
+        if word in ("simulate", "services"):
+            head, rest = argv[: i + 1], argv[i + 1:]
+            break
+        if word == "detect" and argv[i + 1: i + 2] == ["replay"]:
+            head, rest = argv[: i + 2], argv[i + 2:]
+            break
+        if not word.startswith("-"):
+            break
+    args = build_parser().parse_args(head)
+    if rest is not None:
+        args.rest = rest
     _setup_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
