@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gridhub.api import (
@@ -44,6 +44,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                    kwargs={"autocommit": True})
         await pool.open(wait=True, timeout=30)
         app.state.pool = pool
+        # Task actions and KPIs are the alert engine's synchronous code: they run in threads on this pool.
+        sync_pool = ConnectionPool(database_url, min_size=1, max_size=8, open=False)
+        await run_in_threadpool(sync_pool.open, True, 30)
+        app.state.sync_pool = sync_pool
         commands = CommandPublisher(settings) if settings.mqtt_url else None
         if commands is not None:
             await run_in_threadpool(commands.start)
@@ -56,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await changes.close()
             if commands is not None:
                 await run_in_threadpool(commands.stop)
+            await run_in_threadpool(sync_pool.close)
             await pool.close()
 
     app = FastAPI(title="gridhub", version="1", lifespan=lifespan,
@@ -75,7 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         detail: Any = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
-    for module in (routes_auth, routes_devices, routes_alerts, routes_tasks, routes_evidence, routes_summary,
+    # evidence before tasks: POST /tasks/{id}/photos must be matched before POST /tasks/{id}/{action}
+    for module in (routes_auth, routes_devices, routes_alerts, routes_evidence, routes_tasks, routes_summary,
                    routes_stream, routes_quarantine):
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(routes_system.router)

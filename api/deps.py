@@ -9,7 +9,7 @@ import psycopg
 from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import OAuth2PasswordBearer
 from psycopg.rows import dict_row, tuple_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from gridhub.auth import PRINCIPAL_SQL, AuthError, Principal, decode_token, principal_from_row
 from gridhub.settings import Settings
@@ -41,6 +41,13 @@ async def get_conn(pool: PoolDep) -> AsyncIterator[psycopg.AsyncConnection[dict[
         finally:
             conn.row_factory = tuple_row  # type: ignore[assignment]  # pooled: others expect plain rows
 
+
+def get_sync_pool(request: Request) -> ConnectionPool:
+    pool: ConnectionPool = request.app.state.sync_pool
+    return pool
+
+
+SyncPoolDep = Annotated[ConnectionPool, Depends(get_sync_pool)]
 
 ConnDep = Annotated[psycopg.AsyncConnection[dict[str, Any]], Depends(get_conn)]
 

@@ -1,7 +1,91 @@
-"""Routes for alerts (CONTRACT §4)."""
+"""Alerts: the scoped list, newest first, and acknowledgement."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, status
+from fastapi.concurrency import run_in_threadpool
+
+from gridhub.alerts import changes
+from gridhub.alerts.shapes import ALERT_COLUMNS, alert_from_row, alert_shape
+from gridhub.api.deps import ConnDep, CurrentUser, SyncPoolDep
+from gridhub.api.listing import CursorQuery, LimitQuery, clamp_limit, decode_cursor, page
+from gridhub.auth import Principal
 
 router = APIRouter(tags=["alerts"])
+
+Severity = Literal["critical", "high", "normal", "low"]
+AlertState = Literal["active", "cleared"]
+SEVERITY_ORDER = ("critical", "high", "normal", "low")
+
+
+async def scoped_alert(conn: ConnDep, user: Principal, alert_id: str) -> dict[str, Any]:
+    """404 if the alert does not exist, 403 if it is outside the caller's grids (judged in SQL)."""
+    cond, params = user.grid_filter("grid_id")
+    row = await (await conn.execute(f"SELECT id, grid_id, ({cond}) AS in_scope FROM alerts WHERE id = %s",
+                                    [*params, alert_id])).fetchone()
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"alert {alert_id} does not exist")
+    if not row["in_scope"]:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"alert {alert_id} is in grid {row['grid_id']}, outside your scope")
+    return row
+
+
+@router.get("/alerts")
+async def list_alerts(
+    conn: ConnDep, user: CurrentUser,
+    state: AlertState | None = None,
+    type: Annotated[str | None, Query(max_length=64, description="alert type, e.g. fire_alarm")] = None,
+    severity: Severity | None = None,
+    device: Annotated[str | None, Query(max_length=64)] = None,
+    grid: Annotated[str | None, Query(max_length=64)] = None,
+    limit: LimitQuery = None, cursor: CursorQuery = None,
+) -> dict[str, Any]:
+    """Alerts in the caller's scope, newest activity (`last_seen`) first."""
+    if grid is not None and not user.sees_grid(grid):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"grid {grid} is outside your scope")
+    n = clamp_limit(limit)
+    cond, params = user.grid_filter("grid_id")
+    where, args = [cond], list(params)
+    for clause, value in (("state = %s", state), ("type = %s", type), ("severity = %s", severity),
+                          ("device_id = %s", device), ("grid_id = %s", grid)):
+        if value is not None:
+            where.append(clause)
+            args.append(value)
+    if cursor:
+        at, last_id = decode_cursor(cursor, (datetime, str))
+        where.append("(last_seen, id) < (%s, %s)")
+        args += [at, last_id]
+    cur = await conn.execute(
+        f"SELECT {ALERT_COLUMNS} FROM alerts WHERE {' AND '.join(where)} ORDER BY last_seen DESC, id DESC LIMIT %s",
+        [*args, n + 1])
+    rows = await cur.fetchall()
+    keys = {r["id"]: (r["last_seen"], r["id"]) for r in rows}
+    items = [alert_from_row(tuple(r.values())) for r in rows]
+    return page(items, n, lambda a: keys[a["id"]])
+
+
+@router.post("/alerts/{alert_id}/ack")
+async def ack_alert(alert_id: str, conn: ConnDep, user: CurrentUser, sync_pool: SyncPoolDep) -> dict[str, Any]:
+    """Acknowledge an alert (idempotent); the change goes to the live stream."""
+    await scoped_alert(conn, user, alert_id)
+
+    def ack() -> dict[str, Any] | None:
+        with sync_pool.connection() as c:
+            try:
+                done = c.execute("UPDATE alerts SET acked = true, acked_by = %s, acked_at = now()"
+                                 " WHERE id = %s AND NOT acked RETURNING id", (user.id, alert_id)).fetchone()
+                if done:
+                    changes.stage_alert(c, alert_id)
+                    changes.flush(c)
+                return alert_shape(c, alert_id)
+            except BaseException:
+                changes.discard(c)
+                raise
+
+    shape = await run_in_threadpool(ack)
+    if shape is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"alert {alert_id} does not exist")
+    return shape

@@ -1,7 +1,171 @@
-"""Routes for tasks (CONTRACT §4)."""
+"""Grid tasks: the scoped list, one task with its history and alerts, and the §4.1 actions through the alert
+engine's state machine (`gridhub.alerts.tasks.apply_action`)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, HTTPException, Query, status
+from fastapi.concurrency import run_in_threadpool
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from gridhub.alerts import changes
+from gridhub.alerts.shapes import ALERT_COLUMNS, alert_from_row
+from gridhub.alerts.shapes import rfc3339 as shape_time
+from gridhub.alerts.tasks import ActionForbidden, IllegalTransition, TaskNotFound, apply_action
+from gridhub.api.deps import ConnDep, CurrentUser, SyncPoolDep
+from gridhub.api.listing import CursorQuery, LimitQuery, clamp_limit, decode_cursor, page
+from gridhub.auth import Principal
 
 router = APIRouter(tags=["tasks"])
+
+TASK_STATES = ("open", "accepted", "on_site", "resolved", "closed")
+SEVERITIES = ("critical", "high", "normal", "low")
+Action = Literal["accept", "arrive", "resolve", "close", "reject", "return", "reassign", "extend", "comment"]
+
+# The task in the REST shape (as gridhub.alerts.shapes.task_shape builds it) plus where it is, in one query.
+TASK_SELECT = """
+SELECT t.id, t.type, t.severity, t.state, t.grid_id, t.building_id, t.device_id, t.assignee, t.escalation_level,
+       t.accept_due, t.resolve_due, t.opened_at, t.accepted_at, t.resolved_at, t.closed_at, t.resolution, t.count,
+       t.last_seen,
+       ARRAY(SELECT ta.alert_id FROM task_alerts ta JOIN alerts a ON a.id = ta.alert_id
+             WHERE ta.task_id = t.id ORDER BY a.first_seen, a.id) AS alert_ids,
+       ARRAY(SELECT jsonb_build_array(extract(epoch FROM h.at), h.actor, h.action, h.note)
+             FROM task_history h WHERE h.task_id = t.id ORDER BY h.id) AS history,
+       b.name AS building_name, d.kind AS device_kind, d.floor, d.place, g.name AS grid_name,
+       w.name AS assignee_name
+FROM tasks t
+LEFT JOIN buildings b ON b.id = t.building_id
+LEFT JOIN devices d ON d.id = t.device_id
+LEFT JOIN grids g ON g.id = t.grid_id
+LEFT JOIN workers w ON w.id = t.assignee
+"""
+TIME_FIELDS = ("accept_due", "resolve_due", "opened_at", "accepted_at", "resolved_at", "closed_at", "last_seen")
+PLAIN_FIELDS = ("id", "type", "severity", "state", "grid_id", "building_id", "device_id", "assignee",
+                "escalation_level", "count", "resolution")
+
+
+def task_from_row(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: row[k] for k in PLAIN_FIELDS}
+    out.update({k: shape_time(row[k]) for k in TIME_FIELDS})
+    out["alert_ids"] = list(row["alert_ids"])
+    out["history"] = [{"at": shape_time(datetime.fromtimestamp(float(at), UTC)), "actor": actor, "action": action,
+                       "note": note} for at, actor, action, note in row["history"]]
+    out["location"] = {"grid": row["grid_name"], "building": row["building_name"], "floor": row["floor"],
+                       "place": row["place"], "device_kind": row["device_kind"]}
+    out["assignee_name"] = row["assignee_name"]
+    return out
+
+
+def _scope(user: Principal) -> tuple[str, list[Any]]:
+    """Tasks in the caller's grids, and any task assigned to the caller."""
+    cond, params = user.grid_filter("t.grid_id")
+    if user.all_grids:
+        return cond, params
+    return f"({cond} OR t.assignee = %s)", [*params, user.id]
+
+
+async def scoped_task(conn: ConnDep, user: Principal, task_id: str) -> dict[str, Any]:
+    """The task row: 404 if it does not exist, 403 if outside the caller's scope (judged in SQL)."""
+    cond, params = _scope(user)
+    row = await (await conn.execute(f"{TASK_SELECT.replace('SELECT t.id,', f'SELECT ({cond}) AS in_scope, t.id,', 1)}"
+                                    " WHERE t.id = %s", [*params, task_id])).fetchone()
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"task {task_id} does not exist")
+    if not row["in_scope"]:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"task {task_id} is in grid {row['grid_id']}, outside your scope")
+    return row
+
+
+def _choices(value: str | None, allowed: tuple[str, ...], name: str) -> list[str] | None:
+    if value is None:
+        return None
+    out = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in out if v not in allowed]
+    if bad or not out:
+        raise HTTPException(422, f"{name}: {', '.join(bad) or 'empty'} is not one of {', '.join(allowed)}")
+    return out
+
+
+@router.get("/tasks")
+async def list_tasks(
+    conn: ConnDep, user: CurrentUser,
+    state: Annotated[str | None, Query(max_length=100, description="a state or a comma list, e.g. open,accepted")] = None,
+    severity: Annotated[str | None, Query(max_length=100, description="a severity or a comma list")] = None,
+    assignee: Annotated[str | None, Query(max_length=64, description="`me` or a worker id")] = None,
+    grid: Annotated[str | None, Query(max_length=64)] = None,
+    limit: LimitQuery = None, cursor: CursorQuery = None,
+) -> dict[str, Any]:
+    """Tasks in the caller's scope, newest first."""
+    if grid is not None and not user.sees_grid(grid):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"grid {grid} is outside your scope")
+    n = clamp_limit(limit)
+    cond, params = _scope(user)
+    where, args = [cond], list(params)
+    states = _choices(state, TASK_STATES, "state")
+    severities = _choices(severity, SEVERITIES, "severity")
+    for clause, value in (("t.state = ANY(%s)", states), ("t.severity = ANY(%s)", severities),
+                          ("t.assignee = %s", user.id if assignee == "me" else assignee), ("t.grid_id = %s", grid)):
+        if value is not None:
+            where.append(clause)
+            args.append(value)
+    if cursor:
+        at, last_id = decode_cursor(cursor, (datetime, str))
+        where.append("(t.opened_at, t.id) < (%s, %s)")
+        args += [at, last_id]
+    rows = await (await conn.execute(
+        f"{TASK_SELECT} WHERE {' AND '.join(where)} ORDER BY t.opened_at DESC, t.id DESC LIMIT %s", [*args, n + 1]
+    )).fetchall()
+    keys = {r["id"]: (r["opened_at"], r["id"]) for r in rows}
+    return page([task_from_row(r) for r in rows], n, lambda t: keys[t["id"]])
+
+
+@router.get("/tasks/{task_id}")
+async def get_task(task_id: str, conn: ConnDep, user: CurrentUser) -> dict[str, Any]:
+    """One task with its `history` and its `alerts`."""
+    out = task_from_row(await scoped_task(conn, user, task_id))
+    rows = await (await conn.execute(
+        f"SELECT {', '.join('a.' + c.strip() for c in ALERT_COLUMNS.split(','))} FROM alerts a"
+        " JOIN task_alerts ta ON ta.alert_id = a.id WHERE ta.task_id = %s ORDER BY a.first_seen, a.id", (task_id,)
+    )).fetchall()
+    out["alerts"] = [alert_from_row(tuple(r.values())) for r in rows]
+    return out
+
+
+class TaskActionIn(BaseModel):
+    """The body of a task action (CONTRACT §4.1); which fields an action needs is checked by the state machine."""
+
+    model_config = ConfigDict(extra="forbid")
+    note: str | None = Field(default=None, max_length=2000)
+    resolution: Literal["fixed", "false_alarm", "duplicate", "referred_119"] | None = None
+    worker_id: str | None = Field(default=None, max_length=64)
+    until: AwareDatetime | None = None
+
+
+@router.post("/tasks/{task_id}/{action}")
+async def task_action(task_id: str, action: Action, conn: ConnDep, user: CurrentUser, sync_pool: SyncPoolDep,
+                      body: Annotated[TaskActionIn | None, Body()] = None) -> dict[str, Any]:
+    """Take a §4.1 action: 403 if your role may not, 409 if the task's state does not allow it, 422 for a bad body."""
+    await scoped_task(conn, user, task_id)
+    payload = body.model_dump(mode="json", exclude_none=True) if body else {}
+
+    def run() -> None:
+        with sync_pool.connection() as c:
+            try:
+                apply_action(c, task_id, action, user, payload)
+            except BaseException:
+                changes.discard(c)
+                raise
+
+    try:
+        await run_in_threadpool(run)
+    except TaskNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except ActionForbidden as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from exc
+    except IllegalTransition as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    return task_from_row(await scoped_task(conn, user, task_id))

@@ -98,3 +98,51 @@ def all_pages(client: httpx.Client, path: str, headers: dict[str, str], **params
         if cursor is None:
             return items
     raise AssertionError(f"{path} pages never ended")
+
+
+def make_incident(db_url: str, device_id: str, grid_id: str, building_id: str, assignee: str | None, *,
+                  alert_type: str = "fire_alarm", severity: str = "critical", accept_in_s: int = 120,
+                  resolve_in_s: int = 1800) -> tuple[str, str]:
+    """An active alert with its open task, in the shapes of the alerts migration, logged in `changes` by the
+    alert engine's own change writer. Returns (alert id, task id)."""
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    import psycopg
+
+    from gridhub.alerts import changes
+
+    now = datetime.now(UTC)
+    suffix = uuid.uuid4().hex[:10]
+    alert_id, task_id = f"al-t{suffix}", f"tk-t{suffix}"
+    with psycopg.connect(db_url) as conn:
+        conn.execute(
+            "INSERT INTO alerts (id, device_id, building_id, grid_id, type, severity, state, first_seen, last_seen,"
+            " task_id) VALUES (%s, %s, %s, %s, %s, %s, 'active', %s, %s, %s)",
+            (alert_id, device_id, building_id, grid_id, alert_type, severity, now, now, task_id))
+        conn.execute(
+            "INSERT INTO tasks (id, type, severity, state, grid_id, building_id, device_id, assignee, accept_due,"
+            " resolve_due, opened_at, last_seen, incident_key) VALUES (%s, %s, %s, 'open', %s, %s, %s, %s, %s, %s,"
+            " %s, %s, %s)",
+            (task_id, alert_type, severity, grid_id, building_id, device_id, assignee,
+             now + timedelta(seconds=accept_in_s), now + timedelta(seconds=resolve_in_s), now, now,
+             f"test:{suffix}"))
+        conn.execute("INSERT INTO task_alerts (task_id, alert_id) VALUES (%s, %s)", (task_id, alert_id))
+        conn.execute("INSERT INTO task_history (task_id, at, actor, action, note) VALUES (%s, %s, 'system', 'open',"
+                     " %s)", (task_id, now, f"assigned to {assignee}"))
+        changes.stage_alert(conn, alert_id)
+        changes.stage_task(conn, task_id)
+        changes.flush(conn)
+        conn.commit()
+    return alert_id, task_id
+
+
+def tiny_jpeg() -> bytes:
+    import cv2
+    import numpy as np
+
+    image = np.zeros((48, 64, 3), np.uint8)
+    image[:, 32:] = (0, 0, 255)
+    ok, buf = cv2.imencode(".jpg", image)
+    assert ok
+    return bytes(buf)
