@@ -146,3 +146,74 @@ def tiny_jpeg() -> bytes:
     ok, buf = cv2.imencode(".jpg", image)
     assert ok
     return bytes(buf)
+
+
+@dataclass
+class SseEvent:
+    id: str | None
+    event: str
+    data: str
+
+
+class SseReader:
+    """Reads a Server-Sent Events response in a thread; events land in `events` as they arrive."""
+
+    def __init__(self, url: str, params: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> None:
+        import queue
+
+        self.events: queue.Queue[SseEvent] = queue.Queue()
+        self.status: int | None = None
+        self._opened = threading.Event()
+        self._client = httpx.Client(timeout=httpx.Timeout(10, read=None))
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, args=(url, params or {}, headers or {}), daemon=True)
+        self._thread.start()
+        if not self._opened.wait(15):
+            raise AssertionError(f"the stream at {url} did not answer")
+
+    def _run(self, url: str, params: dict[str, str], headers: dict[str, str]) -> None:
+        try:
+            with self._client.stream("GET", url, params=params, headers=headers) as r:
+                self.status = r.status_code
+                self._opened.set()
+                fields: dict[str, str] = {}
+                for line in r.iter_lines():
+                    if self._stop:
+                        return
+                    if line == "":
+                        if "data" in fields:
+                            self.events.put(SseEvent(fields.get("id"), fields.get("event", "message"), fields["data"]))
+                        fields = {}
+                    elif not line.startswith(":") and ":" in line:
+                        name, _, value = line.partition(":")
+                        fields[name] = value[1:] if value.startswith(" ") else value
+        except (httpx.HTTPError, RuntimeError):
+            pass
+        finally:
+            self._opened.set()
+
+    def next(self, timeout: float = 20) -> SseEvent:
+        return self.events.get(timeout=timeout)
+
+    def until(self, predicate: Any, timeout: float = 30) -> list[SseEvent]:
+        """Every event up to and including the first that satisfies `predicate`."""
+        seen: list[SseEvent] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no matching event within {timeout} s; saw {[e.id for e in seen]}")
+            import queue
+
+            try:
+                event = self.events.get(timeout=left)
+            except queue.Empty:
+                continue
+            seen.append(event)
+            if predicate(event):
+                return seen
+
+    def close(self) -> None:
+        self._stop = True
+        self._client.close()
+        self._thread.join(timeout=1)  # a read blocked until the next keepalive ends on its own

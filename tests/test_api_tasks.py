@@ -235,7 +235,7 @@ def test_summary_by_role(client: httpx.Client, tokens: dict[str, str], wid: str,
     assert set(grids) == {"g-xg-01", "g-xg-02"}
     with psycopg.connect(db_url) as conn:
         for gid, cell in grids.items():
-            active = dict(conn.execute("SELECT severity, count(*) FROM alerts WHERE state = 'active' AND grid_id = %s"
+            active: dict[str, int] = dict(conn.execute("SELECT severity, count(*) FROM alerts WHERE state = 'active' AND grid_id = %s"
                                        " GROUP BY severity", (gid,)).fetchall())
             assert cell["alerts"] == {s: active.get(s, 0) for s in ("critical", "high", "normal", "low")}
             row = conn.execute("SELECT count(*) FROM tasks WHERE state <> 'closed' AND grid_id = %s", (gid,)).fetchone()
