@@ -1,0 +1,512 @@
+"""The blocked-exit detector: per camera, frames in (with their capture time), findings out.
+
+How it decides, on a small copy of the frame (``WORK_WIDTH`` pixels wide):
+
+* Features that survive lighting. Grey is compared as ``log(Y + c)``, so a change of gain is an
+  offset, and the per-frame offset (lights dimming, flicker, auto exposure) is taken out by its
+  median. Structure is the log image minus its local mean: local contrast, which does not
+  change when the light does. Colour is chroma (``(R-G)/S``, ``(B-G)/S``), so that a brown box
+  on a grey floor of the same grey level still stands out. Each comparison tolerates a shift of
+  one working pixel (camera jitter) by comparing against the neighbourhood's range.
+* Two backgrounds (Porikli's dual foreground). The long-term one is the clear scene: learned
+  from the median of the first frames (or from the reference image) and afterwards updated only
+  where the scene is judged clear. The short-term one follows everything within seconds. A
+  pixel in the long-term foreground but not in the short-term one holds something that stays;
+  in both, something that moves (a person, perhaps walking in front of an object).
+* Evidence per pixel, on frame time: the seconds it has been stationary foreground, and the
+  seconds it has differed from the clear scene at all. Passing in front holds the evidence; only
+  the clear scene coming back takes it away. The route is blocked when pixels that have differed
+  for ``min_blocked_s`` and stayed still for a good part of it cover ``min_object_frac`` of the
+  ROI; it is clear after ``min_clear_s`` without such objects.
+* Lighting states. A change over most of the picture whose structure still matches the clear
+  scene is light, not objects: the detector switches to a stored clear scene for that light, or
+  makes one by relighting the clear scene with the change measured around (not on) any objects.
+* Obstruction. When the structure of the whole picture stops matching every stored clear scene
+  (a covered lens, a camera turned away) for ``obstructed_s``, the camera is obstructed; the
+  models and the evidence are frozen until it sees its scene again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .config import CameraConfig
+
+__all__ = ["CameraConfig", "DetectionEvent", "ExitDetector", "FrameResult", "Tuning"]
+
+WORK_WIDTH = 160
+_LOG_OFFSET = 8.0
+_CHROMA_DAMP = 12.0
+
+F32 = np.float32
+Mask = np.ndarray
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Detector constants; the defaults are what the benchmark reports on."""
+
+    work_width: int = WORK_WIDTH
+    warmup_frames: int = 5
+    short_tau_s: float = 8.0
+    long_tau_s: float = 120.0
+    settle_tau_s: float = 10.0
+    settle_s: float = 40.0
+    struct_thr: float = 0.09
+    int_thr: float = 0.22
+    chroma_thr: float = 0.12
+    noise_k: float = 4.0
+    still_share: float = 0.5  # stationary for this share of min_blocked_s
+    occupancy_min_s: float = 8.0
+    decay_rate: float = 4.0
+    lighting_frac: float = 0.4
+    state_match_frac: float = 0.12
+    obstructed_sim: float = 0.3
+    obstructed_s: float = 15.0
+    unobstructed_s: float = 6.0
+    max_states: int = 4
+    max_gap_s: float = 30.0
+    gain_kernel: int = 25
+    lighting_jump: float = 0.25
+
+
+@dataclass
+class DetectionEvent:
+    """A change of the camera's state, to be published as its ``event``."""
+
+    type: str  # exit_blocked, exit_cleared, camera_obstructed, camera_obstructed_cleared
+    ts_ms: int
+    occupancy: float
+    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)  # normalised x0, y0, x1, y1
+
+
+@dataclass
+class FrameResult:
+    ts_ms: int
+    blocked: bool
+    occupancy: float
+    obstructed: bool
+    events: list[DetectionEvent] = field(default_factory=list)
+    learning: bool = False
+    lighting_change: bool = False
+
+    def line(self) -> dict[str, object]:
+        """The replay line of CONTRACT §3 (plus ``events`` when there are some)."""
+        out: dict[str, object] = {
+            "ts_ms": self.ts_ms,
+            "blocked": self.blocked,
+            "occupancy": round(self.occupancy, 4),
+            "obstructed": self.obstructed,
+        }
+        if self.events:
+            out["events"] = [e.type for e in self.events]
+        return out
+
+
+@dataclass
+class _Features:
+    lum: np.ndarray  # log(Y + c)
+    struct: np.ndarray  # lum minus its local mean
+    cr: np.ndarray
+    cb: np.ndarray
+
+
+@dataclass
+class _Scene:
+    """A clear-scene model for one lighting state."""
+
+    lum: np.ndarray
+    cr: np.ndarray
+    cb: np.ndarray
+    struct: np.ndarray = field(init=False)
+    lo: np.ndarray = field(init=False)
+    hi: np.ndarray = field(init=False)
+    slo: np.ndarray = field(init=False)
+    shi: np.ndarray = field(init=False)
+    used_ms: int = 0
+
+    def __post_init__(self) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.struct = _structure(self.lum)
+        k = np.ones((3, 3), np.uint8)
+        self.lo, self.hi = cv2.erode(self.lum, k), cv2.dilate(self.lum, k)
+        self.slo, self.shi = cv2.erode(self.struct, k), cv2.dilate(self.struct, k)
+
+
+@dataclass
+class _Diffs:
+    struct: np.ndarray
+    lum: np.ndarray
+    chroma: np.ndarray
+    gain: np.ndarray  # the local light (log grey offset) taken out
+    cr_shift: np.ndarray
+    cb_shift: np.ndarray
+    agree: np.ndarray  # pixels that the light alone explains
+
+
+def _structure(lum: np.ndarray) -> np.ndarray:
+    return lum - cv2.blur(lum, (7, 7))
+
+
+def _outside(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """How far ``x`` lies outside ``[lo, hi]`` (0 inside)."""
+    return np.maximum(x - hi, 0) + np.maximum(lo - x, 0)
+
+
+class ExitDetector:
+    """One camera's detector. Feed it every frame in time order with ``process``."""
+
+    def __init__(self, config: CameraConfig, tuning: Tuning | None = None) -> None:
+        self.config = config
+        self.tuning = tuning or Tuning()
+        self._shape: tuple[int, int] | None = None  # working (h, w)
+        self._frame_shape: tuple[int, int] | None = None
+        self._roi: np.ndarray = np.zeros((1, 1), bool)
+        self._roi_count = 1
+        self._warm: list[_Features] = []
+        self._states: list[_Scene] = []
+        self._scene: _Scene | None = None
+        self._short: _Features | None = None
+        self._still: np.ndarray = np.zeros((1, 1), F32)  # seconds stationary
+        self._age: np.ndarray = np.zeros((1, 1), F32)  # seconds differing from the clear scene
+        self._last_ts: int | None = None
+        self._settle_until = -1
+        self.blocked = False
+        self.obstructed = False
+        self._last_present_ms = 0
+        self._obs_since: int | None = None
+        self._seen_since: int | None = None
+        self._reference: np.ndarray | None = None
+        if config.reference is not None:
+            ref = cv2.imread(str(config.reference), cv2.IMREAD_COLOR)
+            if ref is None:
+                raise ValueError(f"reference image {config.reference} cannot be read as an image")
+            self._reference = ref
+        self.last_masks: dict[str, np.ndarray] = {}
+
+    # -- public ---------------------------------------------------------------------------
+
+    @property
+    def roi_mask(self) -> np.ndarray:
+        return self._roi
+
+    def process(self, frame_bgr: np.ndarray, ts_ms: int) -> FrameResult:
+        """Judge one frame taken at ``ts_ms`` (epoch ms); frames must come in time order."""
+        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3:
+            raise ValueError("frame must be a BGR image (H×W×3)")
+        feats = self._features(frame_bgr)
+        dt = (
+            0.0
+            if self._last_ts is None
+            else max(0.0, min((ts_ms - self._last_ts) / 1000.0, self.tuning.max_gap_s))
+        )
+        self._last_ts = ts_ms
+        if self._scene is None:
+            return self._learn(feats, ts_ms)
+        return self._judge(feats, ts_ms, dt)
+
+    # -- features -------------------------------------------------------------------------
+
+    def _features(self, frame: np.ndarray) -> _Features:
+        h, w = frame.shape[:2]
+        if self._frame_shape != (h, w):
+            self._setup(h, w)
+        assert self._shape is not None
+        wh, ww = self._shape
+        small = frame if (h, w) == (wh, ww) else cv2.resize(frame, (ww, wh), interpolation=cv2.INTER_AREA)
+        return self._features_small(small)
+
+    def _features_small(self, small: np.ndarray) -> _Features:
+        f = small.astype(F32)
+        b, g, r = f[..., 0], f[..., 1], f[..., 2]
+        y = 0.114 * b + 0.587 * g + 0.299 * r
+        lum = cv2.log(y + F32(_LOG_OFFSET))
+        lg = cv2.log(g + F32(_CHROMA_DAMP))
+        cr = cv2.log(r + F32(_CHROMA_DAMP)) - lg
+        cb = cv2.log(b + F32(_CHROMA_DAMP)) - lg
+        return _Features(lum, _structure(lum), cr, cb)
+
+    def _setup(self, h: int, w: int) -> None:
+        if self._frame_shape is not None:
+            # a new resolution: start again (the clear scene must be learned at this size)
+            self.__init__(self.config, self.tuning)  # type: ignore[misc]
+        self._frame_shape = (h, w)
+        ww = min(self.tuning.work_width, w)
+        wh = max(8, round(h * ww / w))
+        self._shape = (wh, ww)
+        m = np.zeros((wh, ww), np.uint8)
+        pts = np.array([[x * ww, y * wh] for x, y in self.config.roi], np.float32)
+        cv2.fillPoly(m, [np.round(pts).astype(np.int32)], 1)
+        self._roi = m.astype(bool)
+        self._roi_count = max(1, int(self._roi.sum()))
+        self._still = np.zeros((wh, ww), F32)
+        self._age = np.zeros((wh, ww), F32)
+
+    # -- learning the clear scene -------------------------------------------------------------
+
+    def _learn(self, feats: _Features, ts_ms: int) -> FrameResult:
+        if self._reference is not None:
+            assert self._shape is not None
+            wh, ww = self._shape
+            ref = cv2.resize(self._reference, (ww, wh), interpolation=cv2.INTER_AREA)
+            rf = self._features_small(ref)
+            self._start(_Scene(rf.lum, rf.cr, rf.cb, used_ms=ts_ms), feats, ts_ms)
+            return self._judge(feats, ts_ms, 0.0)
+        self._warm.append(feats)
+        if len(self._warm) >= self.tuning.warmup_frames:
+            lum = np.median(np.stack([f.lum for f in self._warm]), axis=0).astype(F32)
+            cr = np.median(np.stack([f.cr for f in self._warm]), axis=0).astype(F32)
+            cb = np.median(np.stack([f.cb for f in self._warm]), axis=0).astype(F32)
+            self._warm = []
+            self._start(_Scene(lum, cr, cb, used_ms=ts_ms), feats, ts_ms)
+        return FrameResult(ts_ms, False, 0.0, False, learning=True)
+
+    def _start(self, scene: _Scene, feats: _Features, ts_ms: int) -> None:
+        self._scene = scene
+        self._states = [scene]
+        self._short = _Features(feats.lum.copy(), feats.struct.copy(), feats.cr.copy(), feats.cb.copy())
+
+    # -- comparing ------------------------------------------------------------------------
+
+    def _diffs(
+        self, feats: _Features, scene: _Scene, exclude: np.ndarray | None, local: bool = True
+    ) -> _Diffs:
+        """Structure, grey and chroma differences from a scene model, the light taken out.
+
+        The light is taken out twice: a global offset of the log grey level and of chroma
+        (medians), then smooth local fields measured where structure and colour agree, away
+        from known objects, so that a lamp going off at one end is not an object.
+        """
+        t = self.tuning
+        sample = (slice(1, None, 4), slice(1, None, 4))
+        dl = feats.lum - scene.lum
+        dcr = feats.cr - scene.cr
+        dcb = feats.cb - scene.cb
+        d_str = cv2.blur(_outside(feats.struct, scene.slo, scene.shi), (3, 3))
+        ocr = F32(np.median(dcr[sample]))
+        ocb = F32(np.median(dcb[sample]))
+        agree = (d_str < t.struct_thr) & (np.abs(dcr - ocr) + np.abs(dcb - ocb) < t.chroma_thr)
+        if exclude is not None:
+            agree &= ~exclude
+        k = (t.gain_kernel, t.gain_kernel)
+        gain = np.full_like(dl, F32(np.median(dl[sample])))
+        fcr = np.full_like(dl, ocr)
+        fcb = np.full_like(dl, ocb)
+        for _ in range(2 if local else 0):  # the second pass leaves out what the first could not explain
+            w = agree.astype(F32)
+            den = cv2.blur(w, k)
+            ok = den > 0.1
+            inv = 1.0 / np.maximum(den, F32(1e-3))
+            gain = np.where(ok, cv2.blur(dl * w, k) * inv, gain).astype(F32)
+            fcr = np.where(ok, cv2.blur(dcr * w, k) * inv, fcr).astype(F32)
+            fcb = np.where(ok, cv2.blur(dcb * w, k) * inv, fcb).astype(F32)
+            agree &= (np.abs(dl - gain) < F32(t.int_thr * 0.6)) & (
+                np.abs(dcr - fcr) + np.abs(dcb - fcb) < F32(t.chroma_thr * 0.6)
+            )
+        d_int = cv2.blur(_outside(feats.lum - gain, scene.lo, scene.hi), (3, 3))
+        d_chr = cv2.blur(np.abs(dcr - fcr) + np.abs(dcb - fcb), (3, 3))
+        return _Diffs(d_str, d_int, d_chr, gain, fcr, fcb, agree)
+
+    def _foreground(self, diffs: _Diffs) -> np.ndarray:
+        t = self.tuning
+        d_str, d_int, d_chr = diffs.struct, diffs.lum, diffs.chroma
+        sample = (slice(1, None, 4), slice(1, None, 4))
+        ts = max(t.struct_thr, t.noise_k * float(np.median(d_str[sample])))
+        ti = max(t.int_thr, t.noise_k * float(np.median(d_int[sample])))
+        tc = max(t.chroma_thr, t.noise_k * float(np.median(d_chr[sample])))
+        fg = ((d_str > ts) | (d_int > ti) | (d_chr > tc)).astype(np.uint8)
+        return np.asarray(cv2.medianBlur(fg, 3)).astype(bool)
+
+    def _similarity(self, feats: _Features, scene: _Scene) -> float:
+        """Correlation of the whole picture's structure with a clear scene (1 same view, ~0 none)."""
+        a = feats.struct
+        b = scene.struct
+        num = float((a * b).sum())
+        den = math.sqrt(float((a * a).sum()) * float((b * b).sum())) + 1e-9
+        return num / den
+
+    # -- the per-frame judgement ------------------------------------------------------------
+
+    def _judge(self, feats: _Features, ts_ms: int, dt: float) -> FrameResult:
+        t = self.tuning
+        scene = self._scene
+        short = self._short
+        assert scene is not None and short is not None
+        events: list[DetectionEvent] = []
+        objects = cv2.dilate((self._still > 0).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+
+        # obstruction: the whole view's structure no longer matches any clear scene
+        sim = max(self._similarity(feats, s) for s in self._states)
+        if sim < t.obstructed_sim:
+            self._seen_since = None
+            if self._obs_since is None:
+                self._obs_since = ts_ms
+            if not self.obstructed and ts_ms - self._obs_since >= t.obstructed_s * 1000:
+                self.obstructed = True
+                events.append(DetectionEvent("camera_obstructed", ts_ms, self._occupancy_value()))
+            return FrameResult(ts_ms, self.blocked, self._occupancy_value(), self.obstructed, events)
+        self._obs_since = None
+        if self.obstructed:
+            if self._seen_since is None:
+                self._seen_since = ts_ms
+            if ts_ms - self._seen_since >= t.unobstructed_s * 1000:
+                self.obstructed = False
+                self._seen_since = None
+                events.append(DetectionEvent("camera_obstructed_cleared", ts_ms, self._occupancy_value()))
+            else:
+                return FrameResult(ts_ms, self.blocked, self._occupancy_value(), self.obstructed, events)
+            # back in view: the short-term model restarts from what is seen now
+            self._short = short = _copy(feats)
+
+        diffs = self._diffs(feats, scene, objects)
+        fg_long = self._foreground(diffs)
+        lighting = False
+        level = float(np.median(feats.lum[1::4, 1::4]))
+        jump = self._level is not None and abs(level - self._level) > t.lighting_jump
+        self._level = level
+        changed = float(fg_long.mean())
+        if changed > t.lighting_frac or (jump and changed > t.state_match_frac):
+            lighting = True
+            scene, diffs, fg_long = self._relight(feats, scene, diffs, objects, ts_ms)
+            self._short = short = _copy(feats)
+        scene.used_ms = ts_ms
+
+        sdiffs = self._diffs(feats, _Scene(short.lum, short.cr, short.cb), None, local=False)
+        fg_short = self._foreground(sdiffs)
+        if not lighting and float(fg_short.mean()) > t.lighting_frac:
+            # a sudden change over most of the picture that the clear scene explains: light
+            lighting = True
+            self._short = short = _copy(feats)
+            fg_short = np.zeros_like(fg_short)
+
+        # evidence, on frame time
+        moving = fg_long & fg_short
+        still = fg_long & ~fg_short
+        decay = F32(t.decay_rate * dt)
+        if not lighting:
+            gone = np.maximum(self._still - decay, F32(0))
+            self._still = np.where(still, self._still + F32(dt), np.where(moving, self._still, gone)).astype(
+                F32
+            )
+            self._age = np.where(fg_long, self._age + F32(dt), np.maximum(self._age - decay, F32(0))).astype(
+                F32
+            )
+
+        # models: the short-term one follows everything, the clear scene only what is clear
+        a_s = F32(1.0 - math.exp(-dt / t.short_tau_s)) if dt > 0 else F32(0.0)
+        gain = float(np.median((feats.lum - short.lum)[1::4, 1::4]))
+        short.lum += a_s * (feats.lum - F32(gain) - short.lum)
+        short.cr += a_s * (feats.cr - short.cr)
+        short.cb += a_s * (feats.cb - short.cb)
+        tau = t.settle_tau_s if ts_ms < self._settle_until else t.long_tau_s
+        a_l = F32(1.0 - math.exp(-dt / tau)) if dt > 0 else F32(0.0)
+        clear = ~fg_long & ~fg_short & (self._still <= 0)
+        clear = cv2.erode(clear.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        if a_l > 0 and clear.any():
+            gl = float(np.median((feats.lum - scene.lum)[1::4, 1::4]))
+            scene.lum = np.where(
+                clear, scene.lum + a_l * (feats.lum - F32(gl) - scene.lum), scene.lum
+            ).astype(F32)
+            scene.cr = np.where(clear, scene.cr + a_l * (feats.cr - scene.cr), scene.cr).astype(F32)
+            scene.cb = np.where(clear, scene.cb + a_l * (feats.cb - scene.cb), scene.cb).astype(F32)
+            scene.refresh()
+
+        # the route's state
+        held = (
+            self._roi
+            & (self._age >= F32(self.config.min_blocked_s))
+            & (self._still >= F32(t.still_share * self.config.min_blocked_s))
+        )
+        present = self._roi & (self._still >= F32(t.occupancy_min_s)) & fg_long
+        occupancy = float(present.sum()) / self._roi_count
+        self._occupancy = occupancy
+        self.last_masks = {"long": fg_long, "short": fg_short, "held": held, "present": present}
+        if not self.blocked:
+            frac = float(held.sum()) / self._roi_count
+            if frac >= self.config.min_object_frac:
+                self.blocked = True
+                self._last_present_ms = ts_ms
+                events.append(DetectionEvent("exit_blocked", ts_ms, occupancy, self._boxes(held | present)))
+        else:
+            if occupancy >= self.config.min_object_frac * 0.5:
+                self._last_present_ms = ts_ms
+            elif ts_ms - self._last_present_ms >= self.config.min_clear_s * 1000:
+                self.blocked = False
+                events.append(DetectionEvent("exit_cleared", ts_ms, occupancy))
+        return FrameResult(ts_ms, self.blocked, occupancy, self.obstructed, events, lighting_change=lighting)
+
+    _occupancy: float = 0.0
+    _level: float | None = None
+
+    def _occupancy_value(self) -> float:
+        return self._occupancy
+
+    def _relight(
+        self, feats: _Features, scene: _Scene, diffs: _Diffs, objects: np.ndarray, ts_ms: int
+    ) -> tuple[_Scene, _Diffs, np.ndarray]:
+        """Most of the picture changed but its structure did not: a new light. Find or make its scene."""
+        t = self.tuning
+        best: tuple[float, _Scene, _Diffs, np.ndarray] | None = None
+        for s in self._states:
+            d = diffs if s is scene else self._diffs(feats, s, objects)
+            fg = self._foreground(d)
+            frac = float(fg.mean())
+            if best is None or frac < best[0]:
+                best = (frac, s, d, fg)
+        assert best is not None
+        if best[0] <= t.state_match_frac:
+            self._scene = best[1]
+            return best[1], best[2], best[3]
+        # relight the clear scene with the light measured where the scene still agrees; take the
+        # picture itself where it agrees, the relit clear scene elsewhere (people, objects)
+        same = diffs.agree
+        lum = np.where(same, feats.lum, scene.lum + diffs.gain).astype(F32)
+        cr = np.where(same, feats.cr, scene.cr + diffs.cr_shift).astype(F32)
+        cb = np.where(same, feats.cb, scene.cb + diffs.cb_shift).astype(F32)
+        new = _Scene(lum, cr, cb, used_ms=ts_ms)
+        self._states.append(new)
+        if len(self._states) > t.max_states:
+            self._states.remove(min((s for s in self._states if s is not new), key=lambda s: s.used_ms))
+        self._scene = new
+        self._settle_until = ts_ms + round(t.settle_s * 1000)
+        d = self._diffs(feats, new, objects)
+        return new, d, self._foreground(d)
+
+    def _boxes(self, mask: np.ndarray) -> list[tuple[float, float, float, float]]:
+        n, _labels, stats, _c = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        h, w = mask.shape
+        min_px = max(2, int(0.002 * self._roi_count))
+        out = []
+        for i in range(1, n):
+            x, y, bw, bh, area = (int(v) for v in stats[i])
+            if area >= min_px:
+                out.append((x / w, y / h, (x + bw) / w, (y + bh) / h))
+        return out
+
+
+def _copy(f: _Features) -> _Features:
+    return _Features(f.lum.copy(), f.struct.copy(), f.cr.copy(), f.cb.copy())
+
+
+def load_frame(path: Path, reduced: bool = True) -> np.ndarray | None:
+    """Read a JPEG (at half size when ``reduced``: the detector works smaller anyway)."""
+    flag = cv2.IMREAD_REDUCED_COLOR_2 if reduced else cv2.IMREAD_COLOR
+    return cv2.imread(str(path), flag)
+
+
+def decode_frame(data: bytes, reduced: bool = True) -> np.ndarray | None:
+    """Decode JPEG (or PNG) bytes; ``None`` when they are not an image."""
+    if not data:
+        return None
+    flag = cv2.IMREAD_REDUCED_COLOR_2 if reduced else cv2.IMREAD_COLOR
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if img is None or img.ndim != 3:
+        return None
+    return img
