@@ -22,7 +22,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition", interval: float = 0.05) -> Any:
     """Poll until `check()` is truthy; fail naming `what` (a liveness bound, not a timing assertion)."""
     end = time.monotonic() + timeout
     while True:
@@ -31,7 +31,7 @@ def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condi
             return value
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what}; last value {value!r}")
-        time.sleep(0.05)
+        time.sleep(interval)
 
 
 def add_devices(db_url: str, settings: Settings, broker: Any, building: str, grid: str,
