@@ -113,6 +113,7 @@ def devices_main(argv: list[str]) -> int:
     p.add_argument("--duration", type=float, help="seconds to run (default: until Ctrl-C)")
     p.add_argument("--kinds", help="comma-separated kinds to play (default: all)")
     p.add_argument("--limit", type=int, help="play at most this many devices")
+    p.add_argument("--spread", type=float, default=20.0, help="seconds over which the devices first report")
     _add_common(p)
     args = p.parse_args(argv)
     _logging(args.verbose)
@@ -126,7 +127,8 @@ def devices_main(argv: list[str]) -> int:
     accounts = _device_accounts(args)
     target = BrokerTarget.parse(default_broker_url(args.broker))
     summary = asyncio.run(run_fleet(target, accounts, devices, prefix=default_prefix(args.prefix),
-                                    v5=args.mqtt == "5", duration_s=args.duration))
+                                    v5=args.mqtt == "5", duration_s=args.duration,
+                                    spread_s=args.spread))
     import json
 
     print(json.dumps(summary))

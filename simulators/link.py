@@ -121,8 +121,10 @@ class DeviceLink:
         if isinstance(sock, socket.socket):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+        gone = client._disconnected  # noqa: SLF001
         for _ in range(100):
-            if client._disconnected.done():  # noqa: SLF001
+            if gone.done():
+                gone.exception()  # the expected "unexpected disconnection": seen, not an error
                 break
             await asyncio.sleep(0.02)
         with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError, OSError, Exception):

@@ -19,6 +19,7 @@ class Heard:
     retain: bool
     qos: int
     user_properties: tuple[tuple[str, str], ...]
+    received_ms: int
 
 
 class HubListener:
@@ -42,7 +43,8 @@ class HubListener:
         props = getattr(msg, "properties", None)
         up = tuple(getattr(props, "UserProperty", None) or ()) if props is not None else ()
         with self._lock:
-            self.messages.append(Heard(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos, up))
+            self.messages.append(Heard(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos, up,
+                                       int(time.time() * 1000)))
 
     def snapshot(self, live_only: bool = True) -> list[Heard]:
         with self._lock:
