@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import AwareDatetime
 
+from gridhub.alerts.kpi import kpis as compute_kpis
 from gridhub.api.deps import ConnDep, SyncPoolDep, require_roles
 from gridhub.api.listing import rfc3339
 from gridhub.auth import Principal
@@ -89,8 +90,6 @@ async def kpis(
     end: Annotated[AwareDatetime | None, Query(description="exclusive; default now")] = None,
 ) -> dict[str, Any]:
     """Closure rate, on-time closure rate, mean time to accept and to resolve, per grid, community or street."""
-    from gridhub.alerts.kpi import kpis as compute_kpis
-
     tz = request.app.state.settings.tz
     end_t = end or datetime.now(tz)
     start_t = start or end_t - timedelta(days=30)
@@ -98,11 +97,9 @@ async def kpis(
         raise HTTPException(422, f"start ({start_t.isoformat()}) must be before end ({end_t.isoformat()})")
     scope_grids = None if user.all_grids else sorted(user.grids)
 
-    def run() -> Any:
+    def run() -> list[dict[str, Any]]:
         with sync_pool.connection() as c:
             return compute_kpis(c, level, start_t, end_t, scope_grids)
 
-    result = await run_in_threadpool(run)
-    if isinstance(result, dict):
-        return {"level": level, "start": rfc3339(start_t, tz), "end": rfc3339(end_t, tz), **result}
-    return {"level": level, "start": rfc3339(start_t, tz), "end": rfc3339(end_t, tz), "items": result}
+    items = await run_in_threadpool(run)
+    return {"level": level, "start": rfc3339(start_t, tz), "end": rfc3339(end_t, tz), "items": items}

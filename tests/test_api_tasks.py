@@ -269,9 +269,14 @@ def test_kpis_by_role(client: httpx.Client, tokens: dict[str, str], wid: str) ->
     body = r.json()
     assert body["level"] == "community"
     end = datetime.now(UTC)
+    assert [c["id"] for c in body["items"]] == ["shapowei"]
     r = client.get("/api/v1/kpis", params={"level": "grid", "start": (end - timedelta(days=1)).isoformat(),
-                                           "end": end.isoformat()}, **as_(tokens, wid))
+                                           "end": (end + timedelta(days=2)).isoformat()}, **as_(tokens, wid))
     assert r.status_code == 200
+    grids = {g["id"]: g for g in r.json()["items"]}
+    assert set(grids) == {"w-002": {"g-xg-01"}, "w-004": {"g-xg-02"}}.get(wid, {"g-xg-01", "g-xg-02"})
+    for g in grids.values():
+        assert set(g) >= {"closure_rate", "on_time_closure_rate", "mean_accept_s", "mean_resolve_s"}
     assert client.get("/api/v1/kpis", params={"level": "city"}, **as_(tokens, wid)).status_code == 422
     assert client.get("/api/v1/kpis", params={"start": "2025-01-02T00:00:00Z", "end": "2025-01-01T00:00:00Z"},
                       **as_(tokens, wid)).status_code == 422
