@@ -344,6 +344,9 @@ class ExitDetector:
 
         # obstruction: the whole view's structure no longer matches any clear scene
         sim = max(self._similarity(feats, s) for s in self._states)
+        if sim < t.obstructed_sim or self.obstructed:
+            # nothing can be seen: the route keeps its state, its clear timer waits
+            self._last_present_ms = ts_ms
         if sim < t.obstructed_sim:
             self._seen_since = None
             if self._obs_since is None:
