@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -74,6 +75,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
             parts.append(f"{loc}: {err.get('msg')}")
         return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+
+    @app.exception_handler(psycopg.DataError)
+    async def _unusable_value(_: Request, exc: psycopg.DataError) -> JSONResponse:
+        # a value the database cannot take (a NUL character, a number out of range): the request's fault
+        return JSONResponse({"detail": f"a value in the request cannot be used: {exc.diag.message_primary or exc}"},
+                            status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
