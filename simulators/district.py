@@ -103,6 +103,10 @@ def generate_district(size: str) -> dict[str, Any]:
         streets.append(street)
     person("b-001", "bureau")
     person("a-001", "admin")
+    # a detector taken down last year: it keeps its history and is no longer accepted
+    first = streets[0]["communities"][0]["grids"][0]["buildings"][0]["id"]
+    devices.append({"id": "sa-0000", "kind": "smoke_alarm", "building": first, "floor": 1, "place": "101 已拆除",
+                    "retired": True})
     return {"districts": [{"id": "siming", "name": "思明区", "streets": streets}],
             "workers": workers, "devices": devices}
 
