@@ -53,7 +53,7 @@ class RegistryCache(Mapping[str, Device]):
         return len(self._devices)
 
     def reload(self) -> None:
-        with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=10, application_name="gridhub-ingest") as conn:
             self._devices = load_devices(conn)
         self.loads += 1
         self._loaded_at = time.monotonic()
@@ -79,7 +79,7 @@ class RegistryCache(Mapping[str, Device]):
     def _follow(self) -> None:
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+                with psycopg.connect(self.url, autocommit=True, connect_timeout=10, application_name="gridhub-ingest") as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.reload()
                     while not self._stop.is_set():

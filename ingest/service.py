@@ -40,6 +40,7 @@ log = logging.getLogger("gridhub.ingest")
 SESSION_EXPIRY_S = int(os.environ.get("GRIDHUB_INGEST_SESSION_EXPIRY_S", 14 * 86400))
 CHANNELS = ("telemetry", "event", "status")
 SHARE_GROUP = "ingest"
+APPLICATION_NAME = "gridhub-ingest"
 REFUSED_AUTH = {134, 135, 4, 5}  # bad user name or password, not authorised (MQTT 5 and 3.1.1 codes)
 
 
@@ -52,13 +53,16 @@ class IngestTuning:
     batch_max: int = 500
     linger_s: float = 0.05
     connect_timeout_s: float = 10.0
+    mqtt5: bool = True  # False: MQTT 3.1.1 only, as on a broker without MQTT 5
+
 
     @classmethod
     def from_env(cls) -> IngestTuning:
         window = int(os.environ.get("GRIDHUB_INGEST_WINDOW", cls.window))
         batch = int(os.environ.get("GRIDHUB_INGEST_BATCH", max(1, window // 2)))
         linger = float(os.environ.get("GRIDHUB_INGEST_LINGER_MS", cls.linger_s * 1000)) / 1000
-        return cls(window=window, batch_max=batch, linger_s=linger)
+        mqtt5 = os.environ.get("GRIDHUB_INGEST_MQTT5", "1") not in ("0", "false", "no")
+        return cls(window=window, batch_max=batch, linger_s=linger, mqtt5=mqtt5)
 
 
 class BrokerRefused(RuntimeError):
@@ -108,7 +112,7 @@ class IngestService:
         assert self.settings.mqtt_url
         addr = BrokerAddress.parse(self.settings.mqtt_url)
         last_error = "no answer"
-        for protocol in (paho.MQTTv5, paho.MQTTv311):
+        for protocol in (paho.MQTTv5, paho.MQTTv311) if self.tuning.mqtt5 else (paho.MQTTv311,):
             client = make_client(self.settings.mqtt_url, self.client_id, protocol=protocol, clean=False,
                                  manual_ack=True)
             outcome: dict[str, Any] = {}
@@ -253,7 +257,8 @@ class IngestService:
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
             assert self.settings.database_url
-            self._conn = psycopg.connect(self.settings.database_url, connect_timeout=10)
+            self._conn = psycopg.connect(self.settings.database_url, connect_timeout=10,
+                                         application_name=APPLICATION_NAME)
             prepare(self._conn)
         return self._conn
 
@@ -340,12 +345,28 @@ class IngestService:
                 props.SessionExpiryInterval = 0
             self._client.disconnect(properties=props)
             self._client.loop_stop()
+            if end_session and self.protocol == paho.MQTTv311:
+                assert self.settings.mqtt_url
+                _end_session_311(self.settings.mqtt_url, self.client_id)
         self.registry.stop()
         if self._conn is not None:
             self._conn.close()
         log.info("ingest stopped: %d messages in %d batches (%d readings, %d events stored, %d duplicates, "
                  "quarantined %s)", self.totals.messages, self.batches, self.totals.readings, self.totals.events,
                  self.totals.duplicates, self.totals.quarantined or "none")
+
+
+def _end_session_311(url: str, client_id: str) -> None:
+    """Connect once with clean session on, which discards a 3.1.1 session, and leave."""
+    addr = BrokerAddress.parse(url)
+    client = make_client(url, client_id, protocol=paho.MQTTv311, clean=True)
+    done = threading.Event()
+    client.on_connect = lambda *a: done.set()
+    client.connect(addr.host, addr.port, keepalive=10)
+    client.loop_start()
+    done.wait(10)
+    client.disconnect()
+    client.loop_stop()
 
 
 def _topic(msg: paho.MQTTMessage) -> str:

@@ -102,8 +102,9 @@ def _dumps(value: Any) -> str:
 
 
 def _number(value: Any) -> float | None:
+    """The double column: numbers only; booleans and everything else live in value_json alone."""
     if isinstance(value, bool):
-        return 1.0 if value else 0.0
+        return None
     if isinstance(value, float):
         return value
     if isinstance(value, int):
