@@ -136,10 +136,11 @@ def _drop(st: DeviceState, rules: RuleBook, device_id: str, metrics: dict[str, A
         return None
     d["last"] = ts
     st.dirty = True
+    # the window holds a decreasing run of values (a sliding maximum): its head is the peak of the last within_s
     window = [p for p in d.get("window", []) if p[0] >= ts - rule.within_s * 1000]
     found: Finding | None = None
     active = "sprinkler_drop" in st.active
-    peak = max((p[1] for p in window), default=v)
+    peak = window[0][1] if window else v
     if not active and peak - v >= rule.fall - 1e-9:
         st.active.add("sprinkler_drop")
         found = Finding("raise", "sprinkler_drop", ts, {rule.metric: v, "from": peak, "within_s": rule.within_s})
@@ -156,6 +157,8 @@ def _drop(st: DeviceState, rules: RuleBook, device_id: str, metrics: dict[str, A
                 st.active.discard("sprinkler_drop")
                 d.update(stable_since=None, lo=None, hi=None)
                 found = Finding("clear", "sprinkler_drop", ts, {rule.metric: v, "stable_s": rule.stable_s})
+    while window and window[-1][1] <= v:
+        window.pop()
     window.append([ts, v])
     d["window"] = window
     return found

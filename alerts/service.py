@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import queue
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -50,7 +51,7 @@ from gridhub.settings import Settings
 
 log = logging.getLogger("gridhub.alerts")
 
-BATCH = 2000
+BATCH = 500
 PUBLISH_BATCH = 500
 OFFLINE_SLACK_S = 1.0  # an offline deadline is rewritten when it moves by more; the timer re-checks memory
 
@@ -64,6 +65,7 @@ class Inbound:
     qos: int
     mid: int
     retain: bool
+    lane: str  # the session it came on: "events" or "telemetry"
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class AlertService:
         self.priority: queue.Queue[Inbound] = queue.Queue()
         self.telemetry: queue.Queue[Inbound] = queue.Queue()
         self.lock = threading.Lock()
+        self.priority_busy = threading.Event()
         self.devices: dict[str, Registered] = {}
         self.devices_loaded = 0.0
         self.states: dict[str, DeviceState] = {}
@@ -97,10 +100,11 @@ class AlertService:
         self.offline_written: dict[str, datetime] = {}
         self.held: frozenset[int] = frozenset()
         self.others: frozenset[int] = frozenset()
-        self.marker = ""
+        self.markers: dict[str, str] = {}
+        self.drained: set[str] = set()
         self.grace_until: datetime | None = None
         self.threads: list[threading.Thread] = []
-        self.client: paho.Client | None = None
+        self.clients: dict[str, paho.Client] = {}
         self.timer_actions: dict[str, timers.TimerAction] = {
             **tasks.timer_actions(self.rules),
             "offline": self._offline_due,
@@ -110,6 +114,7 @@ class AlertService:
     # ------------------------------------------------------------------ life cycle
 
     def start(self) -> None:
+        sys.setswitchinterval(0.0005)  # hand the interpreter over quickly when an alarm's database reply arrives
         with connect(self.db_url, autocommit=True) as conn:
             self._load_devices(conn)
             self._keep_leases(conn)
@@ -119,22 +124,25 @@ class AlertService:
             t.start()
             self.threads.append(t)
         addr = BrokerAddress.parse(self.settings.mqtt_url or "")
-        client = make_client(self.settings.mqtt_url or "", self.instance, protocol=paho.MQTTv311, clean=False,
-                             manual_ack=True)
-        client.max_inflight_messages_set(100)
-        client.on_connect = self._on_connect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        client.reconnect_delay_set(1, 5)
-        self.client = client
-        client.connect_async(addr.host, addr.port, keepalive=30)
-        client.loop_start()
+        # two persistent sessions, so that an alarm never queues behind telemetry at the broker or on the wire
+        for lane, client_id in (("events", self.instance), ("telemetry", f"{self.instance}-telemetry")):
+            client = make_client(self.settings.mqtt_url or "", client_id, protocol=paho.MQTTv311, clean=False,
+                                 manual_ack=True)
+            client.max_inflight_messages_set(100)
+            client.user_data_set(lane)
+            client.on_connect = self._on_connect
+            client.on_subscribe = self._on_subscribe
+            client.on_message = self._on_message
+            client.reconnect_delay_set(1, 5)
+            self.clients[lane] = client
+            client.connect_async(addr.host, addr.port, keepalive=30)
+            client.loop_start()
 
     def stop(self) -> None:
         self.stopping.set()
-        if self.client is not None:
-            self.client.disconnect()
-            self.client.loop_stop()
+        for client in self.clients.values():
+            client.disconnect()
+            client.loop_stop()
         for t in self.threads:
             t.join(timeout=10)
         try:
@@ -170,38 +178,51 @@ class AlertService:
 
     # ------------------------------------------------------------------ MQTT
 
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+    def _on_connect(self, client: paho.Client, lane: str, flags: Any, rc: Any, props: Any = None) -> None:
         if getattr(rc, "is_failure", False):
-            log.error("broker refused the alerts instance: %s", rc)
+            log.error("broker refused the alerts instance (%s session): %s", lane, rc)
             return
+        self.drained.discard(lane)
         self.grace_until = None  # offline deadlines wait for the backlog of this (re)connection
-        self.marker = uuid.uuid4().hex
+        self.markers[lane] = uuid.uuid4().hex
         p = self.prefix
-        client.subscribe([(f"{p}/devices/+/telemetry", 1), (f"{p}/devices/+/event", 1),
-                          (f"{p}/devices/+/status", 1), (self._marker_topic(), 1)])
+        topics = ([(f"{p}/devices/+/telemetry", 1)] if lane == "telemetry"
+                  else [(f"{p}/devices/+/event", 1), (f"{p}/devices/+/status", 1)])
+        client.subscribe([*topics, (self._marker_topic(lane), 1)])
 
-    def _marker_topic(self) -> str:
-        return f"{self.prefix}/hub/{self.instance}/drained"
+    def _marker_topic(self, lane: str) -> str:
+        return f"{self.prefix}/hub/{self.instance}/{lane}/drained"
 
-    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, rcs: Any, props: Any = None) -> None:
-        client.publish(self._marker_topic(), self.marker.encode(), qos=1)
-        self.ready.set()
+    def _on_subscribe(self, client: paho.Client, lane: str, mid: int, rcs: Any, props: Any = None) -> None:
+        client.publish(self._marker_topic(lane), self.markers[lane].encode(), qos=1)
+        if len(self.markers) == 2:
+            self.ready.set()
 
-    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+    def _on_message(self, client: paho.Client, lane: str, msg: paho.MQTTMessage) -> None:
         topic = msg.topic
-        if topic == self._marker_topic():
-            self.telemetry.put(Inbound(topic, "", "marker", bytes(msg.payload), msg.qos, msg.mid, msg.retain))
+        into = self.telemetry if lane == "telemetry" else self.priority
+        if topic == self._marker_topic(lane):
+            into.put(Inbound(topic, "", "marker", bytes(msg.payload), msg.qos, msg.mid, msg.retain, lane))
             return
         parts = topic.rsplit("/", 2)
         if len(parts) != 3:
-            self._ack(msg.mid, msg.qos)
+            self._ack(lane, msg.mid, msg.qos)
             return
-        item = Inbound(topic, parts[1], parts[2], bytes(msg.payload), msg.qos, msg.mid, msg.retain)
-        (self.telemetry if item.channel == "telemetry" else self.priority).put(item)
+        into.put(Inbound(topic, parts[1], parts[2], bytes(msg.payload), msg.qos, msg.mid, msg.retain, lane))
 
-    def _ack(self, mid: int, qos: int) -> None:
-        if qos > 0 and self.client is not None:
-            self.client.ack(mid, qos)
+    def _ack(self, lane: str, mid: int, qos: int) -> None:
+        client = self.clients.get(lane)
+        if qos > 0 and client is not None:
+            client.ack(mid, qos)
+
+    def _marker_seen(self, lane: str, payload: bytes) -> None:
+        """This session's backlog is processed; with both, offline deadlines resume after the grace margin."""
+        if payload.decode() != self.markers.get(lane):
+            return
+        self.drained.add(lane)
+        if self.drained >= {"events", "telemetry"}:
+            self.grace_until = self.clock.now() + timedelta(seconds=self.rules.offline.grace_margin_s)
+            log.info("backlog drained; offline deadlines resume at %s", self.grace_until.isoformat())
 
     # ------------------------------------------------------------------ registry, shards, state
 
@@ -329,6 +350,9 @@ class AlertService:
         self._state(device_id).active.add("device_offline")
 
     def _handle_priority(self, conn: psycopg.Connection[Any], item: Inbound) -> None:
+        if item.channel == "marker":
+            self._marker_seen(item.lane, item.payload)
+            return
         reg = self._registered(conn, item.device_id)
         if reg is None or not self._mine(conn, item.device_id):
             return
@@ -377,6 +401,12 @@ class AlertService:
                     self._signs_of_life(conn, {dev: reg}, now)
                 changes.flush(conn)
 
+    def _yield_to_alarms(self, limit_s: float = 0.05) -> None:
+        """Telemetry waits while the priority lane has work (up to `limit_s`, so that it is never starved)."""
+        end = time.monotonic() + limit_s
+        while (self.priority_busy.is_set() or not self.priority.empty()) and time.monotonic() < end:
+            time.sleep(0.0005)
+
     def _telemetry_batch(self, conn: psycopg.Connection[Any], batch: list[Inbound]) -> bool:
         """Evaluate a batch of readings in memory and write what they changed in one transaction.
         Returns whether the drain marker of this connection was in it."""
@@ -384,9 +414,12 @@ class AlertService:
         now_ms = int(now.timestamp() * 1000)
         marker = False
         work: list[tuple[Registered, Reading]] = []
-        for item in batch:
+        for n, item in enumerate(batch):
+            if n % 50 == 0:
+                self._yield_to_alarms()
             if item.channel == "marker":
-                marker = marker or item.payload.decode() == self.marker
+                marker = True
+                self._marker_seen(item.lane, item.payload)
                 continue
             reg = self._registered(conn, item.device_id)
             if reg is None or not self._mine(conn, item.device_id):
@@ -402,11 +435,16 @@ class AlertService:
         alive = {reg.place.device_id: reg for reg, _ in work}
         self._states(conn, set(alive))
         found: list[tuple[Registered, Finding]] = []
-        with self.lock:
-            for reg, r in work:
+        self._yield_to_alarms()
+        for i, (reg, r) in enumerate(work):
+            if i % 50 == 0:
+                self._yield_to_alarms()
+            with self.lock:
                 st = self.states[reg.place.device_id]
                 found += [(reg, f) for f in reading_findings(st, self.rules, reg.place.kind, reg.place.device_id, r)]
+        with self.lock:
             dirty = [(d, Jsonb(self.states[d].to_json())) for d in alive if self.states[d].dirty]
+        self._yield_to_alarms()
         with conn.transaction():
             for reg, f in found:
                 self._apply(conn, reg, f, now)
@@ -431,13 +469,17 @@ class AlertService:
                     item = self.priority.get(timeout=0.5)
                 except queue.Empty:
                     continue
+                self.priority_busy.set()
                 try:
                     self._handle_priority(conn, item)
                 except Exception:
                     changes.discard(conn)
                     self.priority.put(item)  # not acknowledged: try again on a fresh connection
                     raise
-                self._ack(item.mid, item.qos)
+                finally:
+                    if self.priority.empty():
+                        self.priority_busy.clear()
+                self._ack(item.lane, item.mid, item.qos)
 
     def _telemetry_lane(self) -> None:
         with connect(self.db_url, autocommit=True) as conn:
@@ -452,7 +494,7 @@ class AlertService:
                     except queue.Empty:
                         break
                 try:
-                    marker = self._telemetry_batch(conn, batch)
+                    self._telemetry_batch(conn, batch)
                 except Exception:
                     changes.discard(conn)
                     with self.lock:
@@ -461,12 +503,7 @@ class AlertService:
                         self.telemetry.put(item)
                     raise
                 for item in batch:
-                    self._ack(item.mid, item.qos)
-                if marker:
-                    while not self.priority.empty() and not self.stopping.is_set():
-                        time.sleep(0.01)
-                    self.grace_until = self.clock.now() + timedelta(seconds=self.rules.offline.grace_margin_s)
-                    log.info("backlog drained; offline deadlines resume at %s", self.grace_until.isoformat())
+                    self._ack(item.lane, item.mid, item.qos)
 
     def _held_back(self) -> tuple[str, ...]:
         g = self.grace_until
@@ -499,7 +536,7 @@ class AlertService:
 
     def _publish_changes(self, conn: psycopg.Connection[Any]) -> int:
         """Publish the next changes in log order, once: the cursor row's lock elects one publisher at a time."""
-        client = self.client
+        client = self.clients.get("events")
         if client is None or not client.is_connected():
             return 0
         with conn.transaction():
