@@ -16,7 +16,6 @@ import multiprocessing as mp
 import os
 import secrets
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
