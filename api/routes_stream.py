@@ -116,6 +116,8 @@ class ChangeReader:
         if horizon == self.after:
             return []
         cond, params = self.user.grid_filter("grid_id")
+        if not self.user.all_grids:  # as in the task list: a task assigned to me is mine wherever it is
+            cond, params = f"({cond} OR (kind = 'task' AND payload->>'assignee' = %s))", [*params, self.user.id]
         rows = await (await conn.execute(
             f"SELECT id, kind, payload::text FROM changes WHERE id > %s AND id <= %s AND ({cond}) ORDER BY id",
             [self.after, horizon, *params])).fetchall()
@@ -164,7 +166,7 @@ async def stream(
             if time.monotonic() - last_sent >= KEEPALIVE_S:
                 yield b": keepalive\n\n"
                 last_sent = time.monotonic()
-            await feed.wait(generation, 0.5 if reader.waiting_on_hole else min(KEEPALIVE_S, 2.0))
+            await feed.wait(generation, 0.5 if reader.waiting_on_hole else KEEPALIVE_S)
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

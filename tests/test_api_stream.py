@@ -5,12 +5,16 @@ Last-Event-ID without a gap."""
 from __future__ import annotations
 
 import json
+import queue
 
 import httpx
 import psycopg
+import pytest
 from apitools import SseEvent, SseReader, api, bearer, make_incident, tokens  # noqa: F401
+from psycopg.types.json import Jsonb
 
 from gridhub.alerts import changes
+from gridhub.api import routes_stream
 
 
 def stream(api: object, token: str, **kw: str) -> SseReader:
@@ -83,3 +87,25 @@ def test_stream_refuses_bad_tokens(api: object) -> None:
         assert client.get("/api/v1/stream").status_code == 401
         assert client.get("/api/v1/stream", params={"access_token": "nope"}).status_code == 401
         assert client.get("/api/v1/stream", headers=bearer("nope")).status_code == 401
+
+
+def test_a_change_committed_after_a_later_one_is_not_skipped(api: object, tokens: dict[str, str], db_url: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(routes_stream, "HOLE_GRACE_S", 300.0)  # this test decides when the hole fills
+    reader = stream(api, tokens["b-001"])
+    insert = ("INSERT INTO changes (kind, entity_id, grid_id, payload) VALUES ('alert', %s, 'g-xg-01', %s)"
+              " RETURNING id")
+    try:
+        with psycopg.connect(db_url) as slow, psycopg.connect(db_url, autocommit=True) as fast:
+            late = slow.execute(insert, ("late", Jsonb({"id": "late", "grid_id": "g-xg-01"}))).fetchone()
+            early = fast.execute(insert, ("early", Jsonb({"id": "early", "grid_id": "g-xg-01"}))).fetchone()
+            assert late and early and late[0] < early[0]
+            fast.execute("SELECT pg_notify('gridhub_changes', %s)", (str(early[0]),))
+            with pytest.raises(queue.Empty):  # the committed change waits behind the open transaction's id
+                reader.next(timeout=3)
+            slow.commit()
+            fast.execute("SELECT pg_notify('gridhub_changes', %s)", (str(late[0]),))
+        got = reader.until(lambda e: entity(e) == "early")
+        assert [(entity(e), int(e.id or 0)) for e in got] == [("late", late[0]), ("early", early[0])]
+    finally:
+        reader.close()
