@@ -175,3 +175,22 @@ def noisy_check(conn: psycopg.Connection[Any], device_id: str, now: datetime, ru
     else:  # look again when the oldest alarm that keeps it noisy leaves the window
         oldest_needed = rows[nr.max_alarms][0]
         timers.schedule(conn, "noisy", device_id, oldest_needed + timedelta(seconds=nr.window_s))
+
+
+class AlertNotFound(LookupError):
+    """No such alert in the caller's scope (404)."""
+
+
+def ack_alert(conn: psycopg.Connection[Any], alert_id: str, actor: Any, now: datetime) -> dict[str, Any]:
+    """Acknowledge an alert for `actor` (a gridhub.auth.Principal) and log the change; returns the REST shape.
+    Acknowledging twice is harmless. The caller commits."""
+    row = conn.execute("SELECT grid_id FROM alerts WHERE id = %s FOR UPDATE", (alert_id,)).fetchone()
+    if row is None or not actor.sees_grid(row[0]):
+        raise AlertNotFound(f"alert {alert_id} does not exist in your scope")
+    if conn.execute("UPDATE alerts SET acked = true, acked_by = %s, acked_at = %s WHERE id = %s AND NOT acked"
+                    " RETURNING id", (actor.id, now, alert_id)).fetchone():
+        changes.stage_alert(conn, alert_id)
+        changes.flush(conn)
+    shape = changes.alert_shape(conn, alert_id)
+    assert shape is not None
+    return shape

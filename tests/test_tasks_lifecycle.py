@@ -261,3 +261,14 @@ def test_dispatch_picks_the_grid_worker_with_fewest_open_tasks(tx: psycopg.Conne
     assert tasks.choose_assignee(tx, "g-xg-01") == "w-002"
     tx.execute("UPDATE workers SET active = false WHERE id = 'w-002'")
     assert tasks.choose_assignee(tx, "g-xg-01") == "s-001"
+
+
+def test_ack_alert_in_scope_only(tx: psycopg.Connection[Any], people: dict[str, Principal]) -> None:
+    task_id = make_task(tx, "open")
+    alert_id = tasks.task_shape(tx, task_id)["alert_ids"][0]  # type: ignore[index]
+    with pytest.raises(records.AlertNotFound):
+        records.ack_alert(tx, alert_id, people["worker_out"], NOW)
+    out = records.ack_alert(tx, alert_id, people["head"], NOW)
+    assert out["acked"] is True
+    change = tx.execute("SELECT payload FROM changes WHERE entity_id = %s ORDER BY id DESC LIMIT 1", (alert_id,)).fetchone()
+    assert change is not None and change[0]["acked"] is True
