@@ -284,3 +284,20 @@ def test_kpis_by_role(client: httpx.Client, tokens: dict[str, str], wid: str) ->
 
 ALL_ROLES = {"w-001": "grid_worker", "w-002": "grid_head", "w-003": "grid_worker", "w-004": "grid_head",
              "s-001": "street_officer", "b-001": "bureau", "a-001": "admin"}
+
+
+@pytest.mark.parametrize("wid", ALL_WORKERS)
+def test_ack_and_comment_by_role(client: httpx.Client, tokens: dict[str, str], wid: str, g1: tuple[str, str],
+                                 g2: tuple[str, str]) -> None:
+    for (alert_id, task_id), people in ((g1, G1_PEOPLE), (g2, G2_PEOPLE)):
+        expected = 200 if wid in people else 403
+        r = client.post(f"/api/v1/alerts/{alert_id}/ack", **as_(tokens, wid))
+        assert r.status_code == expected, r.text
+        if expected == 200:
+            assert r.json()["acked"] is True
+        r = client.post(f"/api/v1/tasks/{task_id}/comment", json={"note": f"{wid} 已阅"}, **as_(tokens, wid))
+        assert r.status_code == expected, r.text
+        if expected == 200:
+            assert r.json()["history"][-1] == {**r.json()["history"][-1], "actor": wid, "action": "comment"}
+        assert client.post(f"/api/v1/tasks/{task_id}/comment", json={}, **as_(tokens, wid)).status_code == (
+            422 if expected == 200 else 403)
