@@ -1,0 +1,519 @@
+"""``gridhub detect``: the live detectors. Camera frames in, the camera's events out.
+
+Frames arrive on ``{prefix}/devices/{id}/frame`` (capture time in the MQTT 5 user property
+``ts``, else the receive time) and ``{prefix}/devices/{id}/frame/{ts}``, or are pulled from a
+camera's ``source`` URL (RTSP, HTTP snapshot, video file; ``${NAME}`` taken from the environment)
+every ``interval_s``. Each camera's frames go, in order, through one ``ExitDetector`` (the same
+code as ``gridhub detect replay``); a change of state is published as the camera's ``event``
+(CONTRACT §1) with ``detail.occupancy`` and ``detail.evidence_id``, the evidence JPEG stored in
+the ``evidence`` table first. While frames arrive the camera is kept alive with a ``heartbeat``
+event; a pulled source that stops giving frames raises ``video_loss`` (``video_restored`` when
+it comes back). Undecodable frames are quarantined as ``bad_frame``, frames over 2 MiB as
+``oversize``, frames of cameras not in the registry as ``unregistered_device``.
+
+Each camera is run by one instance: instances lease cameras in ``detector_leases`` and renew
+the leases; a camera whose lease has expired is taken over by another instance.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import queue
+import re
+import signal
+import string
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import paho.mqtt.client as paho
+import psycopg
+from pydantic import ValidationError
+
+from gridhub.db import connect
+from gridhub.metrics import bump
+from gridhub.mqtt import BrokerAddress, make_client
+from gridhub.protocol import MAX_FRAME, MAX_PAYLOAD, Reason, TopicError, device_topic, parse_topic
+from gridhub.settings import Settings
+
+from .config import CameraConfig
+from .evidence import render_evidence
+from .model import ExitDetector, decode_frame
+
+log = logging.getLogger("gridhub.detect")
+
+LEASE_S = 30.0
+RENEW_S = 10.0
+REGISTRY_REFRESH_S = 30.0
+DEFAULT_HEARTBEAT_S = 60
+VIDEO_LOSS_AFTER = 3  # failed pulls in a row
+
+
+@dataclass
+class Camera:
+    """A registered camera and its detector."""
+
+    config: CameraConfig
+    source: str = "mqtt"
+    interval_s: float = 5.0
+    heartbeat_s: int = DEFAULT_HEARTBEAT_S
+    detector: ExitDetector | None = None
+    last_ts: int | None = None
+    last_heartbeat_ms: int | None = None
+    seq: int = 0
+    video_lost: bool = False
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def id(self) -> str:
+        return self.config.camera_id
+
+    @property
+    def pulled(self) -> bool:
+        return self.source != "mqtt"
+
+
+@dataclass
+class Frame:
+    camera_id: str
+    ts_ms: int
+    payload: bytes | None  # JPEG bytes from MQTT
+    image: np.ndarray | None = None  # a pulled frame, already decoded
+    topic: str = ""
+    reject: tuple[Reason, str] | None = None  # quarantine it: reason and detail
+
+
+def expand_source(source: str) -> str:
+    """``${NAME}`` taken from the environment; a missing variable is an error that names it."""
+    missing = [m for m in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", source) if m not in os.environ]
+    if missing:
+        raise KeyError(f"camera source needs the environment variable {missing[0]}")
+    return string.Template(source).substitute(os.environ)
+
+
+def camera_from_row(device_id: str, block: dict[str, Any], heartbeat_s: int | None) -> Camera:
+    """A ``Camera`` from the registry's ``camera:`` block; ValueError names the field."""
+    data = {k: v for k, v in block.items() if v is not None}
+    try:
+        cfg = CameraConfig.model_validate({**data, "camera_id": device_id})
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
+        raise ValueError(
+            f"camera {device_id}: bad camera block ({fields}): {exc.errors()[0]['msg']}"
+        ) from None
+    return Camera(
+        config=cfg,
+        source=str(block.get("source") or "mqtt"),
+        interval_s=float(block.get("interval_s") or 5),
+        heartbeat_s=int(heartbeat_s or DEFAULT_HEARTBEAT_S),
+    )
+
+
+class DetectService:
+    """The detectors of the cameras this instance holds, fed by MQTT and by pulled sources."""
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.database_url and settings.mqtt_url
+        self.settings = settings
+        self.prefix = settings.topic_prefix
+        self.instance = settings.client_id("detect")
+        self.frames: queue.Queue[Frame] = queue.Queue(maxsize=10_000)
+        self.cameras: dict[str, Camera] = {}
+        self.held: set[str] = set()
+        self.pullers: dict[str, threading.Thread] = {}
+        self.stop_event = threading.Event()
+        self.failed = threading.Event()
+        self.conn: psycopg.Connection[Any] | None = None
+        self.client: paho.Client | None = None
+        self.worker: threading.Thread | None = None
+        self.processed = 0
+        self.published = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        assert self.settings.database_url and self.settings.mqtt_url
+        self.conn = connect(self.settings.database_url, autocommit=True)
+        self._refresh()
+        client = make_client(self.settings.mqtt_url, self.instance, protocol=paho.MQTTv5)
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        addr = BrokerAddress.parse(self.settings.mqtt_url)
+        client.connect(addr.host, addr.port, keepalive=30)
+        client.loop_start()
+        self.client = client
+        self.worker = threading.Thread(target=self._work, name="detect-worker", daemon=True)
+        self.worker.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for cam in self.cameras.values():
+            cam.stop.set()
+        if self.worker is not None:
+            self.worker.join(timeout=10)
+        for t in self.pullers.values():
+            t.join(timeout=5)
+        if self.client is not None:
+            self.client.loop_stop()
+            self.client.disconnect()
+        if self.conn is not None:
+            try:
+                self.conn.execute("DELETE FROM detector_leases WHERE holder = %s", (self.instance,))
+            except psycopg.Error:
+                log.warning("could not release camera leases; they expire in %s s", LEASE_S)
+            self.conn.close()
+
+    # -- MQTT in ---------------------------------------------------------------------------
+
+    def _on_connect(
+        self, client: paho.Client, userdata: object, flags: object, rc: Any, props: object = None
+    ) -> None:
+        if getattr(rc, "is_failure", False):
+            log.error("broker refused the detector's connection: %s", rc)
+            return
+        client.subscribe(f"{self.prefix}/devices/+/frame", qos=1)
+        client.subscribe(f"{self.prefix}/devices/+/frame/+", qos=1)
+        log.info("detect: subscribed to camera frames under %s", self.prefix)
+
+    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        now_ms = int(time.time() * 1000)
+        try:
+            topic = parse_topic(msg.topic, self.prefix)
+        except TopicError as exc:
+            self._enqueue(
+                Frame("", now_ms, bytes(msg.payload), topic=msg.topic, reject=(Reason.BAD_TOPIC, str(exc)))
+            )
+            return
+        ts = now_ms
+        if topic.frame_ts is not None:
+            ts = int(topic.frame_ts)
+        else:
+            for key, value in getattr(msg.properties, "UserProperty", None) or []:
+                if key == "ts" and str(value).isdigit():
+                    ts = int(value)
+        self._enqueue(Frame(topic.device_id, ts, bytes(msg.payload), topic=msg.topic))
+
+    def _enqueue(self, frame: Frame) -> None:
+        try:
+            self.frames.put_nowait(frame)
+        except queue.Full:
+            log.warning("detect: frame queue full, frame of %s at %s dropped", frame.camera_id, frame.ts_ms)
+
+    # -- the worker: registry, leases, frames ------------------------------------------------
+
+    def _work(self) -> None:
+        next_refresh = time.monotonic() + REGISTRY_REFRESH_S
+        next_renew = time.monotonic() + RENEW_S
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    item = self.frames.get(timeout=0.5)
+                except queue.Empty:
+                    item = None
+                if item is not None and item.reject is not None:
+                    reason, detail = item.reject
+                    self._quarantine(item.topic, item.camera_id or None, reason, detail, item.payload or b"")
+                elif item is not None:
+                    self._handle(item)
+                now = time.monotonic()
+                if now >= next_refresh:
+                    self._refresh()
+                    next_refresh = now + REGISTRY_REFRESH_S
+                    next_renew = now + RENEW_S
+                elif now >= next_renew:
+                    self._renew()
+                    next_renew = now + RENEW_S
+        except Exception:
+            log.exception("the detector worker failed")
+            self.failed.set()
+
+    def _refresh(self) -> None:
+        """Reload the cameras from the registry, take free camera leases, start pulling sources."""
+        assert self.conn is not None
+        rows = self.conn.execute(
+            "SELECT id, camera, heartbeat_s FROM devices WHERE kind = 'camera' AND NOT retired"
+        ).fetchall()
+        seen: set[str] = set()
+        for device_id, block, heartbeat_s in rows:
+            seen.add(device_id)
+            if not block:
+                continue
+            try:
+                fresh = camera_from_row(device_id, block, heartbeat_s)
+            except ValueError as exc:
+                log.error("%s", exc)
+                continue
+            old = self.cameras.get(device_id)
+            if old is not None and old.config == fresh.config and old.source == fresh.source:
+                old.interval_s, old.heartbeat_s = fresh.interval_s, fresh.heartbeat_s
+                continue
+            if old is not None:
+                old.stop.set()
+            self.cameras[device_id] = fresh
+        for gone in set(self.cameras) - seen:
+            self.cameras.pop(gone).stop.set()
+        self._renew()
+
+    def _renew(self) -> None:
+        assert self.conn is not None
+        ids = sorted(self.cameras)
+        if not ids:
+            self.held = set()
+            return
+        rows = self.conn.execute(
+            "INSERT INTO detector_leases AS l (camera_id, holder, expires_at)"
+            " SELECT unnest(%s::text[]), %s, now() + make_interval(secs => %s)"
+            " ON CONFLICT (camera_id) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at"
+            " WHERE l.holder = EXCLUDED.holder OR l.expires_at < now()"
+            " RETURNING camera_id",
+            (ids, self.instance, LEASE_S),
+        ).fetchall()
+        held = {r[0] for r in rows}
+        for lost in self.held - held:
+            cam = self.cameras.get(lost)
+            if cam is not None:
+                cam.detector = None  # another instance runs it now; start afresh if it comes back
+                cam.stop.set()
+        self.held = held
+        for cid in held:
+            cam = self.cameras[cid]
+            t = self.pullers.get(cid)
+            if cam.pulled and (t is None or not t.is_alive() or cam.stop.is_set()):
+                cam.stop = threading.Event()
+                t = threading.Thread(target=self._pull, args=(cam,), name=f"pull-{cid}", daemon=True)
+                self.pullers[cid] = t
+                t.start()
+
+    def _handle(self, frame: Frame) -> None:
+        cam = self.cameras.get(frame.camera_id)
+        if cam is None:
+            if frame.payload is not None:
+                self._quarantine(
+                    frame.topic,
+                    frame.camera_id,
+                    Reason.UNREGISTERED_DEVICE,
+                    f"camera {frame.camera_id} is not registered (or retired): import it with "
+                    "gridhub registry import",
+                    frame.payload,
+                )
+            return
+        if cam.id not in self.held:
+            return  # another instance runs this camera
+        if frame.payload is not None and len(frame.payload) > MAX_FRAME:
+            self._quarantine(
+                frame.topic,
+                cam.id,
+                Reason.OVERSIZE,
+                f"frame of {len(frame.payload)} bytes is over the 2 MiB limit",
+                frame.payload,
+            )
+            return
+        image = frame.image
+        if image is None and frame.payload is not None:
+            image = decode_frame(frame.payload)
+            if image is None:
+                self._quarantine(
+                    frame.topic,
+                    cam.id,
+                    Reason.BAD_FRAME,
+                    f"frame of {len(frame.payload)} bytes is not a decodable image",
+                    frame.payload,
+                )
+                return
+        if image is None:
+            return
+        if cam.last_ts is not None and frame.ts_ms <= cam.last_ts:
+            log.info("camera %s: frame at %s is not newer than %s; skipped", cam.id, frame.ts_ms, cam.last_ts)
+            return
+        if cam.detector is None:
+            cam.detector = ExitDetector(cam.config)
+        result = cam.detector.process(image, frame.ts_ms)
+        cam.last_ts = frame.ts_ms
+        self.processed += 1
+        for event in result.events:
+            evidence_id = self._store_evidence(cam, frame, image, event.boxes, event.type)
+            detail: dict[str, Any] = {"occupancy": round(event.occupancy, 4)}
+            if evidence_id:
+                detail["evidence_id"] = evidence_id
+            self._publish(cam, frame.ts_ms, event.type, detail)
+        if cam.last_heartbeat_ms is None or frame.ts_ms - cam.last_heartbeat_ms >= cam.heartbeat_s * 500:
+            self._publish(cam, frame.ts_ms, "heartbeat", {"source": "pulled" if cam.pulled else "mqtt"})
+            cam.last_heartbeat_ms = frame.ts_ms
+
+    # -- out -------------------------------------------------------------------------------
+
+    def _publish(self, cam: Camera, ts_ms: int, type_: str, detail: dict[str, Any]) -> None:
+        assert self.client is not None
+        cam.seq += 1
+        payload = json.dumps({"ts": ts_ms, "seq": cam.seq, "type": type_, "detail": detail})
+        self.client.publish(device_topic(self.prefix, cam.id, "event"), payload, qos=1)
+        self.published += 1
+        if type_ != "heartbeat":
+            log.info("camera %s: %s at %s %s", cam.id, type_, ts_ms, detail)
+
+    def _store_evidence(
+        self, cam: Camera, frame: Frame, image: np.ndarray, boxes: list[Any], type_: str
+    ) -> str | None:
+        assert self.conn is not None
+        full = decode_frame(frame.payload, reduced=False) if frame.payload is not None else image
+        if full is None:
+            full = image
+        jpeg = render_evidence(full, cam.config.roi, boxes, label=f"{cam.id} {type_}")
+        evidence_id = f"ev-{uuid.uuid4().hex}"
+        try:
+            self.conn.execute(
+                "INSERT INTO evidence (id, device_id, kind, content_type, data, created_by)"
+                " VALUES (%s, %s, 'detection', 'image/jpeg', %s, 'detector')",
+                (evidence_id, cam.id, jpeg),
+            )
+        except psycopg.Error as exc:
+            log.error("camera %s: evidence not stored (%s); the event goes out without it", cam.id, exc)
+            return None
+        return evidence_id
+
+    def _quarantine(
+        self, topic: str, device_id: str | None, reason: Reason, detail: str, payload: bytes
+    ) -> None:
+        assert self.conn is not None
+        cut = payload[:MAX_PAYLOAD]
+        try:
+            text, enc = cut.decode("utf-8"), "utf8"
+            if "\x00" in text:
+                raise UnicodeDecodeError("utf-8", cut, 0, 1, "NUL")
+        except UnicodeDecodeError:
+            text, enc = base64.b64encode(cut).decode("ascii"), "base64"
+        with self.conn.transaction():
+            self.conn.execute(
+                "INSERT INTO quarantine (topic, device_id, reason, detail, payload, payload_encoding, payload_truncated)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (topic, device_id, reason.value, detail, text, enc, len(payload) > MAX_PAYLOAD),
+            )
+            bump(self.conn, {("gridhub_quarantined_total", f'reason="{reason.value}"'): 1})
+        log.warning("quarantined a frame on %s: %s (%s)", topic, reason.value, detail)
+
+    # -- pulled sources ----------------------------------------------------------------------
+
+    def _pull(self, cam: Camera) -> None:
+        """Read a frame from the camera's source every ``interval_s`` until told to stop."""
+        try:
+            url = expand_source(cam.source)
+        except KeyError as exc:
+            log.error("camera %s: %s; not pulling", cam.id, exc.args[0])
+            return
+        reader = SourceReader(url)
+        failures = 0
+        while not cam.stop.is_set() and not self.stop_event.is_set():
+            started = time.monotonic()
+            image = reader.read(cam.interval_s)
+            now_ms = int(time.time() * 1000)
+            if image is None:
+                failures += 1
+                if failures == VIDEO_LOSS_AFTER and not cam.video_lost:
+                    cam.video_lost = True
+                    self._queue_event(cam, now_ms, "video_loss", {"source": _redact(url)})
+            else:
+                if cam.video_lost:
+                    cam.video_lost = False
+                    self._queue_event(cam, now_ms, "video_restored", {})
+                failures = 0
+                self._enqueue(Frame(cam.id, now_ms, None, image=image, topic=f"pull:{cam.id}"))
+            cam.stop.wait(max(0.0, cam.interval_s - (time.monotonic() - started)))
+        reader.close()
+
+    def _queue_event(self, cam: Camera, ts_ms: int, type_: str, detail: dict[str, Any]) -> None:
+        # published from the puller thread: paho's publish is thread-safe, the seq is per camera
+        self._publish(cam, ts_ms, type_, detail)
+
+
+class SourceReader:
+    """Frames from an OpenCV source: a video file is read at ``interval_s`` of its own time and
+    looped; a stream is kept open and its latest frame taken; an HTTP snapshot is fetched anew."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_file = "://" not in url or url.startswith("file://")
+        self.snapshot = url.startswith(("http://", "https://")) and not url.endswith((".mjpg", ".mjpeg"))
+        self.cap: cv2.VideoCapture | None = None
+        self.pos_ms = 0.0
+
+    def _open(self) -> cv2.VideoCapture | None:
+        path = self.url.removeprefix("file://")
+        cap = cv2.VideoCapture(path)
+        if not cap.isOpened():
+            cap.release()
+            return None
+        return cap
+
+    def read(self, interval_s: float) -> np.ndarray | None:
+        if self.snapshot:
+            cap = self._open()
+            if cap is None:
+                return None
+            ok, img = cap.read()
+            cap.release()
+            return img if ok else None
+        if self.cap is None:
+            self.cap = self._open()
+            if self.cap is None:
+                return None
+        if self.is_file:
+            self.cap.set(cv2.CAP_PROP_POS_MSEC, self.pos_ms)
+            ok, img = self.cap.read()
+            if not ok:  # the end: start again, the camera stays alive
+                self.pos_ms = 0.0
+                self.cap.set(cv2.CAP_PROP_POS_MSEC, 0.0)
+                ok, img = self.cap.read()
+            self.pos_ms += interval_s * 1000
+            return img if ok else None
+        ok, img = self.cap.read()
+        if not ok:
+            self.cap.release()
+            self.cap = None
+            return None
+        return img
+
+    def close(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+def run(settings: Settings) -> None:
+    """Run the detectors until SIGTERM or SIGINT."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("signal %d: stopping the detectors", signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    service = DetectService(settings)
+    try:
+        service.start()
+        last = time.monotonic()
+        while not stop.wait(1.0):
+            if service.failed.is_set():
+                raise RuntimeError("the detector worker failed (see the log above); restart gridhub detect")
+            if time.monotonic() - last >= 60:
+                log.info(
+                    "detect: %d cameras held, %d frames judged, %d events published",
+                    len(service.held),
+                    service.processed,
+                    service.published,
+                )
+                last = time.monotonic()
+    finally:
+        service.stop()
+        for s, h in previous.items():
+            signal.signal(s, h)

@@ -1,0 +1,124 @@
+"""The live detector on the real broker and database: MQTT frames, a pulled video file, evidence, quarantine."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import paho.mqtt.client as paho
+import psycopg
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from psycopg.types.json import Jsonb
+
+from gridhub.detectors.live import DetectService, expand_source
+from gridhub.simulators.scenes import Obstacle, generate_scene
+from tests.ingest_env import Hub, Publisher, make_hub, topic, wait_until
+
+ROI = [[0.41, 0.52], [0.59, 0.52], [0.93, 0.99], [0.07, 0.99]]
+
+
+class EventListener:
+    """Collects the camera events the detector publishes."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"listen-{uuid.uuid4().hex[:8]}")
+        self.client.username_pw_set("gridhub-hub", hub.broker.hub_password())
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", hub.broker.port)
+        self.client.subscribe("gridhub/v1/devices/+/event", qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        device = msg.topic.split("/")[3]
+        with self.lock:
+            self.events.append((device, json.loads(msg.payload)))
+
+    def of(self, device: str, type_: str | None = None) -> list[dict[str, Any]]:
+        with self.lock:
+            return [e for d, e in self.events if d == device and (type_ is None or e["type"] == type_)]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def live(
+    make_database: Callable[[], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Hub, DetectService, EventListener, Path]]:
+    video = tmp_path / "corridor.avi"
+    scene = generate_scene(3, 40.0, 1.0, lighting=False, obstacles=0, short_obstacles=0)
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"MJPG"), 1.0, (640, 360))
+    for _, img in scene.frames():
+        writer.write(img)
+    writer.release()
+    hub = make_hub(make_database, tmp_path)
+    with psycopg.connect(hub.db_url, autocommit=True) as conn:
+        for device_id, block in (
+            ("cam-mq", {"roi": ROI, "min_blocked_s": 60}),
+            ("cam-file", {"roi": ROI, "source": "${GH_TEST_VIDEO}", "interval_s": 1}),
+        ):
+            conn.execute(
+                "INSERT INTO devices (id, kind, building_id, camera) VALUES (%s, 'camera', 'b-12', %s)",
+                (device_id, Jsonb(block)),
+            )
+    monkeypatch.setenv("GH_TEST_VIDEO", str(video))
+    listener = EventListener(hub)
+    service = DetectService(hub.with_instance("detect-test"))
+    service.start()
+    try:
+        yield hub, service, listener, video
+    finally:
+        service.stop()
+        listener.close()
+        hub.broker.stop()
+
+
+def test_a_pulled_video_file_keeps_its_camera_alive(
+    live: tuple[Hub, DetectService, EventListener, Path],
+) -> None:
+    hub, service, listener, video = live
+    assert expand_source("${GH_TEST_VIDEO}") == str(video)
+    wait_until(lambda: len(listener.of("cam-file", "heartbeat")) >= 1, 30, "a heartbeat of the pulled camera")
+    wait_until(lambda: service.processed >= 6, 30, "frames pulled from the video file")
+    assert listener.of("cam-file", "video_loss") == []
+
+
+def test_mqtt_frames_raise_exit_blocked_with_evidence_and_bad_frames_are_quarantined(
+    live: tuple[Hub, DetectService, EventListener, Path],
+) -> None:
+    hub, service, listener, _ = live
+    scene = generate_scene(4, 220.0, 5.0, lighting=False, crowd=False, obstacles=0, short_obstacles=0)
+    scene.obstacles = [Obstacle("ebike", 30.0, 400.0, 4.5, 0.3, (40, 40, 200), 1.6, 1.0)]
+    pub = Publisher(hub)
+    try:
+        pub.send((topic("cam-mq", f"frame/{ts}"), data) for ts, data in scene.jpeg_frames())
+        pub.send([(topic("cam-mq", f"frame/{scene.start_ms + 500_000}"), b"\xff\xd8 broken")])
+    finally:
+        pub.close()
+    wait_until(lambda: len(listener.of("cam-mq", "exit_blocked")) == 1, 60, "exit_blocked from cam-mq")
+    (event,) = listener.of("cam-mq", "exit_blocked")
+    assert event["detail"]["occupancy"] > 0
+    assert listener.of("cam-mq", "heartbeat")
+    with psycopg.connect(hub.db_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT device_id, kind, data FROM evidence WHERE id = %s", (event["detail"]["evidence_id"],)
+        ).fetchone()
+        assert row is not None and row[0] == "cam-mq" and row[1] == "detection"
+        assert bytes(row[2][:2]) == b"\xff\xd8"
+
+        def quarantined() -> bool:
+            r = conn.execute(
+                "SELECT count(*) FROM quarantine WHERE device_id = 'cam-mq' AND reason = 'bad_frame'"
+            ).fetchone()
+            return bool(r and r[0] == 1)
+
+        wait_until(quarantined, 30, "the broken frame quarantined as bad_frame")
