@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.concurrency import run_in_threadpool
 
 from gridhub.alerts import changes
-from gridhub.alerts.shapes import ALERT_COLUMNS, alert_from_row, alert_shape
+from gridhub.alerts.records import AlertNotFound, ack_alert
+from gridhub.alerts.shapes import ALERT_COLUMNS, alert_from_row
 from gridhub.api.deps import ConnDep, CurrentUser, SyncPoolDep
 from gridhub.api.listing import CursorQuery, LimitQuery, clamp_limit, decode_cursor, page
 from gridhub.auth import Principal
@@ -68,24 +69,19 @@ async def list_alerts(
 
 
 @router.post("/alerts/{alert_id}/ack")
-async def ack_alert(alert_id: str, conn: ConnDep, user: CurrentUser, sync_pool: SyncPoolDep) -> dict[str, Any]:
+async def acknowledge(alert_id: str, conn: ConnDep, user: CurrentUser, sync_pool: SyncPoolDep) -> dict[str, Any]:
     """Acknowledge an alert (idempotent); the change goes to the live stream."""
     await scoped_alert(conn, user, alert_id)
 
-    def ack() -> dict[str, Any] | None:
+    def ack() -> dict[str, Any]:
         with sync_pool.connection() as c:
             try:
-                done = c.execute("UPDATE alerts SET acked = true, acked_by = %s, acked_at = now()"
-                                 " WHERE id = %s AND NOT acked RETURNING id", (user.id, alert_id)).fetchone()
-                if done:
-                    changes.stage_alert(c, alert_id)
-                    changes.flush(c)
-                return alert_shape(c, alert_id)
+                return ack_alert(c, alert_id, user, datetime.now(UTC))
             except BaseException:
                 changes.discard(c)
                 raise
 
-    shape = await run_in_threadpool(ack)
-    if shape is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"alert {alert_id} does not exist")
-    return shape
+    try:
+        return await run_in_threadpool(ack)
+    except AlertNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
