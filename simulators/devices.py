@@ -91,17 +91,24 @@ class DevicePool:
         await asyncio.gather(*(bye(link) for link in self.links.values()), return_exceptions=True)
 
 
+CLEAR_START_S = 40.0
+
+
 def camera_scene(device: DeviceSpec, duration_s: float = 600.0, *, obstacles: int = 0) -> Any:
-    """The camera's corridor (same seed, same corridor every time), or None without the scene generator."""
+    """The camera's corridor (same seed, same corridor every time), or None without the scene generator.
+    Nobody walks through it in the first `CLEAR_START_S` seconds: a detector without a reference image learns
+    the clear corridor from its first frames (CONTRACT §3), which must then be clear."""
     try:
         from gridhub.simulators import scenes
     except ImportError:
         return None
     cam = device.camera or {}
     seed = zlib.crc32(device.id.encode()) % 100_000
-    return scenes.generate_scene(seed, duration_s=duration_s, fps_interval_s=float(cam.get("interval_s", 5)),
-                                 min_blocked_s=float(cam.get("min_blocked_s", 60)), lighting=False, crowd=False,
-                                 obstacles=obstacles, short_obstacles=0, roi=cam.get("roi"))
+    scene = scenes.generate_scene(seed, duration_s=duration_s, fps_interval_s=float(cam.get("interval_s", 5)),
+                                  min_blocked_s=float(cam.get("min_blocked_s", 60)), lighting=False, crowd=False,
+                                  obstacles=obstacles, short_obstacles=0, roi=cam.get("roi"))
+    scene.walkers = [w for w in scene.walkers if w.start_s > CLEAR_START_S]
+    return scene
 
 
 def encode_jpeg(scene: Any, t_s: float) -> bytes:

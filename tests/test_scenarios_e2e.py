@@ -195,6 +195,16 @@ def test_garbage_frame_is_quarantined_by_the_detector(hub: tuple[Hub, Path], con
     assert ("bad_frame", "cam-0002") in rows
 
 
+def test_exit_blocked_is_found_by_the_detector(hub: tuple[Hub, Path], conn: psycopg.Connection[Any]) -> None:
+    if not _has_live_detector():
+        pytest.skip("no live detector yet (gridhub.detectors.live): it raises exit_blocked from frames")
+    h, registry = hub
+    _play(h, registry, "exit_blocked", "--speed", "10", "--cast", "camera=cam-0003")
+    rows = _wait_rows(conn, "SELECT type, task_id FROM alerts WHERE device_id = 'cam-0003'", (),
+                      lambda rs: any(r[0] == "exit_blocked" for r in rs), timeout=60)
+    assert [r for r in rows if r[0] == "exit_blocked" and r[1]], rows
+
+
 def test_cli_json_summary_names_the_cast(hub: tuple[Hub, Path], capsys: pytest.CaptureFixture[str]) -> None:
     h, registry = hub
     assert h.settings.mqtt_url
