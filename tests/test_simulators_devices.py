@@ -14,7 +14,13 @@ from simulator_listener import HubListener
 from gridhub.protocol import Event, Reading
 from gridhub.simulators.behaviour import battery_pct, site_pressure_mpa
 from gridhub.simulators.devices import DevicePool, run_fleet
-from gridhub.simulators.fleet import BrokerTarget, DeviceAccounts, device_password, load_fleet, read_credentials
+from gridhub.simulators.fleet import (
+    BrokerTarget,
+    DeviceAccounts,
+    device_password,
+    load_fleet,
+    read_credentials,
+)
 
 REGISTRY = Path(__file__).parent / "data" / "registry.yaml"
 
