@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
@@ -68,5 +68,12 @@ def page(items: list[dict[str, Any]], limit: int, key: Any) -> dict[str, Any]:
 
 
 def rfc3339(value: datetime | None, tz: ZoneInfo) -> str | None:
-    """A time as RFC 3339 with the district's offset, or None."""
-    return value.astimezone(tz).isoformat() if value is not None else None
+    """A time as RFC 3339 with the district's offset (UTC where that offset is not whole minutes, as in local
+    mean time before time zones existed), or None."""
+    if value is None:
+        return None
+    local = value.astimezone(tz)
+    offset = local.utcoffset()
+    if offset is not None and offset.seconds % 60:
+        local = value.astimezone(UTC)
+    return local.isoformat()

@@ -11,8 +11,10 @@ from fastapi.concurrency import run_in_threadpool
 from gridhub.alerts import changes
 from gridhub.alerts.records import AlertNotFound, ack_alert
 from gridhub.alerts.shapes import ALERT_COLUMNS, alert_from_row
+from gridhub.api import schemas
 from gridhub.api.deps import ConnDep, CurrentUser, SyncPoolDep
 from gridhub.api.listing import CursorQuery, LimitQuery, clamp_limit, decode_cursor, page
+from gridhub.api.schemas import documented
 from gridhub.auth import Principal
 
 router = APIRouter(tags=["alerts"])
@@ -34,7 +36,7 @@ async def scoped_alert(conn: ConnDep, user: Principal, alert_id: str) -> dict[st
     return row
 
 
-@router.get("/alerts")
+@router.get("/alerts", response_model=None, responses=documented(schemas.AlertPage))
 async def list_alerts(
     conn: ConnDep, user: CurrentUser,
     state: AlertState | None = None,
@@ -68,7 +70,7 @@ async def list_alerts(
     return page(items, n, lambda a: keys[a["id"]])
 
 
-@router.post("/alerts/{alert_id}/ack")
+@router.post("/alerts/{alert_id}/ack", response_model=None, responses=documented(schemas.Alert))
 async def acknowledge(alert_id: str, conn: ConnDep, user: CurrentUser, sync_pool: SyncPoolDep) -> dict[str, Any]:
     """Acknowledge an alert (idempotent); the change goes to the live stream."""
     await scoped_alert(conn, user, alert_id)

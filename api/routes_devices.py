@@ -11,9 +11,11 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import AwareDatetime, BaseModel
 
+from gridhub.api import schemas
 from gridhub.api.commands import CommandNotDelivered, CommandPublisher
 from gridhub.api.deps import ConnDep, CurrentUser, require_roles
 from gridhub.api.listing import CursorQuery, LimitQuery, clamp_limit, decode_cursor, page, rfc3339
+from gridhub.api.schemas import documented
 from gridhub.auth import Principal
 from gridhub.protocol import device_topic
 
@@ -66,7 +68,7 @@ async def scoped_device(conn: ConnDep, user: Principal, device_id: str, columns:
     return row
 
 
-@router.get("/devices")
+@router.get("/devices", response_model=None, responses=documented(schemas.DevicePage))
 async def list_devices(
     request: Request, conn: ConnDep, user: CurrentUser,
     kind: Kind | None = None,
@@ -108,7 +110,7 @@ LOCATION_JOINS = """
 """
 
 
-@router.get("/devices/{device_id}")
+@router.get("/devices/{device_id}", response_model=None, responses=documented(schemas.DeviceDetail))
 async def get_device(device_id: str, request: Request, conn: ConnDep, user: CurrentUser) -> dict[str, Any]:
     """One device with its location path (district → street → community → grid → building → floor → place)."""
     row = await scoped_device(conn, user, device_id, LOCATION_COLUMNS, LOCATION_JOINS)
@@ -133,7 +135,7 @@ NUMERIC_VALUE = ("COALESCE(value, CASE jsonb_typeof(value_json) WHEN 'boolean' "
                  "THEN CASE WHEN value_json = 'true'::jsonb THEN 1.0 ELSE 0.0 END END)")
 
 
-@router.get("/devices/{device_id}/readings")
+@router.get("/devices/{device_id}/readings", response_model=None, responses=documented(schemas.Readings))
 async def device_readings(
     device_id: str, request: Request, conn: ConnDep, user: CurrentUser,
     metric: Annotated[str, Query(min_length=1, max_length=64, description="metric name, e.g. pressure_mpa")],
@@ -187,7 +189,8 @@ class CommandIn(BaseModel):
 CommandUser = Annotated[Principal, Depends(require_roles("grid_head", "street_officer", "admin"))]
 
 
-@router.post("/devices/{device_id}/commands", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/devices/{device_id}/commands", status_code=status.HTTP_202_ACCEPTED, response_model=None,
+             responses=documented(schemas.CommandSent, 202))
 async def send_command(device_id: str, body: CommandIn, request: Request, conn: ConnDep,
                        user: CommandUser) -> dict[str, Any]:
     """Publish a command to the device's `command` topic at QoS 1; 202 once the broker has it."""

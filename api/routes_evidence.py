@@ -13,9 +13,11 @@ from fastapi.concurrency import run_in_threadpool
 
 from gridhub.alerts import changes
 from gridhub.alerts.tasks import record_history
+from gridhub.api import schemas
 from gridhub.api.deps import ConnDep, CurrentUser, SyncPoolDep
 from gridhub.api.listing import CursorQuery, LimitQuery, clamp_limit, decode_cursor, page, rfc3339
 from gridhub.api.routes_tasks import scoped_task
+from gridhub.api.schemas import documented
 from gridhub.auth import Principal
 
 router = APIRouter(tags=["evidence"])
@@ -40,7 +42,8 @@ def is_jpeg(data: bytes) -> bool:
     return image is not None and image.size > 0
 
 
-@router.post("/tasks/{task_id}/photos", status_code=status.HTTP_201_CREATED)
+@router.post("/tasks/{task_id}/photos", status_code=status.HTTP_201_CREATED, response_model=None,
+             responses=documented(schemas.PhotoStored, 201))
 async def upload_photo(
     task_id: str, request: Request, conn: ConnDep, user: CurrentUser, sync_pool: SyncPoolDep,
     photo: Annotated[UploadFile, File(description="a JPEG photo of the scene")],
@@ -81,7 +84,7 @@ def _in_scope(user: Principal) -> tuple[str, list[Any]]:
     return user.grid_filter(EVIDENCE_GRID)
 
 
-@router.get("/evidence")
+@router.get("/evidence", response_model=None, responses=documented(schemas.EvidencePage))
 async def list_evidence(
     request: Request, conn: ConnDep, user: CurrentUser,
     device: Annotated[str | None, Query(max_length=64)] = None,

@@ -7,8 +7,10 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 
+from gridhub.api import schemas
 from gridhub.api.deps import AdminUser, ConnDep
 from gridhub.api.listing import CursorQuery, LimitQuery, clamp_limit, decode_cursor, page, rfc3339
+from gridhub.api.schemas import documented
 
 router = APIRouter(tags=["quarantine"])
 
@@ -16,7 +18,7 @@ Reason = Literal["invalid_json", "schema", "out_of_range", "unknown_event", "clo
                  "oversize", "bad_topic", "bad_frame"]
 
 
-@router.get("/quarantine")
+@router.get("/quarantine", response_model=None, responses=documented(schemas.QuarantinePage))
 async def list_quarantine(request: Request, conn: ConnDep, user: AdminUser, reason: Reason | None = None,
                           limit: LimitQuery = None, cursor: CursorQuery = None) -> dict[str, Any]:
     n = clamp_limit(limit)

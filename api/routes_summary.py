@@ -14,8 +14,10 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import AwareDatetime
 
 from gridhub.alerts.kpi import kpis as compute_kpis
+from gridhub.api import schemas
 from gridhub.api.deps import ConnDep, SyncPoolDep, require_roles
 from gridhub.api.listing import rfc3339
+from gridhub.api.schemas import documented
 from gridhub.auth import Principal
 
 router = APIRouter(tags=["summary"])
@@ -56,7 +58,7 @@ ORDER BY st.id, c.id, g.id
 """
 
 
-@router.get("/summary")
+@router.get("/summary", response_model=None, responses=documented(schemas.Summary))
 async def summary(request: Request, conn: ConnDep, user: SummaryUser) -> dict[str, Any]:
     """Per street → community → grid: devices online/offline, active alerts by severity, open and overdue tasks."""
     cond, params = user.grid_filter("g.id")
@@ -82,7 +84,7 @@ async def summary(request: Request, conn: ConnDep, user: SummaryUser) -> dict[st
                                                              request.app.state.settings.tz)}
 
 
-@router.get("/kpis")
+@router.get("/kpis", response_model=None, responses=documented(schemas.Kpis))
 async def kpis(
     request: Request, user: KpiUser, sync_pool: SyncPoolDep,
     level: Literal["grid", "community", "street"] = "community",

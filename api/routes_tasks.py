@@ -14,8 +14,10 @@ from gridhub.alerts import changes
 from gridhub.alerts.shapes import ALERT_COLUMNS, alert_from_row
 from gridhub.alerts.shapes import rfc3339 as shape_time
 from gridhub.alerts.tasks import ActionForbidden, IllegalTransition, TaskNotFound, apply_action
+from gridhub.api import schemas
 from gridhub.api.deps import ConnDep, CurrentUser, SyncPoolDep
 from gridhub.api.listing import CursorQuery, LimitQuery, clamp_limit, decode_cursor, page
+from gridhub.api.schemas import documented
 from gridhub.auth import Principal
 
 router = APIRouter(tags=["tasks"])
@@ -88,7 +90,7 @@ def _choices(value: str | None, allowed: tuple[str, ...], name: str) -> list[str
     return out
 
 
-@router.get("/tasks")
+@router.get("/tasks", response_model=None, responses=documented(schemas.TaskPage))
 async def list_tasks(
     conn: ConnDep, user: CurrentUser,
     state: Annotated[str | None, Query(max_length=100, description="a state or a comma list, e.g. open,accepted")] = None,
@@ -121,7 +123,7 @@ async def list_tasks(
     return page([task_from_row(r) for r in rows], n, lambda t: keys[t["id"]])
 
 
-@router.get("/tasks/{task_id}")
+@router.get("/tasks/{task_id}", response_model=None, responses=documented(schemas.TaskDetail))
 async def get_task(task_id: str, conn: ConnDep, user: CurrentUser) -> dict[str, Any]:
     """One task with its `history` and its `alerts`."""
     out = task_from_row(await scoped_task(conn, user, task_id))
@@ -143,7 +145,7 @@ class TaskActionIn(BaseModel):
     until: AwareDatetime | None = None
 
 
-@router.post("/tasks/{task_id}/{action}")
+@router.post("/tasks/{task_id}/{action}", response_model=None, responses=documented(schemas.Task))
 async def task_action(task_id: str, action: Action, conn: ConnDep, user: CurrentUser, sync_pool: SyncPoolDep,
                       body: Annotated[TaskActionIn | None, Body()] = None) -> dict[str, Any]:
     """Take a §4.1 action: 403 if your role may not, 409 if the task's state does not allow it, 422 for a bad body."""
