@@ -103,8 +103,8 @@ def all_pages(client: httpx.Client, path: str, headers: dict[str, str], **params
 def make_incident(db_url: str, device_id: str, grid_id: str, building_id: str, assignee: str | None, *,
                   alert_type: str = "fire_alarm", severity: str = "critical", accept_in_s: int = 120,
                   resolve_in_s: int = 1800) -> tuple[str, str]:
-    """An active alert with its open task, in the shapes of the alerts migration, logged in `changes` by the
-    alert engine's own change writer. Returns (alert id, task id)."""
+    """An active alert with its open task on a new twin of `device_id`, in the shapes of the alerts migration,
+    logged in `changes` by the alert engine's own change writer. Returns (alert id, task id)."""
     import uuid
     from datetime import UTC, datetime, timedelta
 
@@ -116,6 +116,12 @@ def make_incident(db_url: str, device_id: str, grid_id: str, building_id: str, a
     suffix = uuid.uuid4().hex[:10]
     alert_id, task_id = f"al-t{suffix}", f"tk-t{suffix}"
     with psycopg.connect(db_url) as conn:
+        # a twin of the registry device (same kind and place) of its own, so that no other test's alert on the
+        # same device and type collides with this one in the session's shared database
+        twin = f"{device_id}-t{suffix[:6]}"
+        conn.execute("INSERT INTO devices (id, kind, building_id, floor, place) SELECT %s, kind, building_id, floor,"
+                     " place FROM devices WHERE id = %s", (twin, device_id))
+        device_id = twin
         conn.execute(
             "INSERT INTO alerts (id, device_id, building_id, grid_id, type, severity, state, first_seen, last_seen,"
             " task_id) VALUES (%s, %s, %s, %s, %s, %s, 'active', %s, %s, %s)",

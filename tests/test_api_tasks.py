@@ -102,7 +102,8 @@ def test_alert_filters_pagination_and_ack(client: httpx.Client, tokens: dict[str
     assert len({a["id"] for a in everything}) == len(everything)
     assert {a["id"] for a in all_pages(client, "/api/v1/alerts", h, type="exit_blocked")} >= {g2[0]}
     assert all(a["severity"] == "high" for a in all_pages(client, "/api/v1/alerts", h, severity="high"))
-    assert [a["id"] for a in all_pages(client, "/api/v1/alerts", h, device="sa-0201", state="active")] == [g2[0]]
+    twin = next(a for a in everything if a["id"] == g2[0])["device_id"]
+    assert [a["id"] for a in all_pages(client, "/api/v1/alerts", h, device=twin, state="active")] == [g2[0]]
     assert client.get("/api/v1/alerts", params={"severity": "urgent"}, headers=h).status_code == 422
     assert client.get("/api/v1/alerts", params={"grid": "g-xg-02"}, **as_(tokens, "w-001")).status_code == 403
     assert client.post(f"/api/v1/alerts/{g2[0]}/ack", **as_(tokens, "w-001")).status_code == 403
