@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -30,17 +30,26 @@ TEMP_TABLES = (
     " value float8, value_json text) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS ingest_events (ts_ms int8, device_id text, seq int8, type text,"
     " detail text) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS ingest_latest (device_id text, metric text, ts_ms int8, value text)"
+    " ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS ingest_state (device_id text, online bool, seen timestamptz, status text,"
+    " status_at timestamptz, last_seq int8, gaps int8) ON COMMIT DELETE ROWS",
 )
+LATEST_TYPES = ["text", "text", "int8", "text"]
+STATE_TYPES = ["text", "bool", "timestamptz", "text", "timestamptz", "int8", "int8"]
 READING_TYPES = ["int8", "text", "int8", "text", "float8", "text"]
+DIRECT_READING_TYPES = ["timestamptz", "text", "int8", "text", "float8", "jsonb"]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_INT8 = 2**63
 EVENT_TYPES = ["int8", "text", "int8", "text", "text"]
 QUARANTINE_TYPES = ["text", "text", "text", "text", "text", "text", "bool"]
 
-EPOCH = "timestamptz 'epoch' + {col} * interval '1 millisecond'"
+EPOCH_SQL = "timestamptz 'epoch' + {col} * interval '1 millisecond'"
 
 INSERT_READINGS = f"""
 WITH ins AS (
     INSERT INTO readings (ts, device_id, seq, metric, value, value_json)
-    SELECT {EPOCH.format(col='ts_ms')}, device_id, seq, metric, value, value_json::jsonb
+    SELECT {EPOCH_SQL.format(col='ts_ms')}, device_id, seq, metric, value, value_json::jsonb
     FROM ingest_readings ORDER BY device_id, metric, ts_ms, seq
     ON CONFLICT DO NOTHING
     RETURNING device_id, ts, seq)
@@ -50,7 +59,7 @@ SELECT count(*), count(DISTINCT (device_id, ts, seq)) FROM ins
 INSERT_EVENTS = f"""
 WITH ins AS (
     INSERT INTO events (ts, device_id, seq, type, detail)
-    SELECT {EPOCH.format(col='ts_ms')}, device_id, seq, type, detail::jsonb
+    SELECT {EPOCH_SQL.format(col='ts_ms')}, device_id, seq, type, detail::jsonb
     FROM ingest_events ORDER BY device_id, ts_ms, seq
     ON CONFLICT DO NOTHING
     RETURNING 1)
@@ -59,9 +68,9 @@ SELECT count(*) FROM ins
 
 UPSERT_LATEST = f"""
 INSERT INTO latest_readings AS l (device_id, metric, ts, value)
-SELECT d, m, {EPOCH.format(col='t')}, v::jsonb
-FROM unnest(%s::text[], %s::text[], %s::int8[], %s::text[]) AS u(d, m, t, v)
-ORDER BY d, m
+SELECT device_id, metric, {EPOCH_SQL.format(col='ts_ms')}, value::jsonb
+FROM ingest_latest
+ORDER BY device_id, metric
 ON CONFLICT (device_id, metric) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value
 WHERE l.ts < EXCLUDED.ts
 """
@@ -82,9 +91,8 @@ UPDATE device_state AS s SET
     status_at = CASE WHEN u.status IS NULL THEN s.status_at ELSE u.status_at END,
     last_seq = coalesce(u.last_seq, s.last_seq),
     seq_gaps = s.seq_gaps + u.gaps
-FROM unnest(%s::text[], %s::bool[], %s::timestamptz[], %s::text[], %s::timestamptz[], %s::int8[], %s::int8[])
-     AS u(d, online, seen, status, status_at, last_seq, gaps)
-WHERE s.device_id = u.d
+FROM ingest_state AS u
+WHERE s.device_id = u.device_id
 """
 
 GAUGE = ("INSERT INTO counters (name, labels, value) VALUES (%s, %s, %s)"
@@ -179,26 +187,31 @@ def write_batch(conn: psycopg.Connection[Any], items: Sequence[Item], *, instanc
     reading_msgs = 0
     rejected: list[Rejected] = []
     with conn.transaction(), conn.cursor() as cur:
-        with cur.copy("COPY ingest_readings FROM STDIN (FORMAT BINARY)") as rcopy:
-            rcopy.set_types(READING_TYPES)
-            for item in items:
-                o = item.outcome
-                if type(o) is ReadingIn:
-                    reading_msgs += 1
-                    counts.unknown_metrics += o.unknown_metrics
-                    dev, ts_ms, seq = o.device_id, o.ts_ms, o.seq
-                    for name, value in o.metrics.items():
-                        if type(value) is float or type(value) is int:
-                            rcopy.write_row((ts_ms, dev, seq, name, value, None))
-                        else:
-                            rcopy.write_row((ts_ms, dev, seq, name, _number(value), _dumps(value)))
-                        key = (dev, name)
-                        prev = latest.get(key)
-                        if prev is None or ts_ms > prev[0]:
-                            latest[key] = (ts_ms, value)
-                    _life(changes, dev, item.received, seq)
-                elif type(o) is Rejected:
-                    rejected.append(o)
+        rows: list[tuple[Any, ...]] = []
+        append = rows.append
+        for item in items:
+            o = item.outcome
+            if type(o) is ReadingIn:
+                reading_msgs += 1
+                counts.unknown_metrics += o.unknown_metrics
+                dev, ts_ms, seq = o.device_id, o.ts_ms, o.seq
+                when = EPOCH + timedelta(milliseconds=ts_ms)
+                for name, value in o.metrics.items():
+                    if type(value) is float or (type(value) is int and -MAX_INT8 <= value < MAX_INT8):
+                        append((when, dev, seq, name, value, None, ts_ms))
+                    else:
+                        append((when, dev, seq, name, _number(value), value, ts_ms))
+                    key = (dev, name)
+                    prev = latest.get(key)
+                    if prev is None or ts_ms > prev[0]:
+                        latest[key] = (ts_ms, value)
+                _life(changes, dev, item.received, seq)
+            elif type(o) is Rejected:
+                rejected.append(o)
+        if rows:
+            stored_rows, stored_msgs = _insert_readings(cur, rows, reading_msgs)
+            counts.readings = stored_rows
+            counts.duplicates += reading_msgs - stored_msgs
         event_msgs = 0
         with cur.copy("COPY ingest_events FROM STDIN (FORMAT BINARY)") as ecopy:
             ecopy.set_types(EVENT_TYPES)
@@ -215,20 +228,17 @@ def write_batch(conn: psycopg.Connection[Any], items: Sequence[Item], *, instanc
                     ch.status_at = item.received
                     if o.online and not o.retained:
                         ch.seen = item.received if ch.seen is None else max(ch.seen, item.received)
-        if reading_msgs:
-            row = cur.execute(INSERT_READINGS).fetchone()
-            assert row is not None
-            counts.readings, stored_msgs = int(row[0]), int(row[1])
-            counts.duplicates += reading_msgs - stored_msgs
         if event_msgs:
             row = cur.execute(INSERT_EVENTS).fetchone()
             assert row is not None
             counts.events = int(row[0])
             counts.duplicates += event_msgs - counts.events
         if latest:
-            keys = sorted(latest)
-            cur.execute(UPSERT_LATEST, ([k[0] for k in keys], [k[1] for k in keys],
-                                        [latest[k][0] for k in keys], [_dumps(latest[k][1]) for k in keys]))
+            with cur.copy("COPY ingest_latest FROM STDIN (FORMAT BINARY)") as lcopy:
+                lcopy.set_types(LATEST_TYPES)
+                for (dev, name), (ts_ms, value) in latest.items():
+                    lcopy.write_row((dev, name, ts_ms, _dumps(value)))
+            cur.execute(UPSERT_LATEST)
         if changes:
             counts.seq_gaps = _write_state(cur, changes)
         if rejected:
@@ -260,6 +270,29 @@ def write_batch(conn: psycopg.Connection[Any], items: Sequence[Item], *, instanc
     return counts
 
 
+def _insert_readings(cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]], messages: int) -> tuple[int, int]:
+    """(rows stored, messages stored). Duplicates are rare (redelivery after a crash or reconnect), so the
+    batch goes straight into readings by binary COPY; when a row is already there, the copy is rolled back
+    to its savepoint and the batch goes through a temporary table and INSERT ... ON CONFLICT DO NOTHING."""
+    try:
+        with cur.connection.transaction():
+            with cur.copy("COPY readings (ts, device_id, seq, metric, value, value_json) FROM STDIN (FORMAT BINARY)"
+                          ) as copy:
+                copy.set_types(DIRECT_READING_TYPES)
+                for r in rows:
+                    copy.write_row(r[:6])
+        return len(rows), messages
+    except psycopg.errors.UniqueViolation:
+        pass
+    with cur.copy("COPY ingest_readings FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(READING_TYPES)
+        for _when, dev, seq, name, value, raw, ts_ms in rows:
+            copy.write_row((ts_ms, dev, seq, name, value, None if raw is None else _dumps(raw)))
+    row = cur.execute(INSERT_READINGS).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
 def _life(changes: dict[str, _DeviceChange], device_id: str, received: float, seq: int) -> None:
     ch = changes.get(device_id)
     if ch is None:
@@ -278,16 +311,15 @@ def _write_state(cur: psycopg.Cursor[Any], changes: dict[str, _DeviceChange]) ->
     if missing:  # devices imported without a state row
         cur.execute(ENSURE_STATE, (missing,))
         last.update({r[0]: r[1] for r in cur.execute(LOCK_STATE, (missing,)).fetchall()})
-    cols: list[list[Any]] = [[], [], [], [], [], [], []]
     total_gaps = 0
-    for d in ids:
-        ch = changes[d]
-        new_last, gaps = count_gaps(last.get(d), ch.seqs) if ch.seqs else (None, 0)
-        total_gaps += gaps
-        for col, v in zip(cols, (d, ch.online, _ts(ch.seen), ch.status, _ts(ch.status_at), new_last, gaps),
-                          strict=True):
-            col.append(v)
-    cur.execute(UPDATE_STATE, cols)
+    with cur.copy("COPY ingest_state FROM STDIN (FORMAT BINARY)") as scopy:
+        scopy.set_types(STATE_TYPES)
+        for d in ids:
+            ch = changes[d]
+            new_last, gaps = count_gaps(last.get(d), ch.seqs) if ch.seqs else (None, 0)
+            total_gaps += gaps
+            scopy.write_row((d, ch.online, _ts(ch.seen), ch.status, _ts(ch.status_at), new_last, gaps))
+    cur.execute(UPDATE_STATE)
     return total_gaps
 
 

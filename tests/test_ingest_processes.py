@@ -91,7 +91,7 @@ def test_nothing_lost_when_ingest_is_killed_mid_stream(hub: Hub, tmp_path: Path)
             wait_until(lambda: _stored(conn) >= total, 300, f"all {total} readings stored")
             assert _stored(conn) == total
             assert conn.execute("SELECT count(DISTINCT (device_id, seq)) FROM readings").fetchone() == (total,)
-            per = dict(conn.execute("SELECT device_id, count(*) FROM readings GROUP BY 1").fetchall())
+            per: dict[str, int] = dict(conn.execute("SELECT device_id, count(*) FROM readings GROUP BY 1").fetchall())
             assert per == {d: per_device for d in DEVICES}
         assert _stop(proc) == 0
     finally:

@@ -1,0 +1,240 @@
+"""Ingest throughput against the bare broker, printed as JSON.
+
+Starts a private mosquitto and a fresh database on the local PostgreSQL (GRIDHUB_TEST_ADMIN_URL), imports a
+generated registry of --devices smoke alarms, then runs the same N QoS 1 readings from 2 publisher processes
+twice: once to one plain paho subscriber that only counts (the bare relay), once to `gridhub ingest` (a
+subprocess), timing until every reading is durably stored. Usage: python bench/ingest.py [-n 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import paho.mqtt.client as paho
+import psycopg
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gridhub.broker import acl_text, build_accounts, passwd_text
+from gridhub.db import migrate
+from gridhub.localservices import start_private_mosquitto
+from gridhub.registry import import_registry, parse
+from gridhub.settings import Settings
+
+ADMIN_URL = os.environ.get("GRIDHUB_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:55432/postgres")
+SECRET = "bench-secret-" + "z" * 40
+PREFIX = "gridhub/v1"
+
+
+def registry(devices: int) -> dict[str, Any]:
+    return {
+        "districts": [{"id": "bench", "name": "基准区", "streets": [{"id": "bench-st", "name": "基准街道", "communities": [
+            {"id": "bench-c", "name": "基准社区", "grids": [{"id": "g-bench", "name": "一网格", "buildings": [
+                {"id": "b-bench", "name": "1号楼", "floors": 30}]}]}]}]}],
+        "workers": [{"id": "w-bench", "name": "张三", "role": "grid_worker", "grids": ["g-bench"]}],
+        "devices": [{"id": f"sa-{i:05d}", "kind": "smoke_alarm", "building": "b-bench", "floor": 1 + i % 30}
+                    for i in range(devices)],
+    }
+
+
+def publisher(port: int, hub_password: str, worker: int, devices: list[str], count: int, base_ms: int,
+              ready: Any, go: Any, out: Any) -> None:
+    """One connection publishing `count` readings round-robin over `devices` at QoS 1, until all are acknowledged."""
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{worker}-{uuid.uuid4().hex[:4]}",
+                    protocol=paho.MQTTv311)
+    c.username_pw_set("gridhub-hub", hub_password)
+    c.max_inflight_messages_set(100)
+    c.max_queued_messages_set(0)
+    c.connect("127.0.0.1", port, keepalive=60)
+    c.loop_start()
+    payloads = []
+    for i in range(count):
+        d = devices[i % len(devices)]
+        body = {"ts": base_ms + i, "seq": i // len(devices), "metrics": {"battery_pct": 80 + i % 20,
+                                                                       "temperature_c": 21.5}}
+        payloads.append((f"{PREFIX}/devices/{d}/telemetry", orjson.dumps(body)))
+    ready.set()
+    go.wait()
+    t0 = time.perf_counter()
+    infos = [c.publish(t, p, qos=1) for t, p in payloads]
+    for info in infos:
+        info.wait_for_publish(600)
+    out.put((worker, time.perf_counter() - t0))
+    c.disconnect()
+    c.loop_stop()
+
+
+def run_publishers(port: int, hub_password: str, devices: list[str], n: int, base_ms: int, on_go: Any = None) -> float:
+    """Start 2 publisher processes, release them together; seconds until both had every PUBACK."""
+    ctx = mp.get_context("fork")
+    ready = [ctx.Event(), ctx.Event()]
+    go = ctx.Event()
+    out = ctx.Queue()
+    halves = [devices[0::2], devices[1::2]]
+    procs = [ctx.Process(target=publisher, args=(port, hub_password, w, halves[w], n // 2, base_ms + w * 10 * n, ready[w], go, out))
+             for w in range(2)]
+    for p in procs:
+        p.start()
+    for r in ready:
+        r.wait(300)
+    if on_go:
+        on_go()
+    go.set()
+    times = [out.get(timeout=900)[1] for _ in procs]
+    for p in procs:
+        p.join(60)
+    return max(times)
+
+
+def bare_relay(port: int, hub_password: str, devices: list[str], n: int, base_ms: int) -> dict[str, float]:
+    """One plain paho subscriber (QoS 1, automatic acks) that only counts."""
+    got = [0]
+    done = threading.Event()
+    t: dict[str, float] = {}
+    sub = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-relay", protocol=paho.MQTTv311)
+    sub.username_pw_set("gridhub-hub", hub_password)
+    subscribed = threading.Event()
+
+    def on_message(c: paho.Client, u: Any, m: paho.MQTTMessage) -> None:
+        got[0] += 1
+        if got[0] == 1:
+            t["first"] = time.perf_counter()
+        if got[0] >= n:
+            t["last"] = time.perf_counter()
+            done.set()
+
+    sub.on_message = on_message
+    sub.on_subscribe = lambda *a: subscribed.set()
+    sub.on_connect = lambda c, *a: c.subscribe(f"{PREFIX}/devices/+/telemetry", qos=1)
+    sub.connect("127.0.0.1", port, keepalive=60)
+    sub.loop_start()
+    subscribed.wait(30)
+
+    def go() -> None:
+        t["start"] = time.perf_counter()
+
+    pub_s = run_publishers(port, hub_password, devices, n, base_ms, go)
+    if not done.wait(600):
+        raise RuntimeError(f"the relay subscriber got {got[0]} of {n}")
+    sub.disconnect()
+    sub.loop_stop()
+    elapsed = t["last"] - t["start"]
+    return {"messages": n, "seconds": round(elapsed, 3), "msg_per_s": round(n / elapsed), "publish_s": round(pub_s, 3)}
+
+
+def ingest_run(url: str, port: int, hub_password: str, mqtt_url: str, devices: list[str], n: int, base_ms: int, tmp: Path,
+               extra_env: dict[str, str]) -> dict[str, Any]:
+    env = {**os.environ, "GRIDHUB_DATABASE_URL": url, "GRIDHUB_MQTT_URL": mqtt_url, "GRIDHUB_SECRET_KEY": SECRET,
+           "GRIDHUB_INSTANCE_ID": "bench", "GRIDHUB_DATA_DIR": str(tmp), **extra_env}
+    log = tmp / "ingest.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "gridhub.cli", "ingest"], env=env, stdout=fh, stderr=fh)
+    try:
+        deadline = time.monotonic() + 60
+        while " connected (MQTT" not in log.read_text(errors="replace"):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"ingest did not connect:\n{log.read_text()}")
+            time.sleep(0.05)
+        t: dict[str, float] = {}
+        expected = 2 * n  # two metrics a reading message
+        with psycopg.connect(url, autocommit=True) as conn:
+            before = _counter(conn, "gridhub_readings_stored_total")
+
+            def go() -> None:
+                t["start"] = time.perf_counter()
+
+            pub_s = run_publishers(port, hub_password, devices, n, base_ms, go)
+            while _counter(conn, "gridhub_readings_stored_total") - before < expected:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"ingest exited:\n{log.read_text()[-3000:]}")
+                time.sleep(0.02)
+            elapsed = time.perf_counter() - t["start"]
+            stored = int(_counter(conn, "gridhub_readings_stored_total") - before)
+            batches = _counter(conn, "gridhub_ingest_batches_total")
+            batch_msgs = _counter(conn, "gridhub_ingest_batch_messages_total")
+            write_s = _counter(conn, "gridhub_ingest_write_seconds_total")
+        return {"messages": n, "readings_stored": stored, "seconds": round(elapsed, 3),
+                "msg_per_s": round(n / elapsed), "readings_per_s": round(stored / elapsed),
+                "publish_s": round(pub_s, 3), "mean_batch": round(batch_msgs / max(batches, 1)),
+                "mean_batch_write_ms": round(1000 * write_s / max(batches, 1), 1)}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _counter(conn: psycopg.Connection[Any], name: str) -> float:
+    row = conn.execute("SELECT coalesce(sum(value), 0) FROM counters WHERE name = %s", (name,)).fetchone()
+    return float(row[0]) if row else 0.0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", "--messages", type=int, default=200_000)
+    ap.add_argument("--devices", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=None, help="GRIDHUB_INGEST_BATCH for the ingest run")
+    ap.add_argument("--linger-ms", type=float, default=None)
+    ap.add_argument("--window", type=int, default=1000, help="the broker's max_inflight_messages")
+    ap.add_argument("--order", choices=["relay-first", "ingest-first"], default="relay-first")
+    args = ap.parse_args()
+    n = args.messages - args.messages % 2
+    tmp = Path(tempfile.mkdtemp(prefix="gridhub-bench-"))
+    name = f"gridhub_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    broker = None
+    try:
+        migrate(url)
+        with psycopg.connect(url) as conn:
+            import_registry(conn, parse(yaml.safe_dump(registry(args.devices), allow_unicode=True)))
+        broker = start_private_mosquitto(tmp, max_inflight_messages=args.window)
+        mqtt_url = f"mqtt://gridhub-hub:{broker.hub_password()}@127.0.0.1:{broker.port}"
+        settings = Settings(database_url=url, mqtt_url=mqtt_url, data_dir=tmp, secret_key=SECRET, instance_id="bench")
+        with psycopg.connect(url) as conn:
+            accounts, workers, hub = build_accounts(conn, settings)
+        broker.apply_accounts(passwd_text(accounts), acl_text(PREFIX, hub.username, workers))
+        time.sleep(0.5)
+        devices = [f"sa-{i:05d}" for i in range(args.devices)]
+        base_ms = int(time.time() * 1000) - 40 * n
+        extra = {"GRIDHUB_INGEST_WINDOW": str(args.window)}
+        if args.batch:
+            extra["GRIDHUB_INGEST_BATCH"] = str(args.batch)
+        if args.linger_ms is not None:
+            extra["GRIDHUB_INGEST_LINGER_MS"] = str(args.linger_ms)
+        results: dict[str, Any] = {}
+        runs = ["relay", "ingest"] if args.order == "relay-first" else ["ingest", "relay"]
+        for r in runs:
+            if r == "relay":
+                results["bare_relay"] = bare_relay(broker.port, broker.hub_password(), devices, n, base_ms)
+            else:
+                results["ingest"] = ingest_run(url, broker.port, broker.hub_password(), mqtt_url, devices, n, base_ms + 20 * n, tmp, extra)
+        results["ratio"] = round(results["ingest"]["msg_per_s"] / results["bare_relay"]["msg_per_s"], 3)
+        results["target"] = 0.8
+        results["config"] = {"publishers": 2, "devices": args.devices, "qos": 1, "broker_max_inflight": args.window,
+                             "cpus": os.cpu_count(), **extra}
+        print(json.dumps(results, indent=2))
+        return 0
+    finally:
+        if broker is not None:
+            broker.stop()
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    sys.exit(main())
