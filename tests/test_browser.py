@@ -177,6 +177,7 @@ def board(browser: Any, hub: Hub) -> Iterator[Any]:
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" and not msg.text.startswith("Failed to load resource") else None)
     page.errors = errors
     yield page
     context.close()
@@ -218,6 +219,7 @@ def test_a_worker_accepts_and_resolves_on_the_phone_and_the_board_follows(browse
     phone = context.new_page()
     errors: list[str] = []
     phone.on("pageerror", lambda exc: errors.append(str(exc)))
+    phone.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" and not msg.text.startswith("Failed to load resource") else None)
     try:
         log_in(phone, hub.api.url, "/worker", "w-001", hub.passwords["w-001"])
         card = phone.locator("[data-testid=task-card]").first
