@@ -155,12 +155,22 @@ def ingest_run(url: str, port: int, hub_password: str, mqtt_url: str, devices: l
             def go() -> None:
                 t["start"] = time.perf_counter()
 
+            backends = [r[0] for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'gridhub-ingest'").fetchall()]
+            cpu0 = _cpu_s(proc.pid), sum(_cpu_s(b) for b in backends)
+            if os.environ.get("BENCH_PROFILE"):
+                subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-o", os.environ["BENCH_PROFILE"],
+                                  "-f", "raw", "-d", "12", "-p", str(proc.pid), "--threads"], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
             pub_s = run_publishers(port, hub_password, devices, n, base_ms, go)
             while _counter(conn, "gridhub_readings_stored_total") - before < expected:
                 if proc.poll() is not None:
                     raise RuntimeError(f"ingest exited:\n{log.read_text()[-3000:]}")
                 time.sleep(0.02)
             elapsed = time.perf_counter() - t["start"]
+            backends = [r[0] for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'gridhub-ingest'").fetchall()]
+            cpu = _cpu_s(proc.pid) - cpu0[0], sum(_cpu_s(b) for b in backends) - cpu0[1]
             stored = int(_counter(conn, "gridhub_readings_stored_total") - before)
             batches = _counter(conn, "gridhub_ingest_batches_total")
             batch_msgs = _counter(conn, "gridhub_ingest_batch_messages_total")
@@ -168,13 +178,23 @@ def ingest_run(url: str, port: int, hub_password: str, mqtt_url: str, devices: l
         return {"messages": n, "readings_stored": stored, "seconds": round(elapsed, 3),
                 "msg_per_s": round(n / elapsed), "readings_per_s": round(stored / elapsed),
                 "publish_s": round(pub_s, 3), "mean_batch": round(batch_msgs / max(batches, 1)),
-                "mean_batch_write_ms": round(1000 * write_s / max(batches, 1), 1)}
+                "mean_batch_write_ms": round(1000 * write_s / max(batches, 1), 1),
+                "ingest_cpu_us_per_msg": round(1e6 * cpu[0] / n, 1), "postgres_cpu_us_per_msg": round(1e6 * cpu[1] / n, 1)}
     finally:
         proc.terminate()
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _counter(conn: psycopg.Connection[Any], name: str) -> float:

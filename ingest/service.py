@@ -53,7 +53,10 @@ class IngestTuning:
     batch_max: int = 500
     linger_s: float = 0.05
     connect_timeout_s: float = 10.0
-    mqtt5: bool = True  # False: MQTT 3.1.1 only, as on a broker without MQTT 5
+    mqtt5: bool = True  # False: MQTT 3.1.1 only and plain subscriptions, as on a broker without MQTT 5
+    # the consumer's own connection: MQTT 3.1.1 by default, with a shared subscription when the broker has them
+    # (mosquitto takes $share from 3.1.1 clients), because paho builds MQTT 5 properties for every message
+    mqtt5_client: bool = False
 
 
     @classmethod
@@ -62,7 +65,8 @@ class IngestTuning:
         batch = int(os.environ.get("GRIDHUB_INGEST_BATCH", max(1, window // 2)))
         linger = float(os.environ.get("GRIDHUB_INGEST_LINGER_MS", cls.linger_s * 1000)) / 1000
         mqtt5 = os.environ.get("GRIDHUB_INGEST_MQTT5", "1") not in ("0", "false", "no")
-        return cls(window=window, batch_max=batch, linger_s=linger, mqtt5=mqtt5)
+        client5 = os.environ.get("GRIDHUB_INGEST_MQTT5_CLIENT", "0") not in ("0", "false", "no")
+        return cls(window=window, batch_max=batch, linger_s=linger, mqtt5=mqtt5, mqtt5_client=client5)
 
 
 class BrokerRefused(RuntimeError):
@@ -112,7 +116,12 @@ class IngestService:
         assert self.settings.mqtt_url
         addr = BrokerAddress.parse(self.settings.mqtt_url)
         last_error = "no answer"
-        for protocol in (paho.MQTTv5, paho.MQTTv311) if self.tuning.mqtt5 else (paho.MQTTv311,):
+        self.shared = self._broker_has_shared_subscriptions() if self.tuning.mqtt5 else False
+        if self.shared and self.tuning.mqtt5_client:
+            protocols: tuple[int, ...] = (paho.MQTTv5, paho.MQTTv311)
+        else:
+            protocols = (paho.MQTTv311,)
+        for protocol in protocols:
             client = make_client(self.settings.mqtt_url, self.client_id, protocol=protocol, clean=False,
                                  manual_ack=True)
             outcome: dict[str, Any] = {}
@@ -171,18 +180,42 @@ class IngestService:
                          last_error)
         raise BrokerRefused(f"the broker at {addr.host}:{addr.port} did not accept a connection ({last_error})")
 
+    def _broker_has_shared_subscriptions(self) -> bool:
+        """Ask the broker with a throwaway MQTT 5 connection: one that speaks MQTT 5 says whether it has shared
+        subscriptions (CONNACK, default yes); one that does not (amqtt) gets plain subscriptions."""
+        assert self.settings.mqtt_url
+        addr = BrokerAddress.parse(self.settings.mqtt_url)
+        client = make_client(self.settings.mqtt_url, f"{self.client_id}-probe"[:128], protocol=paho.MQTTv5)
+        answer: dict[str, Any] = {}
+        done = threading.Event()
+
+        def on_connect(c: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+            answer["ok"] = not rc.is_failure
+            answer["shared"] = getattr(props, "SharedSubscriptionAvailable", 1) != 0
+            done.set()
+
+        client.on_connect = on_connect
+        client.on_disconnect = lambda *a: done.set()
+        try:
+            client.connect(addr.host, addr.port, keepalive=10, clean_start=True)
+        except OSError:
+            return False
+        client.loop_start()
+        done.wait(self.tuning.connect_timeout_s)
+        client.disconnect()
+        client.loop_stop()
+        return bool(answer.get("ok") and answer.get("shared"))
+
     def _on_connected(self, client: paho.Client, flags: Any, props: Any) -> None:
         self._generation += 1
         prefix = self.settings.topic_prefix
-        shared = self.protocol == paho.MQTTv5 and getattr(props, "SharedSubscriptionAvailable", 1) != 0
-        self.shared = shared
-        if shared:
-            topics: list[tuple[str, Any]] = [
-                (f"$share/{SHARE_GROUP}/{prefix}/devices/+/{ch}", SubscribeOptions(qos=1)) for ch in CHANNELS]
-        elif self.protocol == paho.MQTTv5:
-            topics = [(f"{prefix}/devices/+/{ch}", SubscribeOptions(qos=1)) for ch in CHANNELS]
+        shared = self.shared
+        filters = [(f"$share/{SHARE_GROUP}/" if shared else "") + f"{prefix}/devices/+/{ch}" for ch in CHANNELS]
+        topics: list[tuple[str, Any]]
+        if self.protocol == paho.MQTTv5:
+            topics = [(f, SubscribeOptions(qos=1)) for f in filters]
         else:
-            topics = [(f"{prefix}/devices/+/{ch}", 1) for ch in CHANNELS]
+            topics = [(f, 1) for f in filters]
         client.subscribe(topics)
         log.info("ingest %s connected (MQTT %s, %s subscription, session %s)", self.client_id,
                  "5" if self.protocol == paho.MQTTv5 else "3.1.1", "shared" if shared else "plain",

@@ -71,7 +71,22 @@ def reading(ts: int | str, seq: int | None, **metrics: Any) -> bytes:
 
 
 def test_shared_subscription_on_mosquitto(ingest: IngestService) -> None:
-    assert ingest.protocol == 5 and ingest.shared
+    assert ingest.protocol == 4 and ingest.shared
+
+
+def test_mqtt5_consumer(hub: Hub, ingest: IngestService, conn: psycopg.Connection[Any]) -> None:
+    svc = IngestService(hub.with_instance("mqtt5-client"), IngestTuning(mqtt5_client=True))
+    svc.start()
+    try:
+        assert svc.protocol == 5 and svc.shared
+        ts = NOW() - 4000
+        send_and_wait(hub, conn, "sa-0001", [(topic("sa-0001"), reading(ts + i, 880_000 + i, battery_pct=50))
+                                             for i in range(200)])
+        assert conn.execute("SELECT count(*) FROM readings WHERE device_id = 'sa-0001' AND seq >= 880000"
+                            ).fetchone() == (200,)
+    finally:
+        svc.stop(end_session=True)
+    assert not svc.failed.is_set()
 
 
 def test_duplicates_are_stored_once(hub: Hub, ingest: IngestService, conn: psycopg.Connection[Any]) -> None:
