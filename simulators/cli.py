@@ -65,7 +65,7 @@ def _explicit_accounts(args: argparse.Namespace) -> DeviceAccounts | None:
 
 
 def load_main(argv: list[str]) -> int:
-    from gridhub.simulators.load import LoadPlan, run_load, telemetry_devices
+    from gridhub.simulators.load import LoadPlan, run_load_processes, telemetry_devices
 
     p = argparse.ArgumentParser(prog="gridhub simulate", usage=USAGE,
                                 description="Publish valid telemetry for registered devices at a total rate, "
@@ -76,6 +76,7 @@ def load_main(argv: list[str]) -> int:
     p.add_argument("--connections", type=int, default=4, help="connections when multiplexing (no device accounts)")
     p.add_argument("--window", type=int, default=64, help="unacknowledged messages per connection")
     p.add_argument("--qos", type=int, choices=(0, 1), default=1)
+    p.add_argument("--processes", type=int, default=1, help="split the load over this many processes")
     _add_common(p)
     args = p.parse_args(argv)
     _logging(args.verbose)
@@ -97,7 +98,7 @@ def load_main(argv: list[str]) -> int:
     plan = LoadPlan(target=target, devices=devices, rate=args.rate, duration_s=args.duration, accounts=accounts,
                     connections=args.connections, window=args.window, qos=args.qos, v5=args.mqtt == "5",
                     prefix=default_prefix(args.prefix))
-    summary = asyncio.run(run_load(plan))
+    summary = run_load_processes(plan, args.processes)
     import json
 
     print(json.dumps(summary))

@@ -524,9 +524,16 @@ class PlayReport:
     first_error: str | None
     sent: list[dict[str, Any]]
 
-    def summary(self) -> dict[str, Any]:
+    elapsed_s: float = 0.0
+
+    def summary(self, longest_list: int = 50) -> dict[str, Any]:
+        """The report without the messages; a role of more than `longest_list` devices shown by its first ones."""
         out = dataclasses.asdict(self)
         del out["sent"]
+        for roles in out["cast"].values():
+            for role, ids in roles.items():
+                if len(ids) > longest_list:
+                    roles[role] = ids[:longest_list] + [f"... {len(ids)} in all"]
         return out
 
 
@@ -576,7 +583,7 @@ async def play(scenarios: list[Scenario], fleet: Fleet, pool: DevicePool, hub_ta
         if release:
             pool.release(ids)
     return PlayReport([sc.name for sc in scenarios], speed, duration, t0_ms, pb.ts(duration), casts,
-                      dict(pb.counts), pb.first_error, pb.sent)
+                      dict(pb.counts), pb.first_error, pb.sent, round(time.monotonic() - r0, 2))
 
 
 def parse_overrides(items: list[str]) -> dict[str, list[str]]:

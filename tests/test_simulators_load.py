@@ -93,3 +93,17 @@ def test_load_refuses_more_devices_than_registered(capsys: pytest.CaptureFixture
                    "--registry", str(REGISTRY)])
     assert rc == 2
     assert "has 6 devices with telemetry" in capsys.readouterr().err
+
+
+def test_load_split_over_two_processes(settings: Any, broker: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    listener = HubListener(broker.test_url, name="load-procs")
+    try:
+        rc, summary = _run(capsys, ["--rate", "100", "--duration", "1", "--processes", "2", "--broker",
+                                    broker.test_url, "--registry", str(REGISTRY), "--secret", settings.secret_key])
+        assert rc == 0, summary
+        assert summary["processes"] == 2 and summary["devices"] == 6 and summary["connections"] == 6
+        assert summary["sent"] == summary["acked"] > 0
+        heard = listener.wait_for(lambda got: len(got) >= summary["acked"])
+        assert len(_check_readings(heard, summary["acked"])) == 6
+    finally:
+        listener.close()
