@@ -281,3 +281,17 @@ def test_quarantine_newest_first_paginated_and_filtered(client: httpx.Client, to
     assert {q["reason"] for q in only} == {"invalid_json"}
     assert {str(quarantined[0]), str(quarantined[2])} <= {q["id"] for q in only}
     assert client.get("/api/v1/quarantine", params={"reason": "nope"}, headers=h).status_code == 422
+
+
+def test_a_command_while_the_broker_is_unreachable_is_a_503(settings: Any, passwords: dict[str, str]) -> None:
+    from apitools import free_port, serve
+
+    running = serve(settings.model_copy(update={"mqtt_url": f"mqtt://nobody:nothing@127.0.0.1:{free_port()}"}))
+    try:
+        with httpx.Client(base_url=running.url, timeout=60) as c:
+            token = c.post("/api/v1/auth/token", data={"username": "a-001", "password": passwords["a-001"]})
+            r = c.post("/api/v1/devices/sa-0001/commands", json={"type": "snapshot"},
+                       headers=bearer(token.json()["access_token"]))
+            assert r.status_code == 503 and "broker" in r.json()["detail"]
+    finally:
+        running.stop()
