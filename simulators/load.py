@@ -178,8 +178,12 @@ class PahoOnLoop:
             await asyncio.sleep(1)
 
     async def close(self) -> None:
+        """DISCONNECT, give the loop a moment to send it, then detach from the loop for good."""
         self.client.disconnect()
-        await asyncio.sleep(0)
+        for _ in range(100):
+            if self.client.socket() is None:
+                break
+            await asyncio.sleep(0.01)
         if self._misc:
             self._misc.cancel()
         sock = self.client.socket()
@@ -187,6 +191,9 @@ class PahoOnLoop:
             with contextlib.suppress(ValueError, OSError):
                 self.loop.remove_reader(sock)
                 self.loop.remove_writer(sock)
+        for callback in ("on_socket_open", "on_socket_close", "on_socket_register_write",
+                         "on_socket_unregister_write"):
+            setattr(self.client, callback, None)
 
 
 async def _run_lane(lane: _Lane, plan: LoadPlan, tally: LoadTally, start: asyncio.Event, stop_at: list[float],
