@@ -198,7 +198,8 @@ COMMANDS = {"devices": devices_main, "scenario": scenario_main, "district": dist
 def main(argv: list[str]) -> int:
     """`gridhub simulate ...`: the first word picks the command; options alone mean load."""
     if argv and argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        print(USAGE + "\n\nEach command has --help (`gridhub simulate load --help` for the load options); "
+              "docs/testers.md explains them all.")
         return 0
     command = COMMANDS.get(argv[0]) if argv else None
     rest = argv[1:] if command else argv

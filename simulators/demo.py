@@ -68,10 +68,12 @@ def prepare(settings: Any) -> dict[str, str]:
     assert settings.database_url
     migrate(settings.database_url)
     registry = load_file(demo_district_path())
+    people = {w.id for w in registry.workers}
     with connect(settings.database_url) as conn:
         counts = import_registry(conn, registry)
         for wid in DEMO_LOGINS:
-            set_password(conn, wid, demo_password(wid))
+            if wid in people:
+                set_password(conn, wid, demo_password(wid))
     log.info("demo district imported: %s", ", ".join(f"{v} {k}" for k, v in counts.items()))
     result = write_credentials(settings)
     if not result.get("applied_to_local_broker"):
@@ -137,7 +139,7 @@ def _print_logins(board: str, names: dict[str, str]) -> None:
     lines = [f"gridhub demo: the board is at {board}", "log in as:"]
     roles = {"b-001": "bureau (应急管理局)", "w-001": "grid worker (网格员)", "h-001": "grid head (网格长)",
              "s-001": "street officer", "a-001": "admin"}
-    for wid in DEMO_LOGINS:
+    for wid in (w for w in DEMO_LOGINS if w in names):
         lines.append(f"  {roles[wid]:24} {wid} / {demo_password(wid)}  ({names.get(wid, '')})")
     lines.append(f"  the grid worker's page: {board}worker")
     lines.append("Ctrl-C stops everything the demo started.")
