@@ -13,12 +13,12 @@ import cv2
 import paho.mqtt.client as paho
 import psycopg
 import pytest
+from ingest_env import Hub, Publisher, make_hub, topic, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 from psycopg.types.json import Jsonb
 
 from gridhub.detectors.live import DetectService, expand_source
 from gridhub.simulators.scenes import Obstacle, generate_scene
-from tests.ingest_env import Hub, Publisher, make_hub, topic, wait_until
 
 ROI = [[0.41, 0.52], [0.59, 0.52], [0.93, 0.99], [0.07, 0.99]]
 
