@@ -29,6 +29,7 @@ from gridhub.api import (
 )
 from gridhub.api.commands import CommandPublisher
 from gridhub.api.pages import mount_pages
+from gridhub.housekeeping import RetentionLoop
 from gridhub.settings import Settings, get_settings
 
 log = logging.getLogger("gridhub.api")
@@ -56,9 +57,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.commands = commands
         changes = routes_stream.ChangeFeed(settings.database_url or "")
         app.state.changes = changes
+        retention = RetentionLoop(settings)
+        retention.start()
         try:
             yield
         finally:
+            retention.stop()
             await changes.close()
             if commands is not None:
                 await run_in_threadpool(commands.stop)
