@@ -41,7 +41,7 @@ __all__ = ["CameraConfig", "DetectionEvent", "ExitDetector", "FrameResult", "Tun
 
 WORK_WIDTH = 160
 _LOG_OFFSET = 8.0
-_CHROMA_DAMP = 12.0
+_CHROMA_DAMP = 30.0
 
 F32 = np.float32
 Mask = np.ndarray
@@ -53,13 +53,19 @@ class Tuning:
 
     work_width: int = WORK_WIDTH
     warmup_frames: int = 5
+    learn_s: float = 20.0  # the clear scene is the per-pixel median of frames over this time
+    learn_max_frames: int = 24
+    learn_keep_frames: int = 8  # learning samples kept to recognise the clear scene coming back
+    learn_keep_s: float = 600.0
+    ghost_still_s: float = 10.0
+    ghost_ratio: float = 1.5
     short_tau_s: float = 8.0
     long_tau_s: float = 120.0
     settle_tau_s: float = 10.0
     settle_s: float = 40.0
     struct_thr: float = 0.09
     int_thr: float = 0.22
-    chroma_thr: float = 0.12
+    chroma_thr: float = 0.05
     noise_k: float = 4.0
     still_share: float = 0.5  # stationary for this share of min_blocked_s
     occupancy_min_s: float = 8.0
@@ -171,6 +177,9 @@ class ExitDetector:
         self._roi: np.ndarray = np.zeros((1, 1), bool)
         self._roi_count = 1
         self._warm: list[_Features] = []
+        self._warm_from: int | None = None
+        self._samples: list[_Features] = []  # what was seen while learning, for a while after
+        self._samples_until = 0
         self._states: list[_Scene] = []
         self._scene: _Scene | None = None
         self._short: _Features | None = None
@@ -228,9 +237,9 @@ class ExitDetector:
         b, g, r = f[..., 0], f[..., 1], f[..., 2]
         y = 0.114 * b + 0.587 * g + 0.299 * r
         lum = cv2.log(y + F32(_LOG_OFFSET))
-        lg = cv2.log(g + F32(_CHROMA_DAMP))
-        cr = cv2.log(r + F32(_CHROMA_DAMP)) - lg
-        cb = cv2.log(b + F32(_CHROMA_DAMP)) - lg
+        inv = 1.0 / (r + g + b + F32(_CHROMA_DAMP))
+        cr = (r - g) * inv
+        cb = (b - g) * inv
         return _Features(lum, _structure(lum), cr, cb)
 
     def _setup(self, h: int, w: int) -> None:
@@ -259,12 +268,24 @@ class ExitDetector:
             rf = self._features_small(ref)
             self._start(_Scene(rf.lum, rf.cr, rf.cb, used_ms=ts_ms), feats, ts_ms)
             return self._judge(feats, ts_ms, 0.0)
+        t = self.tuning
+        if self._warm_from is None:
+            self._warm_from = ts_ms
         self._warm.append(feats)
-        if len(self._warm) >= self.tuning.warmup_frames:
-            lum = np.median(np.stack([f.lum for f in self._warm]), axis=0).astype(F32)
+        if len(self._warm) > t.learn_max_frames:
+            del self._warm[1::2]  # keep the samples spread over the whole learning time
+        if len(self._warm) >= t.warmup_frames and ts_ms - self._warm_from >= t.learn_s * 1000:
+            # the light may have changed while learning: each sample is brought to the last one's level
+            level = float(np.median(feats.lum[1::4, 1::4]))
+            lums = [f.lum + F32(level - float(np.median(f.lum[1::4, 1::4]))) for f in self._warm]
+            lum = np.median(np.stack(lums), axis=0).astype(F32)
             cr = np.median(np.stack([f.cr for f in self._warm]), axis=0).astype(F32)
             cb = np.median(np.stack([f.cb for f in self._warm]), axis=0).astype(F32)
+            step = max(1, len(self._warm) // t.learn_keep_frames)
+            self._samples = self._warm[::step][: t.learn_keep_frames]
+            self._samples_until = ts_ms + round(t.learn_keep_s * 1000)
             self._warm = []
+            self._warm_from = None
             self._start(_Scene(lum, cr, cb, used_ms=ts_ms), feats, ts_ms)
         return FrameResult(ts_ms, False, 0.0, False, learning=True)
 
@@ -402,6 +423,16 @@ class ExitDetector:
                 F32
             )
 
+        # a clear model contradicted where the picture lacks the model's outline: something that
+        # was there while the scene was learned has left; what is seen now is the clear scene
+        if not lighting:
+            settled = still & (self._still >= F32(t.ghost_still_s))
+            if settled.any():
+                ghosts = self._ghosts(feats, scene, fg_long, settled, fg_short)
+                if ghosts is not None:
+                    self._adopt(feats, scene, diffs, ghosts)
+                    fg_long &= ~ghosts
+
         # models: the short-term one follows everything, the clear scene only what is clear
         a_s = F32(1.0 - math.exp(-dt / t.short_tau_s)) if dt > 0 else F32(0.0)
         gain = float(np.median((feats.lum - short.lum)[1::4, 1::4]))
@@ -446,6 +477,7 @@ class ExitDetector:
         return FrameResult(ts_ms, self.blocked, occupancy, self.obstructed, events, lighting_change=lighting)
 
     _occupancy: float = 0.0
+    adopted: int = 0  # regions taken into the clear scene after something left them
     _level: float | None = None
 
     def _occupancy_value(self) -> float:
@@ -482,6 +514,101 @@ class ExitDetector:
         d = self._diffs(feats, new, objects)
         return new, d, self._foreground(d)
 
+    def _ghosts(
+        self,
+        feats: _Features,
+        scene: _Scene,
+        fg_long: np.ndarray,
+        settled: np.ndarray,
+        moving: np.ndarray,
+    ) -> np.ndarray | None:
+        """Settled foreground regions whose outline is in the clear model and not in the picture.
+
+        A region is judged whole (its pieces closed up) and on its outline only: an object
+        adds its outline to the picture, while something that left takes its outline out of it
+        (the inside says nothing: a plain box hides the floor's texture as a ghost would).
+        """
+        k3 = np.ones((3, 3), np.uint8)
+        seen = self._seen_while_learning(feats)
+        whole = cv2.morphologyEx(fg_long.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
+        n, labels, stats, _c = cv2.connectedComponentsWithStats(whole, connectivity=8)
+        gf = _edges(feats.lum)
+        gm = _edges(scene.lum)
+        extra_model = np.maximum(gm - gf, F32(0))
+        extra_seen = np.maximum(gf - gm, F32(0))
+        h, w = settled.shape
+        out: np.ndarray | None = None
+        for i in range(1, n):
+            x, y, bw, bh, area = (int(v) for v in stats[i])
+            if area < 4:
+                continue
+            y0, y1, x0, x1 = max(0, y - 2), min(h, y + bh + 2), max(0, x - 2), min(w, x + bw + 2)
+            comp = (labels[y0:y1, x0:x1] == i).astype(np.uint8)
+            inside = comp.astype(bool)
+            part = fg_long[y0:y1, x0:x1] & inside
+            if float(settled[y0:y1, x0:x1][part].mean()) < 0.8 or moving[y0:y1, x0:x1][inside].any():
+                continue  # not all of it has settled yet
+            take = np.zeros_like(inside)
+            if seen is not None:
+                # the clear scene that a person pausing while it was learned had hidden
+                take = inside & seen[y0:y1, x0:x1]
+                rest = (inside & ~take).astype(np.uint8)
+            else:
+                rest = comp
+            if rest.sum() >= 4:
+                ring = (cv2.dilate(rest, k3) - cv2.erode(rest, k3)).astype(bool)
+                em = float(extra_model[y0:y1, x0:x1][ring].sum())
+                es = float(extra_seen[y0:y1, x0:x1][ring].sum())
+                if em > self.tuning.ghost_ratio * es + 0.05 * float(ring.sum()):
+                    take = inside
+            if take.any():
+                if out is None:
+                    out = np.zeros_like(settled)
+                out[y0:y1, x0:x1] |= cv2.dilate(take.astype(np.uint8), k3).astype(bool) & inside
+        return out
+
+    def _seen_while_learning(self, feats: _Features) -> np.ndarray | None:
+        """Pixels that look now as they did in one of the learning samples (the light taken out)."""
+        if not self._samples:
+            return None
+        if self._last_ts is not None and self._last_ts > self._samples_until:
+            self._samples = []
+            return None
+        t = self.tuning
+        seen = np.zeros(feats.lum.shape, bool)
+        for s in self._samples:
+            dl = feats.lum - s.lum
+            dl -= F32(np.median(dl[1::4, 1::4]))
+            dcr = feats.cr - s.cr
+            dcb = feats.cb - s.cb
+            d_int = cv2.blur(np.abs(dl), (5, 5))
+            d_str = cv2.blur(np.abs(feats.struct - s.struct), (5, 5))
+            d_chr = cv2.blur(
+                np.abs(dcr - F32(np.median(dcr[1::4, 1::4]))) + np.abs(dcb - F32(np.median(dcb[1::4, 1::4]))),
+                (5, 5),
+            )
+            seen |= (d_int < t.int_thr * 0.4) & (d_str < t.struct_thr * 0.4) & (d_chr < t.chroma_thr * 0.5)
+        return seen
+
+    def _adopt(self, feats: _Features, scene: _Scene, diffs: _Diffs, where: np.ndarray) -> None:
+        """Take what is seen at ``where`` into the clear scene (and into the other lighting states)."""
+        offsets = {
+            id(s): float(np.median((scene.lum - s.lum)[1::4, 1::4])) for s in self._states if s is not scene
+        }
+        scene.lum = np.where(where, feats.lum - diffs.gain, scene.lum).astype(F32)
+        scene.cr = np.where(where, feats.cr - diffs.cr_shift, scene.cr).astype(F32)
+        scene.cb = np.where(where, feats.cb - diffs.cb_shift, scene.cb).astype(F32)
+        scene.refresh()
+        for s in self._states:
+            if s is not scene:
+                s.lum = np.where(where, scene.lum - F32(offsets[id(s)]), s.lum).astype(F32)
+                s.cr = np.where(where, scene.cr, s.cr).astype(F32)
+                s.cb = np.where(where, scene.cb, s.cb).astype(F32)
+                s.refresh()
+        self._still[where] = 0
+        self._age[where] = 0
+        self.adopted += 1
+
     def _boxes(self, mask: np.ndarray) -> list[tuple[float, float, float, float]]:
         n, _labels, stats, _c = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
         h, w = mask.shape
@@ -492,6 +619,12 @@ class ExitDetector:
             if area >= min_px:
                 out.append((x / w, y / h, (x + bw) / w, (y + bh) / h))
         return out
+
+
+def _edges(lum: np.ndarray) -> np.ndarray:
+    gx = cv2.Sobel(lum, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(lum, cv2.CV_32F, 0, 1, ksize=3)
+    return np.asarray(cv2.magnitude(gx, gy))
 
 
 def _copy(f: _Features) -> _Features:

@@ -353,6 +353,36 @@ def generate_scene(
     return scene
 
 
+def generate_hard_scene(seed: int, duration_s: float = 300.0, fps_interval_s: float = 5.0) -> Scene:
+    """A scene built to be hard: obstacles in the floor's own grey, people pausing on the route
+    while the detector learns the clear scene, and someone pausing near every obstacle."""
+    scene = generate_scene(seed, duration_s, fps_interval_s)
+    rng = np.random.default_rng(seed + 7_919)
+    floor = scene.albedo[roi_mask(scene.roi) > 0]
+    grey = np.median(floor, axis=0)
+    for o in scene.obstacles:
+        if o.kind != "ebike" or rng.random() < 0.5:
+            shade = grey * float(rng.uniform(0.8, 1.1)) + rng.uniform(-4, 4, 3)
+            b, g, r = (int(np.clip(v, 0, 255)) for v in shade)
+            o.colour = (b, g, r)
+    for _ in range(int(rng.integers(1, 3))):
+        t0 = float(rng.uniform(0.0, 6.0))
+        colour = _COLOURS[int(rng.integers(len(_COLOURS)))]
+        scene.walkers.append(
+            Walker(
+                t0,
+                float(rng.uniform(0.9, 1.4)),
+                float(rng.uniform(-1.0, 1.0)),
+                colour,
+                float(rng.uniform(1.5, 1.9)),
+                pause_at=float(rng.uniform(2.6, 6.0)),
+                pause_s=float(rng.uniform(15.0, 45.0)),
+            )
+        )
+    scene.walkers.sort(key=lambda w: w.start_s)
+    return scene
+
+
 def roi_mask(roi: list[list[float]]) -> np.ndarray:
     """The ROI polygon's pixels (uint8 0/255) in a 360×640 frame."""
     m = np.zeros((HEIGHT, WIDTH), np.uint8)
