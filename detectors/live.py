@@ -54,6 +54,7 @@ RENEW_S = 10.0
 REGISTRY_REFRESH_S = 30.0
 DEFAULT_HEARTBEAT_S = 60
 VIDEO_LOSS_AFTER = 3  # failed pulls in a row
+SCENE_SAVE_S = 600.0  # the clear scene is kept at least this often (frame time), and on each change
 
 
 @dataclass
@@ -69,6 +70,8 @@ class Camera:
     last_heartbeat_ms: int | None = None
     seq: int = 0
     video_lost: bool = False
+    saved_version: int = 0
+    saved_ms: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -333,8 +336,9 @@ class DetectService:
             log.info("camera %s: frame at %s is not newer than %s; skipped", cam.id, frame.ts_ms, cam.last_ts)
             return
         if cam.detector is None:
-            cam.detector = ExitDetector(cam.config)
+            cam.detector = self._new_detector(cam)
         result = cam.detector.process(image, frame.ts_ms)
+        self._keep_scene(cam, frame.ts_ms)
         cam.last_ts = frame.ts_ms
         self.processed += 1
         for event in result.events:
@@ -346,6 +350,40 @@ class DetectService:
         if cam.last_heartbeat_ms is None or frame.ts_ms - cam.last_heartbeat_ms >= cam.heartbeat_s * 500:
             self._publish(cam, frame.ts_ms, "heartbeat", {"source": "pulled" if cam.pulled else "mqtt"})
             cam.last_heartbeat_ms = frame.ts_ms
+
+    # -- the learned clear scene, kept across restarts -------------------------------------------
+
+    def _new_detector(self, cam: Camera) -> ExitDetector:
+        assert self.conn is not None
+        detector = ExitDetector(cam.config)
+        row = self.conn.execute("SELECT data FROM detector_scenes WHERE camera_id = %s", (cam.id,)).fetchone()
+        if row is not None:
+            detector.restore_scene(bytes(row[0]))
+        cam.saved_version = 0
+        cam.saved_ms = 0
+        return detector
+
+    def _keep_scene(self, cam: Camera, ts_ms: int) -> None:
+        det = cam.detector
+        assert self.conn is not None and det is not None
+        if det.scene_version == 0:
+            return
+        if det.scene_version == cam.saved_version and ts_ms - cam.saved_ms < SCENE_SAVE_S * 1000:
+            return
+        data = det.saved_scene()
+        fingerprint = det.fingerprint()
+        cam.saved_version, cam.saved_ms = det.scene_version, ts_ms
+        if data is None or fingerprint is None:
+            return
+        try:
+            self.conn.execute(
+                "INSERT INTO detector_scenes (camera_id, fingerprint, data) VALUES (%s, %s, %s)"
+                " ON CONFLICT (camera_id) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,"
+                " data = EXCLUDED.data, saved_at = now()",
+                (cam.id, fingerprint, data),
+            )
+        except psycopg.Error as exc:
+            log.error("camera %s: clear scene not kept (%s); a restart would learn it again", cam.id, exc)
 
     # -- out -------------------------------------------------------------------------------
 

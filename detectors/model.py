@@ -28,9 +28,13 @@ How it decides, on a small copy of the frame (``WORK_WIDTH`` pixels wide):
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -58,7 +62,7 @@ class Tuning:
     learn_keep_frames: int = 8  # learning samples kept to recognise the clear scene coming back
     learn_keep_s: float = 600.0
     ghost_still_s: float = 10.0
-    ghost_ratio: float = 1.5
+    ghost_ratio: float = 3.0
     short_tau_s: float = 8.0
     long_tau_s: float = 120.0
     settle_tau_s: float = 10.0
@@ -155,6 +159,7 @@ class _Diffs:
     cr_shift: np.ndarray
     cb_shift: np.ndarray
     agree: np.ndarray  # pixels that the light alone explains
+    alike: np.ndarray  # pixels whose structure and colour match (their grey level may not)
 
 
 def _structure(lum: np.ndarray) -> np.ndarray:
@@ -199,12 +204,67 @@ class ExitDetector:
                 raise ValueError(f"reference image {config.reference} cannot be read as an image")
             self._reference = ref
         self.last_masks: dict[str, np.ndarray] = {}
+        self.scene_version = 0  # goes up whenever the clear scene is learned, relit or corrected
+        self._restore: bytes | None = None
 
     # -- public ---------------------------------------------------------------------------
 
     @property
     def roi_mask(self) -> np.ndarray:
         return self._roi
+
+    @property
+    def learning(self) -> bool:
+        """True until the detector has a clear scene (learned, restored or the reference)."""
+        return self._scene is None
+
+    def fingerprint(self) -> str | None:
+        """What a saved clear scene must have been learned for: the ROI and the working size."""
+        if self._shape is None:
+            return None
+        key = json.dumps([self.config.roi, self._shape])
+        return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+    def saved_scene(self) -> bytes | None:
+        """The learned clear scene (every lighting state) as bytes to keep; ``None`` while learning
+        or when a reference image is the clear scene."""
+        if self._scene is None or self._reference is not None:
+            return None
+        buf = io.BytesIO()
+        arrays: dict[str, Any] = {"fingerprint": np.array(self.fingerprint())}
+        order = [self._scene] + [s for s in self._states if s is not self._scene]
+        for i, s in enumerate(order):
+            arrays[f"lum{i}"] = s.lum.astype(np.float16)
+            arrays[f"cr{i}"] = s.cr.astype(np.float16)
+            arrays[f"cb{i}"] = s.cb.astype(np.float16)
+        np.savez_compressed(buf, **arrays)
+        return buf.getvalue()
+
+    def restore_scene(self, data: bytes) -> None:
+        """Start from a clear scene kept by ``saved_scene`` instead of learning one; it is used on
+        the first frame if it was learned for the same ROI and sizes (else learning starts as usual)."""
+        if self._scene is None and self._reference is None:
+            self._restore = data
+
+    def _restored(self, ts_ms: int) -> list[_Scene]:
+        data, self._restore = self._restore, None
+        if data is None:
+            return []
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                if str(z["fingerprint"]) != self.fingerprint():
+                    return []
+                scenes = []
+                i = 0
+                while f"lum{i}" in z:
+                    arr = [z[f"{k}{i}"].astype(F32) for k in ("lum", "cr", "cb")]
+                    if arr[0].shape != self._shape:
+                        return []
+                    scenes.append(_Scene(arr[0], arr[1], arr[2], used_ms=ts_ms))
+                    i += 1
+                return scenes
+        except (OSError, ValueError, KeyError):
+            return []
 
     def process(self, frame_bgr: np.ndarray, ts_ms: int) -> FrameResult:
         """Judge one frame taken at ``ts_ms`` (epoch ms); frames must come in time order."""
@@ -269,6 +329,11 @@ class ExitDetector:
             self._start(_Scene(rf.lum, rf.cr, rf.cb, used_ms=ts_ms), feats, ts_ms)
             return self._judge(feats, ts_ms, 0.0)
         t = self.tuning
+        kept = self._restored(ts_ms)
+        if kept:
+            self._start(kept[0], feats, ts_ms)
+            self._states = kept
+            return self._judge(feats, ts_ms, 0.0)
         if self._warm_from is None:
             self._warm_from = ts_ms
         self._warm.append(feats)
@@ -290,6 +355,7 @@ class ExitDetector:
         return FrameResult(ts_ms, False, 0.0, False, learning=True)
 
     def _start(self, scene: _Scene, feats: _Features, ts_ms: int) -> None:
+        self.scene_version += 1
         self._scene = scene
         self._states = [scene]
         self._short = _Features(feats.lum.copy(), feats.struct.copy(), feats.cr.copy(), feats.cb.copy())
@@ -316,6 +382,7 @@ class ExitDetector:
         agree = (d_str < t.struct_thr) & (np.abs(dcr - ocr) + np.abs(dcb - ocb) < t.chroma_thr)
         if exclude is not None:
             agree &= ~exclude
+        alike = agree.copy()
         k = (t.gain_kernel, t.gain_kernel)
         gain = np.full_like(dl, F32(np.median(dl[sample])))
         fcr = np.full_like(dl, ocr)
@@ -333,7 +400,7 @@ class ExitDetector:
             )
         d_int = cv2.blur(_outside(feats.lum - gain, scene.lo, scene.hi), (3, 3))
         d_chr = cv2.blur(np.abs(dcr - fcr) + np.abs(dcb - fcb), (3, 3))
-        return _Diffs(d_str, d_int, d_chr, gain, fcr, fcb, agree)
+        return _Diffs(d_str, d_int, d_chr, gain, fcr, fcb, agree, alike)
 
     def _foreground(self, diffs: _Diffs) -> np.ndarray:
         t = self.tuning
@@ -501,12 +568,17 @@ class ExitDetector:
             return best[1], best[2], best[3]
         # relight the clear scene with the light measured where the scene still agrees; take the
         # picture itself where it agrees, the relit clear scene elsewhere (people, objects)
-        same = diffs.agree
+        # a lamp's pool of light changes the grey level but keeps structure and colour; an object
+        # changes its outline too, so what lies near a changed outline is not taken
+        same = diffs.alike & ~cv2.dilate((~diffs.alike).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(
+            bool
+        )
         lum = np.where(same, feats.lum, scene.lum + diffs.gain).astype(F32)
         cr = np.where(same, feats.cr, scene.cr + diffs.cr_shift).astype(F32)
         cb = np.where(same, feats.cb, scene.cb + diffs.cb_shift).astype(F32)
         new = _Scene(lum, cr, cb, used_ms=ts_ms)
         self._states.append(new)
+        self.scene_version += 1
         if len(self._states) > t.max_states:
             self._states.remove(min((s for s in self._states if s is not new), key=lambda s: s.used_ms))
         self._scene = new
@@ -530,7 +602,7 @@ class ExitDetector:
         """
         k3 = np.ones((3, 3), np.uint8)
         seen = self._seen_while_learning(feats)
-        whole = cv2.morphologyEx(fg_long.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
+        whole = cv2.morphologyEx(settled.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))
         n, labels, stats, _c = cv2.connectedComponentsWithStats(whole, connectivity=8)
         gf = _edges(feats.lum)
         gm = _edges(scene.lum)
@@ -545,9 +617,7 @@ class ExitDetector:
             y0, y1, x0, x1 = max(0, y - 2), min(h, y + bh + 2), max(0, x - 2), min(w, x + bw + 2)
             comp = (labels[y0:y1, x0:x1] == i).astype(np.uint8)
             inside = comp.astype(bool)
-            part = fg_long[y0:y1, x0:x1] & inside
-            if float(settled[y0:y1, x0:x1][part].mean()) < 0.8 or moving[y0:y1, x0:x1][inside].any():
-                continue  # not all of it has settled yet
+            still_here = ~moving[y0:y1, x0:x1]
             take = np.zeros_like(inside)
             if seen is not None:
                 # the clear scene that a person pausing while it was learned had hidden
@@ -556,7 +626,10 @@ class ExitDetector:
             else:
                 rest = comp
             if rest.sum() >= 4:
-                ring = (cv2.dilate(rest, k3) - cv2.erode(rest, k3)).astype(bool)
+                outline = (cv2.dilate(rest, k3) - cv2.erode(rest, k3)).astype(bool)
+                ring = outline & still_here  # what walks across the outline says nothing
+                if ring.sum() < 0.5 * outline.sum():
+                    continue
                 em = float(extra_model[y0:y1, x0:x1][ring].sum())
                 es = float(extra_seen[y0:y1, x0:x1][ring].sum())
                 if em > self.tuning.ghost_ratio * es + 0.05 * float(ring.sum()):
@@ -608,6 +681,7 @@ class ExitDetector:
         self._still[where] = 0
         self._age[where] = 0
         self.adopted += 1
+        self.scene_version += 1
 
     def _boxes(self, mask: np.ndarray) -> list[tuple[float, float, float, float]]:
         n, _labels, stats, _c = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)

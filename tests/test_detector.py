@@ -158,3 +158,60 @@ def test_a_covered_lens_raises_camera_obstructed_and_its_clearing() -> None:
     assert types(events) == ["camera_obstructed", "camera_obstructed_cleared"]
     assert cover.start_s <= (events[0].ts_ms - scene.start_ms) / 1000 <= cover.start_s + 30
     assert any(line["obstructed"] for line in lines)
+
+
+def start_up_pauses(scene: Scene) -> None:
+    """People on the route while the clear scene is learned: one pausing 45 s, one 25 s, one passing."""
+    scene.walkers += [
+        Walker(0.0, 1.1, 0.3, (40, 40, 200), 1.75, pause_at=3.5, pause_s=45.0),
+        Walker(1.0, -1.0, -0.7, (90, 90, 90), 1.65, pause_at=5.0, pause_s=25.0),
+        Walker(4.0, 1.4, 0.0, (200, 60, 40), 1.8),
+    ]
+
+
+def test_people_pausing_while_the_scene_is_learned_raise_nothing() -> None:
+    scene = quiet_scene(14, 300.0, 5.0)
+    start_up_pauses(scene)
+    events, lines = run(scene)
+    assert types(events) == []
+    assert lines[-1]["occupancy"] == 0.0
+
+
+def test_an_object_left_after_a_start_up_pause_is_still_found() -> None:
+    scene = quiet_scene(16, 300.0, 5.0)
+    start_up_pauses(scene)
+    scene.obstacles = [Obstacle("box", 70.0, 240.0, 4.5, 0.9, (40, 160, 40), 0.6, 0.5)]
+    events, _ = run(scene)
+    assert types(events) == ["exit_blocked", "exit_cleared"]
+    assert 70 + 60 - 10 <= (events[0].ts_ms - scene.start_ms) / 1000 <= 70 + 60 + 45
+
+
+def test_a_kept_clear_scene_is_used_after_a_restart_and_only_for_its_roi() -> None:
+    scene = quiet_scene(18, 120.0, 5.0)
+    config = CameraConfig.model_validate(scene.camera_config())
+    first = ExitDetector(config)
+    frames = [(ts, decode_frame(data)) for ts, data in scene.jpeg_frames()]
+    for ts, frame in frames[:8]:
+        assert frame is not None
+        first.process(frame, ts)
+    assert not first.learning
+    kept = first.saved_scene()
+    assert kept is not None and len(kept) < 200_000
+
+    # restarted while someone stands on the route: no learning, so the person is not learned
+    scene.walkers = [Walker(0.0, 1.1, 0.2, (40, 40, 200), 1.75, pause_at=3.0, pause_s=60.0)]
+    again = ExitDetector(config)
+    again.restore_scene(kept)
+    later = scene.start_ms + 1_000_000
+    res = again.process(scene.render(10.0), later)
+    assert not res.learning and not again.learning
+    assert (again.last_masks["long"] & again.roi_mask).any()  # the person is seen as not clear
+
+    moved = ExitDetector(
+        config.model_copy(update={"roi": [[0.1, 0.5], [0.9, 0.5], [0.9, 0.99], [0.1, 0.99]]})
+    )
+    moved.restore_scene(kept)
+    assert moved.process(scene.render(10.0), later).learning
+    broken = ExitDetector(config)
+    broken.restore_scene(b"not a saved scene")
+    assert broken.process(scene.render(10.0), later).learning
