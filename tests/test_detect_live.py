@@ -122,3 +122,46 @@ def test_mqtt_frames_raise_exit_blocked_with_evidence_and_bad_frames_are_quarant
             return bool(r and r[0] == 1)
 
         wait_until(quarantined, 30, "the broken frame quarantined as bad_frame")
+
+
+def test_a_restarted_detector_keeps_its_learned_clear_scene(
+    live: tuple[Hub, DetectService, EventListener, Path],
+) -> None:
+    hub, service, listener, _ = live
+    scene = generate_scene(5, 60.0, 5.0, lighting=False, crowd=False, obstacles=0, short_obstacles=0)
+    frames = list(scene.jpeg_frames())
+    pub = Publisher(hub)
+    try:
+        pub.send((topic("cam-mq", f"frame/{ts}"), data) for ts, data in frames)
+    finally:
+        pub.close()
+    with psycopg.connect(hub.db_url, autocommit=True) as conn:
+
+        def kept() -> bool:
+            row = conn.execute("SELECT count(*) FROM detector_scenes WHERE camera_id = 'cam-mq'").fetchone()
+            return bool(row and row[0] == 1)
+
+        wait_until(kept, 60, "the learned clear scene of cam-mq kept in detector_scenes")
+    service.stop()
+
+    again = DetectService(hub.with_instance("detect-test-2"))
+    again.start()
+    try:
+        later = scene.start_ms + 3_600_000
+        pub = Publisher(hub)
+        try:
+
+            def judged() -> bool:
+                # until the new instance has subscribed, a frame may go to no one: send another
+                nonlocal later
+                later += 5_000
+                pub.send([(topic("cam-mq", f"frame/{later}"), frames[0][1])])
+                return again.processed >= 1 and again.cameras["cam-mq"].detector is not None
+
+            wait_until(judged, 60, "a frame judged after the restart")
+        finally:
+            pub.close()
+        detector = again.cameras["cam-mq"].detector
+        assert detector is not None and not detector.learning
+    finally:
+        again.stop()
