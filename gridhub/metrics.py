@@ -18,6 +18,11 @@ KNOWN: dict[str, tuple[str, str]] = {
     "gridhub_seq_gaps_total": ("counter", "Gaps counted in device sequence numbers"),
     "gridhub_duplicates_total": ("counter", "Redelivered or re-sent messages stored once"),
     "gridhub_unknown_metrics_total": ("counter", "Readings of metric names the kind does not define, stored"),
+    "gridhub_ingest_batches_total": ("counter", "Batches committed by ingest"),
+    "gridhub_ingest_batch_messages_total": ("counter", "Messages in the batches committed by ingest"),
+    "gridhub_ingest_write_seconds_total": ("counter", "Time ingest spent writing batches (before COMMIT)"),
+    "gridhub_ingest_lag_seconds": ("gauge", "Receive-to-commit delay of the newest batch, per ingest instance"),
+    "gridhub_ingest_queue_messages": ("gauge", "Messages received and not yet committed, per ingest instance"),
 }
 
 
