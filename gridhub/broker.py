@@ -101,7 +101,7 @@ def passwd_text(accounts: list[Account]) -> str:
 
 def credentials_csv(accounts: list[Account]) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = csv.writer(buf, lineterminator="\n")
     w.writerow(["kind", "id", "username", "password"])
     for a in accounts:
         if a.kind != "hub":

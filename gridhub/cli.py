@@ -32,10 +32,14 @@ def resolve_services(settings: Settings, *, embedded: bool = False) -> Settings:
     """Settings with both URLs filled in: the configured ones, else the project's own local services."""
     if settings.database_url and settings.mqtt_url:
         return settings
-    from gridhub.localservices import start_local_services
+    from gridhub.localservices import running_local_services, start_local_services
 
-    services = start_local_services(settings.data_dir, prefer_embedded=embedded)
-    log.info("local services (%s): database and broker started", services.kind)
+    running = running_local_services(settings.data_dir)
+    if running is not None and running.is_running() and (running.kind == "embedded" or not embedded):
+        services = running  # whatever kind was started last for this data directory, e.g. by `up --embedded`
+    else:
+        services = start_local_services(settings.data_dir, prefer_embedded=embedded)
+    log.info("local services (%s): database and broker ready", services.kind)
     os.environ.setdefault("GRIDHUB_DATABASE_URL", services.database_url)
     os.environ.setdefault("GRIDHUB_MQTT_URL", services.mqtt_url)
     get_settings.cache_clear()
