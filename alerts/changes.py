@@ -4,8 +4,10 @@ who it concerns), written at the end of that transaction in commit order, with p
 Callers stage what they changed (`stage_alert`, `stage_task`) while they work and call `flush` just before
 commit. Staging twice in one transaction still writes one row: one notification per change, not per step.
 `flush` takes a transaction-level advisory lock before taking ids from the sequence, so change rows become
-visible strictly in id order and a reader that remembers the last id it saw (SSE Last-Event-ID, the MQTT
-notifier) never skips one. Commit soon after flushing: the lock is held until then.
+visible strictly in id order and a reader that remembers the last id it saw (the API's SSE Last-Event-ID)
+never skips one; `flush` refuses to run outside a transaction, where that lock would not hold. Commit soon
+after flushing: the lock is held until then. MQTT publishing (`publish.py`) marks each row instead of keeping
+a cursor, so it does not depend on that order at all.
 """
 
 from __future__ import annotations
@@ -88,6 +90,10 @@ def flush(conn: psycopg.Connection[Any]) -> list[int]:
         rows.append(("task", tid, shape.get("grid_id"), shape, recipients))
     if not rows:
         return []
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        raise RuntimeError("changes.flush needs an open transaction (`with conn.transaction():`, or a connection"
+                           " without autocommit): outside one the ordering lock is gone before the rows commit, so a"
+                           " later row could become visible before an earlier one")
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHANGES_LOCK,))
     ids: list[int] = []
     for kind, entity_id, grid_id, payload, recipients in rows:

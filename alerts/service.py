@@ -1,23 +1,27 @@
 """The `gridhub alerts` process: consumes every device's telemetry, events and status from the broker on its own
-persistent session, evaluates the rules for the devices of the shards it holds, raises and clears alerts, opens
+persistent sessions, evaluates the rules for the devices of the shards it holds, raises and clears alerts, opens
 and joins tasks, fires durable timers (offline, escalation, reminders) and pushes every change to MQTT.
 
-Threads: paho's network loop sorts messages into a priority lane (events and status: fire alarms never wait
-behind telemetry) and a telemetry lane; each lane has its own database connection and acknowledges a message
-only after the transaction it caused has committed. The timer loop sleeps until the next due timer or a NOTIFY;
-the notifier publishes the change log in order; the lease keeper renews shard leases.
+Fire alarms never share an interpreter with the telemetry flood: readings are evaluated by a child process
+(`telemetry.py`, its own session and database connection). This process keeps the priority lane (events and
+status on the session `gridhub-alerts-<instance>`), which publishes the notifications of its own transaction
+right after commit; the notifier, woken by NOTIFY, publishes every other change (telemetry, timers, the API)
+and catches up on anything a crash left unpublished (`publish.py`: once per change). The timer loop sleeps until
+the next due timer or a NOTIFY; the lease keeper renews shard leases for both processes.
 
 After (re)connecting, the broker first hands over what it queued for our session; a marker published to
-ourselves comes after that backlog, and offline deadlines stay held back until the marker has been processed
-plus a margin (silence during our own absence is no evidence). A retained `offline` status, replayed on
-subscribe, tells state, not an event: it makes the device's offline deadline due at once, so it becomes an
-alert only if nothing else from the device arrives in the backlog or the grace margin. A live last will
-(`offline`, not retained) raises device_offline at once.
+ourselves comes after that backlog, and offline deadlines stay held back until the markers of both sessions have
+been processed plus a margin (silence during our own absence is no evidence). A retained `offline` status,
+replayed on subscribe, tells state, not an event: it makes the device's offline deadline due at once, so it
+becomes an alert only if nothing else from the device arrives in the backlog or the grace margin. A live last
+will (`offline`, not retained) raises device_offline at once.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
+import os
 import queue
 import signal
 import sys
@@ -30,30 +34,22 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import psycopg
-from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
-from gridhub.alerts import changes, records, shards, tasks, timers
-from gridhub.alerts.evaluate import DeviceState, Finding, acceptable, event_findings, reading_findings
+from gridhub.alerts import changes, publish, records, shards, tasks, telemetry, timers
+from gridhub.alerts.devices import DeviceBook
+from gridhub.alerts.evaluate import acceptable, event_findings
 from gridhub.alerts.rules import RuleBook, load_rules
 from gridhub.db import connect
 from gridhub.mqtt import BrokerAddress, make_client
-from gridhub.protocol import (
-    DEFAULT_HEARTBEAT_S,
-    DeviceKind,
-    Event,
-    Reading,
-    alerts_topic,
-    ms_to_dt,
-    worker_tasks_topic,
-)
+from gridhub.protocol import Event, ms_to_dt
 from gridhub.settings import Settings
 
 log = logging.getLogger("gridhub.alerts")
 
-BATCH = 500
-PUBLISH_BATCH = 500
-OFFLINE_SLACK_S = 1.0  # an offline deadline is rewritten when it moves by more; the timer re-checks memory
+PUBLISH_WAIT_S = 0.05  # the notifier looks again this soon when rows wait for an earlier change of their entity
+LANES = frozenset({"events", "telemetry"})
+LANE_START_S = 30.0  # how long the events session waits for the telemetry process to subscribe
 
 
 @dataclass(frozen=True)
@@ -65,14 +61,6 @@ class Inbound:
     qos: int
     mid: int
     retain: bool
-    lane: str  # the session it came on: "events" or "telemetry"
-
-
-@dataclass(frozen=True)
-class Registered:
-    place: records.Place
-    retired: bool
-    window: timedelta  # silence that makes it offline
 
 
 class AlertService:
@@ -87,24 +75,21 @@ class AlertService:
         self.clock: timers.Clock = clock or timers.SystemClock()
         self.rules = rules or load_rules(settings.rules_file)
         self.instance = settings.client_id("alerts")
+        self.book = DeviceBook(self.instance, self.rules, self.clock)
         self.stopping = threading.Event()
         self.ready = threading.Event()
+        self.lane_subscribed = threading.Event()
         self.priority: queue.Queue[Inbound] = queue.Queue()
-        self.telemetry: queue.Queue[Inbound] = queue.Queue()
-        self.lock = threading.Lock()
-        self.priority_busy = threading.Event()
-        self.devices: dict[str, Registered] = {}
-        self.devices_loaded = 0.0
-        self.states: dict[str, DeviceState] = {}
-        self.alive: dict[str, datetime] = {}
-        self.offline_written: dict[str, datetime] = {}
-        self.held: frozenset[int] = frozenset()
-        self.others: frozenset[int] = frozenset()
-        self.markers: dict[str, str] = {}
+        self.marker = ""
+        self.subscribed: set[str] = set()
         self.drained: set[str] = set()
         self.grace_until: datetime | None = None
         self.threads: list[threading.Thread] = []
-        self.clients: dict[str, paho.Client] = {}
+        self.client: paho.Client | None = None
+        self.ctx = mp.get_context("spawn")
+        self.lane_reports: Any = self.ctx.Queue()
+        self.lane_stop: Any = self.ctx.Event()
+        self.lane: Any = None  # the telemetry process
         self.timer_actions: dict[str, timers.TimerAction] = {
             **tasks.timer_actions(self.rules),
             "offline": self._offline_due,
@@ -116,35 +101,47 @@ class AlertService:
     def start(self) -> None:
         sys.setswitchinterval(0.0005)  # hand the interpreter over quickly when an alarm's database reply arrives
         with connect(self.db_url, autocommit=True) as conn:
-            self._load_devices(conn)
+            self.book.load(conn)
             self._keep_leases(conn)
-        for name, target in (("priority-lane", self._priority_lane), ("telemetry-lane", self._telemetry_lane),
+        self.lane = self.ctx.Process(
+            target=telemetry.run_lane, name=f"{self.instance}-telemetry", daemon=True,
+            args=(telemetry.LaneArgs(self.settings, self.rules, self.clock, self.instance,
+                                     logging.getLogger().getEffectiveLevel(), os.getpid()),
+                  self.lane_reports, self.lane_stop))
+        self.lane.start()
+        for name, target in (("priority-lane", self._priority_lane), ("lane-reports", self._lane_reports),
                              ("timers", self._timer_loop), ("notifier", self._notifier), ("leases", self._lease_keeper)):
             t = threading.Thread(target=self._guarded, args=(target,), name=f"alerts-{name}", daemon=True)
             t.start()
             self.threads.append(t)
+        # events only once the telemetry session exists too: from the first event on, the broker keeps both
+        if not self.lane_subscribed.wait(LANE_START_S):
+            log.warning("the telemetry lane has not subscribed after %s s; taking events anyway", LANE_START_S)
         addr = BrokerAddress.parse(self.settings.mqtt_url or "")
-        # two persistent sessions, so that an alarm never queues behind telemetry at the broker or on the wire
-        for lane, client_id in (("events", self.instance), ("telemetry", f"{self.instance}-telemetry")):
-            client = make_client(self.settings.mqtt_url or "", client_id, protocol=paho.MQTTv311, clean=False,
-                                 manual_ack=True)
-            client.max_inflight_messages_set(100)
-            client.user_data_set(lane)
-            client.on_connect = self._on_connect
-            client.on_subscribe = self._on_subscribe
-            client.on_message = self._on_message
-            client.reconnect_delay_set(1, 5)
-            self.clients[lane] = client
-            client.connect_async(addr.host, addr.port, keepalive=30)
-            client.loop_start()
+        client = make_client(self.settings.mqtt_url or "", self.instance, protocol=paho.MQTTv311, clean=False,
+                             manual_ack=True)
+        client.max_inflight_messages_set(100)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.reconnect_delay_set(1, 5)
+        self.client = client
+        client.connect_async(addr.host, addr.port, keepalive=30)
+        client.loop_start()
 
     def stop(self) -> None:
         self.stopping.set()
-        for client in self.clients.values():
-            client.disconnect()
-            client.loop_stop()
+        self.lane_stop.set()
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
         for t in self.threads:
             t.join(timeout=10)
+        if self.lane is not None:
+            self.lane.join(timeout=10)
+            if self.lane.is_alive():
+                self.lane.terminate()
+                self.lane.join(timeout=5)
         try:
             with connect(self.db_url, autocommit=True) as conn:
                 shards.release(conn, self.instance)
@@ -165,6 +162,10 @@ class AlertService:
             if not all(t.is_alive() for t in self.threads):
                 log.error("an alerts thread died; stopping so that the supervisor restarts us")
                 break
+            if self.lane is not None and not self.lane.is_alive():
+                log.error("the telemetry lane process exited (code %s); stopping so that the supervisor restarts us",
+                          self.lane.exitcode)
+                break
         self.stop()
 
     def _guarded(self, target: Any) -> None:
@@ -176,105 +177,80 @@ class AlertService:
                 log.exception("%s failed; restarting it in 1 s", threading.current_thread().name)
                 self.stopping.wait(1.0)
 
-    # ------------------------------------------------------------------ MQTT
+    # ------------------------------------------------------------------ MQTT, backlog markers
 
-    def _on_connect(self, client: paho.Client, lane: str, flags: Any, rc: Any, props: Any = None) -> None:
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         if getattr(rc, "is_failure", False):
-            log.error("broker refused the alerts instance (%s session): %s", lane, rc)
+            log.error("broker refused the alerts instance (events session): %s", rc)
             return
-        self.drained.discard(lane)
-        self.grace_until = None  # offline deadlines wait for the backlog of this (re)connection
-        self.markers[lane] = uuid.uuid4().hex
+        self._lane_connected("events")
+        self.marker = uuid.uuid4().hex
         p = self.prefix
-        topics = ([(f"{p}/devices/+/telemetry", 1)] if lane == "telemetry"
-                  else [(f"{p}/devices/+/event", 1), (f"{p}/devices/+/status", 1)])
-        client.subscribe([*topics, (self._marker_topic(lane), 1)])
+        client.subscribe([(f"{p}/devices/+/event", 1), (f"{p}/devices/+/status", 1),
+                          (telemetry.marker_topic(p, self.instance, "events"), 1)])
 
-    def _marker_topic(self, lane: str) -> str:
-        return f"{self.prefix}/hub/{self.instance}/{lane}/drained"
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, rcs: Any, props: Any = None) -> None:
+        client.publish(telemetry.marker_topic(self.prefix, self.instance, "events"), self.marker.encode(), qos=1)
+        self._lane_subscribed("events")
 
-    def _on_subscribe(self, client: paho.Client, lane: str, mid: int, rcs: Any, props: Any = None) -> None:
-        client.publish(self._marker_topic(lane), self.markers[lane].encode(), qos=1)
-        if len(self.markers) == 2:
-            self.ready.set()
-
-    def _on_message(self, client: paho.Client, lane: str, msg: paho.MQTTMessage) -> None:
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         topic = msg.topic
-        into = self.telemetry if lane == "telemetry" else self.priority
-        if topic == self._marker_topic(lane):
-            into.put(Inbound(topic, "", "marker", bytes(msg.payload), msg.qos, msg.mid, msg.retain, lane))
+        if topic == telemetry.marker_topic(self.prefix, self.instance, "events"):
+            self.priority.put(Inbound(topic, "", "marker", bytes(msg.payload), msg.qos, msg.mid, msg.retain))
             return
         parts = topic.rsplit("/", 2)
         if len(parts) != 3:
-            self._ack(lane, msg.mid, msg.qos)
+            self._ack(msg.mid, msg.qos)
             return
-        into.put(Inbound(topic, parts[1], parts[2], bytes(msg.payload), msg.qos, msg.mid, msg.retain, lane))
+        self.priority.put(Inbound(topic, parts[1], parts[2], bytes(msg.payload), msg.qos, msg.mid, msg.retain))
 
-    def _ack(self, lane: str, mid: int, qos: int) -> None:
-        client = self.clients.get(lane)
-        if qos > 0 and client is not None:
-            client.ack(mid, qos)
+    def _ack(self, mid: int, qos: int) -> None:
+        if qos > 0 and self.client is not None:
+            self.client.ack(mid, qos)
 
-    def _marker_seen(self, lane: str, payload: bytes) -> None:
+    def _lane_connected(self, lane: str) -> None:
+        """A session (re)connected: offline deadlines wait for its backlog again."""
+        self.drained.discard(lane)
+        self.grace_until = None
+
+    def _lane_subscribed(self, lane: str) -> None:
+        self.subscribed.add(lane)
+        if lane == "telemetry":
+            self.lane_subscribed.set()
+        if self.subscribed >= LANES:
+            self.ready.set()
+
+    def _lane_drained(self, lane: str) -> None:
         """This session's backlog is processed; with both, offline deadlines resume after the grace margin."""
-        if payload.decode() != self.markers.get(lane):
-            return
         self.drained.add(lane)
-        if self.drained >= {"events", "telemetry"}:
+        if self.drained >= LANES:
             self.grace_until = self.clock.now() + timedelta(seconds=self.rules.offline.grace_margin_s)
             log.info("backlog drained; offline deadlines resume at %s", self.grace_until.isoformat())
 
-    # ------------------------------------------------------------------ registry, shards, state
+    def _lane_reports(self) -> None:
+        """What the telemetry process tells us about its session."""
+        while not self.stopping.is_set():
+            try:
+                what, _ = self.lane_reports.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            {"connected": self._lane_connected, "subscribed": self._lane_subscribed,
+             "drained": self._lane_drained}[what]("telemetry")
 
-    def _load_devices(self, conn: psycopg.Connection[Any]) -> None:
-        out: dict[str, Registered] = {}
-        factor = self.rules.offline.heartbeat_factor
-        for dev, kind, building, grid, place, hb, retired in conn.execute(
-                "SELECT d.id, d.kind, d.building_id, b.grid_id, d.place, d.heartbeat_s, d.retired FROM devices d"
-                " JOIN buildings b ON b.id = d.building_id"):
-            beat = hb or DEFAULT_HEARTBEAT_S[DeviceKind(kind)]
-            out[dev] = Registered(records.Place(dev, kind, building, grid, place, hb), retired,
-                                  timedelta(seconds=beat * factor))
-        self.devices = out
-        self.devices_loaded = time.monotonic()
-
-    def _registered(self, conn: psycopg.Connection[Any], device_id: str) -> Registered | None:
-        reg = self.devices.get(device_id)
-        if reg is None and time.monotonic() - self.devices_loaded > 2.0:
-            self._load_devices(conn)  # a device imported since
-            reg = self.devices.get(device_id)
-        return None if reg is None or reg.retired else reg
-
-    def _mine(self, conn: psycopg.Connection[Any], device_id: str) -> bool:
-        s = shards.shard_of(device_id)
-        if s in self.held:
-            return True
-        if s in self.others and shards.held_elsewhere(conn, self.instance, s):
-            return False
-        if shards.take(conn, self.instance, s):
-            self.held = self.held | {s}
-            return True
-        return False
+    # ------------------------------------------------------------------ shards
 
     def _keep_leases(self, conn: psycopg.Connection[Any]) -> None:
-        before = self.held
         held = frozenset(shards.renew_and_take(conn, self.instance))
-        self.held = held
-        lost = before - held
-        if lost:
-            with self.lock:
-                for dev in [d for d in self.states if shards.shard_of(d) in lost]:
-                    del self.states[dev]
-        gained = held - before
+        others = frozenset(s for s, (holder, _) in shards.holders(conn).items()
+                           if holder is not None and holder != self.instance)
+        gained = self.book.set_shards(held, others)
         if gained:
             self._watch_silent_devices(conn, gained)
-        self.others = frozenset(s for s, (holder, _) in shards.holders(conn).items()
-                                if holder is not None and holder != self.instance)
 
     def _watch_silent_devices(self, conn: psycopg.Connection[Any], gained: frozenset[int]) -> None:
         """Devices never heard from get an offline deadline one window from when we started watching."""
         now = self.clock.now()
-        rows = [(d, now + reg.window, shards.shard_of(d)) for d, reg in self.devices.items()
+        rows = [(d, now + reg.window, shards.shard_of(d)) for d, reg in self.book.devices.items()
                 if not reg.retired and shards.shard_of(d) in gained]
         with conn.transaction(), conn.cursor() as cur:
             cur.executemany("INSERT INTO timers (kind, key, due_at, shard) SELECT 'offline', %s, %s, %s"
@@ -282,183 +258,81 @@ class AlertService:
                             " AND state = 'active') ON CONFLICT (kind, key) DO NOTHING",
                             [(d, due, s, d) for d, due, s in rows])
 
-    def _states(self, conn: psycopg.Connection[Any], devices: set[str]) -> None:
-        """Load rule state and active alerts of devices not yet in memory."""
-        with self.lock:
-            missing = [d for d in devices if d not in self.states]
-        if not missing:
-            return
-        saved = dict(conn.execute("SELECT device_id, state FROM rule_state WHERE device_id = ANY(%s) AND rule = 'readings'",
-                                  (missing,)).fetchall())
-        active: dict[str, set[str]] = {}
-        for dev, typ in conn.execute("SELECT device_id, type FROM alerts WHERE device_id = ANY(%s) AND state = 'active'"
-                                     " AND type <> 'fire_incident'", (missing,)):
-            active.setdefault(dev, set()).add(typ)
-        with self.lock:
-            for d in missing:
-                self.states.setdefault(d, DeviceState.from_json(saved.get(d), active.get(d, set())))
-
-    def _state(self, device_id: str) -> DeviceState:
-        with self.lock:
-            return self.states[device_id]
-
     # ------------------------------------------------------------------ what a message does
-
-    def _apply(self, conn: psycopg.Connection[Any], reg: Registered, f: Finding, now: datetime) -> None:
-        seen = ms_to_dt(f.ts_ms)
-        if f.action == "raise":
-            records.raise_alert(conn, reg.place, f.alert_type, seen, now, self.rules, f.detail)
-        else:
-            why = ", ".join(f"{k} {v}" for k, v in f.detail.items()) or "cleared"
-            records.clear_alert(conn, reg.place, f.alert_type, seen, now, why)
-
-    def _signs_of_life(self, conn: psycopg.Connection[Any], devices: dict[str, Registered], now: datetime) -> None:
-        """Any accepted message: the offline deadline moves and an active device_offline clears."""
-        moves = []
-        for dev, reg in devices.items():
-            self.alive[dev] = now
-            due = now + reg.window
-            written = self.offline_written.get(dev)
-            if written is None or (due - written).total_seconds() > OFFLINE_SLACK_S:
-                moves.append((dev, due, shards.shard_of(dev)))
-            st = self._state(dev)
-            if "device_offline" in st.active:
-                records.clear_alert(conn, reg.place, "device_offline", now, now, "the device spoke again")
-                st.active.discard("device_offline")
-        if moves:
-            with conn.cursor() as cur:
-                cur.executemany("INSERT INTO timers (kind, key, due_at, shard) VALUES ('offline', %s, %s, %s)"
-                                " ON CONFLICT (kind, key) DO UPDATE SET due_at = EXCLUDED.due_at, payload = '{}'",
-                                moves)
-            for dev, due, _ in moves:
-                self.offline_written[dev] = due
 
     def _offline_due(self, conn: psycopg.Connection[Any], device_id: str, payload: dict[str, Any], now: datetime) -> None:
         """The offline deadline: raise device_offline unless a sign of life came after the deadline was written."""
-        reg = self.devices.get(device_id)
+        book = self.book
+        reg = book.devices.get(device_id)
         if reg is None or reg.retired:
             return
-        last = self.alive.get(device_id)
+        last = book.alive.get(device_id)
         if last is not None and last + reg.window > now:
             timers.schedule(conn, "offline", device_id, last + reg.window, shard=shards.shard_of(device_id), wake=False)
-            self.offline_written[device_id] = last + reg.window
+            book.offline_written[device_id] = last + reg.window
             return
-        self.offline_written.pop(device_id, None)
+        book.offline_written.pop(device_id, None)
         reason = payload.get("reason", f"silent for {int(reg.window.total_seconds())} s")
         records.raise_alert(conn, reg.place, "device_offline", now, now, self.rules, {"reason": reason})
-        self._states(conn, {device_id})
-        self._state(device_id).active.add("device_offline")
+        book.load_states(conn, {device_id})
+        book.state(device_id).active.add("device_offline")
 
-    def _handle_priority(self, conn: psycopg.Connection[Any], item: Inbound) -> None:
+    def _handle_priority(self, conn: psycopg.Connection[Any], item: Inbound) -> list[int]:
+        """Evaluate an event or status message in one transaction; returns the change rows it wrote."""
+        book = self.book
         if item.channel == "marker":
-            self._marker_seen(item.lane, item.payload)
-            return
-        reg = self._registered(conn, item.device_id)
-        if reg is None or not self._mine(conn, item.device_id):
-            return
+            if item.payload.decode() == self.marker:
+                self._lane_drained("events")
+            return []
+        reg = book.registered(conn, item.device_id)
+        if reg is None or not book.mine(conn, item.device_id):
+            return []
         now = self.clock.now()
         dev = item.device_id
-        self._states(conn, {dev})
+        book.load_states(conn, {dev})
+        ids: list[int] = []
         if item.channel == "event":
             try:
                 ev = Event.model_validate_json(item.payload)
             except ValidationError:
-                return  # ingest quarantines it
+                return []  # ingest quarantines it
             if not acceptable(reg.place.kind, ev, int(now.timestamp() * 1000)):
-                return
+                return []
             with conn.transaction():
                 fresh = conn.execute(
                     "INSERT INTO rule_events (device_id, ts, seq, type) VALUES (%s, %s, %s, %s)"
                     " ON CONFLICT DO NOTHING RETURNING 1",
                     (dev, ms_to_dt(ev.ts), ev.seq if ev.seq is not None else -1, ev.type)).fetchone()
                 if fresh is None:
-                    return  # redelivered or re-sent: evaluated once already
-                self._signs_of_life(conn, {dev: reg}, now)
-                st = self._state(dev)
+                    return []  # redelivered or re-sent: evaluated once already
+                book.signs_of_life(conn, {dev: reg}, now, offline_in_memory=True)
+                st = book.state(dev)
                 for f in event_findings(ev):
-                    self._apply(conn, reg, f, now)
+                    book.apply(conn, reg, f, now)
                     (st.active.add if f.action == "raise" else st.active.discard)(f.alert_type)
                 if ev.type == "alarm":
                     records.count_alarm(conn, reg.place, ms_to_dt(ev.ts), now, self.rules)
-                changes.flush(conn)
+                ids = changes.flush(conn)
         elif item.channel == "status":
             text = item.payload.decode("utf-8", "replace").strip()
             with conn.transaction():
                 if text == "offline" and not item.retain:
                     timers.cancel(conn, "offline", dev)
-                    self.offline_written.pop(dev, None)
-                    self.alive.pop(dev, None)
+                    book.offline_written.pop(dev, None)
+                    book.alive.pop(dev, None)
                     records.raise_alert(conn, reg.place, "device_offline", now, now, self.rules,
                                         {"reason": "last will: the broker lost the device's connection"})
-                    self._state(dev).active.add("device_offline")
+                    book.state(dev).active.add("device_offline")
                 elif text == "offline":
-                    if "device_offline" not in self._state(dev).active:
-                        self.alive.pop(dev, None)
+                    if "device_offline" not in book.state(dev).active:
+                        book.alive.pop(dev, None)
                         timers.schedule(conn, "offline", dev, now, shard=shards.shard_of(dev),
                                         payload={"reason": "retained offline status (last will while the hub was away)"})
-                        self.offline_written[dev] = now
+                        book.offline_written[dev] = now
                 elif text == "online" and not item.retain:
-                    self._signs_of_life(conn, {dev: reg}, now)
-                changes.flush(conn)
-
-    def _yield_to_alarms(self, limit_s: float = 0.05) -> None:
-        """Telemetry waits while the priority lane has work (up to `limit_s`, so that it is never starved)."""
-        end = time.monotonic() + limit_s
-        while (self.priority_busy.is_set() or not self.priority.empty()) and time.monotonic() < end:
-            time.sleep(0.0005)
-
-    def _telemetry_batch(self, conn: psycopg.Connection[Any], batch: list[Inbound]) -> bool:
-        """Evaluate a batch of readings in memory and write what they changed in one transaction.
-        Returns whether the drain marker of this connection was in it."""
-        now = self.clock.now()
-        now_ms = int(now.timestamp() * 1000)
-        marker = False
-        work: list[tuple[Registered, Reading]] = []
-        for n, item in enumerate(batch):
-            if n % 50 == 0:
-                self._yield_to_alarms()
-            if item.channel == "marker":
-                marker = True
-                self._marker_seen(item.lane, item.payload)
-                continue
-            reg = self._registered(conn, item.device_id)
-            if reg is None or not self._mine(conn, item.device_id):
-                continue
-            try:
-                r = Reading.model_validate_json(item.payload)
-            except ValidationError:
-                continue
-            if acceptable(reg.place.kind, r, now_ms):
-                work.append((reg, r))
-        if not work:
-            return marker
-        alive = {reg.place.device_id: reg for reg, _ in work}
-        self._states(conn, set(alive))
-        found: list[tuple[Registered, Finding]] = []
-        self._yield_to_alarms()
-        for i, (reg, r) in enumerate(work):
-            if i % 50 == 0:
-                self._yield_to_alarms()
-            with self.lock:
-                st = self.states[reg.place.device_id]
-                found += [(reg, f) for f in reading_findings(st, self.rules, reg.place.kind, reg.place.device_id, r)]
-        with self.lock:
-            dirty = [(d, Jsonb(self.states[d].to_json())) for d in alive if self.states[d].dirty]
-        self._yield_to_alarms()
-        with conn.transaction():
-            for reg, f in found:
-                self._apply(conn, reg, f, now)
-            self._signs_of_life(conn, alive, now)
-            if dirty:
-                with conn.cursor() as cur:
-                    cur.executemany("INSERT INTO rule_state (device_id, rule, state, updated_at) VALUES (%s, 'readings', %s, now())"
-                                    " ON CONFLICT (device_id, rule) DO UPDATE SET state = EXCLUDED.state, updated_at = now()",
-                                    dirty)
-            changes.flush(conn)
-        with self.lock:
-            for d, _ in dirty:
-                self.states[d].dirty = False
-        return marker
+                    book.signs_of_life(conn, {dev: reg}, now, offline_in_memory=True)
+                ids = changes.flush(conn)
+        return ids
 
     # ------------------------------------------------------------------ threads
 
@@ -469,41 +343,25 @@ class AlertService:
                     item = self.priority.get(timeout=0.5)
                 except queue.Empty:
                     continue
-                self.priority_busy.set()
                 try:
-                    self._handle_priority(conn, item)
+                    ids = self._handle_priority(conn, item)
                 except Exception:
                     changes.discard(conn)
+                    self.book.forget_states()
                     self.priority.put(item)  # not acknowledged: try again on a fresh connection
                     raise
-                finally:
-                    if self.priority.empty():
-                        self.priority_busy.clear()
-                self._ack(item.lane, item.mid, item.qos)
+                self._publish_now(conn, ids)
+                self._ack(item.mid, item.qos)
 
-    def _telemetry_lane(self) -> None:
-        with connect(self.db_url, autocommit=True) as conn:
-            while not self.stopping.is_set():
-                try:
-                    batch = [self.telemetry.get(timeout=0.5)]
-                except queue.Empty:
-                    continue
-                while len(batch) < BATCH:
-                    try:
-                        batch.append(self.telemetry.get_nowait())
-                    except queue.Empty:
-                        break
-                try:
-                    self._telemetry_batch(conn, batch)
-                except Exception:
-                    changes.discard(conn)
-                    with self.lock:
-                        self.states.clear()  # memory may be ahead of the database: reload
-                    for item in batch:
-                        self.telemetry.put(item)
-                    raise
-                for item in batch:
-                    self._ack(item.lane, item.mid, item.qos)
+    def _publish_now(self, conn: psycopg.Connection[Any], ids: list[int]) -> None:
+        """The notifications of the lane's own transaction, right after its commit (the notifier is the fallback)."""
+        client = self.client
+        if not ids or client is None or not client.is_connected():
+            return
+        try:
+            publish.publish_rows(conn, client, self.prefix, ids)
+        except Exception:  # noqa: BLE001 - committed; the notifier publishes what is still unpublished
+            log.exception("could not publish changes %s directly; the notifier will", ids)
 
     def _held_back(self) -> tuple[str, ...]:
         g = self.grace_until
@@ -514,8 +372,8 @@ class AlertService:
             listen.execute(f"LISTEN {timers.CHANNEL}")
             while not self.stopping.is_set():
                 held_back = self._held_back()
-                timers.fire_due(conn, self.clock.now(), self.timer_actions, shards=self.held, held_back=held_back)
-                nd = timers.next_due(conn, self.timer_actions.keys(), shards=self.held, held_back=held_back)
+                timers.fire_due(conn, self.clock.now(), self.timer_actions, shards=self.book.held, held_back=held_back)
+                nd = timers.next_due(conn, self.timer_actions.keys(), shards=self.book.held, held_back=held_back)
                 wait = 5.0 if nd is None else (nd - self.clock.now()).total_seconds()
                 if held_back:
                     g = self.grace_until
@@ -526,40 +384,23 @@ class AlertService:
                         pass
 
     def _notifier(self) -> None:
-        with connect(self.db_url) as conn, connect(self.db_url, autocommit=True) as listen:
+        """Publish every change not yet published, woken at once by NOTIFY (a commit, or rows left for us);
+        the 1 s timeout is the fallback for a lost wake-up."""
+        with connect(self.db_url, autocommit=True) as conn, connect(self.db_url, autocommit=True) as listen:
             listen.execute(f"LISTEN {changes.CHANNEL}")
+            listen.execute(f"LISTEN {publish.WAKE_CHANNEL}")
             while not self.stopping.is_set():
-                n = self._publish_changes(conn)
-                if n < PUBLISH_BATCH:
-                    for _ in listen.notifies(timeout=1.0, stop_after=1):
-                        pass
-
-    def _publish_changes(self, conn: psycopg.Connection[Any]) -> int:
-        """Publish the next changes in log order, once: the cursor row's lock elects one publisher at a time."""
-        client = self.clients.get("events")
-        if client is None or not client.is_connected():
-            return 0
-        with conn.transaction():
-            row = conn.execute("SELECT last_id FROM change_publish_cursor WHERE id = 1 FOR UPDATE SKIP LOCKED").fetchone()
-            if row is None:
-                return 0
-            rows = conn.execute("SELECT id, kind, payload::text, recipients FROM changes WHERE id > %s ORDER BY id"
-                                " LIMIT %s", (row[0], PUBLISH_BATCH)).fetchall()
-            if not rows:
-                return 0
-            sent = []
-            for _id, kind, payload, recipients in rows:
-                body = payload.encode()
-                if kind == "alert":
-                    sent.append(client.publish(alerts_topic(self.prefix), body, qos=1))
-                else:
-                    sent += [client.publish(worker_tasks_topic(self.prefix, w), body, qos=1) for w in recipients]
-            for info in sent:
-                info.wait_for_publish(timeout=10)
-                if not info.is_published():
-                    raise RuntimeError("the broker did not acknowledge a notification within 10 s; will resend")
-            conn.execute("UPDATE change_publish_cursor SET last_id = %s WHERE id = 1", (rows[-1][0],))
-        return len(rows)
+                client = self.client
+                out = publish.Outcome(0, 0)
+                if client is not None and client.is_connected():
+                    out = publish.catch_up(conn, client, self.prefix)
+                if out.published >= publish.BATCH:
+                    continue
+                if out.deferred:
+                    self.stopping.wait(PUBLISH_WAIT_S)
+                    continue
+                for _ in listen.notifies(timeout=1.0, stop_after=1):
+                    pass
 
     def _lease_keeper(self) -> None:
         with connect(self.db_url, autocommit=True) as conn:
@@ -568,7 +409,7 @@ class AlertService:
             while not self.stopping.wait(5.0):
                 self._keep_leases(conn)
                 if time.monotonic() - last_registry > 60:
-                    self._load_devices(conn)
+                    self.book.load(conn)
                     last_registry = time.monotonic()
                 if time.monotonic() - last_prune > 3600:
                     conn.execute("DELETE FROM rule_events WHERE ts < %s",

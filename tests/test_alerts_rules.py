@@ -116,6 +116,19 @@ def test_fire_alarm_opens_a_task_notifies_the_worker_and_clearing_annotates_it(
     wait_for(lambda: active(db, "r1-sa-1", "fire_alarm"), what="fire_alarm again")
     rows = alerts_of(db, "r1-sa-1", "fire_alarm")
     assert len(rows) == 2 and rows[1][3] == task["id"]
+    # every change of the task reached the worker's topic once: published by the lane or the notifier, not both
+
+    def log_of_task() -> tuple[int, int]:
+        row = db.execute("SELECT count(*) FILTER (WHERE published_at IS NULL),"
+                         " count(*) FILTER (WHERE 'w-003' = ANY(recipients)) FROM changes WHERE entity_id = %s",
+                         (task["id"],)).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    wait_for(lambda: log_of_task()[0] == 0, what="every change of the task published")
+    wait_for(lambda: len(listener.of("/workers/w-003/tasks", id=task["id"])) >= log_of_task()[1],
+             what="a notification per change of the task")
+    assert len(listener.of("/workers/w-003/tasks", id=task["id"])) == log_of_task()[1] >= 2
     dev.close()
 
 

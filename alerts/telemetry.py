@@ -1,0 +1,226 @@
+"""The telemetry lane, in a process of its own so that a flood of readings never shares an interpreter lock
+with fire alarms: its own persistent MQTT session (`<instance>-telemetry`), readings evaluated in batches in
+memory, what they change written in one transaction, every message acknowledged after that commit.
+
+It evaluates the devices of the shards its instance holds (the priority process keeps the leases) and reports
+to that process on a queue: connected (offline deadlines wait again), subscribed, and the drain marker seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import time
+import uuid
+from dataclasses import dataclass
+from multiprocessing.queues import Queue as ProcessQueue
+from multiprocessing.synchronize import Event as ProcessEvent
+from typing import Any
+
+import paho.mqtt.client as paho
+import psycopg
+from psycopg.types.json import Jsonb
+from pydantic import ValidationError
+
+from gridhub.alerts import changes, timers
+from gridhub.alerts.devices import DeviceBook, Registered
+from gridhub.alerts.evaluate import Finding, acceptable, reading_findings
+from gridhub.alerts.rules import RuleBook
+from gridhub.db import connect
+from gridhub.mqtt import BrokerAddress, make_client
+from gridhub.protocol import Reading
+from gridhub.settings import Settings
+
+log = logging.getLogger("gridhub.alerts.telemetry")
+
+BATCH = 500
+SHARD_REFRESH_S = 2.0
+
+
+def marker_topic(prefix: str, instance: str, lane: str) -> str:
+    """Published by an instance to itself after subscribing: it arrives after the session's queued backlog."""
+    return f"{prefix}/hub/{instance}/{lane}/drained"
+
+
+@dataclass(frozen=True)
+class Inbound:
+    device_id: str
+    payload: bytes
+    qos: int
+    mid: int
+    marker: bool = False
+
+
+@dataclass(frozen=True)
+class LaneArgs:
+    settings: Settings
+    rules: RuleBook
+    clock: timers.Clock
+    instance: str
+    log_level: int
+    parent_pid: int  # the priority process: the lane stops when it is gone (even if killed with SIGKILL)
+
+
+def run_lane(args: LaneArgs, reports: ProcessQueue[tuple[str, str]], stop: ProcessEvent) -> None:
+    """The child process's entry point: run until `stop` is set or the parent process is gone."""
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if os.getppid() != args.parent_pid:
+        return  # the parent died while this process was starting
+    lane = TelemetryLane(args, reports)
+    lane.start()
+    try:
+        while not stop.is_set() and os.getppid() == args.parent_pid:
+            try:
+                lane.run_once()
+            except Exception:  # noqa: BLE001 - the lane goes on with a fresh connection; messages were requeued
+                log.exception("telemetry lane failed; going on in 1 s on a fresh connection")
+                lane.reconnect_db()
+                time.sleep(1.0)
+    finally:
+        lane.stop()
+
+
+class TelemetryLane:
+    """Readings of the instance's devices: held thresholds, drop window, signs of life."""
+
+    def __init__(self, args: LaneArgs, reports: ProcessQueue[tuple[str, str]]) -> None:
+        self.settings = args.settings
+        self.db_url = args.settings.database_url or ""
+        self.prefix = args.settings.topic_prefix
+        self.instance = args.instance
+        self.rules = args.rules
+        self.clock = args.clock
+        self.reports = reports
+        self.book = DeviceBook(args.instance, args.rules, args.clock)
+        self.inbox: queue.Queue[Inbound] = queue.Queue()
+        self.marker = ""
+        self.conn: psycopg.Connection[Any] | None = None
+        self.shards_read = 0.0
+        self.client: paho.Client | None = None
+
+    def start(self) -> None:
+        self.reconnect_db()
+        client = make_client(self.settings.mqtt_url or "", f"{self.instance}-telemetry", protocol=paho.MQTTv311,
+                             clean=False, manual_ack=True)
+        client.max_inflight_messages_set(100)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.reconnect_delay_set(1, 5)
+        addr = BrokerAddress.parse(self.settings.mqtt_url or "")
+        self.client = client
+        client.connect_async(addr.host, addr.port, keepalive=30)
+        client.loop_start()
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
+        if self.conn is not None:
+            self.conn.close()
+
+    def reconnect_db(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = connect(self.db_url, autocommit=True)
+        self.book.load(self.conn)
+        self.book.refresh_shards(self.conn)
+        self.shards_read = time.monotonic()
+
+    # ------------------------------------------------------------------ MQTT (paho's network thread)
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        if getattr(rc, "is_failure", False):
+            log.error("broker refused the alerts instance (telemetry session): %s", rc)
+            return
+        self.marker = uuid.uuid4().hex
+        self.reports.put(("connected", ""))
+        client.subscribe([(f"{self.prefix}/devices/+/telemetry", 1),
+                          (marker_topic(self.prefix, self.instance, "telemetry"), 1)])
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, rcs: Any, props: Any = None) -> None:
+        client.publish(marker_topic(self.prefix, self.instance, "telemetry"), self.marker.encode(), qos=1)
+        self.reports.put(("subscribed", ""))
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        if msg.topic == marker_topic(self.prefix, self.instance, "telemetry"):
+            self.inbox.put(Inbound("", bytes(msg.payload), msg.qos, msg.mid, marker=True))
+            return
+        parts = msg.topic.rsplit("/", 2)
+        self.inbox.put(Inbound(parts[1] if len(parts) == 3 else "", bytes(msg.payload), msg.qos, msg.mid))
+
+    # ------------------------------------------------------------------ the lane
+
+    def run_once(self) -> None:
+        try:
+            batch = [self.inbox.get(timeout=0.5)]
+        except queue.Empty:
+            return
+        while len(batch) < BATCH:
+            try:
+                batch.append(self.inbox.get_nowait())
+            except queue.Empty:
+                break
+        conn = self.conn
+        assert conn is not None
+        if time.monotonic() - self.shards_read > SHARD_REFRESH_S:
+            self.book.refresh_shards(conn)
+            self.shards_read = time.monotonic()
+        try:
+            self._evaluate(conn, batch)
+        except Exception:
+            changes.discard(conn)
+            self.book.forget_states()
+            for item in batch:
+                self.inbox.put(item)
+            raise
+        client = self.client
+        assert client is not None
+        for item in batch:
+            if item.qos > 0:
+                client.ack(item.mid, item.qos)
+
+    def _evaluate(self, conn: psycopg.Connection[Any], batch: list[Inbound]) -> None:
+        """Evaluate a batch of readings in memory and write what they changed in one transaction."""
+        book = self.book
+        now = self.clock.now()
+        now_ms = int(now.timestamp() * 1000)
+        work: list[tuple[Registered, Reading]] = []
+        for item in batch:
+            if item.marker:
+                if item.payload.decode() == self.marker:
+                    self.reports.put(("drained", self.marker))
+                continue
+            reg = book.registered(conn, item.device_id)
+            if reg is None or not book.mine(conn, item.device_id):
+                continue
+            try:
+                r = Reading.model_validate_json(item.payload)
+            except ValidationError:
+                continue  # ingest quarantines it
+            if acceptable(reg.place.kind, r, now_ms):
+                work.append((reg, r))
+        if not work:
+            return
+        alive = {reg.place.device_id: reg for reg, _ in work}
+        book.load_states(conn, set(alive))
+        found: list[tuple[Registered, Finding]] = []
+        with book.lock:
+            for reg, r in work:
+                st = book.states[reg.place.device_id]
+                found += [(reg, f) for f in reading_findings(st, self.rules, reg.place.kind, reg.place.device_id, r)]
+            dirty = [(d, Jsonb(book.states[d].to_json())) for d in alive if book.states[d].dirty]
+        with conn.transaction():
+            for reg, f in found:
+                book.apply(conn, reg, f, now)
+            book.signs_of_life(conn, alive, now, offline_in_memory=False)
+            if dirty:
+                with conn.cursor() as cur:
+                    cur.executemany("INSERT INTO rule_state (device_id, rule, state, updated_at) VALUES"
+                                    " (%s, 'readings', %s, now()) ON CONFLICT (device_id, rule)"
+                                    " DO UPDATE SET state = EXCLUDED.state, updated_at = now()", dirty)
+            changes.flush(conn)
+        with book.lock:
+            for d, _ in dirty:
+                book.states[d].dirty = False
