@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
@@ -205,3 +206,36 @@ def worker_tasks_topic(prefix: str, worker_id: str) -> str:
 
 def alerts_topic(prefix: str) -> str:
     return f"{prefix}/alerts"
+
+
+class BrokerURLError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """A broker URL `mqtt://user:pass@host:port` (`mqtts://` for TLS), parsed."""
+
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise BrokerURLError(f"broker URL {url!r} must look like mqtt://user:pass@host:port (mqtts:// for TLS)")
+        tls = parts.scheme in ("mqtts", "ssl")
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or (8883 if tls else 1883),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            tls=tls,
+        )
+
+    def as_account(self, username: str, password: str) -> BrokerAddress:
+        """The same broker, logged in as another account (a device's own)."""
+        return BrokerAddress(self.host, self.port, username, password, self.tls)

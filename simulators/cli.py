@@ -8,8 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from gridhub.protocol import BrokerAddress, BrokerURLError
 from gridhub.simulators.fleet import (
-    BrokerTarget,
     DeviceAccounts,
     Fleet,
     FleetError,
@@ -90,7 +90,7 @@ def load_main(argv: list[str]) -> int:
         devices = devices[: args.devices]
     if args.rate <= 0 or args.duration <= 0:
         raise FleetError("--rate and --duration must be positive")
-    target = BrokerTarget.parse(default_broker_url(args.broker))
+    target = BrokerAddress.parse(default_broker_url(args.broker))
     accounts = _explicit_accounts(args)
     if accounts is None and not target.username:
         raise FleetError("no account to publish with: pass --credentials or --secret for device accounts, or a "
@@ -126,7 +126,7 @@ def devices_main(argv: list[str]) -> int:
     if args.limit:
         devices = devices[: args.limit]
     accounts = _device_accounts(args)
-    target = BrokerTarget.parse(default_broker_url(args.broker))
+    target = BrokerAddress.parse(default_broker_url(args.broker))
     summary = asyncio.run(run_fleet(target, accounts, devices, prefix=default_prefix(args.prefix),
                                     v5=args.mqtt == "5", duration_s=args.duration,
                                     spread_s=args.spread))
@@ -169,7 +169,7 @@ def scenario_main(argv: list[str]) -> int:
         print(exc, file=sys.stderr)
         return 2
     fleet = _fleet(args)
-    return play_cli(scenarios, fleet, BrokerTarget.parse(default_broker_url(args.broker)), _device_accounts(args),
+    return play_cli(scenarios, fleet, BrokerAddress.parse(default_broker_url(args.broker)), _device_accounts(args),
                     prefix=default_prefix(args.prefix), v5=args.mqtt == "5", speed=args.speed, seed=args.seed,
                     cast_overrides=args.cast)
 
@@ -205,7 +205,7 @@ def main(argv: list[str]) -> int:
     rest = argv[1:] if command else argv
     try:
         return (command or load_main)(rest)
-    except FleetError as exc:
+    except (FleetError, BrokerURLError) as exc:
         print(f"gridhub simulate: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

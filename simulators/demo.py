@@ -17,7 +17,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from gridhub.simulators.fleet import BrokerTarget, DeviceAccounts, demo_district_path, load_fleet
+from gridhub.protocol import BrokerAddress
+from gridhub.simulators.fleet import DeviceAccounts, demo_district_path, load_fleet
 
 log = logging.getLogger("gridhub.demo")
 
@@ -54,7 +55,7 @@ def _broker_speaks_v5(settings: Any, embedded: bool) -> bool:
         return True
     if services is None or not settings.mqtt_url:
         return True
-    target = BrokerTarget.parse(settings.mqtt_url)
+    target = BrokerAddress.parse(settings.mqtt_url)
     return not (services.broker_kind == "embedded" and target.port == services.broker.port)
 
 
@@ -78,7 +79,7 @@ def prepare(settings: Any) -> dict[str, str]:
     result = write_credentials(settings)
     if not result.get("applied_to_local_broker"):
         log.warning("the broker at %s is not gridhub's own: give it the accounts in %s (passwd and acl) so that "
-                    "the devices can log in", BrokerTarget.parse(settings.mqtt_url).host, result.get("dir"))
+                    "the devices can log in", BrokerAddress.parse(settings.mqtt_url).host, result.get("dir"))
     return {w.id: w.name for w in registry.workers}
 
 
@@ -100,7 +101,7 @@ async def district_life(settings: Any, stop: asyncio.Event, *, v5: bool, board: 
     from gridhub.simulators.scenario import ScenarioError, load_scenario, play
 
     fleet = load_fleet(demo_district_path())
-    target = BrokerTarget.parse(settings.mqtt_url)
+    target = BrokerAddress.parse(settings.mqtt_url)
     pool = DevicePool(target, DeviceAccounts(secret=settings.signing_key()), prefix=settings.topic_prefix, v5=v5)
     life = asyncio.create_task(run_life(pool, fleet.active, stop, timezone=settings.timezone))
     log.info("%d virtual devices are logging in", len(fleet.active))

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote
 
 import yaml
 
@@ -116,28 +116,6 @@ def demo_district_path() -> Path:
 # ------------------------------------------------------------------ broker accounts
 
 
-@dataclass(frozen=True)
-class BrokerTarget:
-    """Where the broker is, and the account in the URL (the hub's, when multiplexing)."""
-
-    host: str
-    port: int
-    username: str | None
-    password: str | None
-    tls: bool
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerTarget:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise FleetError(f"broker URL {url!r} must look like mqtt://user:pass@host:port (mqtts:// for TLS)")
-        tls = parts.scheme in ("mqtts", "ssl")
-        return cls(parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883),
-                   unquote(parts.username) if parts.username else None,
-                   unquote(parts.password) if parts.password else None, tls)
-
-    def as_account(self, username: str, password: str) -> BrokerTarget:
-        return BrokerTarget(self.host, self.port, username, password, self.tls)
 
     def url(self) -> str:
         auth = f"{quote(self.username or '', safe='')}:{quote(self.password or '', safe='')}@" if self.username else ""

@@ -14,13 +14,12 @@ import orjson
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gridhub.protocol import device_topic
-from gridhub.simulators.fleet import BrokerTarget
+from gridhub.protocol import BrokerAddress, device_topic
 
 log = logging.getLogger("gridhub.simulators")
 
 
-def mqtt_client(target: BrokerTarget, client_id: str, *, v5: bool = True, will: aiomqtt.Will | None = None,
+def mqtt_client(target: BrokerAddress, client_id: str, *, v5: bool = True, will: aiomqtt.Will | None = None,
                 max_inflight: int | None = None, keepalive: int = 60) -> aiomqtt.Client:
     """An aiomqtt client (not yet connected) for an account on the target broker."""
     return aiomqtt.Client(
@@ -34,7 +33,7 @@ def mqtt_client(target: BrokerTarget, client_id: str, *, v5: bool = True, will: 
 class DeviceLink:
     """A device logged in with its own account. `seq` counts every telemetry and event message sent."""
 
-    def __init__(self, target: BrokerTarget, device_id: str, password: str, *, prefix: str = "gridhub/v1",
+    def __init__(self, target: BrokerAddress, device_id: str, password: str, *, prefix: str = "gridhub/v1",
                  v5: bool = True, seq_start: int = 0):
         self.device_id = device_id
         self.prefix = prefix

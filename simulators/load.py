@@ -27,9 +27,9 @@ import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gridhub.protocol import DeviceKind, device_topic
+from gridhub.protocol import BrokerAddress, DeviceKind, device_topic
 from gridhub.simulators.behaviour import steady_metrics
-from gridhub.simulators.fleet import BrokerTarget, DeviceAccounts, DeviceSpec
+from gridhub.simulators.fleet import DeviceAccounts, DeviceSpec
 
 log = logging.getLogger("gridhub.simulators.load")
 
@@ -38,7 +38,7 @@ DRAIN_TIMEOUT_S = 15.0
 
 @dataclass
 class LoadPlan:
-    target: BrokerTarget
+    target: BrokerAddress
     devices: list[DeviceSpec]
     rate: float  # messages per second, all devices together
     duration_s: float
@@ -72,7 +72,7 @@ class _Lane:
     """One connection and the devices it speaks for."""
 
     client_id: str
-    target: BrokerTarget
+    target: BrokerAddress
     devices: list[DeviceSpec]
     rate: float
     seq: dict[str, int] = field(default_factory=dict)
@@ -105,7 +105,7 @@ class PahoOnLoop:
     """A paho client driven by the asyncio loop (epoll): socket callbacks add readers and writers, and
     `on_publish` counts acknowledgements, so a publish costs one paho call and no task or future."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, target: BrokerTarget, client_id: str, *, v5: bool,
+    def __init__(self, loop: asyncio.AbstractEventLoop, target: BrokerAddress, client_id: str, *, v5: bool,
                  window: int, tally: LoadTally):
         self.loop = loop
         self.tally = tally

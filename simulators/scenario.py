@@ -30,10 +30,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gridhub.protocol import DeviceKind, device_topic
+from gridhub.protocol import BrokerAddress, DeviceKind, device_topic
 from gridhub.simulators.behaviour import steady_metrics
 from gridhub.simulators.devices import DevicePool, camera_scene, encode_jpeg
-from gridhub.simulators.fleet import BrokerTarget, DeviceAccounts, DeviceSpec, Fleet
+from gridhub.simulators.fleet import DeviceAccounts, DeviceSpec, Fleet
 from gridhub.simulators.link import mqtt_client
 
 log = logging.getLogger("gridhub.simulators.scenario")
@@ -349,7 +349,7 @@ def _fill(template: Any, ts: int, seq: int) -> Any:
 class _HubAccount:
     """The broker URL's own account, for messages no device may send (bad topics, unregistered ids)."""
 
-    def __init__(self, target: BrokerTarget, v5: bool):
+    def __init__(self, target: BrokerAddress, v5: bool):
         if not target.username:
             raise ScenarioError("this scenario sends messages as the hub: give the broker URL with the hub's "
                                 "user and password (--broker or GRIDHUB_MQTT_URL)")
@@ -371,7 +371,7 @@ class _HubAccount:
 @dataclass
 class Playback:
     pool: DevicePool
-    hub_target: BrokerTarget
+    hub_target: BrokerAddress
     t0_ms: int
     tz: ZoneInfo
     rng: random.Random
@@ -537,7 +537,7 @@ class PlayReport:
         return out
 
 
-async def play(scenarios: list[Scenario], fleet: Fleet, pool: DevicePool, hub_target: BrokerTarget, *,
+async def play(scenarios: list[Scenario], fleet: Fleet, pool: DevicePool, hub_target: BrokerAddress, *,
                speed: float | None = None, seed: int = 0, cast_overrides: dict[str, list[str]] | None = None,
                stop: asyncio.Event | None = None, timezone: str | None = None, release: bool = True) -> PlayReport:
     """Play the scenarios together on the pool's devices (held from normal life meanwhile)."""
@@ -596,7 +596,7 @@ def parse_overrides(items: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def play_cli(scenarios: list[Scenario], fleet: Fleet, target: BrokerTarget, accounts: DeviceAccounts, *,
+def play_cli(scenarios: list[Scenario], fleet: Fleet, target: BrokerAddress, accounts: DeviceAccounts, *,
              prefix: str, v5: bool, speed: float | None, seed: int, cast_overrides: list[str]) -> int:
     """`gridhub simulate scenario ...`: play, then print a JSON summary; exit 1 if any message failed."""
 

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 from simulator_listener import HubListener
 
-from gridhub.protocol import Event, Reading
+from gridhub.protocol import BrokerAddress, Event, Reading
 from gridhub.simulators.behaviour import battery_pct, site_pressure_mpa
 from gridhub.simulators.devices import DevicePool, run_fleet
 from gridhub.simulators.fleet import (
-    BrokerTarget,
     DeviceAccounts,
     device_password,
     load_fleet,
@@ -45,7 +44,7 @@ def test_fleet_reports_online_realistic_values_frames_and_goes_offline(settings:
     fleet = load_fleet(REGISTRY)
     listener = HubListener(broker.test_url, name="fleet")
     try:
-        summary = asyncio.run(run_fleet(BrokerTarget.parse(broker.test_url),
+        summary = asyncio.run(run_fleet(BrokerAddress.parse(broker.test_url),
                                         DeviceAccounts(secret=settings.secret_key), fleet.active, duration_s=3.0,
                                         spread_s=0.5))
         assert summary["errors"] == 0 and summary["connects"] == 7
@@ -80,7 +79,7 @@ def test_camera_with_mqtt_source_sends_jpeg_frames(settings: Any, broker: Any) -
                                                                             "interval_s": 1})
     listener = HubListener(broker.test_url, name="frames")
     try:
-        asyncio.run(run_fleet(BrokerTarget.parse(broker.test_url), DeviceAccounts(secret=settings.secret_key),
+        asyncio.run(run_fleet(BrokerAddress.parse(broker.test_url), DeviceAccounts(secret=settings.secret_key),
                               [cam], duration_s=2.5, spread_s=0.1))
         heard = listener.wait_for(lambda got: any(m.topic.endswith("/frame") for m in got))
     finally:
@@ -96,7 +95,7 @@ def test_a_vanished_device_has_its_will_delivered(settings: Any, broker: Any) ->
     listener = HubListener(broker.test_url, name="will")
 
     async def go() -> None:
-        pool = DevicePool(BrokerTarget.parse(broker.test_url), DeviceAccounts(secret=settings.secret_key))
+        pool = DevicePool(BrokerAddress.parse(broker.test_url), DeviceAccounts(secret=settings.secret_key))
         await pool.link("sl-0001")
         await pool.existing("sl-0001").vanish()
 
@@ -114,7 +113,7 @@ def test_a_device_cannot_speak_for_another(settings: Any, broker: Any) -> None:
     listener = HubListener(broker.test_url, name="acl")
 
     async def go() -> None:
-        pool = DevicePool(BrokerTarget.parse(broker.test_url), DeviceAccounts(secret=settings.secret_key),
+        pool = DevicePool(BrokerAddress.parse(broker.test_url), DeviceAccounts(secret=settings.secret_key),
                           v5=False)
         link = await pool.link("sa-0001", announce=False)
         await link.raw("gridhub/v1/devices/sa-0002/event", b'{"ts": 1790000000000, "type": "alarm"}')
