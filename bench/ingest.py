@@ -70,17 +70,20 @@ def publisher(port: int, hub_password: str, worker: int, devices: list[str], cou
     ready.set()
     go.wait()
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     for start in range(0, len(payloads), CHUNK):  # paho has 65535 message ids for what is unacknowledged
         infos = [c.publish(t, p, qos=1) for t, p in payloads[start:start + CHUNK]]
         for info in infos:
             info.wait_for_publish(600)
-    out.put((worker, time.perf_counter() - t0))
+    out.put((worker, time.perf_counter() - t0, time.process_time() - cpu0))
     c.disconnect()
     c.loop_stop()
 
 
-def run_publishers(port: int, hub_password: str, devices: list[str], n: int, base_ms: int, on_go: Any = None) -> float:
-    """Start 2 publisher processes, release them together; seconds until both had every PUBACK."""
+def run_publishers(port: int, hub_password: str, devices: list[str], n: int, base_ms: int,
+                   on_go: Any = None) -> tuple[float, float]:
+    """Start 2 publisher processes, release them together; (seconds until both had every PUBACK, their CPU
+    seconds)."""
     ctx = mp.get_context("fork")
     ready = [ctx.Event(), ctx.Event()]
     go = ctx.Event()
@@ -96,19 +99,22 @@ def run_publishers(port: int, hub_password: str, devices: list[str], n: int, bas
         on_go()
     go.set()
     times: list[float] = []
+    cpu: list[float] = []
     while len(times) < len(procs):
         try:
-            times.append(out.get(timeout=1)[1])
+            _w, seconds, cpu_s = out.get(timeout=1)
+            times.append(seconds)
+            cpu.append(cpu_s)
         except queue.Empty:
             dead = [p for p in procs if p.exitcode not in (None, 0)]
             if dead:
                 raise RuntimeError(f"a publisher process failed (exit {dead[0].exitcode})") from None
     for p in procs:
         p.join(60)
-    return max(times)
+    return max(times), sum(cpu)
 
 
-def bare_relay(port: int, hub_password: str, devices: list[str], n: int, base_ms: int) -> dict[str, float]:
+def bare_relay(port: int, hub_password: str, devices: list[str], n: int, base_ms: int, broker_pid: int) -> dict[str, Any]:
     """One plain paho subscriber (QoS 1, automatic acks) that only counts."""
     got = [0]
     done = threading.Event()
@@ -132,20 +138,29 @@ def bare_relay(port: int, hub_password: str, devices: list[str], n: int, base_ms
     sub.loop_start()
     subscribed.wait(30)
 
+    meter: dict[str, tuple[float, float, float]] = {}
+
     def go() -> None:
         t["start"] = time.perf_counter()
+        meter["start"] = _cpu_s(broker_pid), _cpu_s(os.getpid()), _machine_busy_s()
 
-    pub_s = run_publishers(port, hub_password, devices, n, base_ms, go)
+    pub_s, pub_cpu = run_publishers(port, hub_password, devices, n, base_ms, go)
     if not done.wait(600):
         raise RuntimeError(f"the relay subscriber got {got[0]} of {n}")
+    broker_cpu, sub_cpu, busy = (b - a for a, b in zip(meter["start"], (_cpu_s(broker_pid), _cpu_s(os.getpid()),
+                                                                         _machine_busy_s()), strict=True))
     sub.disconnect()
     sub.loop_stop()
     elapsed = t["last"] - t["start"]
-    return {"messages": n, "seconds": round(elapsed, 3), "msg_per_s": round(n / elapsed), "publish_s": round(pub_s, 3)}
+    us = 1e6 / n
+    return {"messages": n, "seconds": round(elapsed, 3), "msg_per_s": round(n / elapsed), "publish_s": round(pub_s, 3),
+            "cpu_us_per_msg": {"publishers": round(us * pub_cpu, 1), "mosquitto": round(us * broker_cpu, 1),
+                               "subscriber": round(us * sub_cpu, 1), "machine": round(us * busy, 1)},
+            "machine_busy_cores": round(busy / elapsed, 2)}
 
 
 def ingest_run(url: str, port: int, hub_password: str, mqtt_url: str, devices: list[str], n: int, base_ms: int, tmp: Path,
-               extra_env: dict[str, str]) -> dict[str, Any]:
+               extra_env: dict[str, str], broker_pid: int) -> dict[str, Any]:
     env = {**os.environ, "GRIDHUB_DATABASE_URL": url, "GRIDHUB_MQTT_URL": mqtt_url, "GRIDHUB_SECRET_KEY": SECRET,
            "GRIDHUB_INSTANCE_ID": "bench", "GRIDHUB_DATA_DIR": str(tmp), **extra_env}
     log = tmp / "ingest.log"
@@ -167,12 +182,13 @@ def ingest_run(url: str, port: int, hub_password: str, mqtt_url: str, devices: l
 
             backends = [r[0] for r in conn.execute(
                 "SELECT pid FROM pg_stat_activity WHERE application_name = 'gridhub-ingest'").fetchall()]
-            cpu0 = _cpu_s(proc.pid), sum(_cpu_s(b) for b in backends)
+            cpu0 = _cpu_s(proc.pid), sum(_cpu_s(b) for b in backends), _cpu_s(broker_pid), _machine_busy_s()
             if os.environ.get("BENCH_PROFILE"):
                 subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-o", os.environ["BENCH_PROFILE"],
-                                  "-f", "raw", "-d", "12", "-p", str(proc.pid), "--threads"], stdout=subprocess.DEVNULL,
+                                  "-f", "raw", "-d", "12", "-p", str(proc.pid), "--threads",
+                                  *os.environ.get("BENCH_PROFILE_ARGS", "").split()], stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
-            pub_s = run_publishers(port, hub_password, devices, n, base_ms, go)
+            pub_s, pub_cpu = run_publishers(port, hub_password, devices, n, base_ms, go)
             while _counter(conn, "gridhub_readings_stored_total") - before < expected:
                 if proc.poll() is not None:
                     raise RuntimeError(f"ingest exited:\n{log.read_text()[-3000:]}")
@@ -180,7 +196,8 @@ def ingest_run(url: str, port: int, hub_password: str, mqtt_url: str, devices: l
             elapsed = time.perf_counter() - t["start"]
             backends = [r[0] for r in conn.execute(
                 "SELECT pid FROM pg_stat_activity WHERE application_name = 'gridhub-ingest'").fetchall()]
-            cpu = _cpu_s(proc.pid) - cpu0[0], sum(_cpu_s(b) for b in backends) - cpu0[1]
+            cpu = (_cpu_s(proc.pid) - cpu0[0], sum(_cpu_s(b) for b in backends) - cpu0[1],
+                   _cpu_s(broker_pid) - cpu0[2], _machine_busy_s() - cpu0[3])
             stored = int(_counter(conn, "gridhub_readings_stored_total") - before)
             batches = _counter(conn, "gridhub_ingest_batches_total")
             batch_msgs = _counter(conn, "gridhub_ingest_batch_messages_total")
@@ -189,7 +206,10 @@ def ingest_run(url: str, port: int, hub_password: str, mqtt_url: str, devices: l
                 "msg_per_s": round(n / elapsed), "readings_per_s": round(stored / elapsed),
                 "publish_s": round(pub_s, 3), "mean_batch": round(batch_msgs / max(batches, 1)),
                 "mean_batch_write_ms": round(1000 * write_s / max(batches, 1), 1),
-                "ingest_cpu_us_per_msg": round(1e6 * cpu[0] / n, 1), "postgres_cpu_us_per_msg": round(1e6 * cpu[1] / n, 1)}
+                "cpu_us_per_msg": {"publishers": round(1e6 * pub_cpu / n, 1), "mosquitto": round(1e6 * cpu[2] / n, 1),
+                                   "ingest": round(1e6 * cpu[0] / n, 1), "postgres": round(1e6 * cpu[1] / n, 1),
+                                   "machine": round(1e6 * cpu[3] / n, 1)},
+                "machine_busy_cores": round(cpu[3] / elapsed, 2)}
     finally:
         proc.terminate()
         try:
@@ -205,6 +225,12 @@ def _cpu_s(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds the whole machine spent busy (every process, other work included), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def _counter(conn: psycopg.Connection[Any], name: str) -> float:
@@ -240,6 +266,7 @@ def main() -> int:
             accounts, workers, hub = build_accounts(conn, settings)
         broker.apply_accounts(passwd_text(accounts), acl_text(PREFIX, hub.username, workers))
         time.sleep(0.5)
+        broker_pid = int(broker.pid_file.read_text().split()[0])
         devices = [f"sa-{i:05d}" for i in range(args.devices)]
         base_ms = int(time.time() * 1000) - 40 * n
         extra = {"GRIDHUB_INGEST_WINDOW": str(args.window)}
@@ -253,9 +280,10 @@ def main() -> int:
             runs = [args.only]
         for r in runs:
             if r == "relay":
-                results["bare_relay"] = bare_relay(broker.port, broker.hub_password(), devices, n, base_ms)
+                results["bare_relay"] = bare_relay(broker.port, broker.hub_password(), devices, n, base_ms, broker_pid)
             else:
-                results["ingest"] = ingest_run(url, broker.port, broker.hub_password(), mqtt_url, devices, n, base_ms + 20 * n, tmp, extra)
+                results["ingest"] = ingest_run(url, broker.port, broker.hub_password(), mqtt_url, devices, n, base_ms + 20 * n, tmp, extra,
+                                              broker_pid)
         if len(runs) == 2:
             results["ratio"] = round(results["ingest"]["msg_per_s"] / results["bare_relay"]["msg_per_s"], 3)
         results["target"] = 0.8

@@ -20,10 +20,11 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
 import psycopg
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -36,6 +37,12 @@ from gridhub.mqtt import BrokerAddress, make_client
 from gridhub.protocol import Reason
 from gridhub.settings import Settings
 
+_decode_publish: Any
+try:  # paho-mqtt >= 2.2 decodes packets in a module of its own
+    from paho.mqtt._packet import decode_publish as _decode_publish
+except ImportError:  # pragma: no cover - paho-mqtt 2.1
+    _decode_publish = None
+
 log = logging.getLogger("gridhub.ingest")
 
 SESSION_EXPIRY_S = int(os.environ.get("GRIDHUB_INGEST_SESSION_EXPIRY_S", 14 * 86400))
@@ -43,6 +50,7 @@ CHANNELS = ("telemetry", "event", "status")
 SHARE_GROUP = "ingest"
 APPLICATION_NAME = "gridhub-ingest"
 PUBACK = 0x40
+TOPIC_CACHE = 100_000  # distinct topics decoded and parsed once each (a few per device)
 REFUSED_AUTH = {134, 135, 4, 5}  # bad user name or password, not authorised (MQTT 5 and 3.1.1 codes)
 
 
@@ -60,6 +68,7 @@ class IngestTuning:
     # (mosquitto takes $share from 3.1.1 clients), because paho builds MQTT 5 properties for every message
     mqtt5_client: bool = False
     coalesce_acks: bool = True  # one write per batch of PUBACKs (paho's packet queue), else ack() each
+    direct_receive: bool = True  # PUBLISH packets straight from paho's decoder, else through on_message
 
 
     @classmethod
@@ -69,16 +78,21 @@ class IngestTuning:
         linger = float(os.environ.get("GRIDHUB_INGEST_LINGER_MS", cls.linger_s * 1000)) / 1000
         mqtt5 = os.environ.get("GRIDHUB_INGEST_MQTT5", "1") not in ("0", "false", "no")
         client5 = os.environ.get("GRIDHUB_INGEST_MQTT5_CLIENT", "0") not in ("0", "false", "no")
-        return cls(window=window, batch_max=batch, linger_s=linger, mqtt5=mqtt5, mqtt5_client=client5)
+        direct = os.environ.get("GRIDHUB_INGEST_DIRECT_RECEIVE", "1") not in ("0", "false", "no")
+        return cls(window=window, batch_max=batch, linger_s=linger, mqtt5=mqtt5, mqtt5_client=client5,
+                   direct_receive=direct)
 
 
 class BrokerRefused(RuntimeError):
     """The broker refused the hub's account; the message says which and how to fix it."""
 
 
-@dataclass(slots=True)
-class _Inbound:
-    msg: paho.MQTTMessage
+class _Inbound(NamedTuple):
+    topic: bytes
+    payload: bytes
+    mid: int
+    qos: int
+    retain: bool
     received: float
     generation: int
 
@@ -95,6 +109,8 @@ class IngestService:
         self.registry = RegistryCache(settings.database_url)
         self.validator = Validator(settings.topic_prefix, self.registry, settings.readings_days)
         self._queue: queue.SimpleQueue[_Inbound] = queue.SimpleQueue()
+        self._topics: dict[bytes, str] = {}
+        self.direct_receive = False
         self._generation = 0
         self._stopping = threading.Event()
         self._writer: threading.Thread | None = None
@@ -151,6 +167,7 @@ class IngestService:
             client.on_connect = on_connect
             client.on_disconnect = on_disconnect
             client.on_message = self._on_message
+            self.direct_receive = self.tuning.direct_receive and _receive_directly(client, self._on_publish)
             client.reconnect_delay_set(1, 10)
             props = None
             if protocol == paho.MQTTv5:
@@ -226,9 +243,12 @@ class IngestService:
         self.connected.set()
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        self._on_publish(msg._topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain))
+
+    def _on_publish(self, topic: bytes, payload: bytes, mid: int, qos: int, retain: bool) -> None:
         if self._stopping.is_set():
             return  # left unacknowledged: the broker redelivers it to the session
-        self._queue.put(_Inbound(msg, time.time(), self._generation))
+        self._queue.put(_Inbound(topic, payload, mid, qos, retain, time.time(), self._generation))
 
     # ------------------------------------------------------------------ writer
 
@@ -271,16 +291,23 @@ class IngestService:
             log.exception("ingest writer failed; no further messages are acknowledged")
             self.failed.set()
 
-    def _classify(self, batch: list[_Inbound]) -> list[Item]:
+    def _topic(self, raw: bytes) -> str:
+        """The topic as text, decoded once per distinct topic."""
+        topic = self._topics.get(raw)
+        if topic is None:
+            if len(self._topics) >= TOPIC_CACHE:
+                self._topics.clear()
+            topic = self._topics[raw] = raw.decode("utf-8", "replace")
+        return topic
+
+    def _classify(self, batch: list[_Inbound], topics: list[str]) -> list[Item]:
         now_ms = int(time.time() * 1000)
         items: list[Item] = []
         classify = self.validator.classify
-        for inbound in batch:
-            msg = inbound.msg
-            topic = _topic(msg)
-            payload = msg.payload
+        for inbound, topic in zip(batch, topics, strict=True):
+            payload = inbound.payload
             try:
-                outcome = classify(topic, payload, retained=bool(msg.retain), now_ms=now_ms)
+                outcome = classify(topic, payload, retained=inbound.retain, now_ms=now_ms)
             except Exception as exc:  # noqa: BLE001 - a message must never stop the consumer
                 log.exception("validator failed on %s", topic)
                 text, enc, trunc = quarantine_payload(payload)
@@ -303,15 +330,19 @@ class IngestService:
         delay = 0.2
         give_up_at: float | None = None
         items: list[Item] | None = None
+        decode = self._topic
+        topics = [decode(i.topic) for i in batch]
         while True:
             try:
                 conn = self._connection()
-                ids = {d for d in (self.validator.device_id_of(_topic(i.msg)) for i in batch) if d}
-                if any(d not in self.registry for d in ids):
+                device_id_of = self.validator.device_id_of
+                registry = self.registry
+                missing = {d for d in map(device_id_of, topics) if d and d not in registry}
+                if missing:
                     with conn.transaction():
-                        self.registry.add_missing(conn, ids)
+                        registry.add_missing(conn, missing)
                 if items is None:
-                    items = self._classify(batch)
+                    items = self._classify(batch, topics)
                 gauges = {"gridhub_ingest_lag_seconds": max(0.0, time.time() - batch[0].received),
                           "gridhub_ingest_queue_messages": float(self._queue.qsize())}
                 try:
@@ -360,7 +391,7 @@ class IngestService:
         assert client is not None
         generation = self._generation
         # after a reconnect the broker redelivers what was unacknowledged; an old packet id is not ours
-        mids = [i.msg.mid for i in batch if i.msg.qos == 1 and i.generation == generation]
+        mids = [i.mid for i in batch if i.qos == 1 and i.generation == generation]
         queue_packet = getattr(client, "_packet_queue", None)
         if self.tuning.coalesce_acks and queue_packet is not None:
             # the batch's PUBACKs (in arrival order) as one write instead of one syscall and one segment each;
@@ -413,11 +444,28 @@ def _end_session_311(url: str, client_id: str) -> None:
     client.loop_stop()
 
 
-def _topic(msg: paho.MQTTMessage) -> str:
-    try:
-        return msg.topic
-    except UnicodeDecodeError:
-        return msg._topic.decode("utf-8", "replace")
+def _receive_directly(client: paho.Client, deliver: Any) -> bool:
+    """Have paho hand each QoS 0/1 PUBLISH to `deliver(topic, payload, mid, qos, retain)` as it decodes it,
+    instead of building an MQTTMessage (with a threading.Condition of its own that a received message never
+    uses) and matching per-topic callbacks: that was a third of the consumer thread's time. Packets are still
+    read and decoded by paho; QoS 2 takes paho's own path. False (on_message as usual) where this paho has no
+    separate packet decoder."""
+    if _decode_publish is None or not hasattr(client, "_in_packet") or not getattr(client, "_manual_ack", False):
+        return False
+    handle_publish = client._handle_publish
+    protocol = client._protocol
+    success = MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def receive_publish() -> MQTTErrorCode:
+        packet = client._in_packet
+        result = _decode_publish(packet["command"], packet["packet"], protocol)
+        if result.qos == 2:
+            return handle_publish()
+        deliver(result.topic, result.payload, result.mid, result.qos, result.retain)
+        return success
+
+    client._handle_publish = receive_publish  # type: ignore[method-assign]
+    return True
 
 
 def _add(total: BatchCounts, counts: BatchCounts) -> None:

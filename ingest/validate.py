@@ -34,6 +34,7 @@ from gridhub.protocol import (
 METRIC_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_SEQ = 2**62
 CHANNELS = ("telemetry", "event", "status")
+TOPIC_CACHE = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +284,7 @@ class Validator:
         self.head = prefix.strip("/") + "/devices/"
         self.devices = devices
         self.readings_days = readings_days
+        self._topics: dict[str, tuple[str, str] | _Bad] = {}  # topic -> (device id, channel) or why it is bad
 
     def device_id_of(self, topic: str) -> str | None:
         """The device id in a topic we subscribe to, when it is well formed."""
@@ -291,10 +293,25 @@ class Validator:
         dev, _, _ = topic[len(self.head):].partition("/")
         return dev if DEVICE_ID_RE.fullmatch(dev) else None
 
+    def _parsed_topic(self, topic: str) -> tuple[str, str]:
+        """`_topic`, parsed once per distinct topic (a device has three)."""
+        parsed = self._topics.get(topic)
+        if parsed is None:
+            if len(self._topics) >= TOPIC_CACHE:
+                self._topics.clear()
+            try:
+                parsed = self._topic(topic)
+            except _Bad as bad:
+                parsed = bad
+            self._topics[topic] = parsed
+        if isinstance(parsed, _Bad):
+            raise _Bad(parsed.reason, parsed.detail)
+        return parsed
+
     def classify(self, topic: str, payload: bytes, *, retained: bool, now_ms: int) -> Outcome:
         device_id: str | None = None
         try:
-            device_id, channel = self._topic(topic)
+            device_id, channel = self._parsed_topic(topic)
             if len(payload) > MAX_PAYLOAD:
                 raise _Bad(Reason.OVERSIZE, f"payload of {len(payload)} bytes is over the limit of "
                                             f"{MAX_PAYLOAD} bytes (64 KiB): send smaller messages")
