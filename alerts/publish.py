@@ -22,6 +22,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import psycopg
 
+from gridhub.db import connect
 from gridhub.protocol import alerts_topic, worker_tasks_topic
 
 log = logging.getLogger("gridhub.alerts.publish")
@@ -30,7 +31,6 @@ BATCH = 500
 PUBACK_TIMEOUT_S = 10.0
 WAKE_CHANNEL = "gridhub_publish"  # wakes the notifiers: rows were left for them (besides changes.CHANNEL)
 
-_COLUMNS = "id, kind, entity_id, payload::text, recipients"
 
 
 class PublishFailed(RuntimeError):
@@ -50,38 +50,47 @@ def topics(prefix: str, kind: str, recipients: list[str]) -> list[str]:
     return [worker_tasks_topic(prefix, w) for w in recipients]
 
 
+def connect_publisher(url: str) -> psycopg.Connection[Any]:
+    """A connection for publishing: marks commit without waiting for the disk (a mark lost in a database crash
+    means that row is published again, never that it is lost)."""
+    conn = connect(url, autocommit=True)
+    conn.execute("SET synchronous_commit = off")
+    return conn
+
+
 def publish_rows(conn: psycopg.Connection[Any], client: paho.Client, prefix: str, ids: list[int]) -> Outcome:
     """Publish the given change rows now unless another publisher has them or they must wait for an earlier
     change of the same entity (then a NOTIFY on WAKE_CHANNEL wakes the notifiers, which publish them in order)."""
     if not ids:
         return Outcome(0, 0)
-    return _publish(conn, client, prefix,
-                    f"SELECT {_COLUMNS} FROM changes WHERE id = ANY(%s) AND published_at IS NULL"
-                    " ORDER BY id FOR UPDATE SKIP LOCKED", (ids,), wake=True)
+    return _publish(conn, client, prefix, "id = ANY(%s) AND published_at IS NULL ORDER BY id", (ids,), wake=True)
 
 
 def catch_up(conn: psycopg.Connection[Any], client: paho.Client, prefix: str, limit: int = BATCH) -> Outcome:
     """Publish the oldest unpublished change rows that nobody else is publishing."""
-    return _publish(conn, client, prefix,
-                    f"SELECT {_COLUMNS} FROM changes WHERE published_at IS NULL"
-                    " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED", (limit,), wake=False)
+    return _publish(conn, client, prefix, "published_at IS NULL ORDER BY id LIMIT %s", (limit,), wake=False)
 
 
-def _publish(conn: psycopg.Connection[Any], client: paho.Client, prefix: str, claim: str,
+def _publish(conn: psycopg.Connection[Any], client: paho.Client, prefix: str, which: str,
              params: tuple[Any, ...], *, wake: bool) -> Outcome:
     with conn.transaction():
-        # the mark may be lost in a database crash: then the row is published again, never lost
-        conn.execute("SET LOCAL synchronous_commit = off")
-        rows = conn.execute(claim, params).fetchall()
+        # claim rows; `blocker`: an earlier unpublished change of the same entity that this claim does not have
+        rows = conn.execute(
+            f"WITH mine AS MATERIALIZED (SELECT id, kind, entity_id, payload, recipients FROM changes WHERE {which}"
+            " FOR UPDATE SKIP LOCKED)"
+            " SELECT m.id, m.kind, m.entity_id, m.payload::text, m.recipients,"
+            " (SELECT min(o.id) FROM changes o WHERE o.entity_id = m.entity_id AND o.published_at IS NULL"
+            " AND o.id < m.id AND o.id NOT IN (SELECT id FROM mine)) FROM mine m ORDER BY m.id", params).fetchall()
         if not rows:
             return Outcome(0, 0)
-        ready, waiting = _in_entity_order(conn, rows)
+        ready = [r for r in rows if r[5] is None]
+        waiting = len(rows) - len(ready)
         if waiting and wake:
             conn.execute("SELECT pg_notify(%s, '')", (WAKE_CHANNEL,))
         if not ready:
-            return Outcome(0, len(waiting))
+            return Outcome(0, waiting)
         sent: list[paho.MQTTMessageInfo] = []
-        for _id, kind, _entity, payload, recipients in ready:
+        for _id, kind, _entity, payload, recipients, _ in ready:
             body = payload.encode()
             sent += [client.publish(t, body, qos=1) for t in topics(prefix, kind, list(recipients))]
         for info in sent:
@@ -90,21 +99,4 @@ def _publish(conn: psycopg.Connection[Any], client: paho.Client, prefix: str, cl
                 raise PublishFailed(f"the broker did not acknowledge a notification within {PUBACK_TIMEOUT_S:g} s;"
                                     " the changes stay unpublished and are sent again")
         conn.execute("UPDATE changes SET published_at = now() WHERE id = ANY(%s)", ([r[0] for r in ready],))
-    return Outcome(len(ready), len(waiting))
-
-
-def _in_entity_order(conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]],
-                                                                                            list[tuple[Any, ...]]]:
-    """Split claimed rows into those that may go now and those behind an unclaimed, unpublished earlier change
-    of the same entity (claimed by another publisher, or not yet seen)."""
-    claimed = [r[0] for r in rows]
-    first_blocked = dict(conn.execute(
-        "SELECT o.entity_id, min(o.id) FROM changes o WHERE o.published_at IS NULL AND o.entity_id = ANY(%s)"
-        " AND o.id < %s AND o.id <> ALL(%s) GROUP BY o.entity_id",
-        (sorted({r[2] for r in rows}), max(claimed), claimed)).fetchall())
-    ready: list[tuple[Any, ...]] = []
-    waiting: list[tuple[Any, ...]] = []
-    for r in rows:
-        blocker = first_blocked.get(r[2])
-        (waiting if blocker is not None and blocker < r[0] else ready).append(r)
-    return ready, waiting
+    return Outcome(len(ready), waiting)

@@ -5,7 +5,7 @@ and joins tasks, fires durable timers (offline, escalation, reminders) and pushe
 Fire alarms never share an interpreter with the telemetry flood: readings are evaluated by a child process
 (`telemetry.py`, its own session and database connection). This process keeps the priority lane (events and
 status on the session `gridhub-alerts-<instance>`), which publishes the notifications of its own transaction
-right after commit; the notifier, woken by NOTIFY, publishes every other change (telemetry, timers, the API)
+right after commit; the notifier, woken by NOTIFY (then 0.1 s later), publishes every other change (telemetry, timers, the API)
 and catches up on anything a crash left unpublished (`publish.py`: once per change). The timer loop sleeps until
 the next due timer or a NOTIFY; the lease keeper renews shard leases for both processes.
 
@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -48,6 +48,7 @@ from gridhub.settings import Settings
 log = logging.getLogger("gridhub.alerts")
 
 PUBLISH_WAIT_S = 0.05  # the notifier looks again this soon when rows wait for an earlier change of their entity
+NOTIFIER_DELAY_S = 0.1  # after a wake-up: fresh rows of the priority lane are its own to publish, not contended
 LANES = frozenset({"events", "telemetry"})
 LANE_START_S = 30.0  # how long the events session waits for the telemetry process to subscribe
 
@@ -61,6 +62,19 @@ class Inbound:
     qos: int
     mid: int
     retain: bool
+    received: float = field(default_factory=time.perf_counter, compare=False)
+
+
+@dataclass(frozen=True)
+class Fresh:
+    """Change rows the priority lane has just committed, for the fresh publisher."""
+
+    ids: list[int]
+    device_id: str
+    channel: str
+    received: float
+    started: float
+    committed: float
 
 
 class AlertService:
@@ -80,6 +94,7 @@ class AlertService:
         self.ready = threading.Event()
         self.lane_subscribed = threading.Event()
         self.priority: queue.Queue[Inbound] = queue.Queue()
+        self.fresh: queue.Queue[Fresh] = queue.Queue()
         self.marker = ""
         self.subscribed: set[str] = set()
         self.drained: set[str] = set()
@@ -109,7 +124,8 @@ class AlertService:
                                      logging.getLogger().getEffectiveLevel(), os.getpid()),
                   self.lane_reports, self.lane_stop))
         self.lane.start()
-        for name, target in (("priority-lane", self._priority_lane), ("lane-reports", self._lane_reports),
+        for name, target in (("priority-lane", self._priority_lane), ("fresh-publisher", self._fresh_publisher),
+                             ("lane-reports", self._lane_reports),
                              ("timers", self._timer_loop), ("notifier", self._notifier), ("leases", self._lease_keeper)):
             t = threading.Thread(target=self._guarded, args=(target,), name=f"alerts-{name}", daemon=True)
             t.start()
@@ -343,6 +359,7 @@ class AlertService:
                     item = self.priority.get(timeout=0.5)
                 except queue.Empty:
                     continue
+                started = time.perf_counter()
                 try:
                     ids = self._handle_priority(conn, item)
                 except Exception:
@@ -350,18 +367,37 @@ class AlertService:
                     self.book.forget_states()
                     self.priority.put(item)  # not acknowledged: try again on a fresh connection
                     raise
-                self._publish_now(conn, ids)
+                if ids:
+                    self.fresh.put(Fresh(ids, item.device_id, item.channel, item.received, started,
+                                         time.perf_counter()))
                 self._ack(item.mid, item.qos)
 
-    def _publish_now(self, conn: psycopg.Connection[Any], ids: list[int]) -> None:
-        """The notifications of the lane's own transaction, right after its commit (the notifier is the fallback)."""
-        client = self.client
-        if not ids or client is None or not client.is_connected():
-            return
-        try:
-            publish.publish_rows(conn, client, self.prefix, ids)
-        except Exception:  # noqa: BLE001 - committed; the notifier publishes what is still unpublished
-            log.exception("could not publish changes %s directly; the notifier will", ids)
+    def _fresh_publisher(self) -> None:
+        """Publishes what the priority lane committed, at once and while the lane goes on with the next message
+        (the notifier is the fallback); logs where each message's time went."""
+        with publish.connect_publisher(self.db_url) as conn:
+            while not self.stopping.is_set():
+                try:
+                    batch = [self.fresh.get(timeout=0.5)]
+                except queue.Empty:
+                    continue
+                while True:
+                    try:
+                        batch.append(self.fresh.get_nowait())
+                    except queue.Empty:
+                        break
+                client = self.client
+                ids = [i for f in batch for i in f.ids]
+                if client is not None and client.is_connected():
+                    try:
+                        publish.publish_rows(conn, client, self.prefix, ids)
+                    except Exception:  # noqa: BLE001 - committed; the notifier publishes what is still unpublished
+                        log.exception("could not publish changes %s directly; the notifier will", ids)
+                done = time.perf_counter()
+                for f in batch:
+                    log.info("%s %s: waited %.1f ms, transaction %.1f ms, published %.1f ms after commit", f.device_id,
+                             f.channel, (f.started - f.received) * 1000, (f.committed - f.started) * 1000,
+                             (done - f.committed) * 1000)
 
     def _held_back(self) -> tuple[str, ...]:
         g = self.grace_until
@@ -379,14 +415,17 @@ class AlertService:
                     g = self.grace_until
                     wait = min(wait, 0.5 if g is None else (g - self.clock.now()).total_seconds())
                 wait = min(max(wait, 0.0), 5.0)
-                if wait > 0:
-                    for _ in listen.notifies(timeout=wait, stop_after=1):
-                        pass
+                wake_at = self.clock.now() + timedelta(seconds=wait)
+                end = time.monotonic() + wait
+                while (left := end - time.monotonic()) > 0 and not self.stopping.is_set():
+                    notes = list(listen.notifies(timeout=left, stop_after=1))
+                    if not notes or any(timers.wakes_earlier(n.payload, wake_at) for n in notes):
+                        break  # due now, or a timer due before we would wake (else: sleep on, no queries)
 
     def _notifier(self) -> None:
         """Publish every change not yet published, woken at once by NOTIFY (a commit, or rows left for us);
         the 1 s timeout is the fallback for a lost wake-up."""
-        with connect(self.db_url, autocommit=True) as conn, connect(self.db_url, autocommit=True) as listen:
+        with publish.connect_publisher(self.db_url) as conn, connect(self.db_url, autocommit=True) as listen:
             listen.execute(f"LISTEN {changes.CHANNEL}")
             listen.execute(f"LISTEN {publish.WAKE_CHANNEL}")
             while not self.stopping.is_set():
@@ -399,8 +438,11 @@ class AlertService:
                 if out.deferred:
                     self.stopping.wait(PUBLISH_WAIT_S)
                     continue
+                woken = False
                 for _ in listen.notifies(timeout=1.0, stop_after=1):
-                    pass
+                    woken = True
+                if woken:  # the priority lane publishes its own rows meanwhile; this wakes for the others
+                    self.stopping.wait(NOTIFIER_DELAY_S)
 
     def _lease_keeper(self) -> None:
         with connect(self.db_url, autocommit=True) as conn:

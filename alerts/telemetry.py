@@ -36,6 +36,7 @@ log = logging.getLogger("gridhub.alerts.telemetry")
 
 BATCH = 500
 SHARD_REFRESH_S = 2.0
+NICE = 10  # when the CPU is short, the priority process runs first; the broker queues telemetry meanwhile
 
 
 def marker_topic(prefix: str, instance: str, lane: str) -> str:
@@ -67,6 +68,7 @@ def run_lane(args: LaneArgs, reports: ProcessQueue[tuple[str, str]], stop: Proce
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if os.getppid() != args.parent_pid:
         return  # the parent died while this process was starting
+    os.nice(NICE)
     lane = TelemetryLane(args, reports)
     lane.start()
     try:

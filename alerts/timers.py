@@ -40,13 +40,14 @@ class ShiftedClock:
 
 def schedule(conn: psycopg.Connection[Any], kind: str, key: str, due_at: datetime, *, shard: int = ANY_SHARD,
              payload: dict[str, Any] | None = None, wake: bool = True) -> None:
-    """Set (or move) the timer `kind`/`key`; the timer loops are woken when the transaction commits."""
+    """Set (or move) the timer `kind`/`key`; the timer loops are woken when the transaction commits (the payload
+    is the due time, so that a loop already waking earlier need not look again)."""
     conn.execute(
         "INSERT INTO timers (kind, key, due_at, shard, payload) VALUES (%s, %s, %s, %s, %s)"
         " ON CONFLICT (kind, key) DO UPDATE SET due_at = EXCLUDED.due_at, shard = EXCLUDED.shard,"
         " payload = EXCLUDED.payload", (kind, key, due_at, shard, Jsonb(payload or {})))
     if wake:
-        conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, repr(due_at.timestamp())))
 
 
 def cancel(conn: psycopg.Connection[Any], kind: str, key: str) -> None:
@@ -94,6 +95,14 @@ def fire_due(conn: psycopg.Connection[Any], now: datetime, actions: dict[str, Ti
                 log.exception("timer %s/%s failed; dropped", kind, key)
         fired += 1
     return fired
+
+
+def wakes_earlier(payload: str, wake_at: datetime) -> bool:
+    """Whether a NOTIFY from `schedule` (payload: due time, epoch seconds) is due before `wake_at`."""
+    try:
+        return datetime.fromtimestamp(float(payload), UTC) < wake_at
+    except (ValueError, OverflowError):
+        return True
 
 
 def next_due(conn: psycopg.Connection[Any], kinds: Collection[str], *, shards: Collection[int] = range(64),

@@ -240,6 +240,7 @@ def main() -> int:
         mq.stop()
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    result["alerts_log"] = str(tmp / "alerts.log")  # per alarm: queue wait, transaction, publish after commit
     print(json.dumps(result, indent=2))
     return 0
 

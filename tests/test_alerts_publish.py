@@ -60,7 +60,7 @@ def insert_change(conn: psycopg.Connection[Any], entity: str, n: int) -> int:
 def drain(db_url: str, client: paho.Client) -> int:
     """Catch up until nothing is left (the session's database may hold other tests' rows)."""
     total = 0
-    with conn_to(db_url) as conn:
+    with publish.connect_publisher(db_url) as conn:
         while True:
             out = publish.catch_up(conn, client, PREFIX)
             total += out.published
