@@ -24,6 +24,7 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import socket
 import sys
 import threading
 import time
@@ -137,6 +138,7 @@ class AlertService:
         client = make_client(self.settings.mqtt_url or "", self.instance, protocol=paho.MQTTv311, clean=False,
                              manual_ack=True)
         client.max_inflight_messages_set(100)
+        client.on_socket_open = _without_nagle
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
@@ -457,6 +459,13 @@ class AlertService:
                     conn.execute("DELETE FROM rule_events WHERE ts < %s",
                                  (self.clock.now() - timedelta(seconds=max(2 * 86400, 2 * self.rules.noisy_device.window_s)),))
                     last_prune = time.monotonic()
+
+
+def _without_nagle(client: paho.Client, userdata: Any, sock: Any) -> None:
+    """Small packets (an acknowledgement, a notification) go out at once instead of waiting up to 40 ms for the
+    peer's delayed ACK of the previous one."""
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def run(settings: Settings) -> None:
