@@ -24,24 +24,18 @@ from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
 import psycopg
-from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gridhub.db import redact
+from gridhub.ingest.receive import buffer_reads, receive_directly
 from gridhub.ingest.registry_cache import RegistryCache
 from gridhub.ingest.store import BatchCounts, Item, prepare, reject_unstorable, write_batch
 from gridhub.ingest.validate import Rejected, Validator, quarantine_payload
 from gridhub.mqtt import BrokerAddress, make_client
 from gridhub.protocol import Reason
 from gridhub.settings import Settings
-
-_decode_publish: Any
-try:  # paho-mqtt >= 2.2 decodes packets in a module of its own
-    from paho.mqtt._packet import decode_publish as _decode_publish
-except ImportError:  # pragma: no cover - paho-mqtt 2.1
-    _decode_publish = None
 
 log = logging.getLogger("gridhub.ingest")
 
@@ -69,6 +63,7 @@ class IngestTuning:
     mqtt5_client: bool = False
     coalesce_acks: bool = True  # one write per batch of PUBACKs (paho's packet queue), else ack() each
     direct_receive: bool = True  # PUBLISH packets straight from paho's decoder, else through on_message
+    buffered_reads: bool = True  # the socket read in 64 KiB blocks, else paho's three reads a packet
 
 
     @classmethod
@@ -79,8 +74,9 @@ class IngestTuning:
         mqtt5 = os.environ.get("GRIDHUB_INGEST_MQTT5", "1") not in ("0", "false", "no")
         client5 = os.environ.get("GRIDHUB_INGEST_MQTT5_CLIENT", "0") not in ("0", "false", "no")
         direct = os.environ.get("GRIDHUB_INGEST_DIRECT_RECEIVE", "1") not in ("0", "false", "no")
+        buffered = os.environ.get("GRIDHUB_INGEST_BUFFERED_READS", "1") not in ("0", "false", "no")
         return cls(window=window, batch_max=batch, linger_s=linger, mqtt5=mqtt5, mqtt5_client=client5,
-                   direct_receive=direct)
+                   direct_receive=direct, buffered_reads=buffered)
 
 
 class BrokerRefused(RuntimeError):
@@ -167,7 +163,7 @@ class IngestService:
             client.on_connect = on_connect
             client.on_disconnect = on_disconnect
             client.on_message = self._on_message
-            self.direct_receive = self.tuning.direct_receive and _receive_directly(client, self._on_publish)
+            self.direct_receive = self.tuning.direct_receive and receive_directly(client, self._on_publish)
             client.reconnect_delay_set(1, 10)
             props = None
             if protocol == paho.MQTTv5:
@@ -228,6 +224,8 @@ class IngestService:
 
     def _on_connected(self, client: paho.Client, flags: Any, props: Any) -> None:
         self._generation += 1
+        if self.tuning.buffered_reads:
+            buffer_reads(client)
         prefix = self.settings.topic_prefix
         shared = self.shared
         filters = [(f"$share/{SHARE_GROUP}/" if shared else "") + f"{prefix}/devices/+/{ch}" for ch in CHANNELS]
@@ -442,30 +440,6 @@ def _end_session_311(url: str, client_id: str) -> None:
     done.wait(10)
     client.disconnect()
     client.loop_stop()
-
-
-def _receive_directly(client: paho.Client, deliver: Any) -> bool:
-    """Have paho hand each QoS 0/1 PUBLISH to `deliver(topic, payload, mid, qos, retain)` as it decodes it,
-    instead of building an MQTTMessage (with a threading.Condition of its own that a received message never
-    uses) and matching per-topic callbacks: that was a third of the consumer thread's time. Packets are still
-    read and decoded by paho; QoS 2 takes paho's own path. False (on_message as usual) where this paho has no
-    separate packet decoder."""
-    if _decode_publish is None or not hasattr(client, "_in_packet") or not getattr(client, "_manual_ack", False):
-        return False
-    handle_publish = client._handle_publish
-    protocol = client._protocol
-    success = MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def receive_publish() -> MQTTErrorCode:
-        packet = client._in_packet
-        result = _decode_publish(packet["command"], packet["packet"], protocol)
-        if result.qos == 2:
-            return handle_publish()
-        deliver(result.topic, result.payload, result.mid, result.qos, result.retain)
-        return success
-
-    client._handle_publish = receive_publish  # type: ignore[method-assign]
-    return True
 
 
 def _add(total: BatchCounts, counts: BatchCounts) -> None:
