@@ -20,6 +20,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from ingest_env import Hub, Publisher, counter, make_hub, topic, wait_received, wait_until
 
+from gridhub.ingest.receive import BufferedSocket
 from gridhub.ingest.service import IngestService, IngestTuning
 
 NOW = lambda: int(time.time() * 1000)  # noqa: E731
@@ -72,6 +73,28 @@ def reading(ts: int | str, seq: int | None, **metrics: Any) -> bytes:
 
 def test_shared_subscription_on_mosquitto(ingest: IngestService) -> None:
     assert ingest.protocol == 4 and ingest.shared
+
+
+def test_consumer_reads_through_the_fast_receive_path(ingest: IngestService) -> None:
+    assert ingest.direct_receive
+    assert ingest._client is not None and isinstance(ingest._client.socket(), BufferedSocket)
+
+
+def test_consumer_on_paho_as_shipped(hub: Hub, ingest: IngestService, conn: psycopg.Connection[Any]) -> None:
+    svc = IngestService(hub.with_instance("plain-paho"), IngestTuning(direct_receive=False, buffered_reads=False,
+                                                                      coalesce_acks=False))
+    svc.start()
+    try:
+        assert not svc.direct_receive and svc._client is not None
+        assert not isinstance(svc._client.socket(), BufferedSocket)
+        ts = NOW() - 6000
+        send_and_wait(hub, conn, "sa-0002", [(topic("sa-0002"), reading(ts + i, 300_000 + i, battery_pct=40))
+                                             for i in range(300)])
+        assert conn.execute("SELECT count(*) FROM readings WHERE device_id = 'sa-0002' AND seq BETWEEN 300000 AND 300299"
+                            ).fetchone() == (300,)
+    finally:
+        svc.stop(end_session=True)
+    assert not svc.failed.is_set()
 
 
 def test_mqtt5_consumer(hub: Hub, ingest: IngestService, conn: psycopg.Connection[Any]) -> None:

@@ -1,0 +1,80 @@
+"""The consumer's block reads under paho, over a real socket pair: small reads served from one large read,
+packets split across reads, `pending()` telling paho's loop not to wait, and the socket's own errors."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from gridhub.ingest.receive import READ_BLOCK, BufferedSocket
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_small_reads_come_from_one_block(pair: tuple[socket.socket, socket.socket]) -> None:
+    raw, peer = pair
+    sock = BufferedSocket(raw)
+    packets = [bytes([0x30, 5]) + b"hello", bytes([0x30, 3]) + b"abc"]
+    peer.sendall(b"".join(packets))
+    got = []
+    for _ in packets:
+        command, length = sock.recv(1), sock.recv(1)
+        got.append(command + length + sock.recv(length[0]))
+    assert got == packets
+    assert sock.pending() == 0
+    with pytest.raises(BlockingIOError):  # nothing buffered, nothing on the socket: paho waits in select()
+        sock.recv(1)
+
+
+def test_pending_counts_what_is_buffered(pair: tuple[socket.socket, socket.socket]) -> None:
+    raw, peer = pair
+    sock = BufferedSocket(raw)
+    peer.sendall(b"x" * 100)
+    assert sock.recv(1) == b"x"
+    assert sock.pending() == 99
+    assert sock.recv(500) == b"x" * 99  # a short read, as from a socket
+    assert sock.pending() == 0
+
+
+def test_a_packet_split_across_blocks(pair: tuple[socket.socket, socket.socket]) -> None:
+    raw, peer = pair
+    sock = BufferedSocket(raw)
+    body = bytes(range(256)) * (READ_BLOCK // 256 + 8)
+    peer.sendall(b"\x01" + body[:100])
+    assert sock.recv(1) == b"\x01"
+    first = sock.recv(len(body))
+    assert first == body[:100]
+    with pytest.raises(BlockingIOError):
+        sock.recv(len(body) - len(first))
+    peer.sendall(body[100:])
+    rest = b""
+    while len(first) + len(rest) < len(body):
+        rest += sock.recv(len(body) - len(first) - len(rest))
+    assert first + rest == body
+
+
+def test_a_large_read_passes_straight_through(pair: tuple[socket.socket, socket.socket]) -> None:
+    raw, peer = pair
+    sock = BufferedSocket(raw)
+    peer.sendall(b"y" * 10)
+    assert sock.recv(READ_BLOCK * 2) == b"y" * 10
+    assert sock.pending() == 0
+
+
+def test_closed_peer_reads_empty_and_the_rest_goes_to_the_socket(pair: tuple[socket.socket, socket.socket]) -> None:
+    raw, peer = pair
+    sock = BufferedSocket(raw)
+    assert sock.fileno() == raw.fileno()
+    assert sock.send(b"ping") == 4
+    assert peer.recv(4) == b"ping"
+    peer.close()
+    assert sock.recv(1) == b""  # paho reads this as the connection lost
