@@ -186,6 +186,7 @@ def write_batch(conn: psycopg.Connection[Any], items: Sequence[Item], *, instanc
     latest: dict[tuple[str, str], tuple[int, Any]] = {}
     reading_msgs = 0
     rejected: list[Rejected] = []
+    others: list[Item] = []
     with conn.transaction(), conn.cursor() as cur:
         rows: list[tuple[Any, ...]] = []
         append = rows.append
@@ -208,27 +209,32 @@ def write_batch(conn: psycopg.Connection[Any], items: Sequence[Item], *, instanc
                 _life(changes, dev, item.received, seq)
             elif type(o) is Rejected:
                 rejected.append(o)
+            else:
+                others.append(item)
         if rows:
             stored_rows, stored_msgs = _insert_readings(cur, rows, reading_msgs)
             counts.readings = stored_rows
             counts.duplicates += reading_msgs - stored_msgs
         event_msgs = 0
-        with cur.copy("COPY ingest_events FROM STDIN (FORMAT BINARY)") as ecopy:
-            ecopy.set_types(EVENT_TYPES)
-            for item in items:
-                o = item.outcome
-                if type(o) is EventIn:
-                    event_msgs += 1
-                    ecopy.write_row((o.ts_ms, o.device_id, o.seq, o.type, _dumps(o.detail)))
-                    _life(changes, o.device_id, item.received, o.seq)
-                elif type(o) is StatusIn:
-                    ch = changes.setdefault(o.device_id, _DeviceChange())
-                    ch.online = o.online
-                    ch.status = "online" if o.online else "offline"
-                    ch.status_at = item.received
-                    if o.online and not o.retained:
-                        ch.seen = item.received if ch.seen is None else max(ch.seen, item.received)
+        for item in others:  # events and status in arrival order, after the readings as before
+            o = item.outcome
+            if type(o) is EventIn:
+                event_msgs += 1
+                _life(changes, o.device_id, item.received, o.seq)
+            elif type(o) is StatusIn:
+                ch = changes.setdefault(o.device_id, _DeviceChange())
+                ch.online = o.online
+                ch.status = "online" if o.online else "offline"
+                ch.status_at = item.received
+                if o.online and not o.retained:
+                    ch.seen = item.received if ch.seen is None else max(ch.seen, item.received)
         if event_msgs:
+            with cur.copy("COPY ingest_events FROM STDIN (FORMAT BINARY)") as ecopy:
+                ecopy.set_types(EVENT_TYPES)
+                for item in others:
+                    o = item.outcome
+                    if type(o) is EventIn:
+                        ecopy.write_row((o.ts_ms, o.device_id, o.seq, o.type, _dumps(o.detail)))
             row = cur.execute(INSERT_EVENTS).fetchone()
             assert row is not None
             counts.events = int(row[0])
