@@ -32,11 +32,11 @@ TEMP_TABLES = (
     " detail text) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS ingest_latest (device_id text, metric text, ts_ms int8, value text)"
     " ON COMMIT DELETE ROWS",
-    "CREATE TEMP TABLE IF NOT EXISTS ingest_state (device_id text, online bool, seen timestamptz, status text,"
-    " status_at timestamptz, last_seq int8, gaps int8) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS ingest_state (device_id text, online bool, seen_s float8, status text,"
+    " status_at_s float8, last_seq int8, gaps int8) ON COMMIT DELETE ROWS",
 )
 LATEST_TYPES = ["text", "text", "int8", "text"]
-STATE_TYPES = ["text", "bool", "timestamptz", "text", "timestamptz", "int8", "int8"]
+STATE_TYPES = ["text", "bool", "float8", "text", "float8", "int8", "int8"]
 READING_TYPES = ["int8", "text", "int8", "text", "float8", "text"]
 DIRECT_READING_TYPES = ["timestamptz", "text", "int8", "text", "float8", "jsonb"]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -86,9 +86,9 @@ ON CONFLICT DO NOTHING
 UPDATE_STATE = """
 UPDATE device_state AS s SET
     online = coalesce(u.online, s.online),
-    last_seen = greatest(s.last_seen, u.seen),
+    last_seen = greatest(s.last_seen, to_timestamp(u.seen_s)),
     status = coalesce(u.status, s.status),
-    status_at = CASE WHEN u.status IS NULL THEN s.status_at ELSE u.status_at END,
+    status_at = CASE WHEN u.status IS NULL THEN s.status_at ELSE to_timestamp(u.status_at_s) END,
     last_seq = coalesce(u.last_seq, s.last_seq),
     seq_gaps = s.seq_gaps + u.gaps
 FROM ingest_state AS u
@@ -164,10 +164,6 @@ def count_gaps(last_seq: int | None, seqs: Sequence[int]) -> tuple[int | None, i
             gaps += s - last - 1
             last = s
     return last, gaps
-
-
-def _ts(epoch_s: float | None) -> datetime | None:
-    return None if epoch_s is None else datetime.fromtimestamp(epoch_s, tz=UTC)
 
 
 def prepare(conn: psycopg.Connection[Any]) -> None:
@@ -324,7 +320,7 @@ def _write_state(cur: psycopg.Cursor[Any], changes: dict[str, _DeviceChange]) ->
             ch = changes[d]
             new_last, gaps = count_gaps(last.get(d), ch.seqs) if ch.seqs else (None, 0)
             total_gaps += gaps
-            scopy.write_row((d, ch.online, _ts(ch.seen), ch.status, _ts(ch.status_at), new_last, gaps))
+            scopy.write_row((d, ch.online, ch.seen, ch.status, ch.status_at, new_last, gaps))
     cur.execute(UPDATE_STATE)
     return total_gaps
 

@@ -35,6 +35,7 @@ METRIC_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_SEQ = 2**62
 CHANNELS = ("telemetry", "event", "status")
 TOPIC_CACHE = 100_000
+_GOOD_METRIC_NAMES: set[str] = set()  # names already matched against METRIC_NAME_RE
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,8 +208,11 @@ def _metrics(body: dict[str, Any]) -> dict[str, Any]:
     if not metrics:
         raise _Bad(Reason.SCHEMA, "field metrics must name at least one metric")
     for name in metrics:
-        if not METRIC_NAME_RE.fullmatch(name):
-            raise _Bad(Reason.SCHEMA, f"metric name {_short(name)} must match [A-Za-z0-9_.-]{{1,64}}")
+        if name not in _GOOD_METRIC_NAMES:
+            if not METRIC_NAME_RE.fullmatch(name):
+                raise _Bad(Reason.SCHEMA, f"metric name {_short(name)} must match [A-Za-z0-9_.-]{{1,64}}")
+            if len(_GOOD_METRIC_NAMES) < TOPIC_CACHE:
+                _GOOD_METRIC_NAMES.add(name)
     return metrics
 
 
@@ -285,13 +289,22 @@ class Validator:
         self.devices = devices
         self.readings_days = readings_days
         self._topics: dict[str, tuple[str, str] | _Bad] = {}  # topic -> (device id, channel) or why it is bad
+        self._device_ids: dict[str, str | None] = {}
 
     def device_id_of(self, topic: str) -> str | None:
         """The device id in a topic we subscribe to, when it is well formed."""
-        if not topic.startswith(self.head):
-            return None
-        dev, _, _ = topic[len(self.head):].partition("/")
-        return dev if DEVICE_ID_RE.fullmatch(dev) else None
+        try:
+            return self._device_ids[topic]
+        except KeyError:
+            pass
+        dev: str | None = None
+        if topic.startswith(self.head):
+            dev, _, _ = topic[len(self.head):].partition("/")
+            dev = dev if DEVICE_ID_RE.fullmatch(dev) else None
+        if len(self._device_ids) >= TOPIC_CACHE:
+            self._device_ids.clear()
+        self._device_ids[topic] = dev
+        return dev
 
     def _parsed_topic(self, topic: str) -> tuple[str, str]:
         """`_topic`, parsed once per distinct topic (a device has three)."""
