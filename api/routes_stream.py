@@ -104,13 +104,15 @@ class ChangeReader:
         horizon = self.after
         now = time.monotonic()
         self.waiting_on_hole = False
+        # every hole below the newest id starts its grace now, all at once (not one after another)
+        prev = self.after
         for cid in ids:
-            for missing in range(horizon + 1, cid):
-                first = self._holes.setdefault(missing, now)
-                if now - first < HOLE_GRACE_S:
-                    self.waiting_on_hole = True
-                    break
-            if self.waiting_on_hole:
+            for missing in range(prev + 1, cid):
+                self._holes.setdefault(missing, now)
+            prev = cid
+        for cid in ids:
+            if any(now - self._holes[m] < HOLE_GRACE_S for m in range(horizon + 1, cid)):
+                self.waiting_on_hole = True
                 break
             horizon = cid
         if horizon == self.after:

@@ -718,6 +718,7 @@ class LocalMosquitto(_BrokerFiles):
             "autosave_interval 60",
             f"max_queued_messages {self.max_queued_messages}",
             f"max_inflight_messages {self.max_inflight_messages}",
+            "set_tcp_nodelay true",
             f"log_dest file {self.log_file}",
             "log_type error",
             "log_type warning",
