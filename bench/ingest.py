@@ -186,6 +186,7 @@ def ingest_run(url: str, port: int, hub_password: str, mqtt_url: str, devices: l
                 "SELECT pid FROM pg_stat_activity WHERE application_name = 'gridhub-ingest'").fetchall()]
             background = [r[0] for r in conn.execute(
                 "SELECT pid FROM pg_stat_activity WHERE backend_type <> 'client backend'").fetchall()]
+            switches0 = _context_switches(proc.pid)
             cpu0 = (_cpu_s(proc.pid), sum(_cpu_s(b) for b in backends), _cpu_s(broker_pid), _machine_busy_s(),
                     sum(_cpu_s(b) for b in background))
             if os.environ.get("BENCH_PROFILE"):
@@ -201,6 +202,7 @@ def ingest_run(url: str, port: int, hub_password: str, mqtt_url: str, devices: l
             elapsed = time.perf_counter() - t["start"]
             backends = [r[0] for r in conn.execute(
                 "SELECT pid FROM pg_stat_activity WHERE application_name = 'gridhub-ingest'").fetchall()]
+            switches = _context_switches(proc.pid) - switches0
             cpu = (_cpu_s(proc.pid) - cpu0[0], sum(_cpu_s(b) for b in backends) - cpu0[1],
                    _cpu_s(broker_pid) - cpu0[2], _machine_busy_s() - cpu0[3],
                    sum(_cpu_s(b) for b in background) - cpu0[4])
@@ -216,7 +218,8 @@ def ingest_run(url: str, port: int, hub_password: str, mqtt_url: str, devices: l
                                    "ingest": round(1e6 * cpu[0] / n, 1), "postgres": round(1e6 * cpu[1] / n, 1),
                                    "postgres_background": round(1e6 * cpu[4] / n, 1),
                                    "machine": round(1e6 * cpu[3] / n, 1)},
-                "machine_busy_cores": round(cpu[3] / elapsed, 2)}
+                "machine_busy_cores": round(cpu[3] / elapsed, 2),
+                "ingest_context_switches_per_msg": round(switches / n, 3)}
     finally:
         proc.terminate()
         try:
@@ -232,6 +235,19 @@ def _cpu_s(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _context_switches(pid: int) -> int:
+    """Context switches of every thread of a process so far (each is a wake-up: fewer means more work each)."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            for line in status.read_text().splitlines():
+                if "ctxt_switches:" in line:
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
 
 
 def _machine_busy_s() -> float:
@@ -311,7 +327,9 @@ def main() -> int:
         if args.rounds > 1:
             results["rounds"] = [{key: one.get(key) for key in ("load_average", "ratio", "cpu_ratio")}
                                  | {"relay_msg_per_s": one.get("bare_relay", {}).get("msg_per_s"),
-                                    "ingest_msg_per_s": one.get("ingest", {}).get("msg_per_s")} for one in rounds]
+                                    "ingest_msg_per_s": one.get("ingest", {}).get("msg_per_s"),
+                                    "relay_cpu_us": one.get("bare_relay", {}).get("cpu_us_per_msg"),
+                                    "ingest_cpu_us": one.get("ingest", {}).get("cpu_us_per_msg")} for one in rounds]
         results["target"] = 0.8
         results["config"] = {"publishers": 2, "devices": args.devices, "qos": 1, "broker_max_inflight": args.window,
                              "cpus": os.cpu_count(), **extra}

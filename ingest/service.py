@@ -44,6 +44,7 @@ CHANNELS = ("telemetry", "event", "status")
 SHARE_GROUP = "ingest"
 APPLICATION_NAME = "gridhub-ingest"
 PUBACK = 0x40
+GATHER_S = 0.005  # how long the writer sleeps while a batch fills
 TOPIC_CACHE = 100_000  # distinct topics decoded and parsed once each (a few per device)
 REFUSED_AUTH = {134, 135, 4, 5}  # bad user name or password, not authorised (MQTT 5 and 3.1.1 codes)
 
@@ -64,6 +65,7 @@ class IngestTuning:
     coalesce_acks: bool = True  # one write per batch of PUBACKs (paho's packet queue), else ack() each
     direct_receive: bool = True  # PUBLISH packets straight from paho's decoder, else through on_message
     buffered_reads: bool = True  # the socket read in 64 KiB blocks, else paho's three reads a packet
+    read_gather_s: float = 0.002  # pause after a read pass that found little, so that packets gather meanwhile
 
 
     @classmethod
@@ -75,8 +77,9 @@ class IngestTuning:
         client5 = os.environ.get("GRIDHUB_INGEST_MQTT5_CLIENT", "0") not in ("0", "false", "no")
         direct = os.environ.get("GRIDHUB_INGEST_DIRECT_RECEIVE", "1") not in ("0", "false", "no")
         buffered = os.environ.get("GRIDHUB_INGEST_BUFFERED_READS", "1") not in ("0", "false", "no")
+        gather = float(os.environ.get("GRIDHUB_INGEST_READ_GATHER_MS", cls.read_gather_s * 1000)) / 1000
         return cls(window=window, batch_max=batch, linger_s=linger, mqtt5=mqtt5, mqtt5_client=client5,
-                   direct_receive=direct, buffered_reads=buffered)
+                   direct_receive=direct, buffered_reads=buffered, read_gather_s=gather)
 
 
 class BrokerRefused(RuntimeError):
@@ -225,7 +228,7 @@ class IngestService:
     def _on_connected(self, client: paho.Client, flags: Any, props: Any) -> None:
         self._generation += 1
         if self.tuning.buffered_reads:
-            buffer_reads(client)
+            buffer_reads(client, self.tuning.read_gather_s)
         prefix = self.settings.topic_prefix
         shared = self.shared
         filters = [(f"$share/{SHARE_GROUP}/" if shared else "") + f"{prefix}/devices/+/{ch}" for ch in CHANNELS]
@@ -268,10 +271,8 @@ class IngestService:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            try:
-                batch.append(q.get(timeout=remaining))
-            except queue.Empty:
-                break
+            # let messages gather for a moment rather than wake up (and take the GIL) for each one
+            time.sleep(min(remaining, GATHER_S))
         return batch
 
     def _write_loop(self) -> None:
