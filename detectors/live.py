@@ -23,7 +23,6 @@ import logging
 import os
 import queue
 import re
-import signal
 import string
 import threading
 import time
@@ -38,6 +37,7 @@ import psycopg
 from pydantic import ValidationError
 
 from gridhub.db import connect
+from gridhub.lifecycle import run_until_signalled
 from gridhub.metrics import bump
 from gridhub.mqtt import BrokerAddress, make_client
 from gridhub.protocol import MAX_FRAME, MAX_PAYLOAD, Reason, TopicError, device_topic, parse_topic
@@ -529,29 +529,10 @@ def _redact(url: str) -> str:
 
 def run(settings: Settings) -> None:
     """Run the detectors until SIGTERM or SIGINT."""
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        log.info("signal %d: stopping the detectors", signum)
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     service = DetectService(settings)
-    try:
-        service.start()
-        last = time.monotonic()
-        while not stop.wait(1.0):
-            if service.failed.is_set():
-                raise RuntimeError("the detector worker failed (see the log above); restart gridhub detect")
-            if time.monotonic() - last >= 60:
-                log.info(
-                    "detect: %d cameras held, %d frames judged, %d events published",
-                    len(service.held),
-                    service.processed,
-                    service.published,
-                )
-                last = time.monotonic()
-    finally:
-        service.stop()
-        for s, h in previous.items():
-            signal.signal(s, h)
+
+    def report(elapsed: float) -> None:
+        log.info("detect: %d cameras held, %d frames judged, %d events published",
+                 len(service.held), service.processed, service.published)
+
+    run_until_signalled(service, "detect", report=report, report_every_s=60, log=log)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import signal
 import struct
 import threading
 import time
@@ -33,6 +32,7 @@ from gridhub.ingest.receive import buffer_reads, receive_directly
 from gridhub.ingest.registry_cache import RegistryCache
 from gridhub.ingest.store import BatchCounts, Item, prepare, reject_unstorable, write_batch
 from gridhub.ingest.validate import Rejected, Validator, quarantine_payload
+from gridhub.lifecycle import run_until_signalled
 from gridhub.mqtt import BrokerAddress, make_client
 from gridhub.protocol import Reason
 from gridhub.settings import Settings
@@ -456,28 +456,14 @@ def _add(total: BatchCounts, counts: BatchCounts) -> None:
 
 def run(settings: Settings) -> None:
     """Run ingest until SIGTERM or SIGINT, then drain and exit."""
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        log.info("signal %d: draining and stopping", signum)
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     service = IngestService(settings)
-    try:
-        service.start()
-        last = time.monotonic()
-        seen = 0
-        while not stop.wait(1.0):
-            if service.failed.is_set():
-                raise RuntimeError("the ingest writer failed (see the log above); restart gridhub ingest")
-            if time.monotonic() - last >= 30:
-                n = service.totals.messages
-                log.info("ingest: %d messages (%.0f/s), %d readings, %d events, quarantined %s", n,
-                         (n - seen) / (time.monotonic() - last), service.totals.readings, service.totals.events,
-                         service.totals.quarantined or "none")
-                last, seen = time.monotonic(), n
-    finally:
-        service.stop()
-        for s, h in previous.items():
-            signal.signal(s, h)
+    seen = 0
+
+    def report(elapsed: float) -> None:
+        nonlocal seen
+        n = service.totals.messages
+        log.info("ingest: %d messages (%.0f/s), %d readings, %d events, quarantined %s", n, (n - seen) / elapsed,
+                 service.totals.readings, service.totals.events, service.totals.quarantined or "none")
+        seen = n
+
+    run_until_signalled(service, "ingest", report=report, report_every_s=30, log=log)
