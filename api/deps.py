@@ -96,3 +96,9 @@ def require_roles(*roles: str) -> Callable[..., Any]:
 
 
 AdminUser = Annotated[Principal, Depends(require_roles("admin"))]
+
+
+def require_grid_in_scope(user: Principal, grid: str | None) -> None:
+    """403 when a `?grid=` filter names a grid outside the caller's scope."""
+    if grid is not None and not user.sees_grid(grid):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"grid {grid} is outside your scope")

@@ -12,7 +12,7 @@ from gridhub.alerts import changes
 from gridhub.alerts.records import AlertNotFound, ack_alert
 from gridhub.alerts.shapes import ALERT_COLUMNS, alert_from_row
 from gridhub.api import schemas
-from gridhub.api.deps import ConnDep, CurrentUser, SyncPoolDep
+from gridhub.api.deps import ConnDep, CurrentUser, SyncPoolDep, require_grid_in_scope
 from gridhub.api.listing import CursorQuery, LimitQuery, clamp_limit, decode_cursor, page
 from gridhub.api.schemas import documented
 from gridhub.auth import Principal
@@ -47,8 +47,7 @@ async def list_alerts(
     limit: LimitQuery = None, cursor: CursorQuery = None,
 ) -> dict[str, Any]:
     """Alerts in the caller's scope, newest activity (`last_seen`) first."""
-    if grid is not None and not user.sees_grid(grid):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, f"grid {grid} is outside your scope")
+    require_grid_in_scope(user, grid)
     n = clamp_limit(limit)
     cond, params = user.grid_filter("grid_id")
     where, args = [cond], list(params)

@@ -13,7 +13,7 @@ from pydantic import AwareDatetime, BaseModel
 
 from gridhub.api import schemas
 from gridhub.api.commands import CommandNotDelivered, CommandPublisher
-from gridhub.api.deps import ConnDep, CurrentUser, require_roles
+from gridhub.api.deps import ConnDep, CurrentUser, require_grid_in_scope, require_roles
 from gridhub.api.listing import CursorQuery, LimitQuery, clamp_limit, decode_cursor, page, rfc3339
 from gridhub.api.schemas import documented
 from gridhub.auth import Principal
@@ -78,8 +78,7 @@ async def list_devices(
     limit: LimitQuery = None, cursor: CursorQuery = None,
 ) -> dict[str, Any]:
     """Devices in the caller's scope, by id."""
-    if grid is not None and not user.sees_grid(grid):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, f"grid {grid} is outside your scope")
+    require_grid_in_scope(user, grid)
     n = clamp_limit(limit)
     cond, params = user.grid_filter("b.grid_id")
     where, args = [cond], list(params)

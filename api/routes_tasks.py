@@ -15,7 +15,7 @@ from gridhub.alerts.shapes import ALERT_COLUMNS, alert_from_row
 from gridhub.alerts.shapes import rfc3339 as shape_time
 from gridhub.alerts.tasks import ActionForbidden, IllegalTransition, TaskNotFound, apply_action
 from gridhub.api import schemas
-from gridhub.api.deps import ConnDep, CurrentUser, SyncPoolDep
+from gridhub.api.deps import ConnDep, CurrentUser, SyncPoolDep, require_grid_in_scope
 from gridhub.api.listing import CursorQuery, LimitQuery, clamp_limit, decode_cursor, page
 from gridhub.api.schemas import documented
 from gridhub.auth import Principal
@@ -100,8 +100,7 @@ async def list_tasks(
     limit: LimitQuery = None, cursor: CursorQuery = None,
 ) -> dict[str, Any]:
     """Tasks in the caller's scope, newest first."""
-    if grid is not None and not user.sees_grid(grid):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, f"grid {grid} is outside your scope")
+    require_grid_in_scope(user, grid)
     n = clamp_limit(limit)
     cond, params = _scope(user)
     where, args = [cond], list(params)
