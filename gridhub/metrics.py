@@ -31,12 +31,12 @@ def bump(conn: psycopg.Connection[Any], values: Mapping[tuple[str, str], float])
     items = sorted((k, v) for k, v in values.items() if v)
     if not items:
         return
-    with conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO counters (name, labels, value) VALUES (%s, %s, %s)"
-            " ON CONFLICT (name, labels) DO UPDATE SET value = counters.value + EXCLUDED.value",
-            [(name, labels, v) for (name, labels), v in items],
-        )
+    conn.execute(
+        "INSERT INTO counters (name, labels, value)"
+        " SELECT * FROM unnest(%s::text[], %s::text[], %s::float8[]) AS u(name, labels, value) ORDER BY name, labels"
+        " ON CONFLICT (name, labels) DO UPDATE SET value = counters.value + EXCLUDED.value",
+        ([k[0] for k, _ in items], [k[1] for k, _ in items], [float(v) for _, v in items]),
+    )
 
 
 def render_counters(rows: Iterable[tuple[str, str, float]]) -> str:

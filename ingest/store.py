@@ -25,24 +25,22 @@ from gridhub.protocol import Reason
 
 log = logging.getLogger("gridhub.ingest.store")
 
+
 TEMP_TABLES = (
     "CREATE TEMP TABLE IF NOT EXISTS ingest_readings (ts_ms int8, device_id text, seq int8, metric text,"
     " value float8, value_json text) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS ingest_events (ts_ms int8, device_id text, seq int8, type text,"
     " detail text) ON COMMIT DELETE ROWS",
-    "CREATE TEMP TABLE IF NOT EXISTS ingest_latest (device_id text, metric text, ts_ms int8, value text)"
-    " ON COMMIT DELETE ROWS",
-    "CREATE TEMP TABLE IF NOT EXISTS ingest_state (device_id text, online bool, seen_s float8, status text,"
-    " status_at_s float8, last_seq int8, gaps int8) ON COMMIT DELETE ROWS",
 )
-LATEST_TYPES = ["text", "text", "int8", "text"]
-STATE_TYPES = ["text", "bool", "float8", "text", "float8", "int8", "int8"]
 READING_TYPES = ["int8", "text", "int8", "text", "float8", "text"]
 DIRECT_READING_TYPES = ["timestamptz", "text", "int8", "text", "float8", "jsonb"]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_INT8 = 2**63
 EVENT_TYPES = ["int8", "text", "int8", "text", "text"]
 QUARANTINE_TYPES = ["text", "text", "text", "text", "text", "text", "bool"]
+
+# a device that restarts its counter: a step back larger than this starts a new sequence
+SEQ_RESET = 1000
 
 EPOCH_SQL = "timestamptz 'epoch' + {col} * interval '1 millisecond'"
 
@@ -68,14 +66,49 @@ SELECT count(*) FROM ins
 
 UPSERT_LATEST = f"""
 INSERT INTO latest_readings AS l (device_id, metric, ts, value)
-SELECT device_id, metric, {EPOCH_SQL.format(col='ts_ms')}, value::jsonb
-FROM ingest_latest
-ORDER BY device_id, metric
+SELECT e->>0, e->>1, {EPOCH_SQL.format(col="(e->>2)::int8")}, (e->3)::jsonb
+FROM json_array_elements(%s::json) AS e
+ORDER BY 1, 2
 ON CONFLICT (device_id, metric) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value
 WHERE l.ts < EXCLUDED.ts
 """
 
-LOCK_STATE = "SELECT device_id, last_seq FROM device_state WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE"
+# One statement for the liveness and sequence numbers of every device in the batch (given as a JSON array of
+# [device, online, seen, status, status at, first seq, last seq, gaps, [seqs]]): lock the state rows in device
+# order (two ingest processes wait for each other instead of deadlocking), count gaps against the locked
+# last_seq (the batch's own numbers are counted in Python from its first one on; the database adds the step
+# from last_seq to the first, or runs gridhub_seq_gaps over the whole list when the first is a redelivery or
+# out of order), update, and return how many devices had a state row and the gaps counted.
+UPDATE_STATE = f"""
+WITH u AS MATERIALIZED (
+    SELECT e->>0 AS device_id, (e->>1)::bool AS online, (e->>2)::float8 AS seen_s, e->>3 AS status,
+           (e->>4)::float8 AS status_at_s, (e->>5)::int8 AS first_seq, (e->>6)::int8 AS cont_last,
+           (e->>7)::int8 AS cont_gaps, e->8 AS seqs
+    FROM json_array_elements(%s::json) AS e),
+locked AS MATERIALIZED (
+    SELECT s.device_id, s.last_seq FROM device_state AS s JOIN u ON u.device_id = s.device_id
+    ORDER BY s.device_id FOR UPDATE OF s),
+calc AS (
+    SELECT u.*, CASE
+        WHEN u.first_seq IS NULL THEN ARRAY[l.last_seq, 0]
+        WHEN l.last_seq IS NULL OR u.first_seq < l.last_seq - {SEQ_RESET} THEN ARRAY[u.cont_last, u.cont_gaps]
+        WHEN u.first_seq > l.last_seq THEN ARRAY[u.cont_last, u.cont_gaps + u.first_seq - l.last_seq - 1]
+        ELSE gridhub_seq_gaps(l.last_seq, ARRAY(SELECT json_array_elements_text(u.seqs)::int8), {SEQ_RESET})
+        END AS seq
+    FROM u JOIN locked AS l ON l.device_id = u.device_id),
+upd AS (
+    UPDATE device_state AS s SET
+        online = coalesce(c.online, s.online),
+        last_seen = greatest(s.last_seen, to_timestamp(c.seen_s)),
+        status = coalesce(c.status, s.status),
+        status_at = CASE WHEN c.status IS NULL THEN s.status_at ELSE to_timestamp(c.status_at_s) END,
+        last_seq = c.seq[1],
+        seq_gaps = s.seq_gaps + c.seq[2]
+    FROM calc AS c
+    WHERE s.device_id = c.device_id
+    RETURNING c.seq[2] AS gaps)
+SELECT count(*), coalesce(sum(gaps), 0) FROM upd
+"""
 
 ENSURE_STATE = """
 INSERT INTO device_state (device_id)
@@ -83,23 +116,12 @@ SELECT u.d FROM unnest(%s::text[]) AS u(d) JOIN devices ON devices.id = u.d ORDE
 ON CONFLICT DO NOTHING
 """
 
-UPDATE_STATE = """
-UPDATE device_state AS s SET
-    online = coalesce(u.online, s.online),
-    last_seen = greatest(s.last_seen, to_timestamp(u.seen_s)),
-    status = coalesce(u.status, s.status),
-    status_at = CASE WHEN u.status IS NULL THEN s.status_at ELSE to_timestamp(u.status_at_s) END,
-    last_seq = coalesce(u.last_seq, s.last_seq),
-    seq_gaps = s.seq_gaps + u.gaps
-FROM ingest_state AS u
-WHERE s.device_id = u.device_id
-"""
+MISSING_STATE = "SELECT u.d FROM unnest(%s::text[]) AS u(d) WHERE NOT EXISTS (SELECT 1 FROM device_state WHERE device_id = u.d)"
 
-GAUGE = ("INSERT INTO counters (name, labels, value) VALUES (%s, %s, %s)"
-         " ON CONFLICT (name, labels) DO UPDATE SET value = EXCLUDED.value")
+GAUGES = ("INSERT INTO counters (name, labels, value)"
+          " SELECT * FROM unnest(%s::text[], %s::text[], %s::float8[]) AS u(name, labels, value) ORDER BY name"
+          " ON CONFLICT (name, labels) DO UPDATE SET value = EXCLUDED.value")
 
-# a device that restarts its counter: a step back larger than this starts a new sequence
-SEQ_RESET = 1000
 
 
 def _dumps(value: Any) -> str:
@@ -236,11 +258,7 @@ def write_batch(conn: psycopg.Connection[Any], items: Sequence[Item], *, instanc
             counts.events = int(row[0])
             counts.duplicates += event_msgs - counts.events
         if latest:
-            with cur.copy("COPY ingest_latest FROM STDIN (FORMAT BINARY)") as lcopy:
-                lcopy.set_types(LATEST_TYPES)
-                for (dev, name), (ts_ms, value) in latest.items():
-                    lcopy.write_row((dev, name, ts_ms, _dumps(value)))
-            cur.execute(UPSERT_LATEST)
+            cur.execute(UPSERT_LATEST, (_json([(d, m, ts_ms, v) for (d, m), (ts_ms, v) in latest.items()]),))
         if changes:
             counts.seq_gaps = _write_state(cur, changes)
         if rejected:
@@ -268,7 +286,8 @@ def write_batch(conn: psycopg.Connection[Any], items: Sequence[Item], *, instanc
             values[("gridhub_quarantined_total", f'reason="{reason}"')] = n
         bump(conn, values)
         if gauges:
-            cur.executemany(GAUGE, [(name, f'instance="{instance}"', v) for name, v in sorted(gauges.items())])
+            names = sorted(gauges)
+            cur.execute(GAUGES, (names, [f'instance="{instance}"'] * len(names), [gauges[n] for n in names]))
     return counts
 
 
@@ -307,22 +326,40 @@ def _life(changes: dict[str, _DeviceChange], device_id: str, received: float, se
 
 
 def _write_state(cur: psycopg.Cursor[Any], changes: dict[str, _DeviceChange]) -> int:
+    """Update device_state for the batch's devices; the sequence gaps counted."""
     ids = sorted(changes)
-    last = {r[0]: r[1] for r in cur.execute(LOCK_STATE, (ids,)).fetchall()}
-    missing = [d for d in ids if d not in last]
-    if missing:  # devices imported without a state row
-        cur.execute(ENSURE_STATE, (missing,))
-        last.update({r[0]: r[1] for r in cur.execute(LOCK_STATE, (missing,)).fetchall()})
-    total_gaps = 0
-    with cur.copy("COPY ingest_state FROM STDIN (FORMAT BINARY)") as scopy:
-        scopy.set_types(STATE_TYPES)
-        for d in ids:
-            ch = changes[d]
-            new_last, gaps = count_gaps(last.get(d), ch.seqs) if ch.seqs else (None, 0)
-            total_gaps += gaps
-            scopy.write_row((d, ch.online, ch.seen, ch.status, ch.status_at, new_last, gaps))
-    cur.execute(UPDATE_STATE)
-    return total_gaps
+    counted, gaps = _update_state(cur, ids, changes)
+    if counted < len(ids):  # devices imported without a state row
+        missing = [r[0] for r in cur.execute(MISSING_STATE, (ids,)).fetchall()]
+        if missing:
+            cur.execute(ENSURE_STATE, (missing,))
+            gaps += _update_state(cur, sorted(missing), changes)[1]
+    return gaps
+
+
+def _update_state(cur: psycopg.Cursor[Any], ids: list[str], changes: dict[str, _DeviceChange]) -> tuple[int, int]:
+    rows: list[tuple[Any, ...]] = []
+    for d in ids:
+        ch = changes[d]
+        seqs = ch.seqs
+        if seqs:
+            first = seqs[0]
+            cont_last, cont_gaps = count_gaps(first, seqs[1:]) if len(seqs) > 1 else (first, 0)
+            rows.append((d, ch.online, ch.seen, ch.status, ch.status_at, first, cont_last, cont_gaps, seqs))
+        else:
+            rows.append((d, ch.online, ch.seen, ch.status, ch.status_at, None, None, None, None))
+    row = cur.execute(UPDATE_STATE, (_json(rows),)).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def _json(rows: list[tuple[Any, ...]]) -> str:
+    """Rows as one JSON array (the cheapest way found to hand a batch to one statement); a value orjson cannot
+    write (an integer beyond 64 bits) goes through the standard library."""
+    try:
+        return orjson.dumps(rows).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return json.dumps(rows, ensure_ascii=False)
 
 
 def reject_unstorable(item: Item, error: Exception) -> Item:
