@@ -35,8 +35,7 @@ Kind = Literal["smoke_alarm", "stairwell_light", "sprinkler_pressure", "camera"]
 DEVICE_COLUMNS = """
     d.id, d.kind, b.grid_id, d.building_id, d.floor, d.place, d.retired,
     COALESCE(s.online, false) AS online, s.last_seen,
-    COALESCE((SELECT jsonb_object_agg(l.metric, l.value) FROM latest_readings l WHERE l.device_id = d.id),
-             '{}'::jsonb) AS latest
+    COALESCE(s.latest, '{}'::jsonb) AS latest
 """
 DEVICE_FROM = """
     FROM devices d

@@ -110,11 +110,10 @@ def load_readings(conn: psycopg.Connection[Any], devices: list[tuple[str, str]],
 
 def load_state(conn: psycopg.Connection[Any], tasks: int, alerts: int) -> None:
     """Device state and latest readings for every device, active alerts and tasks (a third of them open)."""
-    conn.execute("INSERT INTO device_state (device_id, online, last_seen) SELECT id, random() > 0.05, now()"
-                 " FROM devices")
-    conn.execute("INSERT INTO latest_readings (device_id, metric, ts, value) SELECT id,"
-                 " CASE kind WHEN 'sprinkler_pressure' THEN 'pressure_mpa' ELSE 'battery_pct' END, now(), '0.3'::jsonb"
-                 " FROM devices")
+    conn.execute("INSERT INTO device_state (device_id, online, last_seen, latest, latest_ts, latest_until)"
+                 " SELECT id, random() > 0.05, now(), jsonb_build_object(m, 0.3), jsonb_build_object(m, t), t"
+                 " FROM (SELECT id, CASE kind WHEN 'sprinkler_pressure' THEN 'pressure_mpa' ELSE 'battery_pct' END AS m,"
+                 " (extract(epoch FROM now()) * 1000)::bigint AS t FROM devices) d")
     conn.execute(
         "INSERT INTO alerts (id, device_id, building_id, grid_id, type, severity, state, first_seen, last_seen)"
         " SELECT 'al-' || i, d.id, d.building_id, b.grid_id, 'bench_' || i, (ARRAY['critical','high','normal','low'])[1 + i %% 4],"

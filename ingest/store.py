@@ -1,6 +1,7 @@
-"""Write one batch of classified messages in one transaction: readings and events (binary COPY into temporary
-tables, then INSERT ... ON CONFLICT DO NOTHING), the latest state, device liveness and sequence gaps, the
-quarantine, and the counters that describe them.
+"""Write one batch of classified messages in one transaction: readings (binary COPY straight into the hypertable;
+through a temporary table and INSERT ... ON CONFLICT DO NOTHING when the batch holds a duplicate), events
+(the same, always through the temporary table), then one row per device for its liveness, sequence gaps and
+latest values, the quarantine, and the counters that describe them.
 
 Every multi-row write takes its rows in a fixed order (device, then metric or time) so that two ingest
 processes writing the same devices wait for each other instead of deadlocking.
@@ -64,37 +65,36 @@ WITH ins AS (
 SELECT count(*) FROM ins
 """
 
-UPSERT_LATEST = f"""
-INSERT INTO latest_readings AS l (device_id, metric, ts, value)
-SELECT e->>0, e->>1, {EPOCH_SQL.format(col="(e->>2)::int8")}, (e->3)::jsonb
-FROM json_array_elements(%s::json) AS e
-ORDER BY 1, 2
-ON CONFLICT (device_id, metric) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value
-WHERE l.ts < EXCLUDED.ts
-"""
-
-# One statement for the liveness and sequence numbers of every device in the batch (given as a JSON array of
-# [device, online, seen, status, status at, first seq, last seq, gaps, [seqs]]): lock the state rows in device
-# order (two ingest processes wait for each other instead of deadlocking), count gaps against the locked
-# last_seq (the batch's own numbers are counted in Python from its first one on; the database adds the step
-# from last_seq to the first, or runs gridhub_seq_gaps over the whole list when the first is a redelivery or
-# out of order), update, and return how many devices had a state row and the gaps counted.
+# One statement for everything kept per device from a batch, given as a JSON array of [device, online, seen,
+# status, status at, first seq, last seq, gaps, [seqs], {metric: value}, {metric: ts}, oldest ts, newest ts]:
+# lock the state rows in device order (two ingest processes wait for each other instead of deadlocking);
+# count gaps against the locked last_seq (the batch's own numbers are counted in Python from its first one on;
+# the database adds the step from last_seq to the first, or runs gridhub_seq_gaps over the whole list when the
+# first is a redelivery or out of order); merge the latest values (a plain concatenation when the batch's
+# oldest is newer than every stored one, else metric by metric); update; return how many devices had a state
+# row and the gaps counted.
 UPDATE_STATE = f"""
 WITH u AS MATERIALIZED (
     SELECT e->>0 AS device_id, (e->>1)::bool AS online, (e->>2)::float8 AS seen_s, e->>3 AS status,
            (e->>4)::float8 AS status_at_s, (e->>5)::int8 AS first_seq, (e->>6)::int8 AS cont_last,
-           (e->>7)::int8 AS cont_gaps, e->8 AS seqs
-    FROM json_array_elements(%s::json) AS e),
+           (e->>7)::int8 AS cont_gaps, e->8 AS seqs, nullif(e->9, 'null') AS lv,
+           nullif(e->10, 'null') AS lt, (e->>11)::int8 AS min_ts, (e->>12)::int8 AS max_ts
+    FROM jsonb_array_elements(%s::jsonb) AS e),
 locked AS MATERIALIZED (
-    SELECT s.device_id, s.last_seq FROM device_state AS s JOIN u ON u.device_id = s.device_id
+    SELECT s.device_id, s.last_seq, s.latest, s.latest_ts, s.latest_until
+    FROM device_state AS s JOIN u ON u.device_id = s.device_id
     ORDER BY s.device_id FOR UPDATE OF s),
 calc AS (
-    SELECT u.*, CASE
+    SELECT u.device_id, u.online, u.seen_s, u.status, u.status_at_s, u.max_ts, CASE
         WHEN u.first_seq IS NULL THEN ARRAY[l.last_seq, 0]
         WHEN l.last_seq IS NULL OR u.first_seq < l.last_seq - {SEQ_RESET} THEN ARRAY[u.cont_last, u.cont_gaps]
         WHEN u.first_seq > l.last_seq THEN ARRAY[u.cont_last, u.cont_gaps + u.first_seq - l.last_seq - 1]
-        ELSE gridhub_seq_gaps(l.last_seq, ARRAY(SELECT json_array_elements_text(u.seqs)::int8), {SEQ_RESET})
-        END AS seq
+        ELSE gridhub_seq_gaps(l.last_seq, ARRAY(SELECT jsonb_array_elements_text(u.seqs)::int8), {SEQ_RESET})
+        END AS seq, CASE
+        WHEN u.lv IS NULL THEN ARRAY[l.latest, l.latest_ts]
+        WHEN l.latest_until IS NULL OR u.min_ts > l.latest_until THEN ARRAY[l.latest || u.lv, l.latest_ts || u.lt]
+        ELSE gridhub_merge_latest(l.latest, l.latest_ts, u.lv, u.lt)
+        END AS latest
     FROM u JOIN locked AS l ON l.device_id = u.device_id),
 upd AS (
     UPDATE device_state AS s SET
@@ -103,7 +103,10 @@ upd AS (
         status = coalesce(c.status, s.status),
         status_at = CASE WHEN c.status IS NULL THEN s.status_at ELSE to_timestamp(c.status_at_s) END,
         last_seq = c.seq[1],
-        seq_gaps = s.seq_gaps + c.seq[2]
+        seq_gaps = s.seq_gaps + c.seq[2],
+        latest = c.latest[1],
+        latest_ts = c.latest[2],
+        latest_until = greatest(s.latest_until, c.max_ts)
     FROM calc AS c
     WHERE s.device_id = c.device_id
     RETURNING c.seq[2] AS gaps)
@@ -173,6 +176,8 @@ class _DeviceChange:
     status: str | None = None
     status_at: float | None = None
     seqs: list[int] = field(default_factory=list)
+    latest: dict[str, Any] | None = None  # metric -> the batch's newest value
+    latest_ts: dict[str, int] | None = None  # metric -> its time (epoch ms)
 
 
 def count_gaps(last_seq: int | None, seqs: Sequence[int]) -> tuple[int | None, int]:
@@ -201,7 +206,6 @@ def write_batch(conn: psycopg.Connection[Any], items: Sequence[Item], *, instanc
     t0 = time.perf_counter()
     counts = BatchCounts(messages=len(items))
     changes: dict[str, _DeviceChange] = {}
-    latest: dict[tuple[str, str], tuple[int, Any]] = {}
     reading_msgs = 0
     rejected: list[Rejected] = []
     others: list[Item] = []
@@ -215,16 +219,20 @@ def write_batch(conn: psycopg.Connection[Any], items: Sequence[Item], *, instanc
                 counts.unknown_metrics += o.unknown_metrics
                 dev, ts_ms, seq = o.device_id, o.ts_ms, o.seq
                 when = EPOCH + timedelta(milliseconds=ts_ms)
+                ch = _life(changes, dev, item.received, seq)
+                if ch.latest is None:
+                    ch.latest, ch.latest_ts = {}, {}
+                latest, latest_ts = ch.latest, ch.latest_ts
+                assert latest_ts is not None
                 for name, value in o.metrics.items():
                     if type(value) is float or (type(value) is int and -MAX_INT8 <= value < MAX_INT8):
                         append((when, dev, seq, name, value, None, ts_ms))
                     else:
                         append((when, dev, seq, name, _number(value), value, ts_ms))
-                    key = (dev, name)
-                    prev = latest.get(key)
-                    if prev is None or ts_ms > prev[0]:
-                        latest[key] = (ts_ms, value)
-                _life(changes, dev, item.received, seq)
+                    prev = latest_ts.get(name)
+                    if prev is None or ts_ms > prev:
+                        latest[name] = value
+                        latest_ts[name] = ts_ms
             elif type(o) is Rejected:
                 rejected.append(o)
             else:
@@ -257,8 +265,6 @@ def write_batch(conn: psycopg.Connection[Any], items: Sequence[Item], *, instanc
             assert row is not None
             counts.events = int(row[0])
             counts.duplicates += event_msgs - counts.events
-        if latest:
-            cur.execute(UPSERT_LATEST, (_json([(d, m, ts_ms, v) for (d, m), (ts_ms, v) in latest.items()]),))
         if changes:
             counts.seq_gaps = _write_state(cur, changes)
         if rejected:
@@ -314,7 +320,7 @@ def _insert_readings(cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]], mess
     return int(row[0]), int(row[1])
 
 
-def _life(changes: dict[str, _DeviceChange], device_id: str, received: float, seq: int) -> None:
+def _life(changes: dict[str, _DeviceChange], device_id: str, received: float, seq: int) -> _DeviceChange:
     ch = changes.get(device_id)
     if ch is None:
         ch = changes[device_id] = _DeviceChange()
@@ -323,6 +329,7 @@ def _life(changes: dict[str, _DeviceChange], device_id: str, received: float, se
         ch.seen = received
     if seq >= 0:
         ch.seqs.append(seq)
+    return ch
 
 
 def _write_state(cur: psycopg.Cursor[Any], changes: dict[str, _DeviceChange]) -> int:
@@ -342,12 +349,16 @@ def _update_state(cur: psycopg.Cursor[Any], ids: list[str], changes: dict[str, _
     for d in ids:
         ch = changes[d]
         seqs = ch.seqs
+        lt = ch.latest_ts
+        oldest, newest = (min(lt.values()), max(lt.values())) if lt else (None, None)
         if seqs:
             first = seqs[0]
             cont_last, cont_gaps = count_gaps(first, seqs[1:]) if len(seqs) > 1 else (first, 0)
-            rows.append((d, ch.online, ch.seen, ch.status, ch.status_at, first, cont_last, cont_gaps, seqs))
+            rows.append((d, ch.online, ch.seen, ch.status, ch.status_at, first, cont_last, cont_gaps, seqs,
+                         ch.latest, lt, oldest, newest))
         else:
-            rows.append((d, ch.online, ch.seen, ch.status, ch.status_at, None, None, None, None))
+            rows.append((d, ch.online, ch.seen, ch.status, ch.status_at, None, None, None, None,
+                         ch.latest, lt, oldest, newest))
     row = cur.execute(UPDATE_STATE, (_json(rows),)).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])

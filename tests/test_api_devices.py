@@ -34,8 +34,8 @@ def device_data(db_url: str) -> None:
             " ('sa-0201', false, %s) ON CONFLICT (device_id) DO UPDATE SET online = EXCLUDED.online,"
             " last_seen = EXCLUDED.last_seen", (T0, T0))
         conn.execute(
-            "INSERT INTO latest_readings (device_id, metric, ts, value) VALUES ('sp-0001', 'pressure_mpa', %s, '0.31')"
-            " ON CONFLICT (device_id, metric) DO UPDATE SET value = EXCLUDED.value, ts = EXCLUDED.ts", (T0,))
+            "UPDATE device_state SET latest = '{\"pressure_mpa\": 0.31}', latest_ts = jsonb_build_object("
+            "'pressure_mpa', (extract(epoch FROM %s::timestamptz) * 1000)::bigint) WHERE device_id = 'sp-0001'", (T0,))
         with conn.cursor().copy("COPY readings (ts, device_id, seq, metric, value) FROM STDIN") as cp:
             # every 10 minutes for 2 days from 2025-03-09 16:00 UTC (= 2025-03-10 00:00 in Shanghai)
             start = T0 - timedelta(hours=8)

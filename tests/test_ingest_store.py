@@ -48,7 +48,7 @@ def reading(device: str, seq: int, ts_ms: int, **metrics: Any) -> Item:
 def reset(conn: psycopg.Connection[Any]) -> None:
     conn.execute("UPDATE device_state SET last_seq = NULL, seq_gaps = 0, online = false, last_seen = NULL")
     conn.execute("DELETE FROM readings")
-    conn.execute("DELETE FROM latest_readings")
+    conn.execute("UPDATE device_state SET latest = DEFAULT, latest_ts = DEFAULT, latest_until = NULL")
 
 
 seq_lists = st.lists(st.one_of(st.integers(0, 40), st.integers(2000, 2040)), min_size=1, max_size=12)

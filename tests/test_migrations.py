@@ -17,7 +17,45 @@ def test_migrations_apply_twice_without_harm(make_database):
     assert migrate(url) == []
     with psycopg.connect(url) as conn:
         tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-    assert {"devices", "readings", "events", "latest_readings", "device_state", "quarantine", "workers"} <= tables
+        views = {r[0] for r in conn.execute("SELECT viewname FROM pg_views WHERE schemaname = 'public'")}
+    assert {"devices", "readings", "events", "device_state", "quarantine", "workers"} <= tables
+    assert "latest_readings" in views  # the latest values live in device_state; the old shape stays readable
+
+
+def test_latest_values_move_into_device_state(make_database):
+    """A database from before the latest values moved into device_state keeps them, readable as before."""
+    from conftest import DATA
+
+    from gridhub.db import _ensure_timescaledb
+    from gridhub.registry import import_registry, load_file
+
+    url = make_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        _ensure_timescaledb(conn)
+        conn.execute("CREATE TABLE schema_migrations (version text PRIMARY KEY, applied_at timestamptz NOT NULL"
+                     " DEFAULT now())")
+        for version, sql in migration_files():
+            if version < "20261127170000":
+                conn.execute(sql.encode())
+                conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+    with psycopg.connect(url) as conn:
+        import_registry(conn, load_file(DATA / "registry.yaml"))
+        conn.execute("DELETE FROM device_state WHERE device_id = 'sa-0002'")
+        conn.execute("INSERT INTO latest_readings (device_id, metric, ts, value) VALUES"
+                     " ('sa-0001', 'battery_pct', '2026-11-01 08:00:00.123+00', '87'),"
+                     " ('sa-0001', 'smoke', '2026-11-01 09:00:00+00', 'false'),"
+                     " ('sa-0002', 'battery_pct', '2026-11-02 08:00:00+00', '55')")
+    assert "20261127170000_latest_in_device_state" in migrate(url)
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT device_id, latest, latest_until FROM device_state WHERE latest <> '{}'"
+                            " ORDER BY device_id").fetchall()
+        assert [(d, v) for d, v, _ in rows] == [("sa-0001", {"battery_pct": 87, "smoke": False}),
+                                                 ("sa-0002", {"battery_pct": 55})]
+        assert rows[0][2] == 1_793_523_600_000  # 2026-11-01 09:00 UTC, the newer of the two
+        view = conn.execute("SELECT metric, ts, value FROM latest_readings WHERE device_id = 'sa-0001'"
+                            " ORDER BY metric").fetchall()
+        assert [(m, t.isoformat(), v) for m, t, v in view] == [
+            ("battery_pct", "2026-11-01T08:00:00.123000+00:00", 87), ("smoke", "2026-11-01T09:00:00+00:00", False)]
 
 
 def test_concurrent_migrations_do_not_conflict(make_database):
