@@ -131,6 +131,12 @@ def hub(make_database: Callable[[], str], tmp_path_factory: pytest.TempPathFacto
            "GRIDHUB_SECRET_KEY": settings.secret_key or "", "GRIDHUB_DATA_DIR": str(settings.data_dir),
            "GRIDHUB_INSTANCE_ID": settings.instance_id}
     parts = [_part(p, env, work / f"{p}.log") for p in ("ingest", "alerts")]
+    # the parts subscribe before anything is published: a QoS 1 message sent earlier has no session to wait in
+    ready_at = time.monotonic() + 90
+    for name, mark in (("ingest", " connected (MQTT"), ("alerts", " running")):
+        while mark not in (work / f"{name}.log").read_text(errors="replace"):
+            assert time.monotonic() < ready_at, f"{name} did not start:\n{(work / f'{name}.log').read_text()}"
+            time.sleep(0.1)
     api = serve(settings)
     try:
         yield Hub(settings, api, passwords)
