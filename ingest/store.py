@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -200,78 +201,110 @@ def prepare(conn: psycopg.Connection[Any]) -> None:
             conn.execute(sql)
 
 
+@dataclass
+class PreparedBatch:
+    """A batch with everything the database needs worked out beforehand (in plain Python, so that it can be done
+    while the previous batch is being committed): readings as one binary COPY stream, one JSON document for the
+    state of its devices, the events, status changes and quarantine entries."""
+
+    items: Sequence[Item]
+    reading_msgs: int = 0
+    unknown_metrics: int = 0
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    copy_data: bytes = b""
+    changes: dict[str, _DeviceChange] = field(default_factory=dict)
+    state_json: str | None = None
+    rejected: list[Rejected] = field(default_factory=list)
+    others: list[Item] = field(default_factory=list)
+    event_msgs: int = 0
+
+
+def prepare_batch(items: Sequence[Item]) -> PreparedBatch:
+    """Sort a classified batch into what write_prepared stores; touches no database."""
+    p = PreparedBatch(items)
+    changes = p.changes
+    rows = p.rows
+    append = rows.append
+    rejected = p.rejected
+    others = p.others
+    for item in items:
+        o = item.outcome
+        if type(o) is ReadingIn:
+            p.reading_msgs += 1
+            p.unknown_metrics += o.unknown_metrics
+            dev, ts_ms, seq = o.device_id, o.ts_ms, o.seq
+            when = EPOCH + timedelta(milliseconds=ts_ms)
+            ch = _life(changes, dev, item.received, seq)
+            if ch.latest is None:
+                ch.latest, ch.latest_ts = {}, {}
+            latest, latest_ts = ch.latest, ch.latest_ts
+            assert latest_ts is not None
+            for name, value in o.metrics.items():
+                if type(value) is float or (type(value) is int and -MAX_INT8 <= value < MAX_INT8):
+                    append((when, dev, seq, name, value, None, ts_ms))
+                else:
+                    append((when, dev, seq, name, _number(value), value, ts_ms))
+                prev = latest_ts.get(name)
+                if prev is None or ts_ms > prev:
+                    latest[name] = value
+                    latest_ts[name] = ts_ms
+        elif type(o) is Rejected:
+            rejected.append(o)
+        else:
+            others.append(item)
+    for item in others:  # events and status in arrival order, after the readings
+        o = item.outcome
+        if type(o) is EventIn:
+            p.event_msgs += 1
+            _life(changes, o.device_id, item.received, o.seq)
+        elif type(o) is StatusIn:
+            ch = changes.setdefault(o.device_id, _DeviceChange())
+            ch.online = o.online
+            ch.status = "online" if o.online else "offline"
+            ch.status_at = item.received
+            if o.online and not o.retained:
+                ch.seen = item.received if ch.seen is None else max(ch.seen, item.received)
+    if rows:
+        p.copy_data = readings_copy(rows)
+    if changes:
+        p.state_json = _state_json(sorted(changes), changes)
+    return p
+
+
 def write_batch(conn: psycopg.Connection[Any], items: Sequence[Item], *, instance: str,
                 gauges: dict[str, float] | None = None) -> BatchCounts:
     """Store a batch in one transaction; raises on any database error with nothing written."""
+    return write_prepared(conn, prepare_batch(items), instance=instance, gauges=gauges)
+
+
+def write_prepared(conn: psycopg.Connection[Any], p: PreparedBatch, *, instance: str,
+                   gauges: dict[str, float] | None = None) -> BatchCounts:
+    """Store a prepared batch in one transaction; raises on any database error with nothing written."""
     t0 = time.perf_counter()
-    counts = BatchCounts(messages=len(items))
-    changes: dict[str, _DeviceChange] = {}
-    reading_msgs = 0
-    rejected: list[Rejected] = []
-    others: list[Item] = []
+    counts = BatchCounts(messages=len(p.items), unknown_metrics=p.unknown_metrics)
     with conn.transaction(), conn.cursor() as cur:
-        rows: list[tuple[Any, ...]] = []
-        append = rows.append
-        for item in items:
-            o = item.outcome
-            if type(o) is ReadingIn:
-                reading_msgs += 1
-                counts.unknown_metrics += o.unknown_metrics
-                dev, ts_ms, seq = o.device_id, o.ts_ms, o.seq
-                when = EPOCH + timedelta(milliseconds=ts_ms)
-                ch = _life(changes, dev, item.received, seq)
-                if ch.latest is None:
-                    ch.latest, ch.latest_ts = {}, {}
-                latest, latest_ts = ch.latest, ch.latest_ts
-                assert latest_ts is not None
-                for name, value in o.metrics.items():
-                    if type(value) is float or (type(value) is int and -MAX_INT8 <= value < MAX_INT8):
-                        append((when, dev, seq, name, value, None, ts_ms))
-                    else:
-                        append((when, dev, seq, name, _number(value), value, ts_ms))
-                    prev = latest_ts.get(name)
-                    if prev is None or ts_ms > prev:
-                        latest[name] = value
-                        latest_ts[name] = ts_ms
-            elif type(o) is Rejected:
-                rejected.append(o)
-            else:
-                others.append(item)
-        if rows:
-            stored_rows, stored_msgs = _insert_readings(cur, rows, reading_msgs)
+        if p.rows:
+            stored_rows, stored_msgs = _insert_readings(cur, p, p.reading_msgs)
             counts.readings = stored_rows
-            counts.duplicates += reading_msgs - stored_msgs
-        event_msgs = 0
-        for item in others:  # events and status in arrival order, after the readings as before
-            o = item.outcome
-            if type(o) is EventIn:
-                event_msgs += 1
-                _life(changes, o.device_id, item.received, o.seq)
-            elif type(o) is StatusIn:
-                ch = changes.setdefault(o.device_id, _DeviceChange())
-                ch.online = o.online
-                ch.status = "online" if o.online else "offline"
-                ch.status_at = item.received
-                if o.online and not o.retained:
-                    ch.seen = item.received if ch.seen is None else max(ch.seen, item.received)
-        if event_msgs:
+            counts.duplicates += p.reading_msgs - stored_msgs
+        if p.event_msgs:
             with cur.copy("COPY ingest_events FROM STDIN (FORMAT BINARY)") as ecopy:
                 ecopy.set_types(EVENT_TYPES)
-                for item in others:
+                for item in p.others:
                     o = item.outcome
                     if type(o) is EventIn:
                         ecopy.write_row((o.ts_ms, o.device_id, o.seq, o.type, _dumps(o.detail)))
             row = cur.execute(INSERT_EVENTS).fetchone()
             assert row is not None
             counts.events = int(row[0])
-            counts.duplicates += event_msgs - counts.events
-        if changes:
-            counts.seq_gaps = _write_state(cur, changes)
-        if rejected:
+            counts.duplicates += p.event_msgs - counts.events
+        if p.changes:
+            counts.seq_gaps = _write_state(cur, p.changes, p.state_json)
+        if p.rejected:
             with cur.copy("COPY quarantine (topic, device_id, reason, detail, payload, payload_encoding,"
                           " payload_truncated) FROM STDIN (FORMAT BINARY)") as qcopy:
                 qcopy.set_types(QUARANTINE_TYPES)
-                for r in rejected:
+                for r in p.rejected:
                     qcopy.write_row((r.topic.replace("\x00", "\\x00"), r.device_id, r.reason.value,
                                      r.detail.replace("\x00", "\\x00"), r.payload, r.payload_encoding,
                                      r.payload_truncated))
@@ -297,7 +330,50 @@ def write_batch(conn: psycopg.Connection[Any], items: Sequence[Item], *, instanc
     return counts
 
 
-def _insert_readings(cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]], messages: int) -> tuple[int, int]:
+_PG_EPOCH_MS = 946_684_800_000  # 2000-01-01, where PostgreSQL's binary timestamps count from
+_ROW_HEAD = struct.Struct("!hiqi")  # 6 fields; ts (8 bytes); its microseconds; the device id's length
+_ROW_SEQ = struct.Struct("!iqi")  # seq (8 bytes); seq; the metric name's length
+_FLOAT = struct.Struct("!id")
+_LENGTH = struct.Struct("!i")
+_NULL = b"\xff\xff\xff\xff"
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
+COPY_TRAILER = b"\xff\xff"
+
+
+def readings_copy(rows: Sequence[tuple[Any, ...]]) -> bytes:
+    """Reading rows (ts, device, seq, metric, number, raw value, ts_ms) as a binary COPY stream for the columns
+    (ts, device_id, seq, metric, value, value_json), encoded in plain Python so that it can be done off the
+    database connection's thread."""
+    out = [COPY_HEADER]
+    add = out.append
+    names: dict[str, bytes] = {}
+    last_key: tuple[str, int, int] | None = None
+    prefix = b""
+    for _when, dev, seq, name, value, raw, ts_ms in rows:
+        key = (dev, ts_ms, seq)
+        if key != last_key:
+            devb = dev.encode()
+            prefix = _ROW_HEAD.pack(6, 8, (ts_ms - _PG_EPOCH_MS) * 1000, len(devb)) + devb
+            last_key = key
+        nameb = names.get(name)
+        if nameb is None:
+            encoded = name.encode()
+            nameb = names[name] = encoded
+        add(prefix)
+        add(_ROW_SEQ.pack(8, seq, len(nameb)))
+        add(nameb)
+        add(_NULL if value is None else _FLOAT.pack(8, float(value)))
+        if raw is None:
+            add(_NULL)
+        else:
+            body = b"\x01" + _dumps(raw).encode()
+            add(_LENGTH.pack(len(body)))
+            add(body)
+    add(COPY_TRAILER)
+    return b"".join(out)
+
+
+def _insert_readings(cur: psycopg.Cursor[Any], p: PreparedBatch, messages: int) -> tuple[int, int]:
     """(rows stored, messages stored). Duplicates are rare (redelivery after a crash or reconnect), so the
     batch goes straight into readings by binary COPY; when a row is already there, the copy is rolled back
     to its savepoint and the batch goes through a temporary table and INSERT ... ON CONFLICT DO NOTHING."""
@@ -305,15 +381,13 @@ def _insert_readings(cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]], mess
         with cur.connection.transaction():
             with cur.copy("COPY readings (ts, device_id, seq, metric, value, value_json) FROM STDIN (FORMAT BINARY)"
                           ) as copy:
-                copy.set_types(DIRECT_READING_TYPES)
-                for r in rows:
-                    copy.write_row(r[:6])
-        return len(rows), messages
+                copy.write(p.copy_data)
+        return len(p.rows), messages
     except psycopg.errors.UniqueViolation:
         pass
     with cur.copy("COPY ingest_readings FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(READING_TYPES)
-        for _when, dev, seq, name, value, raw, ts_ms in rows:
+        for _when, dev, seq, name, value, raw, ts_ms in p.rows:
             copy.write_row((ts_ms, dev, seq, name, value, None if raw is None else _dumps(raw)))
     row = cur.execute(INSERT_READINGS).fetchone()
     assert row is not None
@@ -332,19 +406,19 @@ def _life(changes: dict[str, _DeviceChange], device_id: str, received: float, se
     return ch
 
 
-def _write_state(cur: psycopg.Cursor[Any], changes: dict[str, _DeviceChange]) -> int:
+def _write_state(cur: psycopg.Cursor[Any], changes: dict[str, _DeviceChange], state_json: str | None) -> int:
     """Update device_state for the batch's devices; the sequence gaps counted."""
     ids = sorted(changes)
-    counted, gaps = _update_state(cur, ids, changes)
+    counted, gaps = _update_state(cur, state_json or _state_json(ids, changes))
     if counted < len(ids):  # devices imported without a state row
         missing = [r[0] for r in cur.execute(MISSING_STATE, (ids,)).fetchall()]
         if missing:
             cur.execute(ENSURE_STATE, (missing,))
-            gaps += _update_state(cur, sorted(missing), changes)[1]
+            gaps += _update_state(cur, _state_json(sorted(missing), changes))[1]
     return gaps
 
 
-def _update_state(cur: psycopg.Cursor[Any], ids: list[str], changes: dict[str, _DeviceChange]) -> tuple[int, int]:
+def _state_json(ids: list[str], changes: dict[str, _DeviceChange]) -> str:
     rows: list[tuple[Any, ...]] = []
     for d in ids:
         ch = changes[d]
@@ -359,7 +433,11 @@ def _update_state(cur: psycopg.Cursor[Any], ids: list[str], changes: dict[str, _
         else:
             rows.append((d, ch.online, ch.seen, ch.status, ch.status_at, None, None, None, None,
                          ch.latest, lt, oldest, newest))
-    row = cur.execute(UPDATE_STATE, (_json(rows),)).fetchone()
+    return _json(rows)
+
+
+def _update_state(cur: psycopg.Cursor[Any], state_json: str) -> tuple[int, int]:
+    row = cur.execute(UPDATE_STATE, (state_json,)).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
 

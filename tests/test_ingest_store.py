@@ -103,3 +103,22 @@ def test_latest_state_only_moves_forward_across_batches(store_conn: psycopg.Conn
     latest = dict(conn.execute("SELECT metric, value FROM latest_readings WHERE device_id = 'sa-0002'").fetchall())
     assert latest == {"battery_pct": 70, "temperature_c": 21.0}
     assert conn.execute("SELECT count(*) FROM readings WHERE device_id = 'sa-0002'").fetchone() == (5,)
+
+
+def test_every_kind_of_value_survives_the_binary_copy(store_conn: psycopg.Connection[Any]) -> None:
+    """The readings stream is encoded by hand: numbers, booleans, text, objects, integers beyond 64 bits, a time
+    before 2000 and one with milliseconds all come back as sent."""
+    conn = store_conn
+    reset(conn)
+    metrics = {"n_int": 42, "n_float": -2.5, "flag": True, "text": "二楼 \"east\"", "obj": {"a": [1, None]},
+               "huge": 2**70, "neg": -(2**63)}
+    write_batch(conn, [reading("sa-0001", 7, 946_684_799_999, **metrics),
+                       reading("sa-0002", -1, 1_793_523_600_123, lux=0.125)], instance="t")
+    rows = {m: (v, j) for m, v, j in conn.execute(
+        "SELECT metric, value, value_json FROM readings WHERE device_id = 'sa-0001' AND seq = 7").fetchall()}
+    assert rows == {"n_int": (42.0, None), "n_float": (-2.5, None), "flag": (None, True),
+                    "text": (None, "二楼 \"east\""), "obj": (None, {"a": [1, None]}), "huge": (float(2**70), 2**70),
+                    "neg": (float(-(2**63)), None)}
+    times = conn.execute("SELECT DISTINCT device_id, seq, (extract(epoch FROM ts) * 1000)::int8 FROM readings"
+                         " ORDER BY 1").fetchall()
+    assert times == [("sa-0001", 7, 946_684_799_999), ("sa-0002", -1, 1_793_523_600_123)]
