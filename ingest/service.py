@@ -2,9 +2,10 @@
 each message acknowledged only after its batch is committed (stored or quarantined).
 
 A paho client with manual acknowledgement on a persistent session (MQTT 5 session expiry, or clean
-session off on 3.1.1) with a stable client id receives on its network thread into a queue; one writer
-thread takes a batch (up to `batch_max` messages or `linger_s` after the first), classifies it, commits it
-and then acknowledges its messages in arrival order. The broker's in-flight window bounds the unacknowledged
+session off on 3.1.1) with a stable client id receives on its network thread into a queue; a preparer
+thread takes a batch (up to `batch_max` messages or `linger_s` after the first), classifies it and prepares
+its rows while the writer thread commits the batch before, then the writer commits it and acknowledges its
+messages in arrival order. The broker's in-flight window bounds the unacknowledged
 messages, so a batch is at most half the window: the next half arrives while one is committed. A database
 outage stalls the writer, which retries with backoff and acknowledges nothing meanwhile; the broker keeps
 the rest in the session.
@@ -30,7 +31,16 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from gridhub.db import redact
 from gridhub.ingest.receive import buffer_reads, receive_directly
 from gridhub.ingest.registry_cache import RegistryCache
-from gridhub.ingest.store import BatchCounts, Item, prepare, reject_unstorable, write_batch
+from gridhub.ingest.store import (
+    BatchCounts,
+    Item,
+    PreparedBatch,
+    prepare,
+    prepare_batch,
+    reject_unstorable,
+    write_batch,
+    write_prepared,
+)
 from gridhub.ingest.validate import Rejected, Validator, quarantine_payload
 from gridhub.lifecycle import run_until_signalled
 from gridhub.mqtt import BrokerAddress, make_client
@@ -113,6 +123,9 @@ class IngestService:
         self._generation = 0
         self._stopping = threading.Event()
         self._writer: threading.Thread | None = None
+        self._preparer: threading.Thread | None = None
+        self._prepared: queue.Queue[tuple[list[_Inbound], PreparedBatch] | None] = queue.Queue(maxsize=1)
+        self._lookup_conn: psycopg.Connection[Any] | None = None
         self._client: paho.Client | None = None
         self._conn: psycopg.Connection[Any] | None = None
         self.protocol: int | None = None
@@ -129,6 +142,8 @@ class IngestService:
         self._client = self._connect()
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
         self._writer.start()
+        self._preparer = threading.Thread(target=self._prepare_loop, name="ingest-preparer", daemon=True)
+        self._preparer.start()
 
     def _connect(self) -> paho.Client:
         assert self.settings.mqtt_url
@@ -275,15 +290,45 @@ class IngestService:
             time.sleep(min(remaining, GATHER_S))
         return batch
 
-    def _write_loop(self) -> None:
+    def _prepare_loop(self) -> None:
+        """Batches from the receive queue, classified and prepared for the database while the writer commits the
+        one before (the broker's window holds two batches: one being committed, one being received)."""
         try:
             while True:
                 batch = self._next_batch()
                 if not batch:
                     if self._stopping.is_set():
+                        self._hand_over(None)
                         return
                     continue
-                if not self._commit(batch):
+                prepared = self._prepare(batch)
+                if prepared is None or not self._hand_over((batch, prepared)):
+                    self._hand_over(None)
+                    return
+        except Exception:  # a bug: stop acknowledging, let the supervisor restart us; nothing is lost
+            log.exception("ingest preparer failed; no further messages are acknowledged")
+            self.failed.set()
+            self._hand_over(None)
+
+    def _hand_over(self, entry: tuple[list[_Inbound], PreparedBatch] | None) -> bool:
+        """Put a prepared batch (or the end, None) for the writer; False when the writer is gone."""
+        while True:
+            try:
+                self._prepared.put(entry, timeout=0.2)
+                return True
+            except queue.Full:
+                writer = self._writer
+                if self.failed.is_set() or (writer is not None and not writer.is_alive()):
+                    return False
+
+    def _write_loop(self) -> None:
+        try:
+            while True:
+                entry = self._prepared.get()
+                if entry is None:
+                    return
+                batch, prepared = entry
+                if not self._commit(batch, prepared):
                     return
                 self._ack(batch)
         except Exception:  # a bug: stop acknowledging, let the supervisor restart us; nothing is lost
@@ -324,33 +369,62 @@ class IngestService:
             prepare(self._conn)
         return self._conn
 
-    def _commit(self, batch: list[_Inbound]) -> bool:
+    def _prepare(self, batch: list[_Inbound]) -> PreparedBatch | None:
+        """Classify a batch (looking up devices the registry cache has not seen, through database outages) and
+        prepare it for storing; None when stopping before that could be done."""
+        delay = 0.2
+        give_up_at: float | None = None
+        decode = self._topic
+        topics = [decode(i.topic) for i in batch]
+        device_id_of = self.validator.device_id_of
+        registry = self.registry
+        missing = {d for d in map(device_id_of, topics) if d and d not in registry}
+        while missing:
+            try:
+                conn = self._lookup_connection()
+                with conn.transaction():
+                    registry.add_missing(conn, missing)
+                break
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                if self._lookup_conn is not None and (self._lookup_conn.closed or self._lookup_conn.broken):
+                    self._lookup_conn = None
+                if self._stopping.is_set():
+                    give_up_at = give_up_at or time.monotonic() + 10
+                    if time.monotonic() > give_up_at:
+                        log.error("stopping with a batch of %d unclassified and unacknowledged: the broker "
+                                  "redelivers it", len(batch))
+                        return None
+                assert self.settings.database_url
+                log.warning("cannot look up devices in %s (%s); retrying in %.1f s, nothing is acknowledged",
+                            redact(self.settings.database_url), str(exc).strip().splitlines()[0:1], delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        return prepare_batch(self._classify(batch, topics))
+
+    def _lookup_connection(self) -> psycopg.Connection[Any]:
+        if self._lookup_conn is None or self._lookup_conn.closed:
+            assert self.settings.database_url
+            self._lookup_conn = psycopg.connect(self.settings.database_url, connect_timeout=10,
+                                                application_name=APPLICATION_NAME)
+        return self._lookup_conn
+
+    def _commit(self, batch: list[_Inbound], prepared: PreparedBatch) -> bool:
         """Store the batch, retrying through database outages; False when stopping before it could be stored."""
         delay = 0.2
         give_up_at: float | None = None
-        items: list[Item] | None = None
-        decode = self._topic
-        topics = [decode(i.topic) for i in batch]
         while True:
             try:
                 conn = self._connection()
-                device_id_of = self.validator.device_id_of
-                registry = self.registry
-                missing = {d for d in map(device_id_of, topics) if d and d not in registry}
-                if missing:
-                    with conn.transaction():
-                        registry.add_missing(conn, missing)
-                if items is None:
-                    items = self._classify(batch, topics)
                 gauges = {"gridhub_ingest_lag_seconds": max(0.0, time.time() - batch[0].received),
                           "gridhub_ingest_queue_messages": float(self._queue.qsize())}
                 try:
-                    counts = write_batch(conn, items, instance=self.settings.instance_id, gauges=gauges)
+                    counts = write_prepared(conn, prepared, instance=self.settings.instance_id, gauges=gauges)
                 except (psycopg.DataError, psycopg.IntegrityError) as exc:
                     if conn.closed or conn.broken:
                         raise
-                    log.warning("a batch of %d was refused by the database (%s); storing one by one", len(items), exc)
-                    counts = self._write_one_by_one(conn, items)
+                    log.warning("a batch of %d was refused by the database (%s); storing one by one",
+                                len(batch), exc)
+                    counts = self._write_one_by_one(conn, list(prepared.items))
                 self._account(counts)
                 return True
             except (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.DeadlockDetected,
@@ -410,8 +484,11 @@ class IngestService:
         start with the same instance id. `end_session` (MQTT 5) ends the session instead, dropping what the
         broker still holds for it: for tests, and for an instance removed for good while others share the load."""
         self._stopping.set()
+        deadline = time.monotonic() + timeout
+        if self._preparer:
+            self._preparer.join(timeout)
         if self._writer:
-            self._writer.join(timeout)
+            self._writer.join(max(0.1, deadline - time.monotonic()))
         if self._client:
             props = None
             if end_session and self.protocol == paho.MQTTv5:
@@ -423,8 +500,9 @@ class IngestService:
                 assert self.settings.mqtt_url
                 _end_session_311(self.settings.mqtt_url, self.client_id)
         self.registry.stop()
-        if self._conn is not None:
-            self._conn.close()
+        for conn in (self._conn, self._lookup_conn):
+            if conn is not None:
+                conn.close()
         log.info("ingest stopped: %d messages in %d batches (%d readings, %d events stored, %d duplicates, "
                  "quarantined %s)", self.totals.messages, self.batches, self.totals.readings, self.totals.events,
                  self.totals.duplicates, self.totals.quarantined or "none")
