@@ -76,6 +76,7 @@ class IngestTuning:
     direct_receive: bool = True  # PUBLISH packets straight from paho's decoder, else through on_message
     buffered_reads: bool = True  # the socket read in 64 KiB blocks, else paho's three reads a packet
     read_gather_s: float = 0.002  # pause after a read pass that found little, so that packets gather meanwhile
+    pipeline: bool = True  # classify the next batch while one is committed, else one thread does both in turn
 
 
     @classmethod
@@ -88,8 +89,9 @@ class IngestTuning:
         direct = os.environ.get("GRIDHUB_INGEST_DIRECT_RECEIVE", "1") not in ("0", "false", "no")
         buffered = os.environ.get("GRIDHUB_INGEST_BUFFERED_READS", "1") not in ("0", "false", "no")
         gather = float(os.environ.get("GRIDHUB_INGEST_READ_GATHER_MS", cls.read_gather_s * 1000)) / 1000
+        pipeline = os.environ.get("GRIDHUB_INGEST_PIPELINE", "1") not in ("0", "false", "no")
         return cls(window=window, batch_max=batch, linger_s=linger, mqtt5=mqtt5, mqtt5_client=client5,
-                   direct_receive=direct, buffered_reads=buffered, read_gather_s=gather)
+                   direct_receive=direct, buffered_reads=buffered, read_gather_s=gather, pipeline=pipeline)
 
 
 class BrokerRefused(RuntimeError):
@@ -142,8 +144,9 @@ class IngestService:
         self._client = self._connect()
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
         self._writer.start()
-        self._preparer = threading.Thread(target=self._prepare_loop, name="ingest-preparer", daemon=True)
-        self._preparer.start()
+        if self.tuning.pipeline:
+            self._preparer = threading.Thread(target=self._prepare_loop, name="ingest-preparer", daemon=True)
+            self._preparer.start()
 
     def _connect(self) -> paho.Client:
         assert self.settings.mqtt_url
@@ -324,10 +327,21 @@ class IngestService:
     def _write_loop(self) -> None:
         try:
             while True:
-                entry = self._prepared.get()
-                if entry is None:
-                    return
-                batch, prepared = entry
+                if self.tuning.pipeline:
+                    entry = self._prepared.get()
+                    if entry is None:
+                        return
+                    batch, prepared = entry
+                else:
+                    batch = self._next_batch()
+                    if not batch:
+                        if self._stopping.is_set():
+                            return
+                        continue
+                    ready = self._prepare(batch)
+                    if ready is None:
+                        return
+                    prepared = ready
                 if not self._commit(batch, prepared):
                     return
                 self._ack(batch)

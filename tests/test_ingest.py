@@ -82,10 +82,10 @@ def test_consumer_reads_through_the_fast_receive_path(ingest: IngestService) -> 
 
 def test_consumer_on_paho_as_shipped(hub: Hub, ingest: IngestService, conn: psycopg.Connection[Any]) -> None:
     svc = IngestService(hub.with_instance("plain-paho"), IngestTuning(direct_receive=False, buffered_reads=False,
-                                                                      coalesce_acks=False))
+                                                                      coalesce_acks=False, pipeline=False))
     svc.start()
     try:
-        assert not svc.direct_receive and svc._client is not None
+        assert not svc.direct_receive and svc._client is not None and svc._preparer is None
         assert not isinstance(svc._client.socket(), BufferedSocket)
         ts = NOW() - 6000
         send_and_wait(hub, conn, "sa-0002", [(topic("sa-0002"), reading(ts + i, 300_000 + i, battery_pct=40))
