@@ -728,6 +728,9 @@ class LocalMosquitto(_BrokerFiles):
             f"persistence_location {self.confdir}/",
             "persistence_file mosquitto.db",
             "autosave_interval 60",
+            # an MQTT 3.1.1 session (an ingest instance gone for good) is dropped after as long as the MQTT 5
+            # sessions the hub asks for
+            "persistent_client_expiration 14d",
             f"max_queued_messages {self.max_queued_messages}",
             f"max_inflight_messages {self.max_inflight_messages}",
             "set_tcp_nodelay true",
