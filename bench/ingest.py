@@ -359,7 +359,7 @@ def main() -> int:
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=None, help="GRIDHUB_INGEST_BATCH for the ingest run")
     ap.add_argument("--linger-ms", type=float, default=None)
-    ap.add_argument("--window", type=int, default=1000, help="the broker's max_inflight_messages")
+    ap.add_argument("--window", type=int, default=4000, help="the broker's max_inflight_messages")
     ap.add_argument("--order", choices=["relay-first", "ingest-first"], default="relay-first")
     ap.add_argument("--only", choices=["relay", "ingest"], default=None, help="run one side alone")
     ap.add_argument("--rounds", type=int, default=1, help="alternate relay and ingest this many times (other load "

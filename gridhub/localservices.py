@@ -669,7 +669,7 @@ class LocalMosquitto(_BrokerFiles):
         confdir: Path,
         port: int,
         *,
-        max_inflight_messages: int = 1000,
+        max_inflight_messages: int = 4000,
         max_queued_messages: int = 1_000_000,
         binary: Path | None = None,
     ) -> None:
@@ -799,7 +799,7 @@ class LocalMosquitto(_BrokerFiles):
 
 def start_private_mosquitto(
     tmpdir: Path, port: int | None = None, *, passwd_text: str = "", acl_text: str = "",
-    max_inflight_messages: int = 1000,
+    max_inflight_messages: int = 4000,
 ) -> LocalMosquitto:
     """A mosquitto of its own for one test session, in `tmpdir`, on `port` or a free one, with the
     given accounts (the hub account `gridhub-hub` is always added; see `hub_password()`)."""

@@ -256,7 +256,7 @@ def test_mosquitto_starts_once_with_its_settings(mosquitto: LocalMosquitto) -> N
     mosquitto.ensure_started()
     assert int(mosquitto.pid_file.read_text()) == pid
     conf = mosquitto.conf_file.read_text()
-    for line in ("allow_anonymous false", "max_queued_messages 1000000", "max_inflight_messages 1000",
+    for line in ("allow_anonymous false", "max_queued_messages 1000000", "max_inflight_messages 4000",
                  f"listener {mosquitto.port} 127.0.0.1", "persistence true"):
         assert line in conf.splitlines()
     assert mosquitto.password_file.stat().st_mode & 0o777 == 0o600
