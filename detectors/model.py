@@ -83,6 +83,11 @@ class Tuning:
     max_gap_s: float = 30.0
     gain_kernel: int = 25
     lighting_jump: float = 0.25
+    look_tau_s: float = 30.0  # how fast the look of what stands still is followed
+    look_switch_s: float = 5.0  # something else must stand there this long to start its own evidence
+    settle_max_s: float = (
+        30.0  # a new object settles into the short-term model within this; longer is a person
+    )
 
 
 @dataclass
@@ -162,6 +167,46 @@ class _Diffs:
     alike: np.ndarray  # pixels whose structure and colour match (their grey level may not)
 
 
+@dataclass
+class _Layers:
+    """Per pixel, the look of what stands there now and of what stood there before it."""
+
+    look: list[np.ndarray]
+    look_ok: np.ndarray
+    prev: list[np.ndarray]
+    prev_ok: np.ndarray
+    prev_age: np.ndarray
+    moving: np.ndarray  # seconds in the short-term foreground since the pixel last looked settled
+    odd: np.ndarray  # seconds standing still and not looking as before (less the seconds it did)
+    arrived: np.ndarray  # the different look came with movement
+    was_moving: np.ndarray
+    quiet: np.ndarray  # seconds since the pixel last moved
+    scene: _Scene | None = None
+
+    @classmethod
+    def empty(cls, shape: tuple[int, int]) -> _Layers:
+        def z() -> np.ndarray:
+            return np.zeros(shape, F32)
+
+        return cls(
+            [z(), z(), z()],
+            np.zeros(shape, bool),
+            [z(), z(), z()],
+            np.zeros(shape, bool),
+            z(),
+            z(),
+            z(),
+            np.zeros(shape, bool),
+            np.zeros(shape, bool),
+            np.full(shape, 1e6, F32),
+        )
+
+    def set_look(self, look: tuple[np.ndarray, ...], where: np.ndarray) -> None:
+        for i in range(3):
+            self.look[i] = np.where(where, look[i], self.look[i]).astype(F32)
+        self.look_ok |= where
+
+
 def _structure(lum: np.ndarray) -> np.ndarray:
     return lum - cv2.blur(lum, (7, 7))
 
@@ -190,6 +235,8 @@ class ExitDetector:
         self._short: _Features | None = None
         self._still: np.ndarray = np.zeros((1, 1), F32)  # seconds stationary
         self._age: np.ndarray = np.zeros((1, 1), F32)  # seconds differing from the clear scene
+        self._layers = _Layers.empty((1, 1))
+        self._pending: np.ndarray = np.zeros((1, 1), bool)
         self._last_ts: int | None = None
         self._settle_until = -1
         self.blocked = False
@@ -317,6 +364,8 @@ class ExitDetector:
         self._roi_count = max(1, int(self._roi.sum()))
         self._still = np.zeros((wh, ww), F32)
         self._age = np.zeros((wh, ww), F32)
+        self._layers = _Layers.empty((wh, ww))
+        self._pending = np.zeros((wh, ww), bool)
 
     # -- learning the clear scene -------------------------------------------------------------
 
@@ -489,6 +538,7 @@ class ExitDetector:
             self._age = np.where(fg_long, self._age + F32(dt), np.maximum(self._age - decay, F32(0))).astype(
                 F32
             )
+            self._follow_layers(feats, diffs, fg_long, still, dt, scene)
 
         # a clear model contradicted where the picture lacks the model's outline: something that
         # was there while the scene was learned has left; what is seen now is the clear scene
@@ -524,6 +574,7 @@ class ExitDetector:
             self._roi
             & (self._age >= F32(self.config.min_blocked_s))
             & (self._still >= F32(t.still_share * self.config.min_blocked_s))
+            & ~self._pending
         )
         present = self._roi & (self._still >= F32(t.occupancy_min_s)) & fg_long
         occupancy = float(present.sum()) / self._roi_count
@@ -546,6 +597,90 @@ class ExitDetector:
     _occupancy: float = 0.0
     adopted: int = 0  # regions taken into the clear scene after something left them
     _level: float | None = None
+
+    def _follow_layers(
+        self,
+        feats: _Features,
+        diffs: _Diffs,
+        fg_long: np.ndarray,
+        still: np.ndarray,
+        dt: float,
+        scene: _Scene,
+    ) -> None:
+        """Evidence belongs to what stands still, not to the place: when something else settles
+        where a person paused (or a person settles where an object was), the evidence starts again
+        from when it came; when the earlier thing is seen again, its evidence comes back, having
+        grown while it was hidden."""
+        t = self.tuning
+        lay = self._layers
+        look = (feats.lum - diffs.gain, feats.cr - diffs.cr_shift, feats.cb - diffs.cb_shift)
+        fdt = F32(dt)
+        moving = fg_long & ~still
+        # the length of the latest run of movement on each pixel
+        lay.moving = np.where(moving, np.where(lay.was_moving, lay.moving + fdt, fdt), lay.moving).astype(F32)
+        lay.prev_age = np.where(lay.prev_ok, lay.prev_age + fdt, F32(0)).astype(F32)
+        if lay.scene is not scene:
+            # another light: what is seen now is compared from now on
+            lay.scene = scene
+            lay.look_ok[:] = False
+            lay.prev_ok[:] = False
+            lay.set_look(look, still)
+        # what first made the pixel differ is remembered too: an object put down and then hidden by
+        # a person pausing in front of it gets its own evidence back when the person goes
+        first = fg_long & ~lay.look_ok & ~lay.prev_ok & (self._age <= fdt)
+        if first.any():
+            for i in range(3):
+                lay.prev[i] = np.where(first, look[i], lay.prev[i]).astype(F32)
+            lay.prev_age = np.where(first, self._age, lay.prev_age).astype(F32)
+            lay.prev_ok |= first
+        new = still & ~lay.look_ok
+        if new.any():
+            lay.set_look(look, new)
+        odd = still & lay.look_ok & self._unlike(look, lay.look)
+        odd = np.asarray(cv2.medianBlur(odd.astype(np.uint8), 3)).astype(bool)
+        # a different look right after movement: something else came (a drift of the light or
+        # the noise, with nothing moving, only makes the look followed)
+        lay.quiet = np.where(moving, F32(0), lay.quiet + fdt).astype(F32)
+        lay.arrived |= odd & (lay.quiet <= F32(t.look_switch_s))
+        lay.odd = np.where(
+            odd, lay.odd + fdt, np.where(still, np.maximum(lay.odd - fdt, F32(0)), lay.odd)
+        ).astype(F32)
+        lay.arrived &= (lay.odd > 0) | ~still
+        lay.was_moving = moving
+        other = odd & lay.arrived & (lay.odd >= F32(t.look_switch_s))
+        if other.any():
+            back = other & lay.prev_ok & ~self._unlike(look, lay.prev)
+            fresh = other & ~back
+            age = self._age.copy()
+            # what was hidden is seen again: its evidence, grown while hidden
+            self._age = np.where(back, lay.prev_age, np.where(fresh, lay.moving + lay.odd, self._age)).astype(
+                F32
+            )
+            for i in range(3):
+                lay.prev[i] = np.where(other, lay.look[i], lay.prev[i]).astype(F32)
+            lay.prev_age = np.where(other, age, lay.prev_age).astype(F32)
+            lay.prev_ok |= other
+            lay.set_look(look, other)
+            lay.odd[other] = 0
+            lay.arrived &= ~other
+        # not counted while being judged: a long movement (something came or went) or a new look
+        # that has not stood long enough yet
+        self._pending = (
+            moving & (lay.moving >= F32(max(t.look_switch_s, 2 * dt))) & (lay.moving <= F32(t.settle_max_s))
+        ) | (lay.arrived & (lay.odd > 0))
+        follow = still & lay.look_ok & ~lay.arrived
+        a = F32(1.0 - math.exp(-dt / t.look_tau_s)) if dt > 0 else F32(0.0)
+        for i in range(3):
+            lay.look[i] = np.where(follow, lay.look[i] + a * (look[i] - lay.look[i]), lay.look[i]).astype(F32)
+        gone = self._age <= 0
+        lay.look_ok &= ~gone
+        lay.prev_ok &= ~gone
+
+    def _unlike(self, a: tuple[np.ndarray, ...], b: list[np.ndarray]) -> np.ndarray:
+        t = self.tuning
+        dl = cv2.blur(np.abs(a[0] - b[0]), (3, 3))
+        dc = cv2.blur(np.abs(a[1] - b[1]) + np.abs(a[2] - b[2]), (3, 3))
+        return np.asarray((dl > F32(t.int_thr)) | (dc > F32(t.chroma_thr)))
 
     def _occupancy_value(self) -> float:
         return self._occupancy
@@ -680,6 +815,8 @@ class ExitDetector:
                 s.refresh()
         self._still[where] = 0
         self._age[where] = 0
+        self._layers.look_ok[where] = False
+        self._layers.prev_ok[where] = False
         self.adopted += 1
         self.scene_version += 1
 

@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-TUNING_SEEDS: tuple[int, ...] = tuple(range(0, 40))
+TUNING_SEEDS: tuple[int, ...] = tuple(range(0, 200))
 HELD_OUT_SEEDS: tuple[int, ...] = tuple(range(1000, 1020))
 
 WIDTH, HEIGHT = 640, 360

@@ -215,3 +215,27 @@ def test_a_kept_clear_scene_is_used_after_a_restart_and_only_for_its_roi() -> No
     broken = ExitDetector(config)
     broken.restore_scene(b"not a saved scene")
     assert broken.process(scene.render(10.0), later).learning
+
+
+def test_an_object_put_down_where_a_person_paused_is_raised_after_its_own_persistence_time() -> None:
+    # someone stands 40 s on the route, and an e-bike is left on the same spot as they go: the
+    # person's seconds are not the bike's (CONTRACT §3: blocked min_blocked_s after it was left)
+    scene = quiet_scene(20, 300.0, 2.0)
+    scene.walkers = [w for w in scene.walkers if w.pause_at is None]
+    scene.walkers.append(Walker(60.0, 1.2, 0.3, (200, 200, 60), 1.75, pause_at=4.5, pause_s=40.0))
+    placed = 60.0 + (4.5 - 1.6) / 1.2 + 38.0
+    scene.obstacles = [Obstacle("ebike", placed, 280.0, 4.6, 0.5, (40, 40, 200), 1.6, 1.0)]
+    events, _ = run(scene)
+    assert types(events)[:1] == ["exit_blocked"]
+    assert placed + 60 - 10 <= (events[0].ts_ms - scene.start_ms) / 1000 <= placed + 60 + 45
+
+
+def test_a_person_pausing_in_front_of_an_object_does_not_restart_its_evidence() -> None:
+    # the person's look replaces the box's for a while; when they go, the box's evidence is back
+    scene = quiet_scene(22, 300.0, 2.0)
+    scene.walkers = [w for w in scene.walkers if w.pause_at is None]
+    scene.obstacles = [Obstacle("box", 40.0, 280.0, 5.0, 0.4, (40, 160, 40), 0.6, 0.5)]
+    scene.walkers.append(Walker(68.0, 1.2, 0.4, (90, 90, 90), 1.75, pause_at=4.6, pause_s=20.0))
+    events, _ = run(scene)
+    assert types(events)[:1] == ["exit_blocked"]
+    assert 40 + 60 - 10 <= (events[0].ts_ms - scene.start_ms) / 1000 <= 40 + 60 + 45
