@@ -15,7 +15,6 @@ import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -36,7 +35,6 @@ TEMP_TABLES = (
 )
 READING_TYPES = ["int8", "text", "int8", "text", "float8", "text"]
 DIRECT_READING_TYPES = ["timestamptz", "text", "int8", "text", "float8", "jsonb"]
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_INT8 = 2**63
 EVENT_TYPES = ["int8", "text", "int8", "text", "text"]
 QUARANTINE_TYPES = ["text", "text", "text", "text", "text", "text", "bool"]
@@ -233,7 +231,6 @@ def prepare_batch(items: Sequence[Item]) -> PreparedBatch:
             p.reading_msgs += 1
             p.unknown_metrics += o.unknown_metrics
             dev, ts_ms, seq = o.device_id, o.ts_ms, o.seq
-            when = EPOCH + timedelta(milliseconds=ts_ms)
             ch = _life(changes, dev, item.received, seq)
             if ch.latest is None:
                 ch.latest, ch.latest_ts = {}, {}
@@ -241,9 +238,9 @@ def prepare_batch(items: Sequence[Item]) -> PreparedBatch:
             assert latest_ts is not None
             for name, value in o.metrics.items():
                 if type(value) is float or (type(value) is int and -MAX_INT8 <= value < MAX_INT8):
-                    append((when, dev, seq, name, value, None, ts_ms))
+                    append((dev, seq, name, value, None, ts_ms))
                 else:
-                    append((when, dev, seq, name, _number(value), value, ts_ms))
+                    append((dev, seq, name, _number(value), value, ts_ms))
                 prev = latest_ts.get(name)
                 if prev is None or ts_ms > prev:
                     latest[name] = value
@@ -341,25 +338,30 @@ COPY_TRAILER = b"\xff\xff"
 
 
 def readings_copy(rows: Sequence[tuple[Any, ...]]) -> bytes:
-    """Reading rows (ts, device, seq, metric, number, raw value, ts_ms) as a binary COPY stream for the columns
+    """Reading rows (device, seq, metric, number, raw value, ts_ms) as a binary COPY stream for the columns
     (ts, device_id, seq, metric, value, value_json), encoded in plain Python so that it can be done off the
-    database connection's thread."""
+    database connection's thread. A row with a number and no raw value (nearly all) is one struct call."""
     out = [COPY_HEADER]
     add = out.append
-    names: dict[str, bytes] = {}
-    last_key: tuple[str, int, int] | None = None
-    prefix = b""
-    for _when, dev, seq, name, value, raw, ts_ms in rows:
-        key = (dev, ts_ms, seq)
-        if key != last_key:
-            devb = dev.encode()
-            prefix = _ROW_HEAD.pack(6, 8, (ts_ms - _PG_EPOCH_MS) * 1000, len(devb)) + devb
-            last_key = key
-        nameb = names.get(name)
+    encoded: dict[str, bytes] = {}
+    plain: dict[tuple[int, int], struct.Struct] = {}
+    for dev, seq, name, value, raw, ts_ms in rows:
+        devb = encoded.get(dev)
+        if devb is None:
+            devb = encoded[dev] = dev.encode()
+        nameb = encoded.get(name)
         if nameb is None:
-            encoded = name.encode()
-            nameb = names[name] = encoded
-        add(prefix)
+            nameb = encoded[name] = name.encode()
+        us = (ts_ms - _PG_EPOCH_MS) * 1000
+        if raw is None and value is not None:
+            shape = (len(devb), len(nameb))
+            row = plain.get(shape)
+            if row is None:  # 6 fields; ts; device; seq; metric; value; no value_json
+                row = plain[shape] = struct.Struct(f"!hiqi{shape[0]}siqi{shape[1]}sidi")
+            add(row.pack(6, 8, us, shape[0], devb, 8, seq, shape[1], nameb, 8, float(value), -1))
+            continue
+        add(_ROW_HEAD.pack(6, 8, us, len(devb)))
+        add(devb)
         add(_ROW_SEQ.pack(8, seq, len(nameb)))
         add(nameb)
         add(_NULL if value is None else _FLOAT.pack(8, float(value)))
@@ -387,7 +389,7 @@ def _insert_readings(cur: psycopg.Cursor[Any], p: PreparedBatch, messages: int) 
         pass
     with cur.copy("COPY ingest_readings FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(READING_TYPES)
-        for _when, dev, seq, name, value, raw, ts_ms in p.rows:
+        for dev, seq, name, value, raw, ts_ms in p.rows:
             copy.write_row((ts_ms, dev, seq, name, value, None if raw is None else _dumps(raw)))
     row = cur.execute(INSERT_READINGS).fetchone()
     assert row is not None
