@@ -77,6 +77,18 @@ class BufferedSocket:
         self._pos = end
         return self._buf[pos:end]
 
+    def buffered(self) -> int:
+        """Bytes read from the socket and not yet handed out."""
+        return len(self._buf) - self._pos
+
+    def fill(self) -> int:
+        """Read the next block into the (empty) buffer; 0 when the peer closed. BlockingIOError when nothing is
+        there."""
+        data = self._sock.recv(READ_BLOCK)
+        self.received += len(data)
+        self._buf, self._pos = data, 0
+        return len(data)
+
     def pending(self) -> int:
         inner = getattr(self._sock, "pending", None)
         return len(self._buf) - self._pos + (inner() if inner is not None else 0)
@@ -85,12 +97,52 @@ class BufferedSocket:
         return getattr(self._sock, name)
 
 
-def buffer_reads(client: paho.Client, gather_s: float = 0.0) -> bool:
+def take_publishes(sock: BufferedSocket, deliver: Deliver) -> int:
+    """Hand every whole MQTT 3.1.1 PUBLISH of QoS 0 or 1 at the front of the buffer to `deliver`, one after the
+    other, and leave the buffer at the first byte of anything else (another packet type, QoS 2, a packet not
+    wholly read yet, or one that is malformed: paho's own reader then takes it, and rejects what is broken).
+    The number of packets taken."""
+    buf, pos = sock._buf, sock._pos
+    size = len(buf)
+    taken = 0
+    while pos + 2 <= size:
+        first = buf[pos]
+        qos = (first >> 1) & 3
+        if first & 0xF0 != 0x30 or qos == 2 or qos == 3:
+            break
+        i, mult, length = pos + 1, 1, 0
+        while i < size and mult <= 128 ** 3:
+            byte = buf[i]
+            length += (byte & 127) * mult
+            i += 1
+            if byte < 128:
+                break
+            mult *= 128
+        else:
+            break  # the length is not all here yet, or longer than MQTT allows
+        end = i + length
+        if end > size or length < 2:
+            break
+        topic_end = i + 2 + ((buf[i] << 8) | buf[i + 1])
+        body = topic_end + 2 if qos else topic_end
+        if topic_end == i + 2 or body > end:
+            break
+        mid = (buf[topic_end] << 8) | buf[topic_end + 1] if qos else 0
+        deliver(buf[i + 2:topic_end], buf[body:end], mid, qos, bool(first & 1))
+        pos = end
+        taken += 1
+    sock._pos = pos
+    return taken
+
+
+def buffer_reads(client: paho.Client, gather_s: float = 0.0, deliver: Deliver | None = None) -> bool:
     """Put the client's current socket behind a `BufferedSocket` (call it from on_connect: paho makes a new socket
     for every reconnect) and let one loop pass handle every whole packet buffered. With `gather_s`, a pass that
     found less than a quarter block is followed by a pause that long, so that under a steady stream the thread
-    wakes up for many packets at a time instead of for each (at the price of that much latency). False where
-    this paho's client does not keep its socket where expected."""
+    wakes up for many packets at a time instead of for each (at the price of that much latency). With `deliver`
+    (a client with manual acknowledgement speaking MQTT 3.1.1), QoS 0 and 1 PUBLISH packets are taken from the
+    buffer by `take_publishes` without going through paho's reader at all. False where this paho's client does
+    not keep its socket where expected."""
     sock = getattr(client, "_sock", None)
     if sock is None or isinstance(sock, BufferedSocket) or not isinstance(sock, socket.socket):
         return isinstance(sock, BufferedSocket)
@@ -99,6 +151,10 @@ def buffer_reads(client: paho.Client, gather_s: float = 0.0) -> bool:
     if "loop_read" not in vars(client):
         loop_read = client.loop_read
         success = MQTTErrorCode.MQTT_ERR_SUCCESS
+        in_packet = getattr(client, "_in_packet", None)
+        fast = (deliver is not None and isinstance(in_packet, dict) and getattr(client, "_manual_ack", False)
+                and getattr(client, "_protocol", None) in (paho.MQTTv31, paho.MQTTv311)
+                and hasattr(client, "_last_bytes_received") and hasattr(client, "_msgtime_mutex"))
 
         def drain_read(max_packets: int = 1) -> MQTTErrorCode:
             current = client._sock
@@ -114,5 +170,42 @@ def buffer_reads(client: paho.Client, gather_s: float = 0.0) -> bool:
                 time.sleep(gather_s)
             return rc
 
-        client.loop_read = drain_read  # type: ignore[method-assign]
+        def take_read(max_packets: int = 1) -> MQTTErrorCode:
+            current = client._sock
+            if not isinstance(current, BufferedSocket):
+                return loop_read(max_packets)
+            assert deliver is not None
+            before = current.received
+            rc = success
+            taken = 0
+            while taken < DRAIN_PACKETS:  # then back to paho's loop, which writes the acknowledgements
+                if client._in_packet["command"] == 0:  # between packets
+                    if current.buffered() == 0:
+                        try:
+                            if current.fill() == 0:
+                                return loop_read(max_packets)  # closed: paho's own read sees it and says so
+                        except BlockingIOError:
+                            break
+                        except OSError:
+                            return loop_read(max_packets)  # paho's own read meets the error and reports it
+                    got = take_publishes(current, deliver)
+                    if got:
+                        taken += got
+                        with client._msgtime_mutex:
+                            client._last_bytes_received = paho.time_func()
+                    if current.buffered() == 0:
+                        continue
+                rc = loop_read(max_packets)  # anything else, or the rest of a packet, goes through paho
+                taken += 1
+                nxt = client._sock
+                if rc != success or not isinstance(nxt, BufferedSocket):
+                    return rc
+                current = nxt
+                if client._in_packet["command"] != 0 and current.buffered() == 0:
+                    break  # the rest of this packet has not arrived yet
+            if gather_s and rc == success and 0 < current.received - before < READ_BLOCK // 4:
+                time.sleep(gather_s)
+            return rc
+
+        client.loop_read = take_read if fast else drain_read  # type: ignore[method-assign]
     return True

@@ -248,7 +248,7 @@ class IngestService:
     def _on_connected(self, client: paho.Client, flags: Any, props: Any) -> None:
         self._generation += 1
         if self.tuning.buffered_reads:
-            buffer_reads(client, self.tuning.read_gather_s)
+            buffer_reads(client, self.tuning.read_gather_s, self._on_publish if self.direct_receive else None)
         prefix = self.settings.topic_prefix
         shared = self.shared
         filters = [(f"$share/{SHARE_GROUP}/" if shared else "") + f"{prefix}/devices/+/{ch}" for ch in CHANNELS]

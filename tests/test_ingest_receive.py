@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gridhub.ingest.receive import READ_BLOCK, BufferedSocket
+from gridhub.ingest.receive import READ_BLOCK, BufferedSocket, take_publishes
 
 
 @pytest.fixture
@@ -78,3 +78,51 @@ def test_closed_peer_reads_empty_and_the_rest_goes_to_the_socket(pair: tuple[soc
     assert peer.recv(4) == b"ping"
     peer.close()
     assert sock.recv(1) == b""  # paho reads this as the connection lost
+
+
+def publish_packet(topic: bytes, payload: bytes, qos: int = 1, mid: int = 7, retain: bool = False) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"") + payload
+    n, length = len(body), bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        length.append(digit | (0x80 if n else 0))
+        if not n:
+            break
+    return bytes([0x30 | qos << 1 | int(retain)]) + bytes(length) + body
+
+
+def test_whole_publishes_are_taken_from_the_buffer(pair: tuple[socket.socket, socket.socket]) -> None:
+    raw, peer = pair
+    sock = BufferedSocket(raw)
+    big = b"p" * 300  # a two-byte remaining length
+    peer.sendall(publish_packet(b"a/b", b"one", mid=1) + publish_packet(b"a/c", big, qos=0, retain=True)
+                 + publish_packet(b"a/d", b"three", mid=65535) + b"\x90\x03\x00\x05\x01"  # a SUBACK
+                 + publish_packet(b"a/e", b"after"))
+    sock.fill()
+    got: list[tuple[bytes, bytes, int, int, bool]] = []
+    assert take_publishes(sock, lambda *m: got.append(m)) == 3
+    assert got == [(b"a/b", b"one", 1, 1, False), (b"a/c", big, 0, 0, True), (b"a/d", b"three", 65535, 1, False)]
+    assert sock.recv(1) == b"\x90"  # paho's reader takes the SUBACK from here
+
+
+def test_a_partial_publish_is_left_for_the_next_read(pair: tuple[socket.socket, socket.socket]) -> None:
+    raw, peer = pair
+    sock = BufferedSocket(raw)
+    second = publish_packet(b"t", b"x" * 1000)
+    peer.sendall(publish_packet(b"t", b"first") + second[:2])  # the second's length is not all here
+    sock.fill()
+    got: list[tuple[bytes, bytes, int, int, bool]] = []
+    assert take_publishes(sock, lambda *m: got.append(m)) == 1
+    assert sock.buffered() == 2
+    assert sock.recv(2) == second[:2]
+
+
+def test_what_paho_must_judge_is_left_to_it(pair: tuple[socket.socket, socket.socket]) -> None:
+    """QoS 2 and a PUBLISH with an empty topic (malformed in 3.1.1) are not taken."""
+    raw, peer = pair
+    sock = BufferedSocket(raw)
+    for packet in (publish_packet(b"t", b"x", qos=2), publish_packet(b"", b"x")):
+        peer.sendall(packet)
+        sock.fill()
+        assert take_publishes(sock, lambda *m: pytest.fail("taken")) == 0
+        assert sock.recv(len(packet)) == packet
