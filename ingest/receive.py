@@ -1,11 +1,13 @@
-"""A paho-mqtt client's receive path made cheaper for a consumer of many small messages: PUBLISH packets handed
-straight from paho's decoder to the consumer, and the socket read in large blocks.
+"""A paho-mqtt client's receive path made cheaper for a consumer of many small messages: the socket read in large
+blocks, whole QoS 0/1 PUBLISH packets taken straight from that buffer (MQTT 3.1.1), and otherwise PUBLISH
+packets handed from paho's decoder to the consumer.
 
-paho still reads, decodes and acknowledges every packet; both changes sit under its public surface and switch
-themselves off where this paho lacks what they rely on (then the client works exactly as shipped). Measured
-with the ingest benchmark: paho's own message objects and callback matching took a third of the network
-thread's time, and paho reads each packet with three `recv` calls after one `select` (type byte, length byte,
-body), which the block reads turn into about one `recv` per 64 KiB.
+paho still connects, subscribes, keeps alive, writes the acknowledgements and reads every other packet (and
+any PUBLISH not wholly in the buffer); these changes sit under its public surface and switch themselves off
+where this paho lacks what they rely on (then the client works exactly as shipped). Measured with the ingest
+benchmark: paho reads each packet with three `recv` calls after one `select` and builds an MQTTMessage (with a
+threading.Condition of its own) for each; taking packets from 64 KiB blocks brought the network thread from
+about 15 to 4.4 microseconds a message.
 """
 
 from __future__ import annotations
