@@ -237,6 +237,7 @@ class ExitDetector:
         self._age: np.ndarray = np.zeros((1, 1), F32)  # seconds differing from the clear scene
         self._layers = _Layers.empty((1, 1))
         self._pending: np.ndarray = np.zeros((1, 1), bool)
+        self._box: tuple[slice, slice] = (slice(0, 1), slice(0, 1))  # the ROI's bounding box
         self._last_ts: int | None = None
         self._settle_until = -1
         self.blocked = False
@@ -364,7 +365,15 @@ class ExitDetector:
         self._roi_count = max(1, int(self._roi.sum()))
         self._still = np.zeros((wh, ww), F32)
         self._age = np.zeros((wh, ww), F32)
-        self._layers = _Layers.empty((wh, ww))
+        ys, xs = np.nonzero(self._roi)
+        if ys.size == 0:
+            ys, xs = np.array([0, wh - 1]), np.array([0, ww - 1])
+        self._box = (
+            slice(max(0, int(ys.min()) - 2), min(wh, int(ys.max()) + 3)),
+            slice(max(0, int(xs.min()) - 2), min(ww, int(xs.max()) + 3)),
+        )
+        bh, bw = self._box[0].stop - self._box[0].start, self._box[1].stop - self._box[1].start
+        self._layers = _Layers.empty((bh, bw))
         self._pending = np.zeros((wh, ww), bool)
 
     # -- learning the clear scene -------------------------------------------------------------
@@ -602,19 +611,35 @@ class ExitDetector:
         self,
         feats: _Features,
         diffs: _Diffs,
-        fg_long: np.ndarray,
-        still: np.ndarray,
+        fg_long_all: np.ndarray,
+        still_all: np.ndarray,
         dt: float,
         scene: _Scene,
     ) -> None:
         """Evidence belongs to what stands still, not to the place: when something else settles
         where a person paused (or a person settles where an object was), the evidence starts again
         from when it came; when the earlier thing is seen again, its evidence comes back, having
-        grown while it was hidden."""
+        grown while it was hidden. Only the ROI's bounding box is followed (evidence counts there)."""
         t = self.tuning
         lay = self._layers
-        look = (feats.lum - diffs.gain, feats.cr - diffs.cr_shift, feats.cb - diffs.cb_shift)
+        box = self._box
         fdt = F32(dt)
+        fg_long = fg_long_all[box]
+        still = still_all[box]
+        self._pending[box] = False
+        if not fg_long.any() and not lay.look_ok.any() and not lay.prev_ok.any():
+            lay.quiet += fdt
+            lay.was_moving[:] = False
+            lay.arrived[:] = False
+            lay.odd[:] = 0
+            return
+        look = (
+            feats.lum[box] - diffs.gain[box],
+            feats.cr[box] - diffs.cr_shift[box],
+            feats.cb[box] - diffs.cb_shift[box],
+        )
+        age_all = self._age
+        age = age_all[box]
         moving = fg_long & ~still
         # the length of the latest run of movement on each pixel
         lay.moving = np.where(moving, np.where(lay.was_moving, lay.moving + fdt, fdt), lay.moving).astype(F32)
@@ -627,11 +652,11 @@ class ExitDetector:
             lay.set_look(look, still)
         # what first made the pixel differ is remembered too: an object put down and then hidden by
         # a person pausing in front of it gets its own evidence back when the person goes
-        first = fg_long & ~lay.look_ok & ~lay.prev_ok & (self._age <= fdt)
+        first = fg_long & ~lay.look_ok & ~lay.prev_ok & (age <= fdt)
         if first.any():
             for i in range(3):
                 lay.prev[i] = np.where(first, look[i], lay.prev[i]).astype(F32)
-            lay.prev_age = np.where(first, self._age, lay.prev_age).astype(F32)
+            lay.prev_age = np.where(first, age, lay.prev_age).astype(F32)
             lay.prev_ok |= first
         new = still & ~lay.look_ok
         if new.any():
@@ -651,28 +676,26 @@ class ExitDetector:
         if other.any():
             back = other & lay.prev_ok & ~self._unlike(look, lay.prev)
             fresh = other & ~back
-            age = self._age.copy()
+            before = age.copy()
             # what was hidden is seen again: its evidence, grown while hidden
-            self._age = np.where(back, lay.prev_age, np.where(fresh, lay.moving + lay.odd, self._age)).astype(
-                F32
-            )
+            age_all[box] = np.where(back, lay.prev_age, np.where(fresh, lay.moving + lay.odd, age))
             for i in range(3):
                 lay.prev[i] = np.where(other, lay.look[i], lay.prev[i]).astype(F32)
-            lay.prev_age = np.where(other, age, lay.prev_age).astype(F32)
+            lay.prev_age = np.where(other, before, lay.prev_age).astype(F32)
             lay.prev_ok |= other
             lay.set_look(look, other)
             lay.odd[other] = 0
             lay.arrived &= ~other
         # not counted while being judged: a long movement (something came or went) or a new look
         # that has not stood long enough yet
-        self._pending = (
+        self._pending[box] = (
             moving & (lay.moving >= F32(max(t.look_switch_s, 2 * dt))) & (lay.moving <= F32(t.settle_max_s))
         ) | (lay.arrived & (lay.odd > 0))
         follow = still & lay.look_ok & ~lay.arrived
         a = F32(1.0 - math.exp(-dt / t.look_tau_s)) if dt > 0 else F32(0.0)
         for i in range(3):
             lay.look[i] = np.where(follow, lay.look[i] + a * (look[i] - lay.look[i]), lay.look[i]).astype(F32)
-        gone = self._age <= 0
+        gone = age_all[box] <= 0
         lay.look_ok &= ~gone
         lay.prev_ok &= ~gone
 
@@ -815,8 +838,8 @@ class ExitDetector:
                 s.refresh()
         self._still[where] = 0
         self._age[where] = 0
-        self._layers.look_ok[where] = False
-        self._layers.prev_ok[where] = False
+        self._layers.look_ok[where[self._box]] = False
+        self._layers.prev_ok[where[self._box]] = False
         self.adopted += 1
         self.scene_version += 1
 
