@@ -60,13 +60,23 @@ def make_database(pg_admin_url: str) -> Iterator[Callable[[], str]]:
 
 
 @pytest.fixture(scope="session")
-def db_url(make_database: Callable[[], str]) -> str:
+def make_registry_database(make_database: Callable[[], str]) -> Callable[[], str]:
+    """A factory of databases migrated and with tests/data/registry.yaml imported."""
+
+    def make() -> str:
+        url = make_database()
+        migrate(url)
+        with psycopg.connect(url) as conn:
+            import_registry(conn, load_file(DATA / "registry.yaml"))
+        return url
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def db_url(make_registry_database: Callable[[], str]) -> str:
     """The session's database: migrated, with tests/data/registry.yaml imported."""
-    url = make_database()
-    migrate(url)
-    with psycopg.connect(url) as conn:
-        import_registry(conn, load_file(DATA / "registry.yaml"))
-    return url
+    return make_registry_database()
 
 
 @pytest.fixture

@@ -10,27 +10,20 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import DATA
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gridhub.db import migrate
 from gridhub.ingest.store import Item, count_gaps, prepare, write_batch
 from gridhub.ingest.validate import ReadingIn, StatusIn
-from gridhub.registry import import_registry, load_file
 
 DEVICES = ("sa-0001", "sa-0002", "sp-0001")
 BASE_MS = int(time.time() * 1000) - 3_600_000
 
 
 @pytest.fixture(scope="module")
-def store_url(make_database: Callable[[], str]) -> str:
+def store_url(make_registry_database: Callable[[], str]) -> str:
     """A database of this module's own: the properties below rewrite device_state freely."""
-    url = make_database()
-    migrate(url)
-    with psycopg.connect(url) as conn:
-        import_registry(conn, load_file(DATA / "registry.yaml"))
-    return url
+    return make_registry_database()
 
 
 @pytest.fixture(scope="module")
