@@ -4,11 +4,10 @@ each message acknowledged only after its batch is committed (stored or quarantin
 A paho client with manual acknowledgement on a persistent session (MQTT 5 session expiry, or clean
 session off on 3.1.1) with a stable client id receives on its network thread into a queue; a preparer
 thread takes a batch (up to `batch_max` messages or `linger_s` after the first), classifies it and prepares
-its rows while the writer thread commits the batch before, then the writer commits it and acknowledges its
-messages in arrival order. The broker's in-flight window bounds the unacknowledged
-messages, so a batch is at most half the window: the next half arrives while one is committed. A database
-outage stalls the writer, which retries with backoff and acknowledges nothing meanwhile; the broker keeps
-the rest in the session.
+its rows while the writer thread commits the batch before; then the writer commits it and acknowledges its
+messages in arrival order. The broker's in-flight window bounds the unacknowledged messages, so a batch is
+at most half the window: the next half arrives while one is committed. A database outage stalls the writer,
+which retries with backoff and acknowledges nothing meanwhile; the broker keeps the rest in the session.
 """
 
 from __future__ import annotations
