@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
+from polling import wait_for
 
 from gridhub.broker import acl_text, build_accounts, derived_password, passwd_text
 from gridhub.db import migrate
@@ -98,12 +98,7 @@ def counter(conn: psycopg.Connection[Any], name: str, labels: str = "") -> float
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    wait_for(check, timeout, what)
 
 
 def wait_received(db_url: str, at_least: float, timeout: float = 60) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as paho
+from polling import poll
 
 from gridhub.mqtt import BrokerAddress, make_client
 
@@ -52,13 +53,9 @@ class HubListener:
 
     def wait_for(self, predicate: Callable[[list[Heard]], bool], timeout: float = 20.0) -> list[Heard]:
         """Wait until the messages so far satisfy the predicate; returns them either way."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = self.snapshot(live_only=False)
-            if predicate(got):
-                return got
-            time.sleep(0.05)
-        return self.snapshot(live_only=False)
+        _, got = poll(lambda: self.snapshot(live_only=False), predicate, timeout=timeout)
+        assert isinstance(got, list)
+        return got
 
     def close(self) -> None:
         self._client.disconnect()

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 from ingest_env import SECRET, Hub, make_hub, wait_connected
+from polling import poll, wait_for
 
 from gridhub.simulators.cli import main as simulate
 from gridhub.simulators.district import dump_registry, generate_district
@@ -66,13 +66,12 @@ def _has_live_detector() -> bool:
 
 def _wait_alerts_listening(h: Hub, registry: Path, conn: psycopg.Connection[Any]) -> None:
     """Heartbeats from one device until the alert engine has seen one (its subscription exists from then on)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def probed() -> bool:
         _play(h, registry, "garbage-free-probe")
-        if conn.execute("SELECT 1 FROM rule_events WHERE device_id = 'sa-0048'").fetchone():
-            return
-        time.sleep(0.5)
-    raise AssertionError("the alerts process did not start evaluating within 60 s")
+        return conn.execute("SELECT 1 FROM rule_events WHERE device_id = 'sa-0048'").fetchone() is not None
+
+    wait_for(probed, 60, "the alerts process to start evaluating", interval=0.5)
 
 
 def _play(h: Hub, registry: Path, name: str, *args: str) -> dict[str, Any]:
@@ -90,13 +89,8 @@ def _play(h: Hub, registry: Path, name: str, *args: str) -> dict[str, Any]:
 
 def _wait_rows(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...], done: Callable[[list[Any]], bool],
                timeout: float = 90) -> list[Any]:
-    deadline = time.monotonic() + timeout
-    rows: list[Any] = []
-    while time.monotonic() < deadline:
-        rows = conn.execute(sql, params).fetchall()
-        if done(rows):
-            return rows
-        time.sleep(0.5)
+    _, rows = poll(lambda: conn.execute(sql, params).fetchall(), done, timeout=timeout, interval=0.5)
+    assert isinstance(rows, list)
     return rows
 
 
