@@ -20,9 +20,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from gridhub.alerts.shapes import alert_shape, task_shape
+from gridhub.db import CHANGES_CHANNEL, CHANGES_LOCK
 
-CHANNEL = "gridhub_changes"
-CHANGES_LOCK = 0x6368616E  # "chan": serialises change-log writers from the insert to the commit
+CHANNEL = CHANGES_CHANNEL
 
 
 @dataclass

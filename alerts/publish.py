@@ -22,14 +22,14 @@ from typing import Any
 import paho.mqtt.client as paho
 import psycopg
 
-from gridhub.db import connect
+from gridhub.db import PUBLISH_WAKE_CHANNEL, connect
 from gridhub.protocol import alerts_topic, worker_tasks_topic
 
 log = logging.getLogger("gridhub.alerts.publish")
 
 BATCH = 500
 PUBACK_TIMEOUT_S = 10.0
-WAKE_CHANNEL = "gridhub_publish"  # wakes the notifiers: rows were left for them (besides changes.CHANNEL)
+WAKE_CHANNEL = PUBLISH_WAKE_CHANNEL  # wakes the notifiers: rows were left for them (besides changes.CHANNEL)
 
 
 

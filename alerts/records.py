@@ -13,6 +13,7 @@ from psycopg.types.json import Jsonb
 
 from gridhub.alerts import changes, tasks, timers
 from gridhub.alerts.rules import RuleBook
+from gridhub.db import BUILDING_LOCK
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def clear_alert(conn: psycopg.Connection[Any], p: Place, alert_type: str, seen: 
 
 def _lock_building(conn: psycopg.Connection[Any], building_id: str) -> None:
     """Serialise fire correlation per building, so that two alarms committed at once still see each other."""
-    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (0x66697265, zlib.crc32(building_id.encode()) - 2**31))
+    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (BUILDING_LOCK, zlib.crc32(building_id.encode()) - 2**31))
 
 
 def correlate_fire(conn: psycopg.Connection[Any], p: Place, seen: datetime, now: datetime, rules: RuleBook) -> None:

@@ -12,10 +12,11 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from gridhub.alerts import changes
+from gridhub.db import TIMERS_CHANNEL
 
 log = logging.getLogger("gridhub.alerts.timers")
 
-CHANNEL = "gridhub_timers"
+CHANNEL = TIMERS_CHANNEL
 ANY_SHARD = -1
 
 

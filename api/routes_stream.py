@@ -22,11 +22,12 @@ from fastapi.responses import StreamingResponse
 
 from gridhub.api.deps import CurrentUser, PoolDep
 from gridhub.auth import Principal
+from gridhub.db import CHANGES_CHANNEL
 
 log = logging.getLogger("gridhub.api.stream")
 router = APIRouter(tags=["stream"])
 
-CHANNEL = "gridhub_changes"
+CHANNEL = CHANGES_CHANNEL
 KEEPALIVE_S = 15.0
 HOLE_GRACE_S = 5.0
 BATCH = 500

@@ -13,7 +13,16 @@ from psycopg.rows import dict_row
 
 log = logging.getLogger("gridhub.db")
 
+# Every NOTIFY channel and advisory-lock key of the hub, named once here; LISTEN, pg_notify and the locks use these.
+CHANGES_CHANNEL = "gridhub_changes"  # a change-log row committed (payload: its id)
+TIMERS_CHANNEL = "gridhub_timers"  # a timer set or moved (payload: its due time, epoch seconds)
+PUBLISH_WAKE_CHANNEL = "gridhub_publish"  # change rows were left for the notifiers to publish
+REGISTRY_CHANNEL = "gridhub_registry"  # the registry was imported (payload: 'changed')
+
 MIGRATION_LOCK = 0x67726964  # "grid": one advisory lock key for schema changes
+RETENTION_LOCK = 0x67726964_0001  # one retention run at a time
+CHANGES_LOCK = 0x6368616E  # "chan": serialises change-log writers from the insert to the commit
+BUILDING_LOCK = 0x66697265  # "fire": with a building's key, serialises its fire incident (transaction lock)
 
 
 class DatabaseUnavailable(RuntimeError):
