@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -248,79 +250,82 @@ def load_file(path: Path) -> RegistryFile:
 
 # ---------------------------------------------------------------- database
 
-def import_registry(conn: psycopg.Connection[Any], reg: RegistryFile, *, partial: bool = False) -> dict[str, int]:
+@dataclass(frozen=True)
+class _Table:
+    """How one registry table is upserted: its columns, the first being the key ``id``."""
+
+    name: str
+    columns: tuple[str, ...]
+    extra_set: str = ""  # more of the SET clause after the plain column copies
+
+    @cached_property
+    def sql(self) -> str:
+        cols = ", ".join(self.columns)
+        marks = ", ".join(["%s"] * len(self.columns))
+        sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in self.columns[1:]) + self.extra_set
+        return f"INSERT INTO {self.name} ({cols}) VALUES ({marks}) ON CONFLICT (id) DO UPDATE SET {sets}"
+
+
+_DEVICE_FIELDS = ("kind", "building_id", "floor", "place", "heartbeat_s", "camera", "retired")
+_DISTRICTS = _Table("districts", ("id", "name"))
+_STREETS = _Table("streets", ("id", "district_id", "name"))
+_COMMUNITIES = _Table("communities", ("id", "street_id", "name"))
+_GRIDS = _Table("grids", ("id", "community_id", "name"))
+_BUILDINGS = _Table("buildings", ("id", "grid_id", "name", "floors"))
+_WORKERS = _Table("workers", ("id", "name", "phone", "role", "street_id"))
+_DEVICES = _Table(
+    "devices",
+    ("id", *_DEVICE_FIELDS),
+    # updated_at moves only when something changed
+    ", updated_at = CASE WHEN ({old}) IS NOT DISTINCT FROM ({new}) THEN devices.updated_at ELSE now() END".format(
+        old=", ".join(f"devices.{c}" for c in _DEVICE_FIELDS), new=", ".join(f"EXCLUDED.{c}" for c in _DEVICE_FIELDS)
+    ),
+)
+_TABLES = (_DISTRICTS, _STREETS, _COMMUNITIES, _GRIDS, _BUILDINGS, _WORKERS, _DEVICES)
+
+_Follow = list[tuple[str, tuple[Any, ...]]]  # statements that go with a row (its link rows)
+
+
+def _rows(reg: RegistryFile) -> Iterator[tuple[_Table, tuple[Any, ...], _Follow]]:
+    """Every row to upsert, parents before children: its table, its values in the table's column order,
+    and the statements that follow it."""
+    for d in reg.districts:
+        yield _DISTRICTS, (d.id, d.name), []
+        for s in d.streets:
+            yield _STREETS, (s.id, d.id, s.name), []
+            for c in s.communities:
+                yield _COMMUNITIES, (c.id, s.id, c.name), []
+                for g in c.grids:
+                    yield _GRIDS, (g.id, c.id, g.name), []
+                    for b in g.buildings:
+                        yield _BUILDINGS, (b.id, g.id, b.name, b.floors), []
+    for w in reg.workers:
+        yield _WORKERS, (w.id, w.name, w.phone, w.role, w.street), [
+            ("DELETE FROM worker_grids WHERE worker_id = %s AND NOT (grid_id = ANY(%s))", (w.id, w.grids)),
+            *(("INSERT INTO worker_grids (worker_id, grid_id) VALUES (%s, %s) ON CONFLICT DO NOTHING", (w.id, gid))
+              for gid in w.grids),
+        ]
+    for dev in reg.devices:
+        camera = dev.camera.model_dump(mode="json", exclude_none=True) if dev.camera else None
+        yield _DEVICES, (dev.id, dev.kind.value, dev.building, dev.floor, dev.place, dev.heartbeat_s,
+                         Jsonb(camera) if camera is not None else None, dev.retired), [
+            ("INSERT INTO device_state (device_id) VALUES (%s) ON CONFLICT DO NOTHING", (dev.id,)),
+        ]
+
+
+def import_registry(conn: psycopg.Connection[Any], reg: RegistryFile) -> dict[str, int]:
     """Upsert the registry in one transaction; the same file twice changes nothing.
 
     Parents referenced but absent from the file (a file of devices only, say) must already exist in the
     database, or the foreign keys refuse the import with the missing id named.
     """
-    counts = {"districts": 0, "streets": 0, "communities": 0, "grids": 0, "buildings": 0, "workers": 0, "devices": 0}
+    counts = {t.name: 0 for t in _TABLES}
     with conn.transaction():
-        for d in reg.districts:
-            conn.execute(
-                "INSERT INTO districts (id, name) VALUES (%s, %s) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name",
-                (d.id, d.name),
-            )
-            counts["districts"] += 1
-            for s in d.streets:
-                conn.execute(
-                    "INSERT INTO streets (id, district_id, name) VALUES (%s, %s, %s) ON CONFLICT (id) DO UPDATE"
-                    " SET district_id = EXCLUDED.district_id, name = EXCLUDED.name",
-                    (s.id, d.id, s.name),
-                )
-                counts["streets"] += 1
-                for c in s.communities:
-                    conn.execute(
-                        "INSERT INTO communities (id, street_id, name) VALUES (%s, %s, %s) ON CONFLICT (id) DO UPDATE"
-                        " SET street_id = EXCLUDED.street_id, name = EXCLUDED.name",
-                        (c.id, s.id, c.name),
-                    )
-                    counts["communities"] += 1
-                    for g in c.grids:
-                        conn.execute(
-                            "INSERT INTO grids (id, community_id, name) VALUES (%s, %s, %s) ON CONFLICT (id) DO UPDATE"
-                            " SET community_id = EXCLUDED.community_id, name = EXCLUDED.name",
-                            (g.id, c.id, g.name),
-                        )
-                        counts["grids"] += 1
-                        for b in g.buildings:
-                            conn.execute(
-                                "INSERT INTO buildings (id, grid_id, name, floors) VALUES (%s, %s, %s, %s)"
-                                " ON CONFLICT (id) DO UPDATE SET grid_id = EXCLUDED.grid_id, name = EXCLUDED.name,"
-                                " floors = EXCLUDED.floors",
-                                (b.id, g.id, b.name, b.floors),
-                            )
-                            counts["buildings"] += 1
-        for w in reg.workers:
-            conn.execute(
-                "INSERT INTO workers (id, name, phone, role, street_id) VALUES (%s, %s, %s, %s, %s)"
-                " ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, phone = EXCLUDED.phone,"
-                " role = EXCLUDED.role, street_id = EXCLUDED.street_id",
-                (w.id, w.name, w.phone, w.role, w.street),
-            )
-            conn.execute("DELETE FROM worker_grids WHERE worker_id = %s AND NOT (grid_id = ANY(%s))", (w.id, w.grids))
-            for gid in w.grids:
-                conn.execute(
-                    "INSERT INTO worker_grids (worker_id, grid_id) VALUES (%s, %s) ON CONFLICT DO NOTHING", (w.id, gid)
-                )
-            counts["workers"] += 1
-        for dev in reg.devices:
-            camera = dev.camera.model_dump(mode="json", exclude_none=True) if dev.camera else None
-            conn.execute(
-                "INSERT INTO devices (id, kind, building_id, floor, place, heartbeat_s, camera, retired)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (id) DO UPDATE SET kind = EXCLUDED.kind, building_id = EXCLUDED.building_id,"
-                " floor = EXCLUDED.floor, place = EXCLUDED.place, heartbeat_s = EXCLUDED.heartbeat_s,"
-                " camera = EXCLUDED.camera, retired = EXCLUDED.retired,"
-                " updated_at = CASE WHEN (devices.kind, devices.building_id, devices.floor, devices.place,"
-                "   devices.heartbeat_s, devices.camera, devices.retired) IS NOT DISTINCT FROM"
-                "   (EXCLUDED.kind, EXCLUDED.building_id, EXCLUDED.floor, EXCLUDED.place, EXCLUDED.heartbeat_s,"
-                "    EXCLUDED.camera, EXCLUDED.retired) THEN devices.updated_at ELSE now() END",
-                (dev.id, dev.kind.value, dev.building, dev.floor, dev.place, dev.heartbeat_s,
-                 Jsonb(camera) if camera is not None else None, dev.retired),
-            )
-            conn.execute("INSERT INTO device_state (device_id) VALUES (%s) ON CONFLICT DO NOTHING", (dev.id,))
-            counts["devices"] += 1
+        for table, row, follow in _rows(reg):
+            conn.execute(table.sql, row)
+            for sql, params in follow:
+                conn.execute(sql, params)
+            counts[table.name] += 1
         conn.execute("SELECT pg_notify('gridhub_registry', 'changed')")
     return counts
 
