@@ -17,7 +17,6 @@ the leases; a camera whose lease has expired is taken over by another instance.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -38,9 +37,9 @@ from pydantic import ValidationError
 
 from gridhub.db import connect
 from gridhub.lifecycle import run_until_signalled
-from gridhub.metrics import bump
 from gridhub.mqtt import BrokerAddress, make_client
-from gridhub.protocol import MAX_FRAME, MAX_PAYLOAD, Reason, TopicError, device_topic, parse_topic
+from gridhub.protocol import MAX_FRAME, Reason, TopicError, device_topic, parse_topic
+from gridhub.quarantine import quarantine
 from gridhub.settings import Settings
 
 from .config import CameraConfig
@@ -420,20 +419,7 @@ class DetectService:
         self, topic: str, device_id: str | None, reason: Reason, detail: str, payload: bytes
     ) -> None:
         assert self.conn is not None
-        cut = payload[:MAX_PAYLOAD]
-        try:
-            text, enc = cut.decode("utf-8"), "utf8"
-            if "\x00" in text:
-                raise UnicodeDecodeError("utf-8", cut, 0, 1, "NUL")
-        except UnicodeDecodeError:
-            text, enc = base64.b64encode(cut).decode("ascii"), "base64"
-        with self.conn.transaction():
-            self.conn.execute(
-                "INSERT INTO quarantine (topic, device_id, reason, detail, payload, payload_encoding, payload_truncated)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (topic, device_id, reason.value, detail, text, enc, len(payload) > MAX_PAYLOAD),
-            )
-            bump(self.conn, {("gridhub_quarantined_total", f'reason="{reason.value}"'): 1})
+        quarantine(self.conn, topic, device_id, reason, detail, payload)
         log.warning("quarantined a frame on %s: %s (%s)", topic, reason.value, detail)
 
     # -- pulled sources ----------------------------------------------------------------------

@@ -8,7 +8,6 @@ path parses with orjson and checks fields by hand, accepting exactly what the py
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import re
@@ -30,6 +29,7 @@ from gridhub.protocol import (
     Reason,
     parse_ts,
 )
+from gridhub.quarantine import quarantine_payload as quarantine_payload  # re-exported for ingest
 
 METRIC_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_SEQ = 2**62
@@ -96,22 +96,6 @@ class _Bad(Exception):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
-
-
-def quarantine_payload(payload: bytes) -> tuple[str, str, bool]:
-    """(text, encoding, truncated): the payload cut to 64 KiB, as UTF-8 text when it is, else base64."""
-    truncated = len(payload) > MAX_PAYLOAD
-    cut = payload[:MAX_PAYLOAD] if truncated else payload
-    text: str | None = None
-    for trim in range(4 if truncated else 1):  # a cut may split a multi-byte character
-        try:
-            text = (cut[: len(cut) - trim] if trim else cut).decode("utf-8")
-            break
-        except UnicodeDecodeError:
-            continue
-    if text is None or "\x00" in text:  # PostgreSQL text cannot hold NUL
-        return base64.b64encode(cut).decode("ascii"), "base64", truncated
-    return text, "utf8", truncated
 
 
 def _short(value: Any, limit: int = 80) -> str:
