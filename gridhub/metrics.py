@@ -1,11 +1,15 @@
-"""Counters shared by every process, kept in the database and rendered in Prometheus text format."""
+"""Counters shared by every process, kept in the database and exposed through prometheus-client."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import psycopg
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from gridhub.protocol import Reason
 
@@ -39,22 +43,46 @@ def bump(conn: psycopg.Connection[Any], values: Mapping[tuple[str, str], float])
     )
 
 
+_LABEL_RE = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"\s*,?')
+_UNESCAPE_RE = re.compile(r"\\(.)")
+
+
+def _labels(text: str) -> dict[str, str]:
+    """``reason="schema",instance="i-1"`` (as the counters table keeps them) as a dict."""
+    out: dict[str, str] = {}
+    for m in _LABEL_RE.finditer(text):
+        out[m.group(1)] = _UNESCAPE_RE.sub(lambda e: "\n" if e.group(1) == "n" else e.group(1), m.group(2))
+    return out
+
+
+class CounterRows(Collector):
+    """A prometheus-client collector over rows of the ``counters`` table: every known series is
+    collected even at zero (and every quarantine reason), names in order, samples in label order."""
+
+    def __init__(self, rows: Iterable[tuple[str, str, float]]) -> None:
+        by_name: dict[str, dict[str, float]] = {}
+        for name, labels, value in rows:
+            by_name.setdefault(name, {})[labels] = value
+        for name in KNOWN:
+            by_name.setdefault(name, {})
+        q = by_name["gridhub_quarantined_total"]
+        for r in Reason:
+            q.setdefault(f'reason="{r.value}"', 0.0)
+        q.pop("", None)
+        self._by_name = by_name
+
+    def collect(self) -> Iterator[Metric]:
+        for name in sorted(self._by_name):
+            kind, help_text = KNOWN.get(name, ("gauge" if not name.endswith("_total") else "counter", name))
+            # prometheus-client names a counter's family without its _total (and adds it back on output)
+            family = Metric(name.removesuffix("_total") if kind == "counter" else name, help_text, kind)
+            for labels, value in sorted(self._by_name[name].items()):
+                family.add_sample(name, _labels(labels), float(value))
+            yield family
+
+
 def render_counters(rows: Iterable[tuple[str, str, float]]) -> str:
-    by_name: dict[str, dict[str, float]] = {}
-    for name, labels, value in rows:
-        by_name.setdefault(name, {})[labels] = value
-    for name in KNOWN:
-        by_name.setdefault(name, {})
-    q = by_name["gridhub_quarantined_total"]
-    for r in Reason:
-        q.setdefault(f'reason="{r.value}"', 0.0)
-    q.pop("", None)
-    out: list[str] = []
-    for name in sorted(by_name):
-        kind, help_text = KNOWN.get(name, ("gauge" if not name.endswith("_total") else "counter", name))
-        out.append(f"# HELP {name} {help_text}")
-        out.append(f"# TYPE {name} {kind}")
-        for labels, value in sorted(by_name[name].items()):
-            sample = f"{name}{{{labels}}}" if labels else name
-            out.append(f"{sample} {int(value)}" if value == int(value) else f"{sample} {value!r}")
-    return "\n".join(out) + "\n"
+    """The Prometheus text exposition of the counters table's rows (``prometheus_client.generate_latest``)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(CounterRows(rows))
+    return generate_latest(registry).decode("utf-8")
