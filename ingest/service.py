@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gridhub.db import redact
-from gridhub.ingest.receive import buffer_reads, receive_directly
 from gridhub.ingest.registry_cache import RegistryCache
 from gridhub.ingest.store import (
     BatchCounts,
@@ -43,6 +41,7 @@ from gridhub.ingest.store import (
 from gridhub.ingest.validate import Rejected, Validator, quarantine_payload
 from gridhub.lifecycle import run_until_signalled
 from gridhub.mqtt import BrokerAddress, make_client
+from gridhub.mqtt_fastpath import buffer_reads, queue_pubacks, raw_topic, receive_directly
 from gridhub.protocol import Reason
 from gridhub.settings import Settings
 
@@ -52,7 +51,6 @@ SESSION_EXPIRY_S = int(os.environ.get("GRIDHUB_INGEST_SESSION_EXPIRY_S", 14 * 86
 CHANNELS = ("telemetry", "event", "status")
 SHARE_GROUP = "ingest"
 APPLICATION_NAME = "gridhub-ingest"
-PUBACK = 0x40
 GATHER_S = 0.005  # how long the writer sleeps while a batch fills
 TOPIC_CACHE = 100_000  # distinct topics decoded and parsed once each (a few per device)
 REFUSED_AUTH = {134, 135, 4, 5}  # bad user name or password, not authorised (MQTT 5 and 3.1.1 codes)
@@ -263,7 +261,7 @@ class IngestService:
         self.connected.set()
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        self._on_publish(msg._topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain))
+        self._on_publish(raw_topic(msg), bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain))
 
     def _on_publish(self, topic: bytes, payload: bytes, mid: int, qos: int, retain: bool) -> None:
         if self._stopping.is_set():
@@ -480,15 +478,8 @@ class IngestService:
         generation = self._generation
         # after a reconnect the broker redelivers what was unacknowledged; an old packet id is not ours
         mids = [i.mid for i in batch if i.qos == 1 and i.generation == generation]
-        queue_packet = getattr(client, "_packet_queue", None)
-        if self.tuning.coalesce_acks and queue_packet is not None:
-            # the batch's PUBACKs (in arrival order) as one write instead of one syscall and one segment each;
-            # a 2-byte PUBACK is valid in MQTT 3.1.1 and 5 (reason code omitted: success)
-            for start in range(0, len(mids), 4096):
-                chunk = mids[start:start + 4096]
-                packets = b"".join(struct.pack("!BBH", PUBACK, 2, mid) for mid in chunk)
-                queue_packet(PUBACK, packets, 0, 0)
-        else:
+        # the batch's PUBACKs (in arrival order) as one write instead of one syscall and one segment each
+        if not (self.tuning.coalesce_acks and queue_pubacks(client, mids)):
             for mid in mids:
                 client.ack(mid, 1)
 

@@ -20,8 +20,8 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from ingest_env import Hub, Publisher, counter, make_hub, topic, wait_received, wait_until
 
-from gridhub.ingest.receive import BufferedSocket
 from gridhub.ingest.service import IngestService, IngestTuning
+from gridhub.mqtt_fastpath import BufferedSocket
 
 NOW = lambda: int(time.time() * 1000)  # noqa: E731
 

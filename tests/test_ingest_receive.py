@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gridhub.ingest.receive import READ_BLOCK, BufferedSocket, take_publishes
+from gridhub.mqtt_fastpath import READ_BLOCK, BufferedSocket, take_publishes
 
 
 @pytest.fixture
