@@ -31,9 +31,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gridhub.broker import acl_text, build_accounts, derived_password, mosquitto_hash, passwd_text
 from gridhub.db import migrate
-from gridhub.localservices import start_private_mosquitto
 from gridhub.mqtt import BrokerAddress
 from gridhub.registry import import_registry, parse
+from gridhub.services.mosquitto import start_private_mosquitto
 from gridhub.settings import Settings
 
 ADMIN_URL = os.environ.get("GRIDHUB_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:55432/postgres")

@@ -36,8 +36,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gridhub.broker import acl_text, build_accounts, passwd_text
 from gridhub.db import migrate
-from gridhub.localservices import start_private_mosquitto
 from gridhub.registry import import_registry, parse
+from gridhub.services.mosquitto import start_private_mosquitto
 from gridhub.settings import Settings
 
 ADMIN_URL = os.environ.get("GRIDHUB_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:55432/postgres")

@@ -9,18 +9,16 @@ and never stored in the database.
 from __future__ import annotations
 
 import argparse
-import base64
 import csv
-import hashlib
-import hmac
 import io
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gridhub.accounts import derived_password, mosquitto_hash
 from gridhub.mqtt import BrokerAddress
+from gridhub.services.local import apply_broker_accounts
 from gridhub.settings import Settings, get_settings
 
 WORKER_PREFIX = "worker."  # '.' cannot appear in a device id, so an app account can never pose as a device
@@ -34,24 +32,12 @@ class Account:
     subject: str  # device or worker id ('' for the hub)
 
 
-def derived_password(secret: str, purpose: str, ident: str) -> str:
-    mac = hmac.new(secret.encode(), f"mqtt:{purpose}:{ident}".encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(mac).decode().rstrip("=")[:32]
-
-
 def device_account(secret: str, device_id: str) -> Account:
     return Account(device_id, derived_password(secret, "device", device_id), "device", device_id)
 
 
 def worker_account(secret: str, worker_id: str) -> Account:
     return Account(WORKER_PREFIX + worker_id, derived_password(secret, "worker", worker_id), "worker", worker_id)
-
-
-def mosquitto_hash(password: str, salt: bytes | None = None, iterations: int = 101) -> str:
-    """mosquitto 2's `$7$` password hash (PBKDF2-SHA512)."""
-    salt = salt or os.urandom(12)
-    dk = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
-    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(dk).decode()}"
 
 
 def acl_text(prefix: str, hub_user: str, workers: list[tuple[str, str]]) -> str:
@@ -128,18 +114,13 @@ def write_credentials(settings: Settings, out_dir: Path | None = None, reload: b
         tmp.replace(path)
     applied = False
     if reload:
-        try:
-            from gridhub.localservices import apply_broker_accounts
-
-            applied = apply_broker_accounts(settings, pw, acl)
-        except ImportError:
-            applied = False
+        applied = apply_broker_accounts(settings, pw, acl)
     return {"dir": str(out), "devices": sum(a.kind == "device" for a in accounts),
             "workers": sum(a.kind == "worker" for a in accounts), "applied_to_local_broker": applied}
 
 
 def credentials_cli(args: argparse.Namespace) -> int:
-    from gridhub.cli import resolve_services
+    from gridhub.runtime import resolve_services
 
     settings = resolve_services(get_settings())
     res = write_credentials(settings, Path(args.out_dir) if args.out_dir else None, reload=not args.no_reload)

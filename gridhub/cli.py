@@ -1,23 +1,15 @@
-"""The `gridhub` command."""
+"""The `gridhub` command: parses the arguments and dispatches to the module that does the work."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
 import logging
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
+from gridhub.runtime import PARTS, resolve_services, supervise
 from gridhub.settings import Settings, get_settings
-
-log = logging.getLogger("gridhub")
-
-PARTS = ("ingest", "alerts", "detect", "api")
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -26,24 +18,6 @@ def _setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-
-
-def resolve_services(settings: Settings, *, embedded: bool = False) -> Settings:
-    """Settings with both URLs filled in: the configured ones, else the project's own local services."""
-    if settings.database_url and settings.mqtt_url:
-        return settings
-    from gridhub.localservices import running_local_services, start_local_services
-
-    running = running_local_services(settings.data_dir)
-    if running is not None and running.is_running() and (running.kind == "embedded" or not embedded):
-        services = running  # whatever kind was started last for this data directory, e.g. by `up --embedded`
-    else:
-        services = start_local_services(settings.data_dir, prefer_embedded=embedded)
-    log.info("local services (%s): database and broker ready", services.kind)
-    os.environ.setdefault("GRIDHUB_DATABASE_URL", services.database_url)
-    os.environ.setdefault("GRIDHUB_MQTT_URL", services.mqtt_url)
-    get_settings.cache_clear()
-    return get_settings()
 
 
 def _need_db(settings: Settings) -> str:
@@ -120,7 +94,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_services(args: argparse.Namespace) -> int:
-    from gridhub.localservices import services_cli
+    from gridhub.services.cli import services_cli
 
     return services_cli(args.rest)
 
@@ -179,56 +153,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     return supervise(parts, port=args.port, host=args.host)
 
 
-def supervise(parts: list[str], *, port: int, host: str, extra: dict[str, list[str]] | None = None) -> int:
-    env = dict(os.environ)
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    starts: dict[str, float] = {}
-
-    def spawn(part: str) -> None:
-        cmd = [sys.executable, "-m", "gridhub.cli", part]
-        if part == "api":
-            cmd += ["--port", str(port), "--host", host]
-        cmd += (extra or {}).get(part, [])
-        procs[part] = subprocess.Popen(cmd, env=env)
-        starts[part] = time.monotonic()
-
-    stopping = False
-
-    def stop(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    for part in parts:
-        spawn(part)
-    if "api" in parts:
-        print(f"gridhub is up: board at http://{host if host != '0.0.0.0' else '127.0.0.1'}:{port}/", flush=True)
-    try:
-        while not stopping:
-            time.sleep(0.5)
-            for part, proc in list(procs.items()):
-                rc = proc.poll()
-                if rc is not None and not stopping:
-                    wait = 0 if time.monotonic() - starts[part] > 30 else 3
-                    log.error("part %s exited with %s; restarting%s", part, rc, f" in {wait} s" if wait else "")
-                    time.sleep(wait)
-                    spawn(part)
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in procs.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    return 0
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gridhub.simulators.demo import run_demo
+    from gridhub.demo_run import run_demo
 
     return run_demo(args)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import signal
 import time
@@ -22,6 +21,7 @@ from zoneinfo import ZoneInfo
 import aiomqtt
 
 from gridhub.protocol import BrokerAddress, DeviceKind
+from gridhub.settings import Settings
 from gridhub.simulators.behaviour import steady_metrics
 from gridhub.simulators.fleet import DeviceAccounts, DeviceSpec
 from gridhub.simulators.link import DeviceLink
@@ -195,7 +195,7 @@ def scene_generator_available() -> bool:
 async def run_life(pool: DevicePool, devices: list[DeviceSpec], stop: asyncio.Event, *,
                    timezone: str | None = None, frames: bool = True, spread_s: float = 20.0) -> None:
     """Every device's normal life until `stop` is set."""
-    tz = ZoneInfo(timezone or os.environ.get("GRIDHUB_TIMEZONE", "Asia/Shanghai"))
+    tz = ZoneInfo(timezone or Settings().timezone)
     tasks = [asyncio.create_task(live(pool, d, stop, tz, spread_s)) for d in devices]
     cameras = [d for d in devices if films_cameras(d)]
     if cameras and frames:

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import base64
 import csv
-import hashlib
-import hmac
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import yaml
 
+from gridhub.accounts import device_password
 from gridhub.protocol import DEFAULT_HEARTBEAT_S, DEVICE_ID_RE, DeviceKind
+from gridhub.settings import Settings
 
 
 class FleetError(ValueError):
@@ -116,19 +113,6 @@ def demo_district_path() -> Path:
 # ------------------------------------------------------------------ broker accounts
 
 
-
-    def url(self) -> str:
-        auth = f"{quote(self.username or '', safe='')}:{quote(self.password or '', safe='')}@" if self.username else ""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{auth}{self.host}:{self.port}"
-
-
-def device_password(secret: str, device_id: str) -> str:
-    """A device's broker password as the hub derives it from its secret key (HMAC-SHA256 of
-    `mqtt:device:<id>`, URL-safe base64, 32 characters); `gridhub devices credentials` writes the same."""
-    mac = hmac.new(secret.encode(), f"mqtt:device:{device_id}".encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(mac).decode().rstrip("=")[:32]
-
-
 def read_credentials(path: Path) -> dict[str, str]:
     """Device id → password from the CSV `gridhub devices credentials` writes (kind,id,username,password)."""
     try:
@@ -173,9 +157,10 @@ def default_accounts(credentials: str | None, secret: str | None) -> DeviceAccou
         return DeviceAccounts(table=read_credentials(Path(credentials)))
     if secret:
         return DeviceAccounts(secret=secret)
-    if os.environ.get("GRIDHUB_SECRET_KEY"):
-        return DeviceAccounts(secret=os.environ["GRIDHUB_SECRET_KEY"])
-    data_dir = Path(os.environ.get("GRIDHUB_DATA_DIR", "./var"))
+    settings = Settings()
+    if settings.secret_key:
+        return DeviceAccounts(secret=settings.secret_key)
+    data_dir = settings.data_dir
     csv_path = data_dir / "broker" / "device-credentials.csv"
     if csv_path.exists():
         return DeviceAccounts(table=read_credentials(csv_path))
@@ -186,7 +171,7 @@ def default_accounts(credentials: str | None, secret: str | None) -> DeviceAccou
 
 
 def default_broker_url(url: str | None) -> str:
-    found = url or os.environ.get("GRIDHUB_MQTT_URL")
+    found = url or Settings().mqtt_url
     if not found:
         raise FleetError("no broker: pass --broker mqtt://user:pass@host:port or set GRIDHUB_MQTT_URL "
                          "(`gridhub services env` prints the local one)")
@@ -194,4 +179,4 @@ def default_broker_url(url: str | None) -> str:
 
 
 def default_prefix(prefix: str | None) -> str:
-    return (prefix or os.environ.get("GRIDHUB_TOPIC_PREFIX") or "gridhub/v1").strip("/")
+    return (prefix or Settings().topic_prefix).strip("/")

@@ -31,6 +31,7 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gridhub.protocol import BrokerAddress, DeviceKind, device_topic
+from gridhub.settings import Settings
 from gridhub.simulators.behaviour import steady_metrics
 from gridhub.simulators.devices import DevicePool, camera_scene, encode_jpeg
 from gridhub.simulators.fleet import DeviceAccounts, DeviceSpec, Fleet
@@ -548,7 +549,7 @@ async def play(scenarios: list[Scenario], fleet: Fleet, pool: DevicePool, hub_ta
     pool.hold(ids)
     start_ms = int(time.time() * 1000)
     t0_ms = start_ms - round(duration * 1000 * (1 - 1 / speed))
-    pb = Playback(pool, hub_target, t0_ms, ZoneInfo(timezone or os.environ.get("GRIDHUB_TIMEZONE", "Asia/Shanghai")),
+    pb = Playback(pool, hub_target, t0_ms, ZoneInfo(timezone or Settings().timezone),
                   rng)
     r0 = time.monotonic()
     try:

@@ -93,8 +93,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A private mosquitto for this session, with a hub account; `broker.url` is the hub's URL."""
-    from gridhub.broker import acl_text, mosquitto_hash
-    from gridhub.localservices import start_private_mosquitto
+    from gridhub.accounts import mosquitto_hash
+    from gridhub.broker import acl_text
+    from gridhub.services.mosquitto import start_private_mosquitto
 
     hub_pw = secrets.token_urlsafe(16)
     conf = tmp_path_factory.mktemp("mosquitto")

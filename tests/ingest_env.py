@@ -19,8 +19,8 @@ from polling import wait_for
 
 from gridhub.broker import acl_text, build_accounts, derived_password, passwd_text
 from gridhub.db import migrate
-from gridhub.localservices import LocalMosquitto, start_private_mosquitto
 from gridhub.registry import import_registry, load_file
+from gridhub.services.mosquitto import LocalMosquitto, start_private_mosquitto
 from gridhub.settings import Settings
 
 DATA = Path(__file__).parent / "data"

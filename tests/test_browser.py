@@ -105,7 +105,7 @@ def _corridor_jpeg() -> bytes:
 
 @pytest.fixture(scope="module")
 def hub(make_database: Callable[[], str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    from gridhub.localservices import start_private_mosquitto
+    from gridhub.services.mosquitto import start_private_mosquitto
 
     url = make_database()
     migrate(url)

@@ -18,7 +18,8 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gridhub.localservices import embedded_postgres_bindir, free_port, make_service_tmpdir
+from gridhub.services.postgres import embedded_postgres_bindir
+from gridhub.services.process import free_port, make_service_tmpdir
 
 DATA = Path(__file__).parent / "data"
 

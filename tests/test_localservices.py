@@ -24,22 +24,17 @@ import psycopg
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gridhub.localservices import (
-    HUB_MQTT_USER,
-    EmbeddedMqttBroker,
-    LocalMosquitto,
+from gridhub.accounts import mosquitto_hash, mosquitto_verify
+from gridhub.services.acl import acl_allows
+from gridhub.services.embedded_broker import EmbeddedMqttBroker
+from gridhub.services.mosquitto import HUB_MQTT_USER, LocalMosquitto, find_mosquitto, start_private_mosquitto
+from gridhub.services.postgres import (
     LocalPostgres,
-    acl_allows,
     embedded_postgres,
     embedded_postgres_bindir,
-    find_mosquitto,
     find_postgres_bindir,
-    free_port,
-    make_service_tmpdir,
-    mosquitto_password_hash,
-    mosquitto_password_verify,
-    start_private_mosquitto,
 )
+from gridhub.services.process import free_port, make_service_tmpdir
 
 INSTALL_HINT = "run `bash scripts/install-services.sh` as root (what `make test` does first)"
 NO_SYSTEM_POSTGRES = f"no PostgreSQL server in /usr/lib/postgresql/N/bin: {INSTALL_HINT}"
@@ -49,7 +44,7 @@ DEVICES = {"sa-0001": "pw-sa-0001", "sa-0002": "pw-sa-0002"}
 
 
 def _passwd(accounts: dict[str, str]) -> str:
-    return "".join(f"{user}:{mosquitto_password_hash(pw)}\n" for user, pw in accounts.items())
+    return "".join(f"{user}:{mosquitto_hash(pw)}\n" for user, pw in accounts.items())
 
 
 @pytest.fixture(scope="module")
@@ -138,14 +133,14 @@ def check_device_acl(port: int, hub_password: str) -> None:
 
 
 def test_mosquitto_hash_has_the_mosquitto_2_layout() -> None:
-    hashed = mosquitto_password_hash("s3cret")
+    hashed = mosquitto_hash("s3cret")
     _, seven, iterations, salt, digest = hashed.split("$")
     assert (seven, iterations) == ("7", "101")
     assert len(base64.b64decode(salt)) == 12
     assert len(base64.b64decode(digest)) == 64
-    assert mosquitto_password_verify("s3cret", hashed)
-    assert not mosquitto_password_verify("s3cret!", hashed)
-    assert mosquitto_password_hash("x", salt=b"0" * 12) == mosquitto_password_hash("x", salt=b"0" * 12)
+    assert mosquitto_verify("s3cret", hashed)
+    assert not mosquitto_verify("s3cret!", hashed)
+    assert mosquitto_hash("x", salt=b"0" * 12) == mosquitto_hash("x", salt=b"0" * 12)
 
 
 def test_acl_reading_follows_mosquitto_rules() -> None:
@@ -297,7 +292,7 @@ def test_private_mosquitto_keeps_a_hub_account_given_by_the_caller(tmp_path: Pat
     if find_mosquitto() is None:
         pytest.skip(NO_MOSQUITTO)
     own = "the-callers-hub-password"
-    broker = start_private_mosquitto(tmp_path, passwd_text=f"{HUB_MQTT_USER}:{mosquitto_password_hash(own)}\n",
+    broker = start_private_mosquitto(tmp_path, passwd_text=f"{HUB_MQTT_USER}:{mosquitto_hash(own)}\n",
                                      acl_text=f"user {HUB_MQTT_USER}\ntopic readwrite #\n")
     try:
         hub = connect(broker.port, HUB_MQTT_USER, own, "hub-own")
@@ -370,7 +365,7 @@ def test_services_cli_start_env_status_stop(embedded: bool) -> None:
     root = make_service_tmpdir("gridhub-cli-")
     env = {**os.environ, "GRIDHUB_SERVICES_DIR": str(root),
            "GRIDHUB_PG_PORT": str(free_port()), "GRIDHUB_MQTT_PORT": str(free_port())}
-    code = "import sys; from gridhub.localservices import services_cli; sys.exit(services_cli(sys.argv[1:]))"
+    code = "import sys; from gridhub.services.cli import services_cli; sys.exit(services_cli(sys.argv[1:]))"
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=120)

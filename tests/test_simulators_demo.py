@@ -19,8 +19,9 @@ import pytest
 
 from gridhub.broker import acl_text, build_accounts, passwd_text
 from gridhub.db import migrate
-from gridhub.localservices import free_port, start_private_mosquitto
 from gridhub.registry import import_registry, load_file
+from gridhub.services.mosquitto import start_private_mosquitto
+from gridhub.services.process import free_port
 from gridhub.settings import Settings
 from gridhub.simulators.fleet import demo_district_path
 

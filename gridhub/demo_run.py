@@ -1,0 +1,170 @@
+"""`gridhub demo`: the whole hub with the demo district, its devices alive, and a scenario every few minutes.
+
+This module sets the hub up (services, schema, registry, passwords, broker accounts, the hub's parts as
+processes under `supervise()`); the devices are the simulators' (`gridhub.simulators.demo.district_life`),
+which speak only the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import logging
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from gridhub.protocol import BrokerAddress
+from gridhub.runtime import PARTS, resolve_services, supervise
+from gridhub.services.local import running_local_services
+from gridhub.settings import get_settings
+from gridhub.simulators.demo import SCENARIO_CYCLE, district_life
+from gridhub.simulators.fleet import DeviceAccounts, demo_district_path
+
+log = logging.getLogger("gridhub.demo")
+
+DEMO_PASSWORD_PREFIX = "demo-"
+# one of each role that logs in; the bureau and one grid worker are printed first
+DEMO_LOGINS = ("b-001", "w-001", "h-001", "s-001", "a-001")
+
+
+def demo_password(worker_id: str) -> str:
+    return f"{DEMO_PASSWORD_PREFIX}{worker_id}"
+
+
+def _part_available(part: str) -> bool:
+    module = {"ingest": "gridhub.ingest.service", "alerts": "gridhub.alerts.service",
+              "detect": "gridhub.detectors.live", "api": "gridhub.api.app"}[part]
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _broker_speaks_v5(settings: Any, embedded: bool) -> bool:
+    """amqtt, the embedded broker, speaks MQTT 3.1.1 only."""
+    if embedded:
+        return False
+    try:
+        services = running_local_services(Path(settings.data_dir))
+    except Exception:  # noqa: BLE001 - no local services: an external broker, assumed to speak MQTT 5
+        return True
+    if services is None or not settings.mqtt_url:
+        return True
+    target = BrokerAddress.parse(settings.mqtt_url)
+    return not (services.broker_kind == "embedded" and target.port == services.broker.port)
+
+
+def prepare(settings: Any) -> dict[str, str]:
+    """Schema, the demo district, demo passwords and the broker's accounts; returns worker id → name."""
+    from gridhub.auth import set_password
+    from gridhub.broker import write_credentials
+    from gridhub.db import connect, migrate
+    from gridhub.registry import import_registry, load_file
+
+    assert settings.database_url
+    migrate(settings.database_url)
+    registry = load_file(demo_district_path())
+    people = {w.id for w in registry.workers}
+    with connect(settings.database_url) as conn:
+        counts = import_registry(conn, registry)
+        for wid in DEMO_LOGINS:
+            if wid in people:
+                set_password(conn, wid, demo_password(wid))
+    log.info("demo district imported: %s", ", ".join(f"{v} {k}" for k, v in counts.items()))
+    result = write_credentials(settings)
+    if not result.get("applied_to_local_broker"):
+        log.warning("the broker at %s is not gridhub's own: give it the accounts in %s (passwd and acl) so that "
+                    "the devices can log in", BrokerAddress.parse(settings.mqtt_url).host, result.get("dir"))
+    return {w.id: w.name for w in registry.workers}
+
+
+def _wait_for_board(url: str, timeout: float, stop: threading.Event) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stop.is_set():
+        try:
+            with urllib.request.urlopen(url + "healthz", timeout=2):  # noqa: S310 - our own local URL
+                return True
+        except OSError:
+            time.sleep(1)
+    return False
+
+
+def _print_logins(board: str, names: dict[str, str]) -> None:
+    lines = [f"gridhub demo: the board is at {board}", "log in as:"]
+    roles = {"b-001": "bureau (应急管理局)", "w-001": "grid worker (网格员)", "h-001": "grid head (网格长)",
+             "s-001": "street officer", "a-001": "admin"}
+    for wid in (w for w in DEMO_LOGINS if w in names):
+        lines.append(f"  {roles[wid]:24} {wid} / {demo_password(wid)}  ({names.get(wid, '')})")
+    lines.append(f"  the grid worker's page: {board}worker")
+    lines.append("Ctrl-C stops everything the demo started.")
+    print("\n".join(lines), flush=True)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Start services, hub parts and simulators; print the board and log-ins; Ctrl-C stops them."""
+    started_services = None
+    try:
+        before = running_local_services(get_settings().data_dir)
+        already = before is not None and before.is_running()
+    except Exception:  # noqa: BLE001
+        already = True
+    settings = resolve_services(get_settings(), embedded=args.embedded)
+    if not already:
+        with contextlib.suppress(Exception):
+            started_services = running_local_services(settings.data_dir)
+    names = prepare(settings)
+    mqtt_url = settings.mqtt_url
+    assert mqtt_url, "resolve_services fills in the broker URL"
+    parts = [p for p in PARTS if _part_available(p)]
+    missing = set(PARTS) - set(parts)
+    if missing:
+        log.warning("not in this build, so not started: %s", ", ".join(sorted(missing)))
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    board = f"http://{host}:{args.port}/"
+    scenarios = tuple(s for s in SCENARIO_CYCLE if s != "exit_blocked" or "detect" in parts)
+
+    stop_flag = threading.Event()
+    loop_box: dict[str, Any] = {}
+
+    def simulators() -> None:
+        if not _wait_for_board(board, 90, stop_flag) and "api" in parts:
+            log.warning("the board did not answer at %s within 90 s; starting the devices anyway", board)
+        if stop_flag.is_set():
+            return
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            loop_box["loop"], loop_box["stop"] = asyncio.get_running_loop(), stop
+            if stop_flag.is_set():
+                return
+            await district_life(BrokerAddress.parse(mqtt_url), DeviceAccounts(secret=settings.signing_key()),
+                                stop, prefix=settings.topic_prefix, timezone=settings.timezone,
+                                v5=_broker_speaks_v5(settings, args.embedded), board=board, scenarios=scenarios)
+
+        asyncio.run(main())
+        log.info("virtual devices stopped")
+
+    sim = threading.Thread(target=simulators, name="demo-devices", daemon=True)
+    sim.start()
+    greeting = threading.Timer(3.0, _print_logins, (board, names))
+    greeting.daemon = True
+    greeting.start()
+    try:
+        supervise(parts, port=args.port, host=args.host)  # until Ctrl-C or SIGTERM
+    finally:
+        greeting.cancel()
+        stop_flag.set()
+        loop, stop = loop_box.get("loop"), loop_box.get("stop")
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(stop.set)
+        sim.join(20)
+        if started_services is not None:
+            log.info("stopping the local services the demo started")
+            started_services.stop()
+    return 0
