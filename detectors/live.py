@@ -36,10 +36,10 @@ import psycopg
 from pydantic import ValidationError
 
 from gridhub.db import connect
-from gridhub.lifecycle import run_until_signalled
 from gridhub.mqtt import BrokerAddress, make_client
 from gridhub.protocol import MAX_FRAME, Reason, TopicError, device_topic, parse_topic
 from gridhub.quarantine import quarantine
+from gridhub.runtime import run_until_signalled
 from gridhub.settings import Settings
 
 from .config import CameraConfig

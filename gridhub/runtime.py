@@ -1,6 +1,6 @@
 """Running the hub: `resolve_services()` fills in the database and broker URLs (starting the local services
-when none are configured), and `supervise()` runs parts as processes, restarting any that dies, until a
-signal asks them all to stop."""
+when none are configured), `supervise()` runs parts as processes, restarting any that dies, and
+`run_until_signalled()` runs one part in the foreground; SIGINT or SIGTERM stops either (`stop_on_signal()`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from gridhub.settings import Settings, get_settings
 
@@ -38,16 +39,48 @@ def resolve_services(settings: Settings, *, embedded: bool = False) -> Settings:
     return get_settings()
 
 
-def stop_on_signal() -> threading.Event:
-    """An event set by SIGINT or SIGTERM (installed for this process from now on)."""
+class Part(Protocol):
+    """One part of the hub that runs in threads of its own: started, stopped, and saying when it failed."""
+
+    failed: threading.Event
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def stop_on_signal(on_signal: Callable[[int], None] | None = None) -> tuple[threading.Event, dict[signal.Signals, Any]]:
+    """An event that SIGTERM or SIGINT sets from now on (after `on_signal(signum)`), and the handlers it replaced."""
     stopping = threading.Event()
 
-    def stop(signum: int, frame: Any) -> None:
+    def handler(signum: int, frame: Any) -> None:
+        if on_signal is not None:
+            on_signal(signum)
         stopping.set()
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    return stopping
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    return stopping, previous
+
+
+def run_until_signalled(part: Part, name: str, *, report: Callable[[float], None] | None = None,
+                        report_every_s: float = 60.0, log: logging.Logger | None = None) -> None:
+    """Start `part`, call `report(seconds since the last report)` every `report_every_s`, stop it on SIGTERM or
+    SIGINT; raise when the part says it failed, so that the supervisor restarts it."""
+    part_log = log or logging.getLogger(f"gridhub.{name}")
+    stop, previous = stop_on_signal(lambda signum: part_log.info("signal %d: stopping %s", signum, name))
+    try:
+        part.start()
+        last = time.monotonic()
+        while not stop.wait(1.0):
+            if part.failed.is_set():
+                raise RuntimeError(f"{name} failed (see the log above); restart gridhub {name}")
+            if report is not None and time.monotonic() - last >= report_every_s:
+                report(time.monotonic() - last)
+                last = time.monotonic()
+    finally:
+        part.stop()
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def supervise(parts: list[str], *, port: int, host: str, extra: dict[str, list[str]] | None = None) -> int:
@@ -65,7 +98,7 @@ def supervise(parts: list[str], *, port: int, host: str, extra: dict[str, list[s
         procs[part] = subprocess.Popen(cmd, env=env)
         starts[part] = time.monotonic()
 
-    stopping = stop_on_signal()
+    stopping, _ = stop_on_signal()
     for part in parts:
         spawn(part)
     if "api" in parts:

@@ -39,10 +39,10 @@ from gridhub.ingest.store import (
     write_prepared,
 )
 from gridhub.ingest.validate import Rejected, Validator, quarantine_payload
-from gridhub.lifecycle import run_until_signalled
 from gridhub.mqtt import BrokerAddress, make_client
 from gridhub.mqtt_fastpath import buffer_reads, queue_pubacks, raw_topic, receive_directly
 from gridhub.protocol import Reason
+from gridhub.runtime import run_until_signalled
 from gridhub.settings import Settings
 
 log = logging.getLogger("gridhub.ingest")
