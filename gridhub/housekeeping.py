@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 
-from gridhub.db import apply_retention, connect
+from gridhub.db import RETENTION_LOCK, apply_retention, connect
 from gridhub.settings import Settings
 
 log = logging.getLogger("gridhub.retention")
 
-RETENTION_LOCK = 0x67726964_0001
+__all__ = ["RETENTION_LOCK", "RetentionLoop", "retention_once"]  # RETENTION_LOCK is gridhub.db's
 
 
 def retention_once(settings: Settings) -> dict[str, int] | None:

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from gridhub.db import REGISTRY_CHANNEL
 from gridhub.protocol import DeviceKind
 
 Id = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -326,7 +327,7 @@ def import_registry(conn: psycopg.Connection[Any], reg: RegistryFile) -> dict[st
             for sql, params in follow:
                 conn.execute(sql, params)
             counts[table.name] += 1
-        conn.execute("SELECT pg_notify('gridhub_registry', 'changed')")
+        conn.execute("SELECT pg_notify(%s, 'changed')", (REGISTRY_CHANNEL,))
     return counts
 
 

@@ -11,13 +11,13 @@ from typing import Any
 
 import psycopg
 
-from gridhub.db import redact
+from gridhub.db import REGISTRY_CHANNEL, redact
 from gridhub.ingest.validate import Device
 from gridhub.protocol import DeviceKind
 
 log = logging.getLogger("gridhub.ingest.registry")
 
-CHANNEL = "gridhub_registry"
+CHANNEL = REGISTRY_CHANNEL
 
 
 def load_devices(conn: psycopg.Connection[Any], ids: Iterable[str] | None = None) -> dict[str, Device]:

@@ -15,6 +15,7 @@ from psycopg.types.json import Jsonb
 
 from gridhub.alerts import changes
 from gridhub.api import routes_stream
+from gridhub.db import CHANGES_CHANNEL
 
 
 def stream(api: object, token: str, **kw: str) -> SseReader:
@@ -100,11 +101,11 @@ def test_a_change_committed_after_a_later_one_is_not_skipped(api: object, tokens
             late = slow.execute(insert, ("late", Jsonb({"id": "late", "grid_id": "g-xg-01"}))).fetchone()
             early = fast.execute(insert, ("early", Jsonb({"id": "early", "grid_id": "g-xg-01"}))).fetchone()
             assert late and early and late[0] < early[0]
-            fast.execute("SELECT pg_notify('gridhub_changes', %s)", (str(early[0]),))
+            fast.execute("SELECT pg_notify(%s, %s)", (CHANGES_CHANNEL, str(early[0])))
             with pytest.raises(queue.Empty):  # the committed change waits behind the open transaction's id
                 reader.next(timeout=3)
             slow.commit()
-            fast.execute("SELECT pg_notify('gridhub_changes', %s)", (str(late[0]),))
+            fast.execute("SELECT pg_notify(%s, %s)", (CHANGES_CHANNEL, str(late[0])))
         got = reader.until(lambda e: entity(e) == "early")
         assert [(entity(e), int(e.id or 0)) for e in got] == [("late", late[0]), ("early", early[0])]
     finally:

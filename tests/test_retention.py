@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import psycopg
 
-from gridhub.db import migrate
-from gridhub.housekeeping import RETENTION_LOCK, retention_once
+from gridhub.db import RETENTION_LOCK, migrate
+from gridhub.housekeeping import retention_once
 from gridhub.settings import Settings
 
 
