@@ -29,7 +29,8 @@ import paho.mqtt.client as paho
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gridhub.broker import acl_text, build_accounts, derived_password, mosquitto_hash, passwd_text
+from gridhub.accounts import derived_password, mosquitto_hash
+from gridhub.broker import acl_text, build_accounts, passwd_text
 from gridhub.db import migrate
 from gridhub.mqtt import BrokerAddress
 from gridhub.registry import import_registry, parse

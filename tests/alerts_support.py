@@ -13,7 +13,8 @@ import paho.mqtt.client as paho
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gridhub.broker import acl_text, build_accounts, derived_password, passwd_text
+from gridhub.accounts import derived_password
+from gridhub.broker import acl_text, build_accounts, passwd_text
 from gridhub.mqtt import BrokerAddress
 from gridhub.settings import Settings
 

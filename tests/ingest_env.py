@@ -17,7 +17,8 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 from polling import wait_for
 
-from gridhub.broker import acl_text, build_accounts, derived_password, passwd_text
+from gridhub.accounts import derived_password
+from gridhub.broker import acl_text, build_accounts, passwd_text
 from gridhub.db import migrate
 from gridhub.registry import import_registry, load_file
 from gridhub.services.mosquitto import LocalMosquitto, start_private_mosquitto

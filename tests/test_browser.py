@@ -28,8 +28,9 @@ from apitools import RunningApi, serve, tiny_jpeg
 from paho.mqtt.enums import CallbackAPIVersion
 from playwright.sync_api import sync_playwright
 
+from gridhub.accounts import derived_password, mosquitto_hash
 from gridhub.auth import set_password
-from gridhub.broker import acl_text, build_accounts, derived_password, mosquitto_hash, passwd_text
+from gridhub.broker import acl_text, build_accounts, passwd_text
 from gridhub.db import migrate
 from gridhub.mqtt import BrokerAddress
 from gridhub.registry import import_registry, load_file

@@ -25,7 +25,7 @@ REGISTRY = Path(__file__).parent / "data" / "registry.yaml"
 
 
 def test_device_password_matches_the_hubs_derivation(settings: Any) -> None:
-    from gridhub.broker import derived_password
+    from gridhub.accounts import derived_password
 
     for dev in ("sa-0001", "cam-0001"):
         assert device_password(settings.secret_key, dev) == derived_password(settings.secret_key, "device", dev)
