@@ -14,7 +14,11 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# A device id (CONTRACT §1), also the pattern of every registry id (§2); the one definition, imported elsewhere.
+DEVICE_ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+DEVICE_ID_RE = re.compile(rf"^{DEVICE_ID_PATTERN}$")
+METRIC_NAME_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
+METRIC_NAME_RE = re.compile(METRIC_NAME_PATTERN)
 MAX_PAYLOAD = 64 * 1024
 MAX_FRAME = 2 * 1024 * 1024
 MAX_FUTURE_MS = 5 * 60 * 1000
@@ -146,8 +150,8 @@ class Reading(_Message):
         if not v:
             raise ValueError("metrics must name at least one metric")
         for name in v:
-            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
-                raise ValueError(f"metric name {name!r} must match [A-Za-z0-9_.-]{{1,64}}")
+            if not METRIC_NAME_RE.fullmatch(name):
+                raise ValueError(f"metric name {name!r} must match {METRIC_NAME_PATTERN}")
         return v
 
 
@@ -185,8 +189,8 @@ def parse_topic(topic: str, prefix: str = "gridhub/v1") -> Topic:
     if len(parts) < 2:
         raise TopicError(f"topic {topic!r} has no channel after the device id")
     dev, channel, rest = parts[0], parts[1], parts[2:]
-    if not DEVICE_ID_RE.match(dev):
-        raise TopicError(f"device id {dev!r} breaks the pattern [A-Za-z0-9_-]{{1,64}}")
+    if not DEVICE_ID_RE.fullmatch(dev):
+        raise TopicError(f"device id {dev!r} breaks the pattern {DEVICE_ID_PATTERN}")
     if channel == "frame" and len(rest) == 1:
         if not rest[0].isdigit():
             raise TopicError(f"frame capture time {rest[0]!r} must be epoch milliseconds")

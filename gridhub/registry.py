@@ -23,9 +23,9 @@ from pydantic import (
 )
 
 from gridhub.db import REGISTRY_CHANNEL
-from gridhub.protocol import DeviceKind
+from gridhub.protocol import DEVICE_ID_PATTERN, DeviceKind
 
-Id = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+Id = Annotated[StrictStr, Field(pattern=rf"^{DEVICE_ID_PATTERN}$")]
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 

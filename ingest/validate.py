@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,10 +18,13 @@ from typing import Any
 import orjson
 
 from gridhub.protocol import (
+    DEVICE_ID_PATTERN,
     DEVICE_ID_RE,
     EVENTS,
     MAX_FUTURE_MS,
     MAX_PAYLOAD,
+    METRIC_NAME_PATTERN,
+    METRIC_NAME_RE,
     METRICS,
     DeviceKind,
     MetricSpec,
@@ -31,7 +33,6 @@ from gridhub.protocol import (
 )
 from gridhub.quarantine import quarantine_payload as quarantine_payload  # re-exported for ingest
 
-METRIC_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_SEQ = 2**62
 CHANNELS = ("telemetry", "event", "status")
 TOPIC_CACHE = 100_000
@@ -194,7 +195,7 @@ def _metrics(body: dict[str, Any]) -> dict[str, Any]:
     for name in metrics:
         if name not in _GOOD_METRIC_NAMES:
             if not METRIC_NAME_RE.fullmatch(name):
-                raise _Bad(Reason.SCHEMA, f"metric name {_short(name)} must match [A-Za-z0-9_.-]{{1,64}}")
+                raise _Bad(Reason.SCHEMA, f"metric name {_short(name)} must match {METRIC_NAME_PATTERN}")
             if len(_GOOD_METRIC_NAMES) < TOPIC_CACHE:
                 _GOOD_METRIC_NAMES.add(name)
     return metrics
@@ -334,7 +335,7 @@ class Validator:
         parts = topic[len(self.head):].split("/")
         if not DEVICE_ID_RE.fullmatch(parts[0]):
             raise _Bad(Reason.BAD_TOPIC, f"device id {_short(parts[0])} in topic breaks the pattern "
-                                         "[A-Za-z0-9_-]{1,64}: rename the device")
+                                         f"{DEVICE_ID_PATTERN}: rename the device")
         if len(parts) != 2 or parts[1] not in CHANNELS:
             raise _Bad(Reason.BAD_TOPIC, f"topic {_short(topic)} is not a telemetry, event or status topic")
         return parts[0], parts[1]
