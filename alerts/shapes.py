@@ -1,20 +1,44 @@
-"""The REST shapes of an alert and a grid task (CONTRACT §4), read from the database, times in RFC 3339 with offset."""
+"""The REST shapes of an alert and a grid task (CONTRACT §4), built here once: the API answers with them and the
+change log (SSE stream, MQTT) carries them. Rows are read by name; times are RFC 3339 with the district's offset,
+millisecond precision."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
+from psycopg.rows import dict_row
 
+from gridhub.protocol import rfc3339
 from gridhub.settings import get_settings
 
-ALERT_COLUMNS = ("id, device_id, building_id, grid_id, type, severity, state, acked, count, first_seen, last_seen,"
-                 " cleared_at, task_id, detail")
-TASK_COLUMNS = ("id, type, severity, state, grid_id, building_id, device_id, assignee, escalation_level,"
-                " accept_due, resolve_due, opened_at, accepted_at, resolved_at, closed_at, resolution, count,"
-                " last_seen")
+ALERT_FIELDS = ("id", "device_id", "building_id", "grid_id", "type", "severity", "state", "acked", "count",
+                "first_seen", "last_seen", "cleared_at", "task_id", "detail")
+
+
+def alert_columns(alias: str = "") -> str:
+    """The alert shape's columns for a SELECT, qualified by `alias` when the query joins other tables."""
+    return ", ".join(f"{alias}.{c}" if alias else c for c in ALERT_FIELDS)
+
+
+ALERT_COLUMNS = alert_columns()
+
+# The task shape's columns for a SELECT over `tasks t`: the row, its alert ids, and its history as JSON objects.
+TASK_COLUMNS = """
+       t.id, t.type, t.severity, t.state, t.grid_id, t.building_id, t.device_id, t.assignee, t.escalation_level,
+       t.accept_due, t.resolve_due, t.opened_at, t.accepted_at, t.resolved_at, t.closed_at, t.resolution, t.count,
+       t.last_seen,
+       ARRAY(SELECT ta.alert_id FROM task_alerts ta JOIN alerts a ON a.id = ta.alert_id
+             WHERE ta.task_id = t.id ORDER BY a.first_seen, a.id) AS alert_ids,
+       ARRAY(SELECT jsonb_build_object('at', extract(epoch FROM h.at), 'actor', h.actor, 'action', h.action,
+                                       'note', h.note)
+             FROM task_history h WHERE h.task_id = t.id ORDER BY h.id) AS history"""
+TASK_PLAIN_FIELDS = ("id", "type", "severity", "state", "grid_id", "building_id", "device_id", "assignee",
+                     "escalation_level", "count", "resolution")
+TASK_TIME_FIELDS = ("accept_due", "resolve_due", "opened_at", "accepted_at", "resolved_at", "closed_at", "last_seen")
 
 
 def _zone() -> ZoneInfo:
@@ -24,44 +48,39 @@ def _zone() -> ZoneInfo:
         return ZoneInfo("Asia/Shanghai")
 
 
-def rfc3339(dt: datetime | None) -> str | None:
-    """A time in the district's zone with its offset, millisecond precision."""
-    if dt is None:
-        return None
-    return dt.astimezone(_zone()).isoformat(timespec="milliseconds")
+def shape_time(value: datetime | None) -> str | None:
+    """A time of an alert or task shape: RFC 3339 in the district's zone, always with milliseconds."""
+    return rfc3339(value, _zone(), timespec="milliseconds")
 
 
-def alert_from_row(row: tuple[Any, ...]) -> dict[str, Any]:
-    (aid, device_id, building_id, grid_id, typ, severity, state, acked, count, first_seen, last_seen,
-     cleared_at, task_id, detail) = row
-    return {"id": aid, "device_id": device_id, "building_id": building_id, "grid_id": grid_id, "type": typ,
-            "severity": severity, "state": state, "acked": acked, "count": count,
-            "first_seen": rfc3339(first_seen), "last_seen": rfc3339(last_seen), "cleared_at": rfc3339(cleared_at),
-            "task_id": task_id, "detail": detail or {}}
+def alert_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The alert shape from a row with the columns of `alert_columns()`."""
+    return {"id": row["id"], "device_id": row["device_id"], "building_id": row["building_id"],
+            "grid_id": row["grid_id"], "type": row["type"], "severity": row["severity"], "state": row["state"],
+            "acked": row["acked"], "count": row["count"], "first_seen": shape_time(row["first_seen"]),
+            "last_seen": shape_time(row["last_seen"]), "cleared_at": shape_time(row["cleared_at"]),
+            "task_id": row["task_id"], "detail": row["detail"] or {}}
+
+
+def task_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The task shape (with `history` and `alert_ids`) from a row with the columns of `TASK_COLUMNS`."""
+    out: dict[str, Any] = {k: row[k] for k in TASK_PLAIN_FIELDS}
+    out.update({k: shape_time(row[k]) for k in TASK_TIME_FIELDS})
+    out["alert_ids"] = list(row["alert_ids"])
+    out["history"] = [{"at": shape_time(datetime.fromtimestamp(float(h["at"]), UTC)), "actor": h["actor"],
+                       "action": h["action"], "note": h["note"]} for h in row["history"]]
+    return out
 
 
 def alert_shape(conn: psycopg.Connection[Any], alert_id: str) -> dict[str, Any] | None:
     """An alert in the REST shape, or None when there is no such alert."""
-    row = conn.execute(f"SELECT {ALERT_COLUMNS} FROM alerts WHERE id = %s", (alert_id,)).fetchone()
-    return alert_from_row(tuple(row)) if row else None
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(f"SELECT {ALERT_COLUMNS} FROM alerts WHERE id = %s", (alert_id,)).fetchone()
+    return alert_from_row(row) if row else None
 
 
 def task_shape(conn: psycopg.Connection[Any], task_id: str) -> dict[str, Any] | None:
     """A task in the REST shape with its history and alert ids, or None when there is no such task."""
-    row = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = %s", (task_id,)).fetchone()
-    if row is None:
-        return None
-    (tid, typ, severity, state, grid_id, building_id, device_id, assignee, level, accept_due, resolve_due,
-     opened_at, accepted_at, resolved_at, closed_at, resolution, count, last_seen) = tuple(row)
-    alert_ids = [r[0] for r in conn.execute(
-        "SELECT ta.alert_id FROM task_alerts ta JOIN alerts a ON a.id = ta.alert_id"
-        " WHERE ta.task_id = %s ORDER BY a.first_seen, a.id", (tid,))]
-    history = [{"at": rfc3339(at), "actor": actor, "action": action, "note": note}
-               for at, actor, action, note in conn.execute(
-                   "SELECT at, actor, action, note FROM task_history WHERE task_id = %s ORDER BY id", (tid,))]
-    return {"id": tid, "type": typ, "severity": severity, "state": state, "grid_id": grid_id,
-            "building_id": building_id, "device_id": device_id, "assignee": assignee, "escalation_level": level,
-            "accept_due": rfc3339(accept_due), "resolve_due": rfc3339(resolve_due), "alert_ids": alert_ids,
-            "count": count, "history": history, "opened_at": rfc3339(opened_at),
-            "accepted_at": rfc3339(accepted_at), "resolved_at": rfc3339(resolved_at),
-            "closed_at": rfc3339(closed_at), "resolution": resolution, "last_seen": rfc3339(last_seen)}
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(f"SELECT {TASK_COLUMNS} FROM tasks t WHERE t.id = %s", (task_id,)).fetchone()
+    return task_from_row(row) if row else None

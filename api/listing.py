@@ -1,14 +1,22 @@
-"""List answers of CONTRACT §4: `?limit=` and opaque keyset `?cursor=`, `{"items", "next"}`, and RFC 3339 times out."""
+"""List answers of CONTRACT §4, one helper for every list route: `?limit=` and an opaque keyset `?cursor=` in,
+`{"items", "next"}` out.
+
+A route names its order once (`ListOrder`: the key columns, the last one unique, and their cursor types), takes
+`PageQuery` as a dependency and hands its SELECT and filters to `fetch_page`, which adds the cursor's condition,
+the ORDER BY and the LIMIT, and builds the answer."""
 
 from __future__ import annotations
 
 import base64
 import json
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo
 
-from fastapi import HTTPException, Query
+import psycopg
+from fastapi import Depends, HTTPException, Query
+from psycopg.rows import dict_row
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -60,20 +68,58 @@ def decode_cursor(cursor: str, kinds: tuple[type, ...]) -> tuple[Any, ...]:
                             "cursor: not a cursor from this list; pass the `next` value of the previous page") from exc
 
 
-def page(items: list[dict[str, Any]], limit: int, key: Any) -> dict[str, Any]:
-    """`{"items", "next"}` from rows fetched with LIMIT limit + 1; `key(row)` gives the keyset of a row."""
-    more = len(items) > limit
-    items = items[:limit]
-    return {"items": items, "next": encode_cursor(*key(items[-1])) if more and items else None}
+@dataclass(frozen=True)
+class ListOrder:
+    """How a list is ordered: its key columns as written in the SELECT (the last one unique), the type of each in
+    a cursor (str, int or datetime), newest first (descending) or not; a row's key is read by the column names."""
+
+    columns: tuple[str, ...]
+    kinds: tuple[type, ...]
+    descending: bool = True
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(c.rsplit(".", 1)[-1] for c in self.columns)
+
+    def after(self, cursor: str) -> tuple[str, list[Any]]:
+        """The condition for the rows after the cursor's key, with its parameters."""
+        key = decode_cursor(cursor, self.kinds)
+        op = "<" if self.descending else ">"
+        if len(self.columns) == 1:
+            return f"{self.columns[0]} {op} %s", list(key)
+        return f"({', '.join(self.columns)}) {op} ({', '.join(['%s'] * len(key))})", list(key)
+
+    def order_by(self) -> str:
+        return ", ".join(f"{c} DESC" if self.descending else c for c in self.columns)
 
 
-def rfc3339(value: datetime | None, tz: ZoneInfo) -> str | None:
-    """A time as RFC 3339 with the district's offset (UTC where that offset is not whole minutes, as in local
-    mean time before time zones existed), or None."""
-    if value is None:
-        return None
-    local = value.astimezone(tz)
-    offset = local.utcoffset()
-    if offset is not None and offset.seconds % 60:
-        local = value.astimezone(UTC)
-    return local.isoformat()
+class PageQuery:
+    """The `?limit=` and `?cursor=` of a list request (a FastAPI dependency: `page: PageDep`)."""
+
+    def __init__(self, limit: LimitQuery = None, cursor: CursorQuery = None) -> None:
+        self.limit = clamp_limit(limit)
+        self.cursor = cursor
+
+
+PageDep = Annotated[PageQuery, Depends()]
+
+
+async def fetch_page(conn: psycopg.AsyncConnection[Any], select: str, where: list[str], args: list[Any],
+                     order: ListOrder, page: PageQuery,
+                     shape: Callable[[Mapping[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """One page of `select` (SELECT ... FROM ..., no WHERE) under the conditions `where` (joined by AND) with
+    parameters `args`: `{"items": [shape(row), ...], "next": cursor | None}`; rows are read by name."""
+    where, args = list(where), list(args)
+    if page.cursor:
+        cond, key = order.after(page.cursor)
+        where.append(cond)
+        args += key
+    sql = (f"{select} {'WHERE ' + ' AND '.join(where) if where else ''}"
+           f" ORDER BY {order.order_by()} LIMIT %s")
+    async with conn.cursor(row_factory=dict_row) as cur:
+        rows = await (await cur.execute(sql, [*args, page.limit + 1])).fetchall()
+    more = len(rows) > page.limit
+    rows = rows[:page.limit]
+    items = [shape(r) for r in rows]
+    last = rows[-1] if more and rows else None
+    return {"items": items, "next": encode_cursor(*(last[k] for k in order.keys)) if last is not None else None}

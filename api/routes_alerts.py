@@ -13,7 +13,7 @@ from gridhub.alerts.records import AlertNotFound, ack_alert
 from gridhub.alerts.shapes import ALERT_COLUMNS, alert_from_row
 from gridhub.api import schemas
 from gridhub.api.deps import ConnDep, CurrentUser, SyncPoolDep, require_grid_in_scope
-from gridhub.api.listing import CursorQuery, LimitQuery, clamp_limit, decode_cursor, page
+from gridhub.api.listing import ListOrder, PageDep, fetch_page
 from gridhub.api.schemas import documented
 from gridhub.auth import Principal
 
@@ -22,6 +22,7 @@ router = APIRouter(tags=["alerts"])
 Severity = Literal["critical", "high", "normal", "low"]
 AlertState = Literal["active", "cleared"]
 SEVERITY_ORDER = ("critical", "high", "normal", "low")
+ALERT_ORDER = ListOrder(("last_seen", "id"), (datetime, str))
 
 
 async def scoped_alert(conn: ConnDep, user: Principal, alert_id: str) -> dict[str, Any]:
@@ -38,17 +39,15 @@ async def scoped_alert(conn: ConnDep, user: Principal, alert_id: str) -> dict[st
 
 @router.get("/alerts", response_model=None, responses=documented(schemas.AlertPage))
 async def list_alerts(
-    conn: ConnDep, user: CurrentUser,
+    conn: ConnDep, user: CurrentUser, page: PageDep,
     state: AlertState | None = None,
     type: Annotated[str | None, Query(max_length=64, description="alert type, e.g. fire_alarm")] = None,
     severity: Severity | None = None,
     device: Annotated[str | None, Query(max_length=64)] = None,
     grid: Annotated[str | None, Query(max_length=64)] = None,
-    limit: LimitQuery = None, cursor: CursorQuery = None,
 ) -> dict[str, Any]:
     """Alerts in the caller's scope, newest activity (`last_seen`) first."""
     require_grid_in_scope(user, grid)
-    n = clamp_limit(limit)
     cond, params = user.grid_filter("grid_id")
     where, args = [cond], list(params)
     for clause, value in (("state = %s", state), ("type = %s", type), ("severity = %s", severity),
@@ -56,17 +55,8 @@ async def list_alerts(
         if value is not None:
             where.append(clause)
             args.append(value)
-    if cursor:
-        at, last_id = decode_cursor(cursor, (datetime, str))
-        where.append("(last_seen, id) < (%s, %s)")
-        args += [at, last_id]
-    cur = await conn.execute(
-        f"SELECT {ALERT_COLUMNS} FROM alerts WHERE {' AND '.join(where)} ORDER BY last_seen DESC, id DESC LIMIT %s",
-        [*args, n + 1])
-    rows = await cur.fetchall()
-    keys = {r["id"]: (r["last_seen"], r["id"]) for r in rows}
-    items = [alert_from_row(tuple(r.values())) for r in rows]
-    return page(items, n, lambda a: keys[a["id"]])
+    return await fetch_page(conn, f"SELECT {ALERT_COLUMNS} FROM alerts", where, args, ALERT_ORDER, page,
+                            alert_from_row)
 
 
 @router.post("/alerts/{alert_id}/ack", response_model=None, responses=documented(schemas.Alert))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -14,10 +15,10 @@ from pydantic import AwareDatetime, BaseModel
 from gridhub.api import schemas
 from gridhub.api.commands import CommandNotDelivered, CommandPublisher
 from gridhub.api.deps import ConnDep, CurrentUser, require_grid_in_scope, require_roles
-from gridhub.api.listing import CursorQuery, LimitQuery, clamp_limit, decode_cursor, page, rfc3339
+from gridhub.api.listing import ListOrder, PageDep, fetch_page
 from gridhub.api.schemas import documented
 from gridhub.auth import Principal
-from gridhub.protocol import device_topic
+from gridhub.protocol import device_topic, rfc3339
 
 router = APIRouter(tags=["devices"])
 
@@ -43,9 +44,10 @@ DEVICE_FROM = """
     JOIN grids g ON g.id = b.grid_id
     LEFT JOIN device_state s ON s.device_id = d.id
 """
+DEVICE_ORDER = ListOrder(("d.id",), (str,), descending=False)
 
 
-def device_shape(row: dict[str, Any], request: Request) -> dict[str, Any]:
+def device_shape(row: Mapping[str, Any], request: Request) -> dict[str, Any]:
     tz = request.app.state.settings.tz
     return {"id": row["id"], "kind": row["kind"], "grid_id": row["grid_id"], "building_id": row["building_id"],
             "floor": row["floor"], "place": row["place"], "online": row["online"],
@@ -69,16 +71,14 @@ async def scoped_device(conn: ConnDep, user: Principal, device_id: str, columns:
 
 @router.get("/devices", response_model=None, responses=documented(schemas.DevicePage))
 async def list_devices(
-    request: Request, conn: ConnDep, user: CurrentUser,
+    request: Request, conn: ConnDep, user: CurrentUser, page: PageDep,
     kind: Kind | None = None,
     grid: Annotated[str | None, Query(max_length=64)] = None,
     community: Annotated[str | None, Query(max_length=64)] = None,
     online: bool | None = None,
-    limit: LimitQuery = None, cursor: CursorQuery = None,
 ) -> dict[str, Any]:
     """Devices in the caller's scope, by id."""
     require_grid_in_scope(user, grid)
-    n = clamp_limit(limit)
     cond, params = user.grid_filter("b.grid_id")
     where, args = [cond], list(params)
     for clause, value in (("d.kind = %s", kind), ("b.grid_id = %s", grid), ("g.community_id = %s", community),
@@ -86,14 +86,8 @@ async def list_devices(
         if value is not None:
             where.append(clause)
             args.append(value)
-    if cursor:
-        (after,) = decode_cursor(cursor, (str,))
-        where.append("d.id > %s")
-        args.append(after)
-    rows = await (await conn.execute(
-        f"SELECT {DEVICE_COLUMNS} {DEVICE_FROM} WHERE {' AND '.join(where)} ORDER BY d.id LIMIT %s", [*args, n + 1]
-    )).fetchall()
-    return page([device_shape(r, request) for r in rows], n, lambda d: (d["id"],))
+    return await fetch_page(conn, f"SELECT {DEVICE_COLUMNS} {DEVICE_FROM}", where, args, DEVICE_ORDER, page,
+                            lambda r: device_shape(r, request))
 
 
 LOCATION_COLUMNS = DEVICE_COLUMNS + """,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -15,10 +16,11 @@ from gridhub.alerts import changes
 from gridhub.alerts.tasks import record_history
 from gridhub.api import schemas
 from gridhub.api.deps import ConnDep, CurrentUser, SyncPoolDep
-from gridhub.api.listing import CursorQuery, LimitQuery, clamp_limit, decode_cursor, page, rfc3339
+from gridhub.api.listing import ListOrder, PageDep, fetch_page
 from gridhub.api.routes_tasks import scoped_task
 from gridhub.api.schemas import documented
 from gridhub.auth import Principal
+from gridhub.protocol import rfc3339
 
 router = APIRouter(tags=["evidence"])
 
@@ -32,6 +34,7 @@ LEFT JOIN devices d ON d.id = e.device_id
 LEFT JOIN buildings b ON b.id = d.building_id
 """
 EVIDENCE_GRID = "COALESCE(t.grid_id, b.grid_id)"
+EVIDENCE_ORDER = ListOrder(("e.created_at", "e.id"), (datetime, str))
 
 
 def is_jpeg(data: bytes) -> bool:
@@ -86,34 +89,28 @@ def _in_scope(user: Principal) -> tuple[str, list[Any]]:
 
 @router.get("/evidence", response_model=None, responses=documented(schemas.EvidencePage))
 async def list_evidence(
-    request: Request, conn: ConnDep, user: CurrentUser,
+    request: Request, conn: ConnDep, user: CurrentUser, page: PageDep,
     device: Annotated[str | None, Query(max_length=64)] = None,
     task: Annotated[str | None, Query(max_length=64)] = None,
     kind: Literal["detection", "photo"] | None = None,
-    limit: LimitQuery = None, cursor: CursorQuery = None,
 ) -> dict[str, Any]:
     """Evidence images in the caller's scope, newest first (metadata; the image is at `url`)."""
-    n = clamp_limit(limit)
     cond, params = _in_scope(user)
     where, args = [cond], list(params)
     for clause, value in (("e.device_id = %s", device), ("e.task_id = %s", task), ("e.kind = %s", kind)):
         if value is not None:
             where.append(clause)
             args.append(value)
-    if cursor:
-        at, last_id = decode_cursor(cursor, (datetime, str))
-        where.append("(e.created_at, e.id) < (%s, %s)")
-        args += [at, last_id]
-    rows = await (await conn.execute(
-        "SELECT e.id, e.device_id, e.task_id, e.kind, e.created_by, e.created_at, octet_length(e.data) AS bytes,"
-        f" {EVIDENCE_GRID} AS grid_id {EVIDENCE_FROM} WHERE {' AND '.join(where)}"
-        " ORDER BY e.created_at DESC, e.id DESC LIMIT %s", [*args, n + 1])).fetchall()
     tz = request.app.state.settings.tz
-    keys = {r["id"]: (r["created_at"], r["id"]) for r in rows}
-    items = [{"id": r["id"], "device_id": r["device_id"], "task_id": r["task_id"], "kind": r["kind"],
-              "grid_id": r["grid_id"], "created_by": r["created_by"], "created_at": rfc3339(r["created_at"], tz),
-              "bytes": r["bytes"], "url": f"/api/v1/evidence/{r['id']}"} for r in rows]
-    return page(items, n, lambda e: keys[e["id"]])
+
+    def item(r: Mapping[str, Any]) -> dict[str, Any]:
+        return {"id": r["id"], "device_id": r["device_id"], "task_id": r["task_id"], "kind": r["kind"],
+                "grid_id": r["grid_id"], "created_by": r["created_by"], "created_at": rfc3339(r["created_at"], tz),
+                "bytes": r["bytes"], "url": f"/api/v1/evidence/{r['id']}"}
+
+    return await fetch_page(
+        conn, "SELECT e.id, e.device_id, e.task_id, e.kind, e.created_by, e.created_at, octet_length(e.data) AS bytes,"
+        f" {EVIDENCE_GRID} AS grid_id {EVIDENCE_FROM}", where, args, EVIDENCE_ORDER, page, item)
 
 
 @router.get("/evidence/{evidence_id}", response_class=Response,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
@@ -9,8 +10,9 @@ from fastapi import APIRouter, Request
 
 from gridhub.api import schemas
 from gridhub.api.deps import AdminUser, ConnDep
-from gridhub.api.listing import CursorQuery, LimitQuery, clamp_limit, decode_cursor, page, rfc3339
+from gridhub.api.listing import ListOrder, PageDep, fetch_page
 from gridhub.api.schemas import documented
+from gridhub.protocol import rfc3339
 
 router = APIRouter(tags=["quarantine"])
 
@@ -18,29 +20,24 @@ Reason = Literal["invalid_json", "schema", "out_of_range", "unknown_event", "clo
                  "oversize", "bad_topic", "bad_frame"]
 
 
+QUARANTINE_ORDER = ListOrder(("received_at", "id"), (datetime, int))
+
+
 @router.get("/quarantine", response_model=None, responses=documented(schemas.QuarantinePage))
-async def list_quarantine(request: Request, conn: ConnDep, user: AdminUser, reason: Reason | None = None,
-                          limit: LimitQuery = None, cursor: CursorQuery = None) -> dict[str, Any]:
-    n = clamp_limit(limit)
+async def list_quarantine(request: Request, conn: ConnDep, user: AdminUser, page: PageDep,
+                          reason: Reason | None = None) -> dict[str, Any]:
     where: list[str] = []
     args: list[Any] = []
     if reason is not None:
         where.append("reason = %s")
         args.append(reason)
-    if cursor:
-        at, last_id = decode_cursor(cursor, (datetime, int))
-        where.append("(received_at, id) < (%s, %s)")
-        args += [at, last_id]
-    sql = ("SELECT id, received_at, topic, device_id, reason, detail, payload, payload_encoding, payload_truncated"
-           f" FROM quarantine {'WHERE ' + ' AND '.join(where) if where else ''}"
-           " ORDER BY received_at DESC, id DESC LIMIT %s")
-    rows = await (await conn.execute(sql, [*args, n + 1])).fetchall()
     tz = request.app.state.settings.tz
-    items = [{"id": str(r["id"]), "received_at": rfc3339(r["received_at"], tz), "topic": r["topic"],
-              "device_id": r["device_id"], "reason": r["reason"], "detail": r["detail"], "payload": r["payload"],
-              "payload_encoding": r["payload_encoding"], "payload_truncated": r["payload_truncated"],
-              "_key": (r["received_at"], r["id"])} for r in rows]
-    out = page(items, n, lambda q: q["_key"])
-    for q in out["items"]:
-        del q["_key"]
-    return out
+
+    def entry(r: Mapping[str, Any]) -> dict[str, Any]:
+        return {"id": str(r["id"]), "received_at": rfc3339(r["received_at"], tz), "topic": r["topic"],
+                "device_id": r["device_id"], "reason": r["reason"], "detail": r["detail"], "payload": r["payload"],
+                "payload_encoding": r["payload_encoding"], "payload_truncated": r["payload_truncated"]}
+
+    return await fetch_page(
+        conn, "SELECT id, received_at, topic, device_id, reason, detail, payload, payload_encoding, payload_truncated"
+        " FROM quarantine", where, args, QUARANTINE_ORDER, page, entry)

@@ -16,9 +16,9 @@ from pydantic import AwareDatetime
 from gridhub.alerts.kpi import kpis as compute_kpis
 from gridhub.api import schemas
 from gridhub.api.deps import ConnDep, SyncPoolDep, require_roles
-from gridhub.api.listing import rfc3339
 from gridhub.api.schemas import documented
 from gridhub.auth import Principal
+from gridhub.protocol import rfc3339
 
 router = APIRouter(tags=["summary"])
 

@@ -3,7 +3,8 @@ engine's state machine (`gridhub.alerts.tasks.apply_action`)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Query, status
@@ -11,12 +12,11 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from gridhub.alerts import changes
-from gridhub.alerts.shapes import ALERT_COLUMNS, alert_from_row
-from gridhub.alerts.shapes import rfc3339 as shape_time
+from gridhub.alerts.shapes import TASK_COLUMNS, alert_columns, alert_from_row, task_from_row
 from gridhub.alerts.tasks import ActionForbidden, IllegalTransition, TaskNotFound, apply_action
 from gridhub.api import schemas
 from gridhub.api.deps import ConnDep, CurrentUser, SyncPoolDep, require_grid_in_scope
-from gridhub.api.listing import CursorQuery, LimitQuery, clamp_limit, decode_cursor, page
+from gridhub.api.listing import ListOrder, PageDep, fetch_page
 from gridhub.api.schemas import documented
 from gridhub.auth import Principal
 
@@ -26,34 +26,24 @@ TASK_STATES = ("open", "accepted", "on_site", "resolved", "closed")
 SEVERITIES = ("critical", "high", "normal", "low")
 Action = Literal["accept", "arrive", "resolve", "close", "reject", "return", "reassign", "extend", "comment"]
 
-# The task in the REST shape (as gridhub.alerts.shapes.task_shape builds it) plus where it is, in one query.
-TASK_SELECT = """
-SELECT t.id, t.type, t.severity, t.state, t.grid_id, t.building_id, t.device_id, t.assignee, t.escalation_level,
-       t.accept_due, t.resolve_due, t.opened_at, t.accepted_at, t.resolved_at, t.closed_at, t.resolution, t.count,
-       t.last_seen,
-       ARRAY(SELECT ta.alert_id FROM task_alerts ta JOIN alerts a ON a.id = ta.alert_id
-             WHERE ta.task_id = t.id ORDER BY a.first_seen, a.id) AS alert_ids,
-       ARRAY(SELECT jsonb_build_array(extract(epoch FROM h.at), h.actor, h.action, h.note)
-             FROM task_history h WHERE h.task_id = t.id ORDER BY h.id) AS history,
+# The task in the REST shape (gridhub.alerts.shapes builds it, for the change log too) plus where it is.
+TASK_PLACE_COLUMNS = """
        b.name AS building_name, d.kind AS device_kind, d.floor, d.place, g.name AS grid_name,
-       w.name AS assignee_name
+       w.name AS assignee_name"""
+TASK_FROM = """
 FROM tasks t
 LEFT JOIN buildings b ON b.id = t.building_id
 LEFT JOIN devices d ON d.id = t.device_id
 LEFT JOIN grids g ON g.id = t.grid_id
 LEFT JOIN workers w ON w.id = t.assignee
 """
-TIME_FIELDS = ("accept_due", "resolve_due", "opened_at", "accepted_at", "resolved_at", "closed_at", "last_seen")
-PLAIN_FIELDS = ("id", "type", "severity", "state", "grid_id", "building_id", "device_id", "assignee",
-                "escalation_level", "count", "resolution")
+TASK_SELECT = f"SELECT {TASK_COLUMNS}, {TASK_PLACE_COLUMNS} {TASK_FROM}"
+TASK_ORDER = ListOrder(("t.opened_at", "t.id"), (datetime, str))
 
 
-def task_from_row(row: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {k: row[k] for k in PLAIN_FIELDS}
-    out.update({k: shape_time(row[k]) for k in TIME_FIELDS})
-    out["alert_ids"] = list(row["alert_ids"])
-    out["history"] = [{"at": shape_time(datetime.fromtimestamp(float(at), UTC)), "actor": actor, "action": action,
-                       "note": note} for at, actor, action, note in row["history"]]
+def task_with_place(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The task shape with its `location` and `assignee_name`, as the API answers it."""
+    out = task_from_row(row)
     out["location"] = {"grid": row["grid_name"], "building": row["building_name"], "floor": row["floor"],
                        "place": row["place"], "device_kind": row["device_kind"]}
     out["assignee_name"] = row["assignee_name"]
@@ -71,7 +61,7 @@ def _scope(user: Principal) -> tuple[str, list[Any]]:
 async def scoped_task(conn: ConnDep, user: Principal, task_id: str) -> dict[str, Any]:
     """The task row: 404 if it does not exist, 403 if outside the caller's scope (judged in SQL)."""
     cond, params = _scope(user)
-    row = await (await conn.execute(f"{TASK_SELECT.replace('SELECT t.id,', f'SELECT ({cond}) AS in_scope, t.id,', 1)}"
+    row = await (await conn.execute(f"SELECT ({cond}) AS in_scope, {TASK_COLUMNS}, {TASK_PLACE_COLUMNS} {TASK_FROM}"
                                     " WHERE t.id = %s", [*params, task_id])).fetchone()
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"task {task_id} does not exist")
@@ -92,16 +82,14 @@ def _choices(value: str | None, allowed: tuple[str, ...], name: str) -> list[str
 
 @router.get("/tasks", response_model=None, responses=documented(schemas.TaskPage))
 async def list_tasks(
-    conn: ConnDep, user: CurrentUser,
+    conn: ConnDep, user: CurrentUser, page: PageDep,
     state: Annotated[str | None, Query(max_length=100, description="a state or a comma list, e.g. open,accepted")] = None,
     severity: Annotated[str | None, Query(max_length=100, description="a severity or a comma list")] = None,
     assignee: Annotated[str | None, Query(max_length=64, description="`me` or a worker id")] = None,
     grid: Annotated[str | None, Query(max_length=64)] = None,
-    limit: LimitQuery = None, cursor: CursorQuery = None,
 ) -> dict[str, Any]:
     """Tasks in the caller's scope, newest first."""
     require_grid_in_scope(user, grid)
-    n = clamp_limit(limit)
     cond, params = _scope(user)
     where, args = [cond], list(params)
     states = _choices(state, TASK_STATES, "state")
@@ -111,26 +99,18 @@ async def list_tasks(
         if value is not None:
             where.append(clause)
             args.append(value)
-    if cursor:
-        at, last_id = decode_cursor(cursor, (datetime, str))
-        where.append("(t.opened_at, t.id) < (%s, %s)")
-        args += [at, last_id]
-    rows = await (await conn.execute(
-        f"{TASK_SELECT} WHERE {' AND '.join(where)} ORDER BY t.opened_at DESC, t.id DESC LIMIT %s", [*args, n + 1]
-    )).fetchall()
-    keys = {r["id"]: (r["opened_at"], r["id"]) for r in rows}
-    return page([task_from_row(r) for r in rows], n, lambda t: keys[t["id"]])
+    return await fetch_page(conn, TASK_SELECT, where, args, TASK_ORDER, page, task_with_place)
 
 
 @router.get("/tasks/{task_id}", response_model=None, responses=documented(schemas.TaskDetail))
 async def get_task(task_id: str, conn: ConnDep, user: CurrentUser) -> dict[str, Any]:
     """One task with its `history` and its `alerts`."""
-    out = task_from_row(await scoped_task(conn, user, task_id))
+    out = task_with_place(await scoped_task(conn, user, task_id))
     rows = await (await conn.execute(
-        f"SELECT {', '.join('a.' + c.strip() for c in ALERT_COLUMNS.split(','))} FROM alerts a"
+        f"SELECT {alert_columns('a')} FROM alerts a"
         " JOIN task_alerts ta ON ta.alert_id = a.id WHERE ta.task_id = %s ORDER BY a.first_seen, a.id", (task_id,)
     )).fetchall()
-    out["alerts"] = [alert_from_row(tuple(r.values())) for r in rows]
+    out["alerts"] = [alert_from_row(r) for r in rows]
     return out
 
 
@@ -169,4 +149,4 @@ async def task_action(task_id: str, action: Action, conn: ConnDep, user: Current
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from exc
-    return task_from_row(await scoped_task(conn, user, task_id))
+    return task_with_place(await scoped_task(conn, user, task_id))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from enum import StrEnum
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -115,6 +115,22 @@ def parse_ts(value: Any) -> int:
 
 def ms_to_dt(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def rfc3339(value: datetime | None, tz: tzinfo, *, timespec: str = "auto") -> str | None:
+    """A time out of the hub (CONTRACT §4: RFC 3339 with offset) in the zone `tz`, or None.
+
+    RFC 3339 offsets are whole minutes: where the zone's is not (local mean time before time zones existed,
+    e.g. +08:05:43 in Shanghai before 1901) the time is given in UTC. `timespec` is `datetime.isoformat`'s:
+    the alert and task shapes always write milliseconds, the other answers microseconds when there are any.
+    """
+    if value is None:
+        return None
+    local = value.astimezone(tz)
+    offset = local.utcoffset()
+    if offset is not None and offset.seconds % 60:
+        local = value.astimezone(UTC)
+    return local.isoformat(timespec=timespec)
 
 
 class _Message(BaseModel):
