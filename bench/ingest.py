@@ -38,11 +38,11 @@ from gridhub.broker import acl_text, build_accounts, passwd_text
 from gridhub.db import migrate
 from gridhub.registry import import_registry, parse
 from gridhub.services.mosquitto import start_private_mosquitto
-from gridhub.settings import Settings
+from gridhub.settings import DEFAULT_TOPIC_PREFIX, Settings
 
 ADMIN_URL = os.environ.get("GRIDHUB_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:55432/postgres")
 SECRET = "bench-secret-" + "z" * 40
-PREFIX = "gridhub/v1"
+PREFIX = DEFAULT_TOPIC_PREFIX
 CHUNK = 20_000
 
 

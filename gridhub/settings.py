@@ -1,4 +1,6 @@
-"""The hub's configuration: one pydantic-settings class over the GRIDHUB_* variables (CONTRACT §5)."""
+"""The hub's configuration: one pydantic-settings tree over the GRIDHUB_* variables (CONTRACT §5), and the only
+reader of the environment: `Settings` with its nested `IngestSettings` (GRIDHUB_INGEST_*) and `ServicesSettings`
+(the local services' directory and ports)."""
 
 from __future__ import annotations
 
@@ -6,10 +8,105 @@ import secrets
 import socket
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_TOPIC_PREFIX = "gridhub/v1"
+DEFAULT_TIMEZONE = "Asia/Shanghai"
+DEFAULT_PG_PORT = 55432
+DEFAULT_MQTT_PORT = 51883
+
+
+class IngestSettings(BaseSettings):
+    """The ingest consumer's batching against the broker's in-flight window (mosquitto `max_inflight_messages`):
+    GRIDHUB_INGEST_WINDOW, _BATCH, _LINGER_MS, _READ_GATHER_MS and _MQTT5. The broker must grant the window (the
+    hub's mosquitto configurations say 4000): batches of 2000 cost PostgreSQL and ingest about a third less a
+    message than batches of 500 (bench/ingest.py --window 1000 against 4000)."""
+
+    model_config = SettingsConfigDict(env_prefix="GRIDHUB_INGEST_", extra="ignore", env_ignore_empty=True)
+
+    window: int = Field(default=4000, description="unacknowledged messages the broker sends (its in-flight window)")
+    batch: int | None = Field(default=None, description="messages a batch at most; unset: half the window")
+    linger_ms: float = Field(default=50.0, description="longest wait for a batch to fill, in milliseconds")
+    read_gather_ms: float = Field(default=2.0, description="pause after a socket read that found little, in ms")
+    mqtt5: bool = Field(default=True, description="ask the broker over MQTT 5 whether it has shared subscriptions; "
+                                                  "off: plain subscriptions, for a broker without MQTT 5")
+
+    @field_validator("window", "batch")
+    @classmethod
+    def _positive_count(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and v <= 0:
+            raise ValueError(f"GRIDHUB_INGEST_{(info.field_name or '').upper()} must be a positive number of "
+                             f"messages, not {v}")
+        return v
+
+    @field_validator("linger_ms", "read_gather_ms")
+    @classmethod
+    def _not_negative_ms(cls, v: float, info: ValidationInfo) -> float:
+        if not v >= 0 or v == float("inf"):
+            raise ValueError(f"GRIDHUB_INGEST_{(info.field_name or '').upper()} must be a number of milliseconds "
+                             f"(0 or more), not {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _batch_within_window(self) -> IngestSettings:
+        if self.batch is not None and self.batch > self.window:
+            raise ValueError(f"GRIDHUB_INGEST_BATCH ({self.batch}) cannot exceed GRIDHUB_INGEST_WINDOW "
+                             f"({self.window}): the broker sends at most a window of unacknowledged messages, so such "
+                             "a batch never fills; lower the batch or raise the window (and the broker's "
+                             "max_inflight_messages)")
+        return self
+
+    @property
+    def batch_max(self) -> int:
+        """Messages a batch at most: GRIDHUB_INGEST_BATCH, else half the window (the next half arrives while one
+        batch is committed)."""
+        return self.batch if self.batch is not None else max(1, self.window // 2)
+
+    @property
+    def linger_s(self) -> float:
+        return self.linger_ms / 1000
+
+    @property
+    def read_gather_s(self) -> float:
+        return self.read_gather_ms / 1000
+
+
+class ServicesSettings(BaseSettings):
+    """The database and broker gridhub runs for itself (gridhub/services): GRIDHUB_SERVICES_DIR, GRIDHUB_PG_PORT,
+    GRIDHUB_MQTT_PORT."""
+
+    model_config = SettingsConfigDict(env_prefix="GRIDHUB_", extra="ignore", env_ignore_empty=True)
+
+    services_dir: Path | None = Field(default=None, description="their state; unset: a system directory under "
+                                                                "root, else <data_dir>/services")
+    pg_port: int = Field(default=DEFAULT_PG_PORT, description="the local PostgreSQL's port on 127.0.0.1")
+    mqtt_port: int = Field(default=DEFAULT_MQTT_PORT, description="the local broker's port on 127.0.0.1")
+
+    @field_validator("services_dir", mode="before")
+    @classmethod
+    def _blank_dir_is_unset(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.strip()
+            return v or None
+        return v
+
+    @field_validator("pg_port", "mqtt_port", mode="before")
+    @classmethod
+    def _port(cls, v: Any, info: ValidationInfo) -> int:
+        name = f"GRIDHUB_{(info.field_name or '').upper()}"
+        if isinstance(v, str) and not v.strip():
+            return DEFAULT_PG_PORT if info.field_name == "pg_port" else DEFAULT_MQTT_PORT
+        try:
+            port = int(v.strip() if isinstance(v, str) else v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}={v!r} is not a port number") from None
+        if not 0 < port < 65536:
+            raise ValueError(f"{name}={v!r} is not a port number (1 to 65535)")
+        return port
 
 
 class Settings(BaseSettings):
@@ -21,11 +118,13 @@ class Settings(BaseSettings):
     instance_id: str = Field(default_factory=socket.gethostname)
     secret_key: str | None = None
     rules_file: Path | None = None
-    topic_prefix: str = "gridhub/v1"
-    timezone: str = "Asia/Shanghai"
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX
+    timezone: str = DEFAULT_TIMEZONE
     readings_days: int = Field(default=400, gt=0)
     quarantine_days: int = Field(default=30, gt=0)
     token_ttl_s: int = Field(default=12 * 3600, gt=0)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    services: ServicesSettings = Field(default_factory=ServicesSettings)
 
     @field_validator("timezone")
     @classmethod
@@ -33,7 +132,7 @@ class Settings(BaseSettings):
         try:
             ZoneInfo(v)
         except Exception as exc:  # noqa: BLE001
-            raise ValueError(f"unknown time zone {v!r}: use an IANA name such as Asia/Shanghai") from exc
+            raise ValueError(f"unknown time zone {v!r}: use an IANA name such as {DEFAULT_TIMEZONE}") from exc
         return v
 
     @field_validator("topic_prefix")
@@ -69,6 +168,17 @@ class Settings(BaseSettings):
     def client_id(self, part: str) -> str:
         """A stable MQTT client id for one part of this instance (persistent sessions)."""
         return f"gridhub-{part}-{self.instance_id}"[:128]
+
+
+def explain(exc: ValidationError) -> str:
+    """A settings error as one line for the user: the validators' own messages (they name the variable and the
+    fix), else pydantic's with the field."""
+    parts = []
+    for err in exc.errors():
+        error = err.get("ctx", {}).get("error")
+        parts.append(str(error) if isinstance(error, ValueError) else
+                     f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}")
+    return "; ".join(parts)
 
 
 @lru_cache(maxsize=1)

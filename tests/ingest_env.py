@@ -22,11 +22,11 @@ from gridhub.broker import acl_text, build_accounts, passwd_text
 from gridhub.db import migrate
 from gridhub.registry import import_registry, load_file
 from gridhub.services.mosquitto import LocalMosquitto, start_private_mosquitto
-from gridhub.settings import Settings
+from gridhub.settings import DEFAULT_TOPIC_PREFIX, Settings
 
 DATA = Path(__file__).parent / "data"
 SECRET = "ingest-test-secret-" + "y" * 32
-PREFIX = "gridhub/v1"
+PREFIX = DEFAULT_TOPIC_PREFIX
 
 
 @dataclass

@@ -21,19 +21,16 @@ from gridhub.services.postgres import (
 )
 from gridhub.services.process import (
     EMBEDDED_SYSTEM_USER,
-    ServiceError,
     ensure_service_root,
     ensure_system_user,
     is_root,
     pid_alive,
     read_pid,
     service_root,
+    services_settings,
     wait_until,
     write_private,
 )
-
-DEFAULT_PG_PORT = 55432
-DEFAULT_MQTT_PORT = 51883
 
 
 @dataclass
@@ -68,16 +65,6 @@ class LocalServices:
     def stop(self) -> None:
         self.broker.stop()
         self.postgres.stop()
-
-
-def _env_port(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ServiceError(f"{name}={value!r} is not a port number") from None
 
 
 def _state_file(root: Path) -> Path:
@@ -125,8 +112,9 @@ def start_local_services(
     installed, else the embedded ones."""
     root = service_root(Path(data_dir))
     ensure_service_root(root)
-    pg_port = pg_port or _env_port("GRIDHUB_PG_PORT", DEFAULT_PG_PORT)
-    mqtt_port = mqtt_port or _env_port("GRIDHUB_MQTT_PORT", DEFAULT_MQTT_PORT)
+    configured = services_settings()
+    pg_port = pg_port or configured.pg_port
+    mqtt_port = mqtt_port or configured.mqtt_port
     postgres_kind = "system" if not prefer_embedded and find_postgres_bindir() is not None else "embedded"
     broker_kind = "system" if not prefer_embedded and find_mosquitto() is not None else "embedded"
     services = _build_services(root, postgres_kind, broker_kind, pg_port, mqtt_port)

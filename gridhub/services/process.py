@@ -16,6 +16,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from gridhub.settings import ServicesSettings, explain
+
 SERVICE_ROOT_WHEN_ROOT = Path("/var/lib/gridhub-services")
 EMBEDDED_SYSTEM_USER = "gridhub"
 
@@ -31,13 +35,22 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
+def services_settings() -> ServicesSettings:
+    """GRIDHUB_SERVICES_DIR, GRIDHUB_PG_PORT and GRIDHUB_MQTT_PORT as they are set now; a `ServiceError` names
+    one that is wrong."""
+    try:
+        return ServicesSettings()
+    except ValidationError as exc:
+        raise ServiceError(explain(exc)) from None
+
+
 def service_root(data_dir: Path) -> Path:
     """Where the local services keep their state: $GRIDHUB_SERVICES_DIR when set, else a system
     directory under root (so that the `postgres` and `mosquitto` users can reach it even when the
     checkout is in a private home), else `<data_dir>/services`."""
-    override = os.environ.get("GRIDHUB_SERVICES_DIR", "").strip()
-    if override:
-        return Path(override).absolute()
+    override = services_settings().services_dir
+    if override is not None:
+        return override.absolute()
     if is_root():
         return SERVICE_ROOT_WHEN_ROOT
     return Path(data_dir).resolve() / "services"
