@@ -1,30 +1,28 @@
 """The ingest consumer: device telemetry, events and status from the broker into the database, in batches,
 each message acknowledged only after its batch is committed (stored or quarantined).
 
-A paho client with manual acknowledgement on a persistent session (MQTT 5 session expiry, or clean
-session off on 3.1.1) with a stable client id receives on its network thread into a queue; a preparer
-thread takes a batch (up to `batch_max` messages or `linger_s` after the first), classifies it and prepares
-its rows while the writer thread commits the batch before; then the writer commits it and acknowledges its
-messages in arrival order. The broker's in-flight window bounds the unacknowledged messages, so a batch is
-at most half the window: the next half arrives while one is committed. A database outage stalls the writer,
-which retries with backoff and acknowledges nothing meanwhile; the broker keeps the rest in the session.
+A paho client (MQTT 3.1.1) with manual acknowledgement on a persistent session (clean session off) with a stable
+client id receives on its network thread into a queue, through the fast receive path of gridhub/mqtt_fastpath.py;
+a preparer thread takes a batch (up to `batch_max` messages or `linger_s` after the first), classifies it and
+prepares its rows while the writer thread commits the batch before; then the writer commits it and acknowledges its
+messages in arrival order. The broker's in-flight window bounds the unacknowledged messages, so a batch is at most
+half the window: the next half arrives while one is committed. A database outage stalls the writer (and the
+preparer's device look-ups), which retry with backoff (`_with_retries`) and acknowledge nothing meanwhile; the
+broker keeps the rest in the session. The settings are `IngestSettings` (GRIDHUB_INGEST_*, gridhub/settings.py).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from enum import Enum
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import paho.mqtt.client as paho
 import psycopg
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gridhub.db import redact
 from gridhub.ingest.registry_cache import RegistryCache
@@ -43,54 +41,30 @@ from gridhub.mqtt import BrokerAddress, make_client
 from gridhub.mqtt_fastpath import buffer_reads, queue_pubacks, raw_topic, receive_directly
 from gridhub.protocol import Reason
 from gridhub.runtime import run_until_signalled
-from gridhub.settings import Settings
+from gridhub.settings import IngestSettings, Settings
 
 log = logging.getLogger("gridhub.ingest")
 
-SESSION_EXPIRY_S = int(os.environ.get("GRIDHUB_INGEST_SESSION_EXPIRY_S", 14 * 86400))
 CHANNELS = ("telemetry", "event", "status")
 SHARE_GROUP = "ingest"
 APPLICATION_NAME = "gridhub-ingest"
+CONNECT_TIMEOUT_S = 10.0
 GATHER_S = 0.005  # how long the writer sleeps while a batch fills
 TOPIC_CACHE = 100_000  # distinct topics decoded and parsed once each (a few per device)
 REFUSED_AUTH = {134, 135, 4, 5}  # bad user name or password, not authorised (MQTT 5 and 3.1.1 codes)
+RETRY_FIRST_S, RETRY_MAX_S = 0.2, 5.0  # the wait before trying the database again, doubling
+STOP_GRACE_S = 10.0  # how long a stopping consumer keeps retrying before it leaves a batch to the broker
+LOOKUP_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
+STORE_ERRORS: tuple[type[Exception], ...] = (*LOOKUP_ERRORS, psycopg.errors.DeadlockDetected,
+                                             psycopg.errors.SerializationFailure)
+
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class IngestTuning:
-    """Batching against the broker's in-flight window (mosquitto `max_inflight_messages`, MQTT 5 Receive
-    Maximum); GRIDHUB_INGEST_WINDOW, GRIDHUB_INGEST_BATCH and GRIDHUB_INGEST_LINGER_MS override. The broker
-    must grant the window (the hub's mosquitto configurations say 4000): batches of 2000 cost PostgreSQL and
-    ingest about a third less a message than batches of 500 (bench/ingest.py --window 1000 against 4000)."""
+class GaveUp(Enum):
+    """What `_with_retries` returns when the consumer stopped before the database came back."""
 
-    window: int = 4000
-    batch_max: int = 2000
-    linger_s: float = 0.05
-    connect_timeout_s: float = 10.0
-    mqtt5: bool = True  # False: MQTT 3.1.1 only and plain subscriptions, as on a broker without MQTT 5
-    # the consumer's own connection: MQTT 3.1.1 by default, with a shared subscription when the broker has them
-    # (mosquitto takes $share from 3.1.1 clients), because paho builds MQTT 5 properties for every message
-    mqtt5_client: bool = False
-    coalesce_acks: bool = True  # one write per batch of PUBACKs (paho's packet queue), else ack() each
-    direct_receive: bool = True  # PUBLISH packets straight from paho's decoder, else through on_message
-    buffered_reads: bool = True  # the socket read in 64 KiB blocks, else paho's three reads a packet
-    read_gather_s: float = 0.002  # pause after a read pass that found little, so that packets gather meanwhile
-    pipeline: bool = True  # classify the next batch while one is committed, else one thread does both in turn
-
-
-    @classmethod
-    def from_env(cls) -> IngestTuning:
-        window = int(os.environ.get("GRIDHUB_INGEST_WINDOW", cls.window))
-        batch = int(os.environ.get("GRIDHUB_INGEST_BATCH", max(1, window // 2)))
-        linger = float(os.environ.get("GRIDHUB_INGEST_LINGER_MS", cls.linger_s * 1000)) / 1000
-        mqtt5 = os.environ.get("GRIDHUB_INGEST_MQTT5", "1") not in ("0", "false", "no")
-        client5 = os.environ.get("GRIDHUB_INGEST_MQTT5_CLIENT", "0") not in ("0", "false", "no")
-        direct = os.environ.get("GRIDHUB_INGEST_DIRECT_RECEIVE", "1") not in ("0", "false", "no")
-        buffered = os.environ.get("GRIDHUB_INGEST_BUFFERED_READS", "1") not in ("0", "false", "no")
-        gather = float(os.environ.get("GRIDHUB_INGEST_READ_GATHER_MS", cls.read_gather_s * 1000)) / 1000
-        pipeline = os.environ.get("GRIDHUB_INGEST_PIPELINE", "1") not in ("0", "false", "no")
-        return cls(window=window, batch_max=batch, linger_s=linger, mqtt5=mqtt5, mqtt5_client=client5,
-                   direct_receive=direct, buffered_reads=buffered, read_gather_s=gather, pipeline=pipeline)
+    STOPPING = "stopping"
 
 
 class BrokerRefused(RuntimeError):
@@ -107,14 +81,38 @@ class _Inbound(NamedTuple):
     generation: int
 
 
+class _Database:
+    """One database connection of the consumer, opened on first use and again after it broke."""
+
+    def __init__(self, url: str, on_open: Callable[[psycopg.Connection[Any]], None] | None = None) -> None:
+        self.url = url
+        self._on_open = on_open
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def get(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.url, connect_timeout=10, application_name=APPLICATION_NAME)
+            if self._on_open is not None:
+                self._on_open(self._conn)
+        return self._conn
+
+    def forget_if_broken(self) -> None:
+        if self._conn is not None and (self._conn.closed or self._conn.broken):
+            self._conn = None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
 class IngestService:
     """One ingest consumer; `start()`, then `stop()` drains what was received and disconnects."""
 
-    def __init__(self, settings: Settings, tuning: IngestTuning | None = None) -> None:
+    def __init__(self, settings: Settings, tuning: IngestSettings | None = None) -> None:
         if not settings.database_url or not settings.mqtt_url:
             raise ValueError("ingest needs GRIDHUB_DATABASE_URL and GRIDHUB_MQTT_URL (or run it through gridhub up)")
         self.settings = settings
-        self.tuning = tuning or IngestTuning.from_env()
+        self.tuning = tuning or settings.ingest
         self.client_id = settings.client_id("ingest")
         self.registry = RegistryCache(settings.database_url)
         self.validator = Validator(settings.topic_prefix, self.registry, settings.readings_days)
@@ -126,9 +124,9 @@ class IngestService:
         self._writer: threading.Thread | None = None
         self._preparer: threading.Thread | None = None
         self._prepared: queue.Queue[tuple[list[_Inbound], PreparedBatch] | None] = queue.Queue(maxsize=1)
-        self._lookup_conn: psycopg.Connection[Any] | None = None
+        self._store_db = _Database(settings.database_url, on_open=prepare)
+        self._lookup_db = _Database(settings.database_url)
         self._client: paho.Client | None = None
-        self._conn: psycopg.Connection[Any] | None = None
         self.protocol: int | None = None
         self.shared = False
         self.connected = threading.Event()
@@ -143,77 +141,60 @@ class IngestService:
         self._client = self._connect()
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
         self._writer.start()
-        if self.tuning.pipeline:
-            self._preparer = threading.Thread(target=self._prepare_loop, name="ingest-preparer", daemon=True)
-            self._preparer.start()
+        self._preparer = threading.Thread(target=self._prepare_loop, name="ingest-preparer", daemon=True)
+        self._preparer.start()
 
     def _connect(self) -> paho.Client:
+        """The consumer's own connection: MQTT 3.1.1 (paho builds MQTT 5 properties for every message it
+        receives), with a shared subscription when the broker has them (mosquitto takes $share from 3.1.1
+        clients); clean session off, so the broker keeps the session's unacknowledged messages (for as long as
+        its `persistent_client_expiration` says) and sends at most its `max_inflight_messages` of them."""
         assert self.settings.mqtt_url
         addr = BrokerAddress.parse(self.settings.mqtt_url)
-        last_error = "no answer"
-        self.shared = self._broker_has_shared_subscriptions() if self.tuning.mqtt5 else False
-        if self.shared and self.tuning.mqtt5_client:
-            protocols: tuple[int, ...] = (paho.MQTTv5, paho.MQTTv311)
-        else:
-            protocols = (paho.MQTTv311,)
-        for protocol in protocols:
-            client = make_client(self.settings.mqtt_url, self.client_id, protocol=protocol, clean=False,
-                                 manual_ack=True)
-            outcome: dict[str, Any] = {}
-            answered = threading.Event()
+        self.shared = self.tuning.mqtt5 and self._broker_has_shared_subscriptions()
+        client = make_client(self.settings.mqtt_url, self.client_id, protocol=paho.MQTTv311, clean=False,
+                             manual_ack=True)
+        outcome: dict[str, Any] = {}
+        answered = threading.Event()
 
-            def on_connect(c: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any = None,
-                           _o: dict[str, Any] = outcome, _a: threading.Event = answered) -> None:
-                if not _a.is_set():
-                    _o["rc"] = rc
-                    _a.set()
-                if not rc.is_failure:
-                    self._on_connected(c, flags, props)
+        def on_connect(c: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+            if not answered.is_set():
+                outcome["rc"] = rc
+                answered.set()
+            if not rc.is_failure:
+                self._on_connected(c, flags)
 
-            def on_disconnect(c: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any = None,
-                              _o: dict[str, Any] = outcome, _a: threading.Event = answered) -> None:
-                self.connected.clear()
-                if not _a.is_set():
-                    _o["closed"] = rc
-                    _a.set()
-                elif not self._stopping.is_set():
-                    log.warning("broker connection lost (%s); reconnecting, unacknowledged messages stay in the "
-                                "session", rc)
+        def on_disconnect(c: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+            self.connected.clear()
+            if not answered.is_set():
+                outcome["closed"] = rc
+                answered.set()
+            elif not self._stopping.is_set():
+                log.warning("broker connection lost (%s); reconnecting, unacknowledged messages stay in the "
+                            "session", rc)
 
-            client.on_connect = on_connect
-            client.on_disconnect = on_disconnect
-            client.on_message = self._on_message
-            self.direct_receive = self.tuning.direct_receive and receive_directly(client, self._on_publish)
-            client.reconnect_delay_set(1, 10)
-            props = None
-            if protocol == paho.MQTTv5:
-                props = Properties(PacketTypes.CONNECT)
-                props.SessionExpiryInterval = SESSION_EXPIRY_S
-                props.ReceiveMaximum = self.tuning.window
-            try:
-                if protocol == paho.MQTTv5:
-                    client.connect(addr.host, addr.port, keepalive=30, clean_start=False, properties=props)
-                else:
-                    client.connect(addr.host, addr.port, keepalive=30)
-            except OSError as exc:
-                raise BrokerRefused(f"cannot reach the broker at {addr.host}:{addr.port} ({exc}): check "
-                                    "GRIDHUB_MQTT_URL and that the broker runs") from exc
-            self.protocol = protocol
-            client.loop_start()
-            answered.wait(self.tuning.connect_timeout_s)
-            rc = outcome.get("rc")
-            if rc is not None and not rc.is_failure:
-                return client
-            client.loop_stop()
-            client.disconnect()
-            code = getattr(rc, "value", None)
-            if code in REFUSED_AUTH:
-                raise BrokerRefused(f"the broker at {addr.host}:{addr.port} refused user {addr.username!r} ({rc}): "
-                                    "check the user and password in GRIDHUB_MQTT_URL and the broker's password file")
-            last_error = str(rc if rc is not None else outcome.get("closed", "no answer"))
-            if protocol == paho.MQTTv5:
-                log.info("the broker does not take MQTT 5 (%s): using MQTT 3.1.1 without shared subscriptions",
-                         last_error)
+        client.on_connect = on_connect
+        client.on_disconnect = on_disconnect
+        client.on_message = self._on_message  # QoS 2, and everything where this paho has no fast path
+        self.direct_receive = receive_directly(client, self._on_publish)
+        client.reconnect_delay_set(1, 10)
+        try:
+            client.connect(addr.host, addr.port, keepalive=30)
+        except OSError as exc:
+            raise BrokerRefused(f"cannot reach the broker at {addr.host}:{addr.port} ({exc}): check "
+                                "GRIDHUB_MQTT_URL and that the broker runs") from exc
+        self.protocol = paho.MQTTv311
+        client.loop_start()
+        answered.wait(CONNECT_TIMEOUT_S)
+        rc = outcome.get("rc")
+        if rc is not None and not rc.is_failure:
+            return client
+        client.loop_stop()
+        client.disconnect()
+        if getattr(rc, "value", None) in REFUSED_AUTH:
+            raise BrokerRefused(f"the broker at {addr.host}:{addr.port} refused user {addr.username!r} ({rc}): "
+                                "check the user and password in GRIDHUB_MQTT_URL and the broker's password file")
+        last_error = str(rc if rc is not None else outcome.get("closed", "no answer"))
         raise BrokerRefused(f"the broker at {addr.host}:{addr.port} did not accept a connection ({last_error})")
 
     def _broker_has_shared_subscriptions(self) -> bool:
@@ -237,27 +218,20 @@ class IngestService:
         except OSError:
             return False
         client.loop_start()
-        done.wait(self.tuning.connect_timeout_s)
+        done.wait(CONNECT_TIMEOUT_S)
         client.disconnect()
         client.loop_stop()
         return bool(answer.get("ok") and answer.get("shared"))
 
-    def _on_connected(self, client: paho.Client, flags: Any, props: Any) -> None:
+    def _on_connected(self, client: paho.Client, flags: Any) -> None:
         self._generation += 1
-        if self.tuning.buffered_reads:
-            buffer_reads(client, self.tuning.read_gather_s, self._on_publish if self.direct_receive else None)
+        buffer_reads(client, self.tuning.read_gather_s, self._on_publish if self.direct_receive else None)
         prefix = self.settings.topic_prefix
         shared = self.shared
         filters = [(f"$share/{SHARE_GROUP}/" if shared else "") + f"{prefix}/devices/+/{ch}" for ch in CHANNELS]
-        topics: list[tuple[str, Any]]
-        if self.protocol == paho.MQTTv5:
-            topics = [(f, SubscribeOptions(qos=1)) for f in filters]
-        else:
-            topics = [(f, 1) for f in filters]
-        client.subscribe(topics)
-        log.info("ingest %s connected (MQTT %s, %s subscription, session %s)", self.client_id,
-                 "5" if self.protocol == paho.MQTTv5 else "3.1.1", "shared" if shared else "plain",
-                 "resumed" if getattr(flags, "session_present", False) else "new")
+        client.subscribe([(f, 1) for f in filters])
+        log.info("ingest %s connected (MQTT 3.1.1, %s subscription, session %s)", self.client_id,
+                 "shared" if shared else "plain", "resumed" if getattr(flags, "session_present", False) else "new")
         self.connected.set()
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
@@ -326,21 +300,10 @@ class IngestService:
     def _write_loop(self) -> None:
         try:
             while True:
-                if self.tuning.pipeline:
-                    entry = self._prepared.get()
-                    if entry is None:
-                        return
-                    batch, prepared = entry
-                else:
-                    batch = self._next_batch()
-                    if not batch:
-                        if self._stopping.is_set():
-                            return
-                        continue
-                    ready = self._prepare(batch)
-                    if ready is None:
-                        return
-                    prepared = ready
+                entry = self._prepared.get()
+                if entry is None:
+                    return
+                batch, prepared = entry
                 if not self._commit(batch, prepared):
                     return
                 self._ack(batch)
@@ -374,87 +337,69 @@ class IngestService:
             items.append(Item(outcome, inbound.received, topic, payload))
         return items
 
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            assert self.settings.database_url
-            self._conn = psycopg.connect(self.settings.database_url, connect_timeout=10,
-                                         application_name=APPLICATION_NAME)
-            prepare(self._conn)
-        return self._conn
+    def _with_retries(self, db: _Database, attempt: Callable[[psycopg.Connection[Any]], T],
+                      errors: tuple[type[Exception], ...], *, doing: str, left: str) -> T | Literal[GaveUp.STOPPING]:
+        """`attempt` on the connection until it succeeds, through database outages: on one of `errors`, wait
+        (RETRY_FIRST_S, doubling up to RETRY_MAX_S, on a new connection when this one broke) and try again,
+        acknowledging nothing meanwhile. Once the consumer is stopping it gives up after STOP_GRACE_S, leaving
+        `left` to the broker, which redelivers what is unacknowledged."""
+        delay = RETRY_FIRST_S
+        give_up_at: float | None = None
+        while True:
+            try:
+                return attempt(db.get())
+            except errors as exc:
+                db.forget_if_broken()
+                if self._stopping.is_set():
+                    give_up_at = give_up_at or time.monotonic() + STOP_GRACE_S
+                    if time.monotonic() > give_up_at:
+                        log.error("stopping with %s: the broker redelivers it", left)
+                        return GaveUp.STOPPING
+                reason = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+                log.warning("cannot %s in %s (%s); retrying in %.1f s, nothing is acknowledged", doing,
+                            redact(db.url), reason, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
 
     def _prepare(self, batch: list[_Inbound]) -> PreparedBatch | None:
         """Classify a batch (looking up devices the registry cache has not seen, through database outages) and
         prepare it for storing; None when stopping before that could be done."""
-        delay = 0.2
-        give_up_at: float | None = None
         decode = self._topic
         topics = [decode(i.topic) for i in batch]
         device_id_of = self.validator.device_id_of
         registry = self.registry
         missing = {d for d in map(device_id_of, topics) if d and d not in registry}
-        while missing:
-            try:
-                conn = self._lookup_connection()
+        if missing:
+
+            def look_up(conn: psycopg.Connection[Any]) -> None:
                 with conn.transaction():
                     registry.add_missing(conn, missing)
-                break
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                if self._lookup_conn is not None and (self._lookup_conn.closed or self._lookup_conn.broken):
-                    self._lookup_conn = None
-                if self._stopping.is_set():
-                    give_up_at = give_up_at or time.monotonic() + 10
-                    if time.monotonic() > give_up_at:
-                        log.error("stopping with a batch of %d unclassified and unacknowledged: the broker "
-                                  "redelivers it", len(batch))
-                        return None
-                assert self.settings.database_url
-                log.warning("cannot look up devices in %s (%s); retrying in %.1f s, nothing is acknowledged",
-                            redact(self.settings.database_url), str(exc).strip().splitlines()[0:1], delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        return prepare_batch(self._classify(batch, topics))
 
-    def _lookup_connection(self) -> psycopg.Connection[Any]:
-        if self._lookup_conn is None or self._lookup_conn.closed:
-            assert self.settings.database_url
-            self._lookup_conn = psycopg.connect(self.settings.database_url, connect_timeout=10,
-                                                application_name=APPLICATION_NAME)
-        return self._lookup_conn
+            if self._with_retries(self._lookup_db, look_up, LOOKUP_ERRORS, doing="look up devices",
+                                  left=f"a batch of {len(batch)} unclassified and unacknowledged") is GaveUp.STOPPING:
+                return None
+        return prepare_batch(self._classify(batch, topics))
 
     def _commit(self, batch: list[_Inbound], prepared: PreparedBatch) -> bool:
         """Store the batch, retrying through database outages; False when stopping before it could be stored."""
-        delay = 0.2
-        give_up_at: float | None = None
-        while True:
+
+        def store(conn: psycopg.Connection[Any]) -> BatchCounts:
+            gauges = {"gridhub_ingest_lag_seconds": max(0.0, time.time() - batch[0].received),
+                      "gridhub_ingest_queue_messages": float(self._queue.qsize())}
             try:
-                conn = self._connection()
-                gauges = {"gridhub_ingest_lag_seconds": max(0.0, time.time() - batch[0].received),
-                          "gridhub_ingest_queue_messages": float(self._queue.qsize())}
-                try:
-                    counts = write_prepared(conn, prepared, instance=self.settings.instance_id, gauges=gauges)
-                except (psycopg.DataError, psycopg.IntegrityError) as exc:
-                    if conn.closed or conn.broken:
-                        raise
-                    log.warning("a batch of %d was refused by the database (%s); storing one by one",
-                                len(batch), exc)
-                    counts = self._write_one_by_one(conn, list(prepared.items))
-                self._account(counts)
-                return True
-            except (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.DeadlockDetected,
-                    psycopg.errors.SerializationFailure) as exc:
-                if self._conn is not None and (self._conn.closed or self._conn.broken):
-                    self._conn = None
-                if self._stopping.is_set():
-                    give_up_at = give_up_at or time.monotonic() + 10
-                    if time.monotonic() > give_up_at:
-                        log.error("stopping with a batch of %d unstored and unacknowledged: the broker redelivers it",
-                                  len(batch))
-                        return False
-                assert self.settings.database_url
-                log.warning("cannot store a batch of %d in %s (%s); retrying in %.1f s, nothing is acknowledged",
-                            len(batch), redact(self.settings.database_url), str(exc).strip().splitlines()[0:1], delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                return write_prepared(conn, prepared, instance=self.settings.instance_id, gauges=gauges)
+            except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                if conn.closed or conn.broken:
+                    raise
+                log.warning("a batch of %d was refused by the database (%s); storing one by one", len(batch), exc)
+                return self._write_one_by_one(conn, list(prepared.items))
+
+        counts = self._with_retries(self._store_db, store, STORE_ERRORS, doing=f"store a batch of {len(batch)}",
+                                    left=f"a batch of {len(batch)} unstored and unacknowledged")
+        if counts is GaveUp.STOPPING:
+            return False
+        self._account(counts)
+        return True
 
     def _write_one_by_one(self, conn: psycopg.Connection[Any], items: list[Item]) -> BatchCounts:
         total = BatchCounts()
@@ -479,7 +424,7 @@ class IngestService:
         # after a reconnect the broker redelivers what was unacknowledged; an old packet id is not ours
         mids = [i.mid for i in batch if i.qos == 1 and i.generation == generation]
         # the batch's PUBACKs (in arrival order) as one write instead of one syscall and one segment each
-        if not (self.tuning.coalesce_acks and queue_pubacks(client, mids)):
+        if not queue_pubacks(client, mids):  # a paho without the packet queue: one by one
             for mid in mids:
                 client.ack(mid, 1)
 
@@ -496,19 +441,14 @@ class IngestService:
         if self._writer:
             self._writer.join(max(0.1, deadline - time.monotonic()))
         if self._client:
-            props = None
-            if end_session and self.protocol == paho.MQTTv5:
-                props = Properties(PacketTypes.DISCONNECT)
-                props.SessionExpiryInterval = 0
-            self._client.disconnect(properties=props)
+            self._client.disconnect()
             self._client.loop_stop()
-            if end_session and self.protocol == paho.MQTTv311:
+            if end_session:
                 assert self.settings.mqtt_url
                 _end_session_311(self.settings.mqtt_url, self.client_id)
         self.registry.stop()
-        for conn in (self._conn, self._lookup_conn):
-            if conn is not None:
-                conn.close()
+        self._store_db.close()
+        self._lookup_db.close()
         log.info("ingest stopped: %d messages in %d batches (%d readings, %d events stored, %d duplicates, "
                  "quarantined %s)", self.totals.messages, self.batches, self.totals.readings, self.totals.events,
                  self.totals.duplicates, self.totals.quarantined or "none")

@@ -20,8 +20,9 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from ingest_env import Hub, Publisher, counter, make_hub, topic, wait_received, wait_until
 
-from gridhub.ingest.service import IngestService, IngestTuning
+from gridhub.ingest.service import IngestService
 from gridhub.mqtt_fastpath import BufferedSocket
+from gridhub.settings import IngestSettings, Settings
 
 NOW = lambda: int(time.time() * 1000)  # noqa: E731
 
@@ -35,7 +36,7 @@ def hub(make_database: Callable[[], str], tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="module")
 def ingest(hub: Hub) -> Iterator[IngestService]:
-    svc = IngestService(hub.settings, IngestTuning(window=1000, batch_max=500, linger_s=0.05))
+    svc = IngestService(hub.settings, IngestSettings(window=1000, batch=500, linger_ms=50))
     svc.start()
     wait_until(svc.connected.is_set, 30, "ingest connected")
     yield svc
@@ -80,13 +81,20 @@ def test_consumer_reads_through_the_fast_receive_path(ingest: IngestService) -> 
     assert ingest._client is not None and isinstance(ingest._client.socket(), BufferedSocket)
 
 
-def test_consumer_on_paho_as_shipped(hub: Hub, ingest: IngestService, conn: psycopg.Connection[Any]) -> None:
-    svc = IngestService(hub.with_instance("plain-paho"), IngestTuning(direct_receive=False, buffered_reads=False,
-                                                                      coalesce_acks=False, pipeline=False))
+def test_consumer_takes_its_batching_from_the_environment(hub: Hub, ingest: IngestService,
+                                                          conn: psycopg.Connection[Any],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """GRIDHUB_INGEST_* reach the consumer through Settings: batches of at most 50 (paho's own decoding against
+    the fast path is tests/unit/test_fastpath_paho.py)."""
+    monkeypatch.setenv("GRIDHUB_INGEST_WINDOW", "100")
+    monkeypatch.setenv("GRIDHUB_INGEST_BATCH", "50")
+    monkeypatch.setenv("GRIDHUB_INGEST_LINGER_MS", "20")
+    settings = Settings(**hub.with_instance("env-batching").model_dump(exclude={"ingest"}))
+    assert (settings.ingest.window, settings.ingest.batch_max, settings.ingest.linger_s) == (100, 50, 0.02)
+    svc = IngestService(settings)
     svc.start()
     try:
-        assert not svc.direct_receive and svc._client is not None and svc._preparer is None
-        assert not isinstance(svc._client.socket(), BufferedSocket)
+        assert svc.direct_receive and svc._client is not None and svc._preparer is not None
         ts = NOW() - 6000
         send_and_wait(hub, conn, "sa-0002", [(topic("sa-0002"), reading(ts + i, 300_000 + i, battery_pct=40))
                                              for i in range(300)])
@@ -95,13 +103,15 @@ def test_consumer_on_paho_as_shipped(hub: Hub, ingest: IngestService, conn: psyc
     finally:
         svc.stop(end_session=True)
     assert not svc.failed.is_set()
+    assert svc.batches * 50 >= svc.totals.messages  # no batch above GRIDHUB_INGEST_BATCH
 
 
-def test_mqtt5_consumer(hub: Hub, ingest: IngestService, conn: psycopg.Connection[Any]) -> None:
-    svc = IngestService(hub.with_instance("mqtt5-client"), IngestTuning(mqtt5_client=True))
+def test_a_second_consumer_shares_the_subscription(hub: Hub, ingest: IngestService,
+                                                   conn: psycopg.Connection[Any]) -> None:
+    svc = IngestService(hub.with_instance("second-consumer"))
     svc.start()
     try:
-        assert svc.protocol == 5 and svc.shared
+        assert svc.protocol == 4 and svc.shared  # MQTT 3.1.1 with $share, as the first
         ts = NOW() - 4000
         send_and_wait(hub, conn, "sa-0001", [(topic("sa-0001"), reading(ts + i, 880_000 + i, battery_pct=50))
                                              for i in range(200)])
@@ -110,6 +120,36 @@ def test_mqtt5_consumer(hub: Hub, ingest: IngestService, conn: psycopg.Connectio
     finally:
         svc.stop(end_session=True)
     assert not svc.failed.is_set()
+    assert 0 < svc.totals.messages < 200  # the broker shared the stream between the two
+
+
+def test_ingest_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("WINDOW", "BATCH", "LINGER_MS", "READ_GATHER_MS", "MQTT5"):
+        monkeypatch.delenv(f"GRIDHUB_INGEST_{name}", raising=False)
+    default = IngestSettings()
+    assert (default.window, default.batch_max, default.linger_s, default.read_gather_s, default.mqtt5) == (
+        4000, 2000, 0.05, 0.002, True)
+    monkeypatch.setenv("GRIDHUB_INGEST_WINDOW", "1000")
+    monkeypatch.setenv("GRIDHUB_INGEST_LINGER_MS", "5")
+    monkeypatch.setenv("GRIDHUB_INGEST_READ_GATHER_MS", "0")
+    monkeypatch.setenv("GRIDHUB_INGEST_MQTT5", "0")
+    s = Settings().ingest
+    assert (s.window, s.batch_max, s.linger_s, s.read_gather_s, s.mqtt5) == (1000, 500, 0.005, 0.0, False)
+
+
+@pytest.mark.parametrize(("env", "says"), [
+    ({"GRIDHUB_INGEST_WINDOW": "0"}, "GRIDHUB_INGEST_WINDOW must be a positive"),
+    ({"GRIDHUB_INGEST_BATCH": "-5"}, "GRIDHUB_INGEST_BATCH must be a positive"),
+    ({"GRIDHUB_INGEST_WINDOW": "100", "GRIDHUB_INGEST_BATCH": "200"}, "cannot exceed GRIDHUB_INGEST_WINDOW"),
+    ({"GRIDHUB_INGEST_LINGER_MS": "-1"}, "GRIDHUB_INGEST_LINGER_MS must be a number of milliseconds"),
+    ({"GRIDHUB_INGEST_MQTT5": "maybe"}, "mqtt5"),
+])
+def test_ingest_settings_refuse_what_cannot_work(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+                                                 says: str) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=says):
+        Settings()
 
 
 def test_duplicates_are_stored_once(hub: Hub, ingest: IngestService, conn: psycopg.Connection[Any]) -> None:
@@ -242,7 +282,7 @@ def test_liveness_retained_status_and_seq_gaps(hub: Hub, ingest: IngestService,
                  "WHERE device_id = 'sp-0201'")
     # an MQTT 3.1.1 consumer (plain subscriptions, as on the embedded broker) gets the retained copy replayed
     # with the retain flag set: it tells state, not life
-    svc = IngestService(hub.with_instance("plain-311"), IngestTuning(mqtt5=False))
+    svc = IngestService(hub.with_instance("plain-311"), IngestSettings(mqtt5=False))
     svc.start()
     try:
         assert svc.protocol == 4 and not svc.shared
