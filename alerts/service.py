@@ -24,11 +24,9 @@ import multiprocessing as mp
 import os
 import queue
 import signal
-import socket
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,7 +40,7 @@ from gridhub.alerts.devices import DeviceBook
 from gridhub.alerts.evaluate import acceptable, event_findings
 from gridhub.alerts.rules import RuleBook, load_rules
 from gridhub.db import connect
-from gridhub.mqtt import BrokerAddress, make_client
+from gridhub.mqtt import Connack, MqttConnection
 from gridhub.protocol import Event, ms_to_dt
 from gridhub.settings import Settings
 
@@ -96,12 +94,11 @@ class AlertService:
         self.lane_subscribed = threading.Event()
         self.priority: queue.Queue[Inbound] = queue.Queue()
         self.fresh: queue.Queue[Fresh] = queue.Queue()
-        self.marker = ""
         self.subscribed: set[str] = set()
         self.drained: set[str] = set()
         self.grace_until: datetime | None = None
         self.threads: list[threading.Thread] = []
-        self.client: paho.Client | None = None
+        self.mqtt: MqttConnection | None = None
         self.ctx = mp.get_context("spawn")
         self.lane_reports: Any = self.ctx.Queue()
         self.lane_stop: Any = self.ctx.Event()
@@ -134,25 +131,23 @@ class AlertService:
         # events only once the telemetry session exists too: from the first event on, the broker keeps both
         if not self.lane_subscribed.wait(LANE_START_S):
             log.warning("the telemetry lane has not subscribed after %s s; taking events anyway", LANE_START_S)
-        addr = BrokerAddress.parse(self.settings.mqtt_url or "")
-        client = make_client(self.settings.mqtt_url or "", self.instance, protocol=paho.MQTTv311, clean=False,
-                             manual_ack=True)
-        client.max_inflight_messages_set(100)
-        client.on_socket_open = _without_nagle
-        client.on_connect = self._on_connect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        client.reconnect_delay_set(1, 5)
-        self.client = client
-        client.connect_async(addr.host, addr.port, keepalive=30)
-        client.loop_start()
+        p = self.prefix
+        # TCP_NODELAY: small packets (an acknowledgement, a notification) go out at once instead of waiting up to
+        # 40 ms for the peer's delayed ACK of the previous one
+        self.mqtt = MqttConnection(
+            self.settings.mqtt_url or "", self.instance, protocol=paho.MQTTv311, persistent=True, manual_ack=True,
+            keepalive=30, reconnect_delay=(1, 5), max_inflight=100, tcp_nodelay=True,
+            subscriptions=[(f"{p}/devices/+/event", 1), (f"{p}/devices/+/status", 1)],
+            marker_topic=telemetry.marker_topic(p, self.instance, "events"),
+            on_connected=self._on_connected, on_subscribed=self._on_subscribed, on_message=self._on_message,
+            on_refused=self._on_refused)
+        self.mqtt.start()
 
     def stop(self) -> None:
         self.stopping.set()
         self.lane_stop.set()
-        if self.client is not None:
-            self.client.disconnect()
-            self.client.loop_stop()
+        if self.mqtt is not None:
+            self.mqtt.stop()
         for t in self.threads:
             t.join(timeout=10)
         if self.lane is not None:
@@ -197,21 +192,18 @@ class AlertService:
 
     # ------------------------------------------------------------------ MQTT, backlog markers
 
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-        if getattr(rc, "is_failure", False):
-            log.error("broker refused the alerts instance (events session): %s", rc)
-            return
-        self._lane_connected("events")
-        self.marker = uuid.uuid4().hex
-        p = self.prefix
-        client.subscribe([(f"{p}/devices/+/event", 1), (f"{p}/devices/+/status", 1),
-                          (telemetry.marker_topic(p, self.instance, "events"), 1)])
+    def _on_refused(self, rc: Any) -> None:
+        log.error("broker refused the alerts instance (events session): %s", rc)
 
-    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, rcs: Any, props: Any = None) -> None:
-        client.publish(telemetry.marker_topic(self.prefix, self.instance, "events"), self.marker.encode(), qos=1)
+    def _on_connected(self, connack: Connack) -> None:
+        """(Re)connected: the connection draws a new backlog marker and subscribes again."""
+        self._lane_connected("events")
+
+    def _on_subscribed(self) -> None:
+        """Subscribed, and the backlog marker published to ourselves."""
         self._lane_subscribed("events")
 
-    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+    def _on_message(self, msg: paho.MQTTMessage) -> None:
         topic = msg.topic
         if topic == telemetry.marker_topic(self.prefix, self.instance, "events"):
             self.priority.put(Inbound(topic, "", "marker", bytes(msg.payload), msg.qos, msg.mid, msg.retain))
@@ -223,8 +215,8 @@ class AlertService:
         self.priority.put(Inbound(topic, parts[1], parts[2], bytes(msg.payload), msg.qos, msg.mid, msg.retain))
 
     def _ack(self, mid: int, qos: int) -> None:
-        if qos > 0 and self.client is not None:
-            self.client.ack(mid, qos)
+        if self.mqtt is not None:
+            self.mqtt.ack(mid, qos)
 
     def _lane_connected(self, lane: str) -> None:
         """A session (re)connected: offline deadlines wait for its backlog again."""
@@ -299,7 +291,7 @@ class AlertService:
         """Evaluate an event or status message in one transaction; returns the change rows it wrote."""
         book = self.book
         if item.channel == "marker":
-            if item.payload.decode() == self.marker:
+            if self.mqtt is not None and self.mqtt.is_current_marker(item.payload):
                 self._lane_drained("events")
             return []
         reg = book.registered(conn, item.device_id)
@@ -388,11 +380,11 @@ class AlertService:
                         batch.append(self.fresh.get_nowait())
                     except queue.Empty:
                         break
-                client = self.client
+                mqtt = self.mqtt
                 ids = [i for f in batch for i in f.ids]
-                if client is not None and client.is_connected():
+                if mqtt is not None and mqtt.is_connected():
                     try:
-                        publish.publish_rows(conn, client, self.prefix, ids)
+                        publish.publish_rows(conn, mqtt.client, self.prefix, ids)
                     except Exception:  # noqa: BLE001 - committed; the notifier publishes what is still unpublished
                         log.exception("could not publish changes %s directly; the notifier will", ids)
                 done = time.perf_counter()
@@ -431,10 +423,10 @@ class AlertService:
             listen.execute(f"LISTEN {changes.CHANNEL}")
             listen.execute(f"LISTEN {publish.WAKE_CHANNEL}")
             while not self.stopping.is_set():
-                client = self.client
+                mqtt = self.mqtt
                 out = publish.Outcome(0, 0)
-                if client is not None and client.is_connected():
-                    out = publish.catch_up(conn, client, self.prefix)
+                if mqtt is not None and mqtt.is_connected():
+                    out = publish.catch_up(conn, mqtt.client, self.prefix)
                 if out.published >= publish.BATCH:
                     continue
                 if out.deferred:
@@ -459,13 +451,6 @@ class AlertService:
                     conn.execute("DELETE FROM rule_events WHERE ts < %s",
                                  (self.clock.now() - timedelta(seconds=max(2 * 86400, 2 * self.rules.noisy_device.window_s)),))
                     last_prune = time.monotonic()
-
-
-def _without_nagle(client: paho.Client, userdata: Any, sock: Any) -> None:
-    """Small packets (an acknowledgement, a notification) go out at once instead of waiting up to 40 ms for the
-    peer's delayed ACK of the previous one."""
-    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def run(settings: Settings) -> None:

@@ -12,7 +12,6 @@ import logging
 import os
 import queue
 import time
-import uuid
 from dataclasses import dataclass
 from multiprocessing.queues import Queue as ProcessQueue
 from multiprocessing.synchronize import Event as ProcessEvent
@@ -28,7 +27,7 @@ from gridhub.alerts.devices import DeviceBook, Registered
 from gridhub.alerts.evaluate import Finding, acceptable, reading_findings
 from gridhub.alerts.rules import RuleBook
 from gridhub.db import connect
-from gridhub.mqtt import BrokerAddress, make_client
+from gridhub.mqtt import Connack, MqttConnection
 from gridhub.protocol import Reading
 from gridhub.settings import Settings
 
@@ -96,29 +95,24 @@ class TelemetryLane:
         self.reports = reports
         self.book = DeviceBook(args.instance, args.rules, args.clock)
         self.inbox: queue.Queue[Inbound] = queue.Queue()
-        self.marker = ""
         self.conn: psycopg.Connection[Any] | None = None
         self.shards_read = 0.0
-        self.client: paho.Client | None = None
+        self.mqtt: MqttConnection | None = None
 
     def start(self) -> None:
         self.reconnect_db()
-        client = make_client(self.settings.mqtt_url or "", f"{self.instance}-telemetry", protocol=paho.MQTTv311,
-                             clean=False, manual_ack=True)
-        client.max_inflight_messages_set(100)
-        client.on_connect = self._on_connect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        client.reconnect_delay_set(1, 5)
-        addr = BrokerAddress.parse(self.settings.mqtt_url or "")
-        self.client = client
-        client.connect_async(addr.host, addr.port, keepalive=30)
-        client.loop_start()
+        self.mqtt = MqttConnection(
+            self.settings.mqtt_url or "", f"{self.instance}-telemetry", protocol=paho.MQTTv311, persistent=True,
+            manual_ack=True, keepalive=30, reconnect_delay=(1, 5), max_inflight=100,
+            subscriptions=[(f"{self.prefix}/devices/+/telemetry", 1)],
+            marker_topic=marker_topic(self.prefix, self.instance, "telemetry"),
+            on_connected=self._on_connected, on_subscribed=self._on_subscribed, on_message=self._on_message,
+            on_refused=self._on_refused)
+        self.mqtt.start()
 
     def stop(self) -> None:
-        if self.client is not None:
-            self.client.disconnect()
-            self.client.loop_stop()
+        if self.mqtt is not None:
+            self.mqtt.stop()
         if self.conn is not None:
             self.conn.close()
 
@@ -132,20 +126,18 @@ class TelemetryLane:
 
     # ------------------------------------------------------------------ MQTT (paho's network thread)
 
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-        if getattr(rc, "is_failure", False):
-            log.error("broker refused the alerts instance (telemetry session): %s", rc)
-            return
-        self.marker = uuid.uuid4().hex
-        self.reports.put(("connected", ""))
-        client.subscribe([(f"{self.prefix}/devices/+/telemetry", 1),
-                          (marker_topic(self.prefix, self.instance, "telemetry"), 1)])
+    def _on_refused(self, rc: Any) -> None:
+        log.error("broker refused the alerts instance (telemetry session): %s", rc)
 
-    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, rcs: Any, props: Any = None) -> None:
-        client.publish(marker_topic(self.prefix, self.instance, "telemetry"), self.marker.encode(), qos=1)
+    def _on_connected(self, connack: Connack) -> None:
+        """(Re)connected: the connection draws a new backlog marker and subscribes again."""
+        self.reports.put(("connected", ""))
+
+    def _on_subscribed(self) -> None:
+        """Subscribed, and the backlog marker published to ourselves."""
         self.reports.put(("subscribed", ""))
 
-    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+    def _on_message(self, msg: paho.MQTTMessage) -> None:
         if msg.topic == marker_topic(self.prefix, self.instance, "telemetry"):
             self.inbox.put(Inbound("", bytes(msg.payload), msg.qos, msg.mid, marker=True))
             return
@@ -177,11 +169,10 @@ class TelemetryLane:
             for item in batch:
                 self.inbox.put(item)
             raise
-        client = self.client
-        assert client is not None
+        mqtt = self.mqtt
+        assert mqtt is not None
         for item in batch:
-            if item.qos > 0:
-                client.ack(item.mid, item.qos)
+            mqtt.ack(item.mid, item.qos)
 
     def _evaluate(self, conn: psycopg.Connection[Any], batch: list[Inbound]) -> None:
         """Evaluate a batch of readings in memory and write what they changed in one transaction."""
@@ -191,8 +182,8 @@ class TelemetryLane:
         work: list[tuple[Registered, Reading]] = []
         for item in batch:
             if item.marker:
-                if item.payload.decode() == self.marker:
-                    self.reports.put(("drained", self.marker))
+                if self.mqtt is not None and self.mqtt.is_current_marker(item.payload):
+                    self.reports.put(("drained", item.payload.decode()))
                 continue
             reg = book.registered(conn, item.device_id)
             if reg is None or not book.mine(conn, item.device_id):

@@ -36,7 +36,7 @@ import psycopg
 from pydantic import ValidationError
 
 from gridhub.db import connect
-from gridhub.mqtt import BrokerAddress, make_client
+from gridhub.mqtt import Connack, MqttConnection
 from gridhub.protocol import MAX_FRAME, Reason, TopicError, device_topic, parse_topic
 from gridhub.quarantine import quarantine
 from gridhub.runtime import run_until_signalled
@@ -133,7 +133,7 @@ class DetectService:
         self.stop_event = threading.Event()
         self.failed = threading.Event()
         self.conn: psycopg.Connection[Any] | None = None
-        self.client: paho.Client | None = None
+        self.mqtt: MqttConnection | None = None
         self.worker: threading.Thread | None = None
         self.processed = 0
         self.published = 0
@@ -144,13 +144,13 @@ class DetectService:
         assert self.settings.database_url and self.settings.mqtt_url
         self.conn = connect(self.settings.database_url, autocommit=True)
         self._refresh()
-        client = make_client(self.settings.mqtt_url, self.instance, protocol=paho.MQTTv5)
-        client.on_connect = self._on_connect
-        client.on_message = self._on_message
-        addr = BrokerAddress.parse(self.settings.mqtt_url)
-        client.connect(addr.host, addr.port, keepalive=30)
-        client.loop_start()
-        self.client = client
+        mqtt = MqttConnection(
+            self.settings.mqtt_url, self.instance, protocol=paho.MQTTv5, keepalive=30, reconnect_delay=(1, 120),
+            subscriptions=[(f"{self.prefix}/devices/+/frame", 1), (f"{self.prefix}/devices/+/frame/+", 1)],
+            on_connected=self._on_connected, on_message=self._on_message, on_refused=self._on_refused,
+        )
+        mqtt.connect(wait_s=None)  # the TCP connection now; CONNACK, refusals and reconnects in the background
+        self.mqtt = mqtt
         self.worker = threading.Thread(target=self._work, name="detect-worker", daemon=True)
         self.worker.start()
 
@@ -162,9 +162,8 @@ class DetectService:
             self.worker.join(timeout=10)
         for t in self.pullers.values():
             t.join(timeout=5)
-        if self.client is not None:
-            self.client.loop_stop()
-            self.client.disconnect()
+        if self.mqtt is not None:
+            self.mqtt.stop()
         if self.conn is not None:
             try:
                 self.conn.execute("DELETE FROM detector_leases WHERE holder = %s", (self.instance,))
@@ -174,17 +173,14 @@ class DetectService:
 
     # -- MQTT in ---------------------------------------------------------------------------
 
-    def _on_connect(
-        self, client: paho.Client, userdata: object, flags: object, rc: Any, props: object = None
-    ) -> None:
-        if getattr(rc, "is_failure", False):
-            log.error("broker refused the detector's connection: %s", rc)
-            return
-        client.subscribe(f"{self.prefix}/devices/+/frame", qos=1)
-        client.subscribe(f"{self.prefix}/devices/+/frame/+", qos=1)
+    def _on_refused(self, rc: Any) -> None:
+        log.error("broker refused the detector's connection: %s", rc)
+
+    def _on_connected(self, connack: Connack) -> None:
+        # the connection subscribes to the frame topics right after this, on every (re)connection
         log.info("detect: subscribed to camera frames under %s", self.prefix)
 
-    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+    def _on_message(self, msg: paho.MQTTMessage) -> None:
         now_ms = int(time.time() * 1000)
         try:
             topic = parse_topic(msg.topic, self.prefix)
@@ -387,10 +383,10 @@ class DetectService:
     # -- out -------------------------------------------------------------------------------
 
     def _publish(self, cam: Camera, ts_ms: int, type_: str, detail: dict[str, Any]) -> None:
-        assert self.client is not None
+        assert self.mqtt is not None
         cam.seq += 1
         payload = json.dumps({"ts": ts_ms, "seq": cam.seq, "type": type_, "detail": detail})
-        self.client.publish(device_topic(self.prefix, cam.id, "event"), payload, qos=1)
+        self.mqtt.publish(device_topic(self.prefix, cam.id, "event"), payload, qos=1)
         self.published += 1
         if type_ != "heartbeat":
             log.info("camera %s: %s at %s %s", cam.id, type_, ts_ms, detail)
