@@ -1,8 +1,16 @@
 """The change log: every alert and task change of a transaction becomes one `changes` row (the REST shape and
 who it concerns), written at the end of that transaction in commit order, with pg_notify('gridhub_changes').
 
-Callers stage what they changed (`stage_alert`, `stage_task`) while they work and call `flush` just before
-commit. Staging twice in one transaction still writes one row: one notification per change, not per step.
+A transaction's changes are staged on its `UnitOfWork`, an object passed explicitly to every function that
+changes alerts or tasks (there is no global staging area). Used as a context manager it opens the transaction,
+writes the change rows (`flush`) just before commit and forgets them if the block raises, so no caller can
+forget either::
+
+    with changes.UnitOfWork(conn) as uow:
+        records.raise_alert(uow, place, "tamper", seen, now, rules)
+    uow.ids  # the change rows it wrote, for the fresh publisher
+
+Staging twice in one transaction still writes one row: one notification per change, not per step.
 `flush` takes a transaction-level advisory lock before taking ids from the sequence, so change rows become
 visible strictly in id order and a reader that remembers the last id it saw (the API's SSE Last-Event-ID)
 never skips one; `flush` refuses to run outside a transaction, where that lock would not hold. Commit soon
@@ -12,8 +20,8 @@ a cursor, so it does not depend on that order at all.
 
 from __future__ import annotations
 
-import weakref
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
+from types import TracebackType
 from typing import Any
 
 import psycopg
@@ -22,36 +30,104 @@ from psycopg.types.json import Jsonb
 from gridhub.alerts.shapes import alert_shape, task_shape
 from gridhub.db import CHANGES_CHANNEL, CHANGES_LOCK
 
+__all__ = ["CHANNEL", "UnitOfWork", "task_recipients"]
+
 CHANNEL = CHANGES_CHANNEL
 
 
-@dataclass
-class _Staged:
-    alerts: dict[str, None] = field(default_factory=dict)
-    tasks: dict[str, set[str]] = field(default_factory=dict)  # task id -> extra recipients
-    loud: set[str] = field(default_factory=set)  # tasks whose change is pushed to the workers it concerns
+class UnitOfWork:
+    """The alert and task changes of one transaction on `conn`, written as `changes` rows when it commits.
 
+    `with UnitOfWork(conn) as uow:` opens the transaction (a savepoint if `conn` is already in one, which then
+    commits with the caller's), flushes before commit and discards the staged changes if the block raises. Used
+    without `with`, the caller runs the transaction and calls `flush` before committing. One unit of work per
+    transaction: entering it twice is refused.
+    """
 
-_staged: weakref.WeakKeyDictionary[Any, _Staged] = weakref.WeakKeyDictionary()
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self.ids: list[int] = []  # the change rows flushed so far
+        self._alerts: dict[str, None] = {}  # ordered set: rows are written in staging order
+        self._tasks: dict[str, set[str]] = {}  # task id -> extra recipients
+        self._loud: set[str] = set()  # tasks whose change is pushed to the workers it concerns
+        self._tx: AbstractContextManager[psycopg.Transaction] | None = None
+        self._entered = False
 
+    def stage_alert(self, alert_id: str) -> None:
+        self._alerts[alert_id] = None
 
-def stage_alert(conn: psycopg.Connection[Any], alert_id: str) -> None:
-    _staged.setdefault(conn, _Staged()).alerts[alert_id] = None
+    def stage_task(self, task_id: str, *, also_notify: tuple[str, ...] = (), quiet: bool = False) -> None:
+        """Mark a task changed. `also_notify`: workers it concerns beyond the assignee and the escalation levels
+        (a previous assignee). `quiet`: a repeat that only raised the count: logged for the board, not pushed."""
+        self._tasks.setdefault(task_id, set()).update(w for w in also_notify if w)
+        if not quiet:
+            self._loud.add(task_id)
 
+    def _forget(self) -> tuple[dict[str, None], dict[str, set[str]], set[str]]:
+        staged = self._alerts, self._tasks, self._loud
+        self._alerts, self._tasks, self._loud = {}, {}, set()
+        return staged
 
-def stage_task(conn: psycopg.Connection[Any], task_id: str, *, also_notify: tuple[str, ...] = (),
-               quiet: bool = False) -> None:
-    """Mark a task changed. `also_notify`: workers it concerns beyond the assignee and the escalation levels
-    (a previous assignee). `quiet`: a repeat that only raised the count: logged for the board, not pushed."""
-    st = _staged.setdefault(conn, _Staged())
-    st.tasks.setdefault(task_id, set()).update(w for w in also_notify if w)
-    if not quiet:
-        st.loud.add(task_id)
+    def flush(self) -> list[int]:
+        """Write the staged changes as `changes` rows (alerts first, then tasks) and forget them; returns their
+        ids (also added to `ids`). What is staged afterwards is written by the next flush."""
+        alerts, tasks, loud = self._forget()
+        if not alerts and not tasks:
+            return []
+        conn = self.conn
+        rows: list[tuple[str, str, str | None, dict[str, Any], list[str]]] = []
+        for aid in alerts:
+            shape = alert_shape(conn, aid)
+            if shape is not None:
+                rows.append(("alert", aid, shape.get("grid_id"), shape, []))
+        for tid, extra in tasks.items():
+            shape = task_shape(conn, tid)
+            if shape is None:
+                continue
+            recipients = sorted(set(task_recipients(conn, shape)) | extra) if tid in loud else []
+            rows.append(("task", tid, shape.get("grid_id"), shape, recipients))
+        if not rows:
+            return []
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            raise RuntimeError("changes.UnitOfWork.flush needs an open transaction (`with changes.UnitOfWork(conn)"
+                               " as uow:`, or a connection without autocommit): outside one the ordering lock is gone"
+                               " before the rows commit, so a later row could become visible before an earlier one")
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHANGES_LOCK,))
+        ids: list[int] = []
+        for kind, entity_id, grid_id, payload, recipients in rows:
+            row = conn.execute(
+                "INSERT INTO changes (kind, entity_id, grid_id, payload, recipients) VALUES (%s, %s, %s, %s, %s)"
+                " RETURNING id", (kind, entity_id, grid_id, Jsonb(payload), recipients)).fetchone()
+            assert row is not None
+            ids.append(int(row[0]))
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(row[0])))
+        self.ids.extend(ids)
+        return ids
 
+    def __enter__(self) -> UnitOfWork:
+        if self._entered:
+            raise RuntimeError("a changes.UnitOfWork is one transaction: make a new one for the next")
+        self._entered = True
+        tx = self.conn.transaction()
+        tx.__enter__()
+        self._tx = tx
+        return self
 
-def discard(conn: psycopg.Connection[Any]) -> None:
-    """Forget what was staged (the transaction rolled back)."""
-    _staged.pop(conn, None)
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        tx, self._tx = self._tx, None
+        assert tx is not None
+        if exc_type is None:
+            try:
+                self.flush()
+            except BaseException as err:  # the rows are not written: roll back, then raise
+                self._forget()
+                if not tx.__exit__(type(err), err, err.__traceback__):
+                    raise
+                return False
+            return bool(tx.__exit__(None, None, None))
+        self._forget()
+        return bool(tx.__exit__(exc_type, exc, tb))
 
 
 def task_recipients(conn: psycopg.Connection[Any], task: dict[str, Any]) -> list[str]:
@@ -70,37 +146,3 @@ def task_recipients(conn: psycopg.Connection[Any], task: dict[str, Any]) -> list
     if level >= 3:
         out.update(r[0] for r in conn.execute("SELECT id FROM workers WHERE role = 'bureau' AND active"))
     return sorted(out)
-
-
-def flush(conn: psycopg.Connection[Any]) -> list[int]:
-    """Write the staged changes as `changes` rows (alerts first, then tasks); returns their ids."""
-    st = _staged.pop(conn, None)
-    if st is None or (not st.alerts and not st.tasks):
-        return []
-    rows: list[tuple[str, str, str | None, dict[str, Any], list[str]]] = []
-    for aid in st.alerts:
-        shape = alert_shape(conn, aid)
-        if shape is not None:
-            rows.append(("alert", aid, shape.get("grid_id"), shape, []))
-    for tid, extra in st.tasks.items():
-        shape = task_shape(conn, tid)
-        if shape is None:
-            continue
-        recipients = sorted(set(task_recipients(conn, shape)) | extra) if tid in st.loud else []
-        rows.append(("task", tid, shape.get("grid_id"), shape, recipients))
-    if not rows:
-        return []
-    if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-        raise RuntimeError("changes.flush needs an open transaction (`with conn.transaction():`, or a connection"
-                           " without autocommit): outside one the ordering lock is gone before the rows commit, so a"
-                           " later row could become visible before an earlier one")
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHANGES_LOCK,))
-    ids: list[int] = []
-    for kind, entity_id, grid_id, payload, recipients in rows:
-        row = conn.execute(
-            "INSERT INTO changes (kind, entity_id, grid_id, payload, recipients) VALUES (%s, %s, %s, %s, %s)"
-            " RETURNING id", (kind, entity_id, grid_id, Jsonb(payload), recipients)).fetchone()
-        assert row is not None
-        ids.append(int(row[0]))
-        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(row[0])))
-    return ids

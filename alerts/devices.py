@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 
 from gridhub.alerts import records, shards, timers
+from gridhub.alerts.changes import UnitOfWork
 from gridhub.alerts.evaluate import DeviceState, Finding
 from gridhub.alerts.rules import RuleBook
 from gridhub.protocol import DEFAULT_HEARTBEAT_S, DeviceKind, ms_to_dt
@@ -125,17 +126,17 @@ class DeviceBook:
         with self.lock:
             self.states.clear()
 
-    def apply(self, conn: psycopg.Connection[Any], reg: Registered, f: Finding, now: datetime) -> None:
+    def apply(self, uow: UnitOfWork, reg: Registered, f: Finding, now: datetime) -> None:
         seen = ms_to_dt(f.ts_ms)
         if f.action == "raise":
-            records.raise_alert(conn, reg.place, f.alert_type, seen, now, self.rules, f.detail)
+            records.raise_alert(uow, reg.place, f.alert_type, seen, now, self.rules, f.detail)
         else:
             why = ", ".join(f"{k} {v}" for k, v in f.detail.items()) or "cleared"
-            records.clear_alert(conn, reg.place, f.alert_type, seen, now, why)
+            records.clear_alert(uow, reg.place, f.alert_type, seen, now, why)
 
     # ------------------------------------------------------------------ absence
 
-    def signs_of_life(self, conn: psycopg.Connection[Any], devices: dict[str, Registered], now: datetime, *,
+    def signs_of_life(self, uow: UnitOfWork, devices: dict[str, Registered], now: datetime, *,
                       offline_in_memory: bool) -> None:
         """Any accepted message: the offline deadline moves and an active device_offline clears.
 
@@ -144,6 +145,7 @@ class DeviceBook:
         it. `offline_in_memory`: this process raises device_offline itself and knows which are active (the
         priority process); otherwise the database is asked (the telemetry process).
         """
+        conn = uow.conn
         if offline_in_memory:
             offline = {d for d in devices if "device_offline" in self.state(d).active}
         else:
@@ -151,7 +153,7 @@ class DeviceBook:
                 "SELECT device_id FROM alerts WHERE device_id = ANY(%s) AND type = 'device_offline'"
                 " AND state = 'active'", (list(devices),))}
         for dev in sorted(offline):
-            records.clear_alert(conn, devices[dev].place, "device_offline", now, now, "the device spoke again")
+            records.clear_alert(uow, devices[dev].place, "device_offline", now, now, "the device spoke again")
             self.state(dev).active.discard("device_offline")
         moves = []
         for dev, reg in devices.items():

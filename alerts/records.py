@@ -11,8 +11,10 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from gridhub.alerts import changes, tasks, timers
+from gridhub.alerts import tasks, timers
+from gridhub.alerts.changes import UnitOfWork
 from gridhub.alerts.rules import RuleBook
+from gridhub.alerts.shapes import alert_shape
 from gridhub.db import BUILDING_LOCK
 
 
@@ -46,10 +48,11 @@ class Raised:
     task_id: str | None
 
 
-def raise_alert(conn: psycopg.Connection[Any], p: Place, alert_type: str, seen: datetime, now: datetime,
+def raise_alert(uow: UnitOfWork, p: Place, alert_type: str, seen: datetime, now: datetime,
                 rules: RuleBook, detail: dict[str, Any] | None = None) -> Raised:
     """Raise `alert_type` for the device, or repeat the active one (count and last_seen rise); open or join
     its task. Correlates fire alarms and sprinkler drops into the building's fire incident."""
+    conn = uow.conn
     severity = rules.severity_of(alert_type)
     row = conn.execute(
         "INSERT INTO alerts (id, device_id, building_id, grid_id, type, severity, first_seen, last_seen, detail)"
@@ -61,22 +64,23 @@ def raise_alert(conn: psycopg.Connection[Any], p: Place, alert_type: str, seen: 
          Jsonb(detail or {}))).fetchone()
     assert row is not None
     alert_id, created, task_id = str(row[0]), bool(row[1]), row[2]
-    changes.stage_alert(conn, alert_id)
+    uow.stage_alert(alert_id)
     if created:
         task_id, _ = tasks.open_or_join_task(
-            conn, alert_id=alert_id, alert_type=alert_type, severity=severity,
+            uow, alert_id=alert_id, alert_type=alert_type, severity=severity,
             incident_key=f"{alert_type}:{p.device_id}", grid_id=p.grid_id, building_id=p.building_id,
             device_id=p.device_id, seen=seen, now=now, rules=rules, note=_describe(p, alert_type))
     elif task_id:
-        tasks.note_repeat(conn, task_id, seen)
+        tasks.note_repeat(uow, task_id, seen)
     if created and alert_type in ("fire_alarm", "sprinkler_drop"):
-        correlate_fire(conn, p, seen, now, rules)
+        correlate_fire(uow, p, seen, now, rules)
     return Raised(alert_id, created, task_id)
 
 
-def clear_alert(conn: psycopg.Connection[Any], p: Place, alert_type: str, seen: datetime, now: datetime,
+def clear_alert(uow: UnitOfWork, p: Place, alert_type: str, seen: datetime, now: datetime,
                 why: str) -> str | None:
     """Clear the device's active `alert_type`; its task keeps a note (a person closes it). Returns the alert id."""
+    conn = uow.conn
     row = conn.execute(
         "UPDATE alerts SET state = 'cleared', cleared_at = %s, last_seen = GREATEST(last_seen, %s)"
         " WHERE device_id = %s AND type = %s AND state = 'active' RETURNING id, task_id",
@@ -84,11 +88,11 @@ def clear_alert(conn: psycopg.Connection[Any], p: Place, alert_type: str, seen: 
     if row is None:
         return None
     alert_id, task_id = str(row[0]), row[1]
-    changes.stage_alert(conn, alert_id)
+    uow.stage_alert(alert_id)
     if task_id:
-        tasks.annotate(conn, task_id, now, "alert_cleared", f"{alert_type} cleared: {why}")
+        tasks.annotate(uow, task_id, now, "alert_cleared", f"{alert_type} cleared: {why}")
     if alert_type == "fire_alarm":
-        _clear_incident_if_quiet(conn, p, now)
+        _clear_incident_if_quiet(uow, p, now)
     return alert_id
 
 
@@ -97,9 +101,10 @@ def _lock_building(conn: psycopg.Connection[Any], building_id: str) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (BUILDING_LOCK, zlib.crc32(building_id.encode()) - 2**31))
 
 
-def correlate_fire(conn: psycopg.Connection[Any], p: Place, seen: datetime, now: datetime, rules: RuleBook) -> None:
+def correlate_fire(uow: UnitOfWork, p: Place, seen: datetime, now: datetime, rules: RuleBook) -> None:
     """Two fire alarms in one building within the window, or a fire alarm with a sprinkler drop: one fire
     incident (critical) per building, its task linking every alert that made it."""
+    conn = uow.conn
     _lock_building(conn, p.building_id)
     window = timedelta(seconds=rules.fire_incident.window_s)
     rows = conn.execute(
@@ -123,20 +128,21 @@ def correlate_fire(conn: psycopg.Connection[Any], p: Place, seen: datetime, now:
          seen, seen, Jsonb({"reason": reason, "alerts": [r[0] for r in rows]}))).fetchone()
     assert row is not None
     incident_id, created, task_id = str(row[0]), bool(row[1]), row[2]
-    changes.stage_alert(conn, incident_id)
+    uow.stage_alert(incident_id)
     if created or task_id is None:
         task_id, _ = tasks.open_or_join_task(
-            conn, alert_id=incident_id, alert_type="fire_incident", severity=rules.severity_of("fire_incident"),
+            uow, alert_id=incident_id, alert_type="fire_incident", severity=rules.severity_of("fire_incident"),
             incident_key=f"fire_incident:{p.building_id}", grid_id=p.grid_id, building_id=p.building_id,
             device_id=first_device, seen=seen, now=now, rules=rules, note=f"fire incident: {reason}")
     else:
         tasks.add_history(conn, task_id, now, tasks.SYSTEM, "alert", f"fire incident grows: {reason}")
-        changes.stage_task(conn, task_id)
+        uow.stage_task(task_id)
     for r in rows:
         tasks.link_alert(conn, task_id, r[0])
 
 
-def _clear_incident_if_quiet(conn: psycopg.Connection[Any], p: Place, now: datetime) -> None:
+def _clear_incident_if_quiet(uow: UnitOfWork, p: Place, now: datetime) -> None:
+    conn = uow.conn
     _lock_building(conn, p.building_id)
     still = conn.execute("SELECT 1 FROM alerts WHERE building_id = %s AND type = 'fire_alarm' AND state = 'active'"
                          " LIMIT 1", (p.building_id,)).fetchone()
@@ -147,24 +153,26 @@ def _clear_incident_if_quiet(conn: psycopg.Connection[Any], p: Place, now: datet
         " AND state = 'active' RETURNING id, task_id", (now, p.building_id)).fetchone()
     if row is None:
         return
-    changes.stage_alert(conn, str(row[0]))
+    uow.stage_alert(str(row[0]))
     if row[1]:
-        tasks.annotate(conn, row[1], now, "alert_cleared", f"fire incident in {p.building_id}: every alarm cleared")
+        tasks.annotate(uow, row[1], now, "alert_cleared", f"fire incident in {p.building_id}: every alarm cleared")
 
 
-def count_alarm(conn: psycopg.Connection[Any], p: Place, seen: datetime, now: datetime, rules: RuleBook) -> None:
+def count_alarm(uow: UnitOfWork, p: Place, seen: datetime, now: datetime, rules: RuleBook) -> None:
     """noisy_device: more than max_alarms fire alarms within the window (by the events' own ts)."""
+    conn = uow.conn
     nr = rules.noisy_device
     row = conn.execute("SELECT count(*) FROM rule_events WHERE device_id = %s AND type = 'alarm' AND ts > %s AND ts <= %s",
                        (p.device_id, seen - timedelta(seconds=nr.window_s), seen)).fetchone()
     n = int(row[0]) if row else 0
     if n > nr.max_alarms:
-        raise_alert(conn, p, "noisy_device", seen, now, rules, {"alarms_in_window": n})
+        raise_alert(uow, p, "noisy_device", seen, now, rules, {"alarms_in_window": n})
         timers.schedule(conn, "noisy", p.device_id, now + timedelta(seconds=nr.window_s), payload={})
 
 
-def noisy_check(conn: psycopg.Connection[Any], device_id: str, now: datetime, rules: RuleBook) -> None:
+def noisy_check(uow: UnitOfWork, device_id: str, now: datetime, rules: RuleBook) -> None:
     """The noisy-device timer: clear once the last window holds at most max_alarms alarms, else look again."""
+    conn = uow.conn
     p = place_of(conn, device_id)
     if p is None:
         return
@@ -172,7 +180,7 @@ def noisy_check(conn: psycopg.Connection[Any], device_id: str, now: datetime, ru
     rows = conn.execute("SELECT ts FROM rule_events WHERE device_id = %s AND type = 'alarm' AND ts > %s"
                         " ORDER BY ts DESC", (device_id, now - timedelta(seconds=nr.window_s))).fetchall()
     if len(rows) <= nr.max_alarms:
-        clear_alert(conn, p, "noisy_device", now, now, f"at most {nr.max_alarms} alarms in the last window")
+        clear_alert(uow, p, "noisy_device", now, now, f"at most {nr.max_alarms} alarms in the last window")
     else:  # look again when the oldest alarm that keeps it noisy leaves the window
         oldest_needed = rows[nr.max_alarms][0]
         timers.schedule(conn, "noisy", device_id, oldest_needed + timedelta(seconds=nr.window_s))
@@ -182,16 +190,16 @@ class AlertNotFound(LookupError):
     """No such alert in the caller's scope (404)."""
 
 
-def ack_alert(conn: psycopg.Connection[Any], alert_id: str, actor: Any, now: datetime) -> dict[str, Any]:
-    """Acknowledge an alert for `actor` (a gridhub.auth.Principal) and log the change; returns the REST shape.
-    Acknowledging twice is harmless. The caller commits."""
+def ack_alert(uow: UnitOfWork, alert_id: str, actor: Any, now: datetime) -> dict[str, Any]:
+    """Acknowledge an alert for `actor` (a gridhub.auth.Principal) and stage the change; returns the REST shape.
+    Acknowledging twice is harmless. The caller's unit of work writes the change log and commits."""
+    conn = uow.conn
     row = conn.execute("SELECT grid_id FROM alerts WHERE id = %s FOR UPDATE", (alert_id,)).fetchone()
     if row is None or not actor.sees_grid(row[0]):
         raise AlertNotFound(f"alert {alert_id} does not exist in your scope")
     if conn.execute("UPDATE alerts SET acked = true, acked_by = %s, acked_at = %s WHERE id = %s AND NOT acked"
                     " RETURNING id", (actor.id, now, alert_id)).fetchone():
-        changes.stage_alert(conn, alert_id)
-        changes.flush(conn)
-    shape = changes.alert_shape(conn, alert_id)
+        uow.stage_alert(alert_id)
+    shape = alert_shape(conn, alert_id)
     assert shape is not None
     return shape

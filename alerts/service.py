@@ -106,7 +106,7 @@ class AlertService:
         self.timer_actions: dict[str, timers.TimerAction] = {
             **tasks.timer_actions(self.rules),
             "offline": self._offline_due,
-            "noisy": lambda c, key, payload, now: records.noisy_check(c, key, now, self.rules),
+            "noisy": lambda uow, key, payload, now: records.noisy_check(uow, key, now, self.rules),
         }
 
     # ------------------------------------------------------------------ life cycle
@@ -270,8 +270,9 @@ class AlertService:
 
     # ------------------------------------------------------------------ what a message does
 
-    def _offline_due(self, conn: psycopg.Connection[Any], device_id: str, payload: dict[str, Any], now: datetime) -> None:
+    def _offline_due(self, uow: changes.UnitOfWork, device_id: str, payload: dict[str, Any], now: datetime) -> None:
         """The offline deadline: raise device_offline unless a sign of life came after the deadline was written."""
+        conn = uow.conn
         book = self.book
         reg = book.devices.get(device_id)
         if reg is None or reg.retired:
@@ -283,7 +284,7 @@ class AlertService:
             return
         book.offline_written.pop(device_id, None)
         reason = payload.get("reason", f"silent for {int(reg.window.total_seconds())} s")
-        records.raise_alert(conn, reg.place, "device_offline", now, now, self.rules, {"reason": reason})
+        records.raise_alert(uow, reg.place, "device_offline", now, now, self.rules, {"reason": reason})
         book.load_states(conn, {device_id})
         book.state(device_id).active.add("device_offline")
 
@@ -308,29 +309,29 @@ class AlertService:
                 return []  # ingest quarantines it
             if not acceptable(reg.place.kind, ev, int(now.timestamp() * 1000)):
                 return []
-            with conn.transaction():
+            with changes.UnitOfWork(conn) as uow:
                 fresh = conn.execute(
                     "INSERT INTO rule_events (device_id, ts, seq, type) VALUES (%s, %s, %s, %s)"
                     " ON CONFLICT DO NOTHING RETURNING 1",
                     (dev, ms_to_dt(ev.ts), ev.seq if ev.seq is not None else -1, ev.type)).fetchone()
                 if fresh is None:
                     return []  # redelivered or re-sent: evaluated once already
-                book.signs_of_life(conn, {dev: reg}, now, offline_in_memory=True)
+                book.signs_of_life(uow, {dev: reg}, now, offline_in_memory=True)
                 st = book.state(dev)
                 for f in event_findings(ev):
-                    book.apply(conn, reg, f, now)
+                    book.apply(uow, reg, f, now)
                     (st.active.add if f.action == "raise" else st.active.discard)(f.alert_type)
                 if ev.type == "alarm":
-                    records.count_alarm(conn, reg.place, ms_to_dt(ev.ts), now, self.rules)
-                ids = changes.flush(conn)
+                    records.count_alarm(uow, reg.place, ms_to_dt(ev.ts), now, self.rules)
+            ids = uow.ids
         elif item.channel == "status":
             text = item.payload.decode("utf-8", "replace").strip()
-            with conn.transaction():
+            with changes.UnitOfWork(conn) as uow:
                 if text == "offline" and not item.retain:
                     timers.cancel(conn, "offline", dev)
                     book.offline_written.pop(dev, None)
                     book.alive.pop(dev, None)
-                    records.raise_alert(conn, reg.place, "device_offline", now, now, self.rules,
+                    records.raise_alert(uow, reg.place, "device_offline", now, now, self.rules,
                                         {"reason": "last will: the broker lost the device's connection"})
                     book.state(dev).active.add("device_offline")
                 elif text == "offline":
@@ -340,8 +341,8 @@ class AlertService:
                                         payload={"reason": "retained offline status (last will while the hub was away)"})
                         book.offline_written[dev] = now
                 elif text == "online" and not item.retain:
-                    book.signs_of_life(conn, {dev: reg}, now, offline_in_memory=True)
-                ids = changes.flush(conn)
+                    book.signs_of_life(uow, {dev: reg}, now, offline_in_memory=True)
+            ids = uow.ids
         return ids
 
     # ------------------------------------------------------------------ threads
@@ -356,8 +357,7 @@ class AlertService:
                 started = time.perf_counter()
                 try:
                     ids = self._handle_priority(conn, item)
-                except Exception:
-                    changes.discard(conn)
+                except Exception:  # the unit of work rolled back and forgot its changes
                     self.book.forget_states()
                     self.priority.put(item)  # not acknowledged: try again on a fresh connection
                     raise

@@ -1,8 +1,10 @@
 """Grid tasks (CONTRACT §4.1): the one place that decides task transitions — opening or joining a task for an
 alert, dispatch, deadlines, reminders, escalation, and the people's actions with their role and state rules.
 
-Every function works inside the caller's transaction on a sync psycopg connection; the public entry points
-(`apply_action`, `record_history`) write the change log before returning, so the caller only commits.
+Every function works inside the caller's transaction on a sync psycopg connection; those that change a task or
+an alert take the caller's `changes.UnitOfWork` (its `conn` is the connection) and stage the change on it, and
+the unit of work writes the change log when it commits (`with changes.UnitOfWork(conn) as uow: apply_action(uow,
+...)`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 
 import psycopg
 
-from gridhub.alerts import changes, timers
+from gridhub.alerts import timers
+from gridhub.alerts.changes import UnitOfWork
 from gridhub.alerts.rules import RuleBook, load_rules
 from gridhub.alerts.shapes import alert_shape, task_shape
 from gridhub.auth import Principal
@@ -89,14 +92,14 @@ def add_history(conn: psycopg.Connection[Any], task_id: str, at: datetime, actor
                  (task_id, at, actor, action, note))
 
 
-def record_history(conn: psycopg.Connection[Any], task_id: str, actor_id: str, action: str, note: str | None,
+def record_history(uow: UnitOfWork, task_id: str, actor_id: str, action: str, note: str | None,
                    *, now: datetime | None = None) -> None:
-    """Add a step to a task's history (e.g. action 'photo' when the API stores evidence) and log the change."""
+    """Add a step to a task's history (e.g. action 'photo' when the API stores evidence) and stage the change."""
+    conn = uow.conn
     if conn.execute("SELECT 1 FROM tasks WHERE id = %s", (task_id,)).fetchone() is None:
         raise TaskNotFound(f"task {task_id} does not exist")
     add_history(conn, task_id, _now(now), actor_id, action, note)
-    changes.stage_task(conn, task_id)
-    changes.flush(conn)
+    uow.stage_task(task_id)
 
 
 def _fewest_open(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...]) -> str | None:
@@ -136,11 +139,12 @@ def _schedule_accept(conn: psycopg.Connection[Any], task_id: str, accept_due: da
     timers.schedule(conn, "remind", task_id, now + timedelta(seconds=d.remind_s))
 
 
-def open_or_join_task(conn: psycopg.Connection[Any], *, alert_id: str, alert_type: str, severity: str,
+def open_or_join_task(uow: UnitOfWork, *, alert_id: str, alert_type: str, severity: str,
                       incident_key: str, grid_id: str | None, building_id: str | None, device_id: str | None,
                       seen: datetime, now: datetime, rules: RuleBook, note: str) -> tuple[str, bool]:
     """Open the incident's task assigned by the dispatch rule, or join the one not yet closed (count and
     last_seen rise); link the alert. Returns (task id, opened)."""
+    conn = uow.conn
     d = rules.deadlines(severity)
     assignee = choose_assignee(conn, grid_id)
     accept_due = now + timedelta(seconds=d.accept_s)
@@ -164,7 +168,7 @@ def open_or_join_task(conn: psycopg.Connection[Any], *, alert_id: str, alert_typ
         _schedule_accept(conn, task_id, accept_due, now, rules, severity)
     else:
         add_history(conn, task_id, now, SYSTEM, "alert", note)
-    changes.stage_task(conn, task_id)
+    uow.stage_task(task_id)
     return task_id, opened
 
 
@@ -173,20 +177,21 @@ def link_alert(conn: psycopg.Connection[Any], task_id: str, alert_id: str) -> No
                  (task_id, alert_id))
 
 
-def note_repeat(conn: psycopg.Connection[Any], task_id: str, seen: datetime) -> None:
+def note_repeat(uow: UnitOfWork, task_id: str, seen: datetime) -> None:
     """A repeated alert: the task's count and last_seen rise; the board sees it, workers get no push."""
-    conn.execute("UPDATE tasks SET count = count + 1, last_seen = GREATEST(last_seen, %s) WHERE id = %s"
+    uow.conn.execute("UPDATE tasks SET count = count + 1, last_seen = GREATEST(last_seen, %s) WHERE id = %s"
                  " AND state <> 'closed'", (seen, task_id))
-    changes.stage_task(conn, task_id, quiet=True)
+    uow.stage_task(task_id, quiet=True)
 
 
-def annotate(conn: psycopg.Connection[Any], task_id: str, now: datetime, action: str, note: str) -> None:
+def annotate(uow: UnitOfWork, task_id: str, now: datetime, action: str, note: str) -> None:
     """A system note on a task that is not closed (an alert cleared: a person still closes the task)."""
+    conn = uow.conn
     row = conn.execute("SELECT state FROM tasks WHERE id = %s", (task_id,)).fetchone()
     if row is None or row[0] == "closed":
         return
     add_history(conn, task_id, now, SYSTEM, action, note)
-    changes.stage_task(conn, task_id)
+    uow.stage_task(task_id)
 
 
 # ------------------------------------------------------------------ deadlines
@@ -202,9 +207,10 @@ def _lock_task(conn: psycopg.Connection[Any], task_id: str) -> dict[str, Any] | 
     return dict(zip(names, row, strict=True))
 
 
-def escalate(conn: psycopg.Connection[Any], task_id: str, now: datetime, rules: RuleBook | None = None) -> None:
+def escalate(uow: UnitOfWork, task_id: str, now: datetime, rules: RuleBook | None = None) -> None:
     """The escalation timer: at each breach (not accepted by accept_due, not resolved by resolve_due, and each
     further window after that) raise the level by one, as far as the severity allows, and notify that level."""
+    conn = uow.conn
     rules = rules or default_rules()
     t = _lock_task(conn, task_id)
     if t is None or t["state"] not in OPEN_STATES:
@@ -223,25 +229,26 @@ def escalate(conn: psycopg.Connection[Any], task_id: str, now: datetime, rules: 
     add_history(conn, task_id, now, SYSTEM, "escalate",
                 f"not {'accepted' if phase == 'accept' else 'resolved'} by {due.isoformat() if due else 'its deadline'}:"
                 f" level {level}, {LEVEL_NAMES[level]} notified")
-    changes.stage_task(conn, task_id)
+    uow.stage_task(task_id)
     if level < d.max_escalation:
         timers.schedule(conn, "escalate", task_id, now + timedelta(seconds=window))
 
 
-def remind(conn: psycopg.Connection[Any], task_id: str, now: datetime, rules: RuleBook | None = None) -> None:
+def remind(uow: UnitOfWork, task_id: str, now: datetime, rules: RuleBook | None = None) -> None:
     """The reminder timer: while the task is not accepted, remind the assignee every remind_s."""
+    conn = uow.conn
     rules = rules or default_rules()
     t = _lock_task(conn, task_id)
     if t is None or t["state"] != "open":
         return
     add_history(conn, task_id, now, SYSTEM, "remind", f"waiting to be accepted by {t['assignee'] or 'someone'}")
-    changes.stage_task(conn, task_id)
+    uow.stage_task(task_id)
     timers.schedule(conn, "remind", task_id, now + timedelta(seconds=rules.deadlines(t["severity"]).remind_s))
 
 
 def timer_actions(rules: RuleBook) -> dict[str, timers.TimerAction]:
-    return {"escalate": lambda c, key, payload, now: escalate(c, key, now, rules),
-            "remind": lambda c, key, payload, now: remind(c, key, now, rules)}
+    return {"escalate": lambda uow, key, payload, now: escalate(uow, key, now, rules),
+            "remind": lambda uow, key, payload, now: remind(uow, key, now, rules)}
 
 
 # ------------------------------------------------------------------ people's actions
@@ -288,14 +295,15 @@ def _may(action: str, actor: Principal, task: dict[str, Any]) -> bool:
     }[action]
 
 
-def apply_action(conn: psycopg.Connection[Any], task_id: str, action: str, actor: Principal,
+def apply_action(uow: UnitOfWork, task_id: str, action: str, actor: Principal,
                  body: dict[str, Any] | None = None, *, now: datetime | None = None,
                  rules: RuleBook | None = None) -> dict[str, Any]:
     """Take a person's action on a task (CONTRACT §4.1) and return the task in the REST shape.
 
     Raises TaskNotFound (no such task in the actor's scope), ActionForbidden (role), IllegalTransition (state),
-    BadActionBody (body). Checks run in that order. The caller commits.
+    BadActionBody (body). Checks run in that order. The caller's unit of work writes the change log and commits.
     """
+    conn = uow.conn
     body = body or {}
     if not isinstance(body, dict):
         raise BadActionBody("the body must be a JSON object")
@@ -323,7 +331,7 @@ def apply_action(conn: psycopg.Connection[Any], task_id: str, action: str, actor
         for (aid,) in conn.execute(
                 "UPDATE alerts SET acked = true, acked_by = %s, acked_at = %s WHERE NOT acked AND id IN"
                 " (SELECT alert_id FROM task_alerts WHERE task_id = %s) RETURNING id", (actor.id, now, task_id)).fetchall():
-            changes.stage_alert(conn, aid)
+            uow.stage_alert(aid)
         timers.cancel(conn, "remind", task_id)
         timers.schedule(conn, "escalate", task_id, t["resolve_due"] or now + timedelta(seconds=d.resolve_s))
     elif action == "arrive":
@@ -389,8 +397,7 @@ def apply_action(conn: psycopg.Connection[Any], task_id: str, action: str, actor
             timers.schedule(conn, "escalate", task_id, until)
     elif action == "comment":
         add_history(conn, task_id, now, actor.id, "comment", _note(body, True))
-    changes.stage_task(conn, task_id, also_notify=also)
-    changes.flush(conn)
+    uow.stage_task(task_id, also_notify=also)
     shape = task_shape(conn, task_id)
     assert shape is not None
     return shape

@@ -163,8 +163,7 @@ class TelemetryLane:
             self.shards_read = time.monotonic()
         try:
             self._evaluate(conn, batch)
-        except Exception:
-            changes.discard(conn)
+        except Exception:  # the unit of work rolled back and forgot its changes
             self.book.forget_states()
             for item in batch:
                 self.inbox.put(item)
@@ -204,16 +203,15 @@ class TelemetryLane:
                 st = book.states[reg.place.device_id]
                 found += [(reg, f) for f in reading_findings(st, self.rules, reg.place.kind, reg.place.device_id, r)]
             dirty = [(d, Jsonb(book.states[d].to_json())) for d in alive if book.states[d].dirty]
-        with conn.transaction():
+        with changes.UnitOfWork(conn) as uow:
             for reg, f in found:
-                book.apply(conn, reg, f, now)
-            book.signs_of_life(conn, alive, now, offline_in_memory=False)
+                book.apply(uow, reg, f, now)
+            book.signs_of_life(uow, alive, now, offline_in_memory=False)
             if dirty:
                 with conn.cursor() as cur:
                     cur.executemany("INSERT INTO rule_state (device_id, rule, state, updated_at) VALUES"
                                     " (%s, 'readings', %s, now()) ON CONFLICT (device_id, rule)"
                                     " DO UPDATE SET state = EXCLUDED.state, updated_at = now()", dirty)
-            changes.flush(conn)
         with book.lock:
             for d, _ in dirty:
                 book.states[d].dirty = False

@@ -60,7 +60,8 @@ def due_at(conn: psycopg.Connection[Any], kind: str, key: str) -> datetime | Non
     return row[0] if row else None
 
 
-TimerAction = Callable[[psycopg.Connection[Any], str, dict[str, Any], datetime], None]
+TimerAction = Callable[[changes.UnitOfWork, str, dict[str, Any], datetime], None]
+"""A timer's action: (the unit of work of the timer's transaction, key, payload, now)."""
 
 
 def _eligible(kinds: Collection[str], shards: Collection[int], held_back: Collection[str]) -> tuple[str, list[Any]]:
@@ -70,10 +71,11 @@ def _eligible(kinds: Collection[str], shards: Collection[int], held_back: Collec
 
 def fire_due(conn: psycopg.Connection[Any], now: datetime, actions: dict[str, TimerAction], *,
              shards: Collection[int] = range(64), held_back: Collection[str] = (), limit: int = 1000) -> int:
-    """Fire the timers due at `now`, each in its own transaction; returns how many fired.
+    """Fire the timers due at `now`, each in its own transaction and unit of work; returns how many fired.
 
     A timer is deleted before its action runs, in the same transaction, so an action that reschedules it
-    (schedule with the same kind and key) keeps the new due time. `held_back` kinds wait (the offline grace).
+    (schedule with the same kind and key) keeps the new due time; an action that fails is rolled back (its
+    staged changes with it) and the timer stays deleted. `held_back` kinds wait (the offline grace).
     """
     cond, params = _eligible(actions.keys(), shards, held_back)
     fired = 0
@@ -83,16 +85,13 @@ def fire_due(conn: psycopg.Connection[Any], now: datetime, actions: dict[str, Ti
                 f"SELECT kind, key, payload FROM timers WHERE due_at <= %s AND {cond}"
                 " ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED", [now, *params]).fetchone()
             if row is None:
-                changes.discard(conn)
                 return fired
             kind, key, payload = row
             conn.execute("DELETE FROM timers WHERE kind = %s AND key = %s", (kind, key))
             try:
-                with conn.transaction():
-                    actions[kind](conn, key, payload or {}, now)
-                    changes.flush(conn)
+                with changes.UnitOfWork(conn) as uow:  # a savepoint: flushed before the timer's transaction commits
+                    actions[kind](uow, key, payload or {}, now)
             except Exception:  # noqa: BLE001 - one broken timer must not stop the others; it is logged
-                changes.discard(conn)
                 log.exception("timer %s/%s failed; dropped", kind, key)
         fired += 1
     return fired

@@ -65,12 +65,8 @@ async def acknowledge(alert_id: str, conn: ConnDep, user: CurrentUser, sync_pool
     await scoped_alert(conn, user, alert_id)
 
     def ack() -> dict[str, Any]:
-        with sync_pool.connection() as c:
-            try:
-                return ack_alert(c, alert_id, user, datetime.now(UTC))
-            except BaseException:
-                changes.discard(c)
-                raise
+        with sync_pool.connection() as c, changes.UnitOfWork(c) as uow:
+            return ack_alert(uow, alert_id, user, datetime.now(UTC))
 
     try:
         return await run_in_threadpool(ack)

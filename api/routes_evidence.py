@@ -67,16 +67,12 @@ async def upload_photo(
     evidence_id = f"ev-{uuid.uuid4().hex}"
 
     def store() -> None:
-        with sync_pool.connection() as c:
-            try:
-                c.execute("INSERT INTO evidence (id, device_id, task_id, kind, content_type, data, created_by)"
-                          " VALUES (%s, %s, %s, 'photo', 'image/jpeg', %s, %s)",
-                          (evidence_id, task["device_id"], task_id, data, user.id))
-                record_history(c, task_id, user.id, "photo",
-                               f"evidence {evidence_id}" + (f": {note.strip()}" if note and note.strip() else ""))
-            except BaseException:
-                changes.discard(c)
-                raise
+        with sync_pool.connection() as c, changes.UnitOfWork(c) as uow:
+            c.execute("INSERT INTO evidence (id, device_id, task_id, kind, content_type, data, created_by)"
+                      " VALUES (%s, %s, %s, 'photo', 'image/jpeg', %s, %s)",
+                      (evidence_id, task["device_id"], task_id, data, user.id))
+            record_history(uow, task_id, user.id, "photo",
+                           f"evidence {evidence_id}" + (f": {note.strip()}" if note and note.strip() else ""))
 
     await run_in_threadpool(store)
     return {"id": evidence_id, "task_id": task_id, "device_id": task["device_id"], "kind": "photo",

@@ -132,12 +132,8 @@ async def task_action(task_id: str, action: Action, conn: ConnDep, user: Current
     payload = body.model_dump(mode="json", exclude_none=True) if body else {}
 
     def run() -> None:
-        with sync_pool.connection() as c:
-            try:
-                apply_action(c, task_id, action, user, payload)
-            except BaseException:
-                changes.discard(c)
-                raise
+        with sync_pool.connection() as c, changes.UnitOfWork(c) as uow:
+            apply_action(uow, task_id, action, user, payload)
 
     try:
         await run_in_threadpool(run)

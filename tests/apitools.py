@@ -136,9 +136,10 @@ def make_incident(db_url: str, device_id: str, grid_id: str, building_id: str, a
         conn.execute("INSERT INTO task_alerts (task_id, alert_id) VALUES (%s, %s)", (task_id, alert_id))
         conn.execute("INSERT INTO task_history (task_id, at, actor, action, note) VALUES (%s, %s, 'system', 'open',"
                      " %s)", (task_id, now, f"assigned to {assignee}"))
-        changes.stage_alert(conn, alert_id)
-        changes.stage_task(conn, task_id)
-        changes.flush(conn)
+        uow = changes.UnitOfWork(conn)
+        uow.stage_alert(alert_id)
+        uow.stage_task(task_id)
+        uow.flush()
         conn.commit()
     return alert_id, task_id
 

@@ -154,13 +154,14 @@ def test_writing_the_change_log_outside_a_transaction_is_refused(db_url: str, se
         place = records.place_of(tx, "pb-sa-1")
         assert place is not None
         now = datetime.now(UTC)
-        raised = records.raise_alert(tx, place, "tamper", now, now, rules)
-        changes.flush(tx)
+        with changes.UnitOfWork(tx) as uow:
+            raised = records.raise_alert(uow, place, "tamper", now, now, rules)
         tx.commit()
     with conn_to(db_url) as auto:
-        changes.stage_alert(auto, raised.alert_id)
+        bare = changes.UnitOfWork(auto)  # not entered: the caller would have to run the transaction
+        bare.stage_alert(raised.alert_id)
         with pytest.raises(RuntimeError, match="needs an open transaction"):
-            changes.flush(auto)
-        changes.stage_alert(auto, raised.alert_id)
-        with auto.transaction():
-            assert len(changes.flush(auto)) == 1
+            bare.flush()
+        with changes.UnitOfWork(auto) as uow:
+            uow.stage_alert(raised.alert_id)
+            assert len(uow.flush()) == 1

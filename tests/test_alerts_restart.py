@@ -207,8 +207,8 @@ def test_concurrent_raises_on_the_database_make_one_alert_and_one_task(db_url: s
                 p = records.place_of(conn, "k1-sa-2")
                 assert p is not None
                 barrier.wait()
-                records.raise_alert(conn, p, "tamper", now, now, rules)
-                changes.flush(conn)
+                with changes.UnitOfWork(conn) as uow:
+                    records.raise_alert(uow, p, "tamper", now, now, rules)
                 conn.commit()
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)

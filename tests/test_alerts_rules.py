@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from alerts_support import Device, Listener, add_devices, now_ms, wait_for
 
-from gridhub.alerts import records
+from gridhub.alerts import changes, records
 from gridhub.alerts.rules import RuleBook, load_rules
 from gridhub.alerts.service import AlertService
 from gridhub.alerts.timers import ShiftedClock
@@ -368,7 +368,8 @@ def test_noisy_device_clears_after_a_quiet_window(db_url: str, service: AlertSer
         assert p is not None
         rules = load_rules()
         later = service.clock.now() + timedelta(hours=25)
-        records.noisy_check(conn, "r2-sa-1", later, rules)
+        with changes.UnitOfWork(conn) as uow:
+            records.noisy_check(uow, "r2-sa-1", later, rules)
         state = conn.execute("SELECT state FROM alerts WHERE device_id = 'r2-sa-1' AND type = 'noisy_device'").fetchone()
         conn.rollback()
     assert state == ("cleared",)

@@ -64,10 +64,9 @@ def test_last_event_id_resumes_without_a_gap(api: object, tokens: dict[str, str]
             make_incident(db_url, "cam-0001", "g-xg-01", "b-12", "w-001", alert_type="exit_blocked",
                           severity="high")]
     with psycopg.connect(db_url) as conn:
-        conn.execute("UPDATE alerts SET acked = true WHERE id = %s", (made[0][0],))
-        changes.stage_alert(conn, made[0][0])
-        changes.flush(conn)
-        conn.commit()
+        with changes.UnitOfWork(conn) as uow:
+            conn.execute("UPDATE alerts SET acked = true WHERE id = %s", (made[0][0],))
+            uow.stage_alert(made[0][0])
         expected = [r[0] for r in conn.execute("SELECT id FROM changes WHERE id > %s ORDER BY id", (int(last_id or 0),))]
     for how in ("header", "query"):
         if how == "header":

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from gridhub.alerts import records, tasks, timers
+from gridhub.alerts import changes, records, tasks, timers
 from gridhub.alerts.rules import load_rules
 from gridhub.auth import PRINCIPAL_SQL, Principal, principal_from_row
 
@@ -60,25 +60,44 @@ def people(db_url: str) -> dict[str, Principal]:
 
 @pytest.fixture
 def tx(db_url: str) -> Iterator[psycopg.Connection[Any]]:
-    """A connection whose work is rolled back at the end of the test."""
+    """A connection whose work is rolled back at the end of the test (its units of work are savepoints)."""
     with psycopg.connect(db_url) as conn:
+        conn.execute("SELECT 1")  # the test's transaction is open: no unit of work commits on its own
         yield conn
         conn.rollback()
 
 
 def make_task(conn: psycopg.Connection[Any], state: str, *, severity: str = "high", key: str | None = None) -> str:
-    """A task assigned to w-001 in g-xg-01 with one alert, moved straight to `state`."""
+    """A task assigned to w-001 in g-xg-01 with one alert, moved straight to `state` (its change logged as such)."""
     p = records.place_of(conn, "sa-0001")
     assert p is not None
     alert_id = tasks.new_id("al", NOW)
-    conn.execute("INSERT INTO alerts (id, device_id, building_id, grid_id, type, severity, first_seen, last_seen)"
-                 " VALUES (%s, 'sa-0001', 'b-12', 'g-xg-01', 'tamper', %s, %s, %s)", (alert_id, severity, NOW, NOW))
-    task_id, opened = tasks.open_or_join_task(
-        conn, alert_id=alert_id, alert_type="tamper", severity=severity, incident_key=key or f"test:{alert_id}",
-        grid_id="g-xg-01", building_id="b-12", device_id="sa-0001", seen=NOW, now=NOW, rules=RULES, note="test")
-    assert opened
-    conn.execute("UPDATE tasks SET assignee = 'w-001', state = %s WHERE id = %s", (state, task_id))
+    with changes.UnitOfWork(conn) as uow:
+        conn.execute("INSERT INTO alerts (id, device_id, building_id, grid_id, type, severity, first_seen, last_seen)"
+                     " VALUES (%s, 'sa-0001', 'b-12', 'g-xg-01', 'tamper', %s, %s, %s)", (alert_id, severity, NOW, NOW))
+        task_id, opened = tasks.open_or_join_task(
+            uow, alert_id=alert_id, alert_type="tamper", severity=severity, incident_key=key or f"test:{alert_id}",
+            grid_id="g-xg-01", building_id="b-12", device_id="sa-0001", seen=NOW, now=NOW, rules=RULES, note="test")
+        assert opened
+        conn.execute("UPDATE tasks SET assignee = 'w-001', state = %s WHERE id = %s", (state, task_id))
     return task_id
+
+
+def apply_action(conn: psycopg.Connection[Any], task_id: str, action: str, actor: Principal,
+                 body: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    """`tasks.apply_action` in a unit of work of its own, as the API calls it."""
+    with changes.UnitOfWork(conn) as uow:
+        return tasks.apply_action(uow, task_id, action, actor, body, **kw)
+
+
+def record_history(conn: psycopg.Connection[Any], task_id: str, actor_id: str, action: str, note: str | None) -> None:
+    with changes.UnitOfWork(conn) as uow:
+        tasks.record_history(uow, task_id, actor_id, action, note)
+
+
+def ack_alert(conn: psycopg.Connection[Any], alert_id: str, actor: Principal, now: datetime) -> dict[str, Any]:
+    with changes.UnitOfWork(conn) as uow:
+        return records.ack_alert(uow, alert_id, actor, now)
 
 
 @pytest.mark.parametrize("state", STATES)
@@ -90,19 +109,19 @@ def test_every_action_role_and_state(tx: psycopg.Connection[Any], people: dict[s
     who = people[actor]
     if actor in ("worker_out", "head_out"):
         with pytest.raises(tasks.TaskNotFound):
-            tasks.apply_action(tx, task_id, action, who, BODY.get(action, {}), now=NOW, rules=RULES)
+            apply_action(tx, task_id, action, who, BODY.get(action, {}), now=NOW, rules=RULES)
         return
     if actor not in WHO[action]:
         with pytest.raises(tasks.ActionForbidden) as forbidden:
-            tasks.apply_action(tx, task_id, action, who, BODY.get(action, {}), now=NOW, rules=RULES)
+            apply_action(tx, task_id, action, who, BODY.get(action, {}), now=NOW, rules=RULES)
         assert action in str(forbidden.value)
         return
     if state not in FROM[action]:
         with pytest.raises(tasks.IllegalTransition) as illegal:
-            tasks.apply_action(tx, task_id, action, who, BODY.get(action, {}), now=NOW, rules=RULES)
+            apply_action(tx, task_id, action, who, BODY.get(action, {}), now=NOW, rules=RULES)
         assert state in str(illegal.value)
         return
-    out = tasks.apply_action(tx, task_id, action, who, BODY.get(action, {}), now=NOW, rules=RULES)
+    out = apply_action(tx, task_id, action, who, BODY.get(action, {}), now=NOW, rules=RULES)
     assert out["state"] == TO.get(action, state)
     assert out["history"][-1]["action"] == action
     assert out["history"][-1]["actor"] == who.id
@@ -114,10 +133,10 @@ def test_every_action_role_and_state(tx: psycopg.Connection[Any], people: dict[s
 
 def test_unknown_task_and_action(tx: psycopg.Connection[Any], people: dict[str, Principal]) -> None:
     with pytest.raises(tasks.TaskNotFound):
-        tasks.apply_action(tx, "tk-nope", "accept", people["head"], {}, now=NOW)
+        apply_action(tx, "tk-nope", "accept", people["head"], {}, now=NOW)
     task_id = make_task(tx, "open")
     with pytest.raises(tasks.BadActionBody):
-        tasks.apply_action(tx, task_id, "explode", people["head"], {}, now=NOW)
+        apply_action(tx, task_id, "explode", people["head"], {}, now=NOW)
 
 
 @pytest.mark.parametrize(("action", "state", "actor", "body", "needle"), [
@@ -139,7 +158,7 @@ def test_bad_bodies(tx: psycopg.Connection[Any], people: dict[str, Principal], a
                     body: dict[str, Any], needle: str) -> None:
     task_id = make_task(tx, state)
     with pytest.raises(ValueError) as err:
-        tasks.apply_action(tx, task_id, action, people[actor], body, now=NOW, rules=RULES)
+        apply_action(tx, task_id, action, people[actor], body, now=NOW, rules=RULES)
     assert isinstance(err.value, tasks.BadActionBody)
     assert needle in str(err.value)
 
@@ -147,7 +166,7 @@ def test_bad_bodies(tx: psycopg.Connection[Any], people: dict[str, Principal], a
 def test_accept_by_head_takes_the_task_and_acks_its_alerts(tx: psycopg.Connection[Any],
                                                           people: dict[str, Principal]) -> None:
     task_id = make_task(tx, "open")
-    out = tasks.apply_action(tx, task_id, "accept", people["head"], {}, now=NOW, rules=RULES)
+    out = apply_action(tx, task_id, "accept", people["head"], {}, now=NOW, rules=RULES)
     assert out["assignee"] == "w-002" and out["state"] == "accepted"
     acked = tx.execute("SELECT bool_and(acked), count(*) FROM alerts WHERE id = ANY(%s)", (out["alert_ids"],)).fetchone()
     assert acked == (True, 1)
@@ -161,7 +180,7 @@ def test_return_goes_to_the_grid_head_and_restarts_the_accept_clock(tx: psycopg.
                                                                     people: dict[str, Principal]) -> None:
     task_id = make_task(tx, "accepted")
     later = NOW + timedelta(hours=1)
-    out = tasks.apply_action(tx, task_id, "return", people["assignee"], {"note": "走错楼"}, now=later, rules=RULES)
+    out = apply_action(tx, task_id, "return", people["assignee"], {"note": "走错楼"}, now=later, rules=RULES)
     assert out["state"] == "open" and out["assignee"] == "w-002"
     assert out["accept_due"] == tasks.task_shape(tx, task_id)["accept_due"]  # type: ignore[index]
     due = tx.execute("SELECT accept_due FROM tasks WHERE id = %s", (task_id,)).fetchone()
@@ -171,7 +190,7 @@ def test_return_goes_to_the_grid_head_and_restarts_the_accept_clock(tx: psycopg.
 def test_extend_moves_resolve_due(tx: psycopg.Connection[Any], people: dict[str, Principal]) -> None:
     task_id = make_task(tx, "on_site")
     until = NOW + timedelta(days=3)
-    tasks.apply_action(tx, task_id, "extend", people["street"], {"until": until.isoformat()}, now=NOW, rules=RULES)
+    apply_action(tx, task_id, "extend", people["street"], {"until": until.isoformat()}, now=NOW, rules=RULES)
     row = tx.execute("SELECT resolve_due, state FROM tasks WHERE id = %s", (task_id,)).fetchone()
     assert row == (until, "on_site")
     assert timers.due_at(tx, "escalate", task_id) == until
@@ -179,11 +198,11 @@ def test_extend_moves_resolve_due(tx: psycopg.Connection[Any], people: dict[str,
 
 def test_photo_history(tx: psycopg.Connection[Any]) -> None:
     task_id = make_task(tx, "on_site")
-    tasks.record_history(tx, task_id, "w-001", "photo", "evidence ev-1")
+    record_history(tx, task_id, "w-001", "photo", "evidence ev-1")
     shape = tasks.task_shape(tx, task_id)
     assert shape is not None and shape["history"][-1] == {**shape["history"][-1], "action": "photo", "actor": "w-001"}
     with pytest.raises(tasks.TaskNotFound):
-        tasks.record_history(tx, "tk-nope", "w-001", "photo", None)
+        record_history(tx, "tk-nope", "w-001", "photo", None)
 
 
 def test_shape_times_have_offsets(tx: psycopg.Connection[Any]) -> None:
@@ -228,7 +247,7 @@ def test_no_escalation_before_the_deadline_nor_after_accept(tx: psycopg.Connecti
     actions = tasks.timer_actions(RULES)
     timers.fire_due(tx, NOW + timedelta(seconds=60), actions)
     assert tx.execute("SELECT escalation_level FROM tasks WHERE id = %s", (task_id,)).fetchone() == (0,)
-    tasks.apply_action(tx, task_id, "accept", people["assignee"], {}, now=NOW + timedelta(seconds=90), rules=RULES)
+    apply_action(tx, task_id, "accept", people["assignee"], {}, now=NOW + timedelta(seconds=90), rules=RULES)
     timers.fire_due(tx, NOW + timedelta(seconds=200), actions)
     assert tx.execute("SELECT escalation_level FROM tasks WHERE id = %s", (task_id,)).fetchone() == (0,)
     # not resolved within 30 min: the resolve deadline is a breach too
@@ -243,7 +262,7 @@ def test_reminders_until_accepted(tx: psycopg.Connection[Any], people: dict[str,
         timers.fire_due(tx, NOW + timedelta(seconds=121 * i), actions)
     n = tx.execute("SELECT count(*) FROM task_history WHERE task_id = %s AND action = 'remind'", (task_id,)).fetchone()
     assert n == (3,)
-    tasks.apply_action(tx, task_id, "accept", people["assignee"], {}, now=NOW + timedelta(seconds=400), rules=RULES)
+    apply_action(tx, task_id, "accept", people["assignee"], {}, now=NOW + timedelta(seconds=400), rules=RULES)
     timers.fire_due(tx, NOW + timedelta(seconds=2000), actions)
     n = tx.execute("SELECT count(*) FROM task_history WHERE task_id = %s AND action = 'remind'", (task_id,)).fetchone()
     assert n == (3,)
@@ -267,8 +286,8 @@ def test_ack_alert_in_scope_only(tx: psycopg.Connection[Any], people: dict[str, 
     task_id = make_task(tx, "open")
     alert_id = tasks.task_shape(tx, task_id)["alert_ids"][0]  # type: ignore[index]
     with pytest.raises(records.AlertNotFound):
-        records.ack_alert(tx, alert_id, people["worker_out"], NOW)
-    out = records.ack_alert(tx, alert_id, people["head"], NOW)
+        ack_alert(tx, alert_id, people["worker_out"], NOW)
+    out = ack_alert(tx, alert_id, people["head"], NOW)
     assert out["acked"] is True
     change = tx.execute("SELECT payload FROM changes WHERE entity_id = %s ORDER BY id DESC LIMIT 1", (alert_id,)).fetchone()
     assert change is not None and change[0]["acked"] is True
