@@ -1,4 +1,5 @@
-# gridhub: `make demo` runs the whole hub with simulators; `make test` runs the test suite on real services.
+# gridhub: `make demo` runs the whole hub with simulators; `make test` runs the test suite on real services;
+# `make test-unit` runs the fast layer (tests/unit) with no service at all.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -7,11 +8,12 @@ STAMP := $(VENV)/.installed
 PG_PORT ?= 55432
 export GRIDHUB_TEST_ADMIN_URL ?= postgresql://postgres@127.0.0.1:$(PG_PORT)/postgres
 
-.PHONY: help demo test lint typecheck pytest services services-install services-stop services-status bench clean
+.PHONY: help demo test test-unit lint typecheck pytest services services-install services-stop services-status bench clean
 
 help:
 	@echo "make demo           install, start local services, run the hub with a demo district and simulators"
-	@echo "make test           install, start local services, lint, type-check and run the tests"
+	@echo "make test           install, start local services, lint, type-check and run all the tests"
+	@echo "make test-unit      install, run the fast unit layer (tests/unit) in seconds; needs no service"
 	@echo "make services       install (as root) and start PostgreSQL+TimescaleDB and mosquitto on private ports"
 	@echo "make services-stop  stop exactly what make services started"
 	@echo "make bench          run the benchmarks in bench/ (JSON on stdout)"
@@ -45,6 +47,11 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test: services lint typecheck pytest
+
+# The fast layer needs the venv and nothing else: no service is started, and a unit test that asks for one fails
+# (tests/conftest.py). The admin URL points nowhere, so that nothing can quietly use a running cluster either.
+test-unit: $(STAMP)
+	GRIDHUB_TEST_ADMIN_URL=postgresql://nobody@127.0.0.1:9/unit-tests-use-no-database $(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
 
 demo: services
 	$(BIN)/gridhub demo

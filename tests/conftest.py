@@ -1,5 +1,6 @@
-"""Fixtures on the real services: a fresh PostgreSQL database per test session (from the cluster that
-`make test` starts) and a private mosquitto per test session with accounts generated from the registry."""
+"""The test layers' markers, and fixtures on the real services: a fresh PostgreSQL database per test session (from
+the cluster that `make test` starts) and a private mosquitto per test session with accounts generated from the
+registry. The service fixtures are never autouse: only the integration tests that ask for them start anything."""
 
 from __future__ import annotations
 
@@ -17,9 +18,51 @@ from gridhub.db import migrate
 from gridhub.registry import import_registry, load_file
 from gridhub.settings import Settings
 
-DATA = Path(__file__).parent / "data"
+TESTS = Path(__file__).parent
+DATA = TESTS / "data"
 ADMIN_URL = os.environ.get("GRIDHUB_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:55432/postgres")
 TEST_SECRET = "test-secret-" + "x" * 40
+
+
+# The layers (tests/README.md): everything under tests/unit is `unit` and needs no service; everything else is
+# `integration`, on the real services; test_browser.py is also `browser`; the files below, which start processes,
+# play whole scenarios or generate load, are also `slow`. Test files carry no markers of their own.
+UNIT = TESTS / "unit"
+BROWSER_FILES = {"test_browser.py"}
+SLOW_FILES = {
+    "test_alerts_restart.py", "test_browser.py", "test_detect_live.py", "test_embedded_up.py",
+    "test_ingest_processes.py", "test_localservices.py", "test_scenarios_e2e.py", "test_simulators_demo.py",
+    "test_simulators_load.py",
+}
+# the fixtures that reach PostgreSQL or start a broker: no unit test may use them, even through another fixture
+SERVICE_FIXTURES = {"pg_admin_url", "make_database", "make_registry_database", "db_url", "db", "broker", "settings",
+                    "passwords"}
+
+
+def _is_unit(item: pytest.Item) -> bool:
+    return item.path.is_relative_to(UNIT)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _is_unit(item):
+            item.add_marker(pytest.mark.unit)
+            continue
+        item.add_marker(pytest.mark.integration)
+        if item.path.name in BROWSER_FILES:
+            item.add_marker(pytest.mark.browser)
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A unit test that asks for a service fixture fails before the fixture starts anything."""
+    if _is_unit(item):
+        wanted = SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if wanted:
+            pytest.fail(f"{item.nodeid} is in tests/unit but uses {', '.join(sorted(wanted))}: unit tests need no "
+                        "service; move it out of tests/unit or drop the fixture", pytrace=False)
 
 
 def _with_db(url: str, name: str) -> str:

@@ -8,7 +8,7 @@ import yaml
 
 from gridhub.cli import build_parser
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _compose() -> dict:
