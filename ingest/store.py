@@ -64,8 +64,9 @@ WITH ins AS (
 SELECT count(*) FROM ins
 """
 
-# One statement for everything kept per device from a batch, given as a JSON array of [device, online, seen,
-# status, status at, first seq, last seq, gaps, [seqs], {metric: value}, {metric: ts}, oldest ts, newest ts]:
+# One statement for everything kept per device from a batch, given as a JSON array of objects (`_state_json`)
+# with the keys device_id, online, seen_s, status, status_at_s, first_seq, cont_last (last seq), cont_gaps,
+# seqs ([seq]), lv ({metric: value}), lt ({metric: ts}), min_ts and max_ts (oldest and newest ts):
 # lock the state rows in device order (two ingest processes wait for each other instead of deadlocking);
 # count gaps against the locked last_seq (the batch's own numbers are counted in Python from its first one on;
 # the database adds the step from last_seq to the first, or runs gridhub_seq_gaps over the whole list when the
@@ -74,10 +75,11 @@ SELECT count(*) FROM ins
 # row and the gaps counted.
 UPDATE_STATE = f"""
 WITH u AS MATERIALIZED (
-    SELECT e->>0 AS device_id, (e->>1)::bool AS online, (e->>2)::float8 AS seen_s, e->>3 AS status,
-           (e->>4)::float8 AS status_at_s, (e->>5)::int8 AS first_seq, (e->>6)::int8 AS cont_last,
-           (e->>7)::int8 AS cont_gaps, e->8 AS seqs, nullif(e->9, 'null') AS lv,
-           nullif(e->10, 'null') AS lt, (e->>11)::int8 AS min_ts, (e->>12)::int8 AS max_ts
+    SELECT e->>'device_id' AS device_id, (e->>'online')::bool AS online, (e->>'seen_s')::float8 AS seen_s,
+           e->>'status' AS status, (e->>'status_at_s')::float8 AS status_at_s, (e->>'first_seq')::int8 AS first_seq,
+           (e->>'cont_last')::int8 AS cont_last, (e->>'cont_gaps')::int8 AS cont_gaps, e->'seqs' AS seqs,
+           nullif(e->'lv', 'null') AS lv, nullif(e->'lt', 'null') AS lt, (e->>'min_ts')::int8 AS min_ts,
+           (e->>'max_ts')::int8 AS max_ts
     FROM jsonb_array_elements(%s::jsonb) AS e),
 locked AS MATERIALIZED (
     SELECT s.device_id, s.last_seq, s.latest, s.latest_ts, s.latest_until
@@ -421,7 +423,8 @@ def _write_state(cur: psycopg.Cursor[Any], changes: dict[str, _DeviceChange], st
 
 
 def _state_json(ids: list[str], changes: dict[str, _DeviceChange]) -> str:
-    rows: list[tuple[Any, ...]] = []
+    """The devices' changes as UPDATE_STATE's JSON array, one object per device with the keys it reads."""
+    rows: list[dict[str, Any]] = []
     for d in ids:
         ch = changes[d]
         seqs = ch.seqs
@@ -430,11 +433,14 @@ def _state_json(ids: list[str], changes: dict[str, _DeviceChange]) -> str:
         if seqs:
             first = seqs[0]
             cont_last, cont_gaps = count_gaps(first, seqs[1:]) if len(seqs) > 1 else (first, 0)
-            rows.append((d, ch.online, ch.seen, ch.status, ch.status_at, first, cont_last, cont_gaps, seqs,
-                         ch.latest, lt, oldest, newest))
+            rows.append({"device_id": d, "online": ch.online, "seen_s": ch.seen, "status": ch.status,
+                         "status_at_s": ch.status_at, "first_seq": first, "cont_last": cont_last,
+                         "cont_gaps": cont_gaps, "seqs": seqs, "lv": ch.latest, "lt": lt, "min_ts": oldest,
+                         "max_ts": newest})
         else:
-            rows.append((d, ch.online, ch.seen, ch.status, ch.status_at, None, None, None, None,
-                         ch.latest, lt, oldest, newest))
+            rows.append({"device_id": d, "online": ch.online, "seen_s": ch.seen, "status": ch.status,
+                         "status_at_s": ch.status_at, "first_seq": None, "cont_last": None, "cont_gaps": None,
+                         "seqs": None, "lv": ch.latest, "lt": lt, "min_ts": oldest, "max_ts": newest})
     return _json(rows)
 
 
@@ -444,7 +450,7 @@ def _update_state(cur: psycopg.Cursor[Any], state_json: str) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def _json(rows: list[tuple[Any, ...]]) -> str:
+def _json(rows: list[dict[str, Any]]) -> str:
     """Rows as one JSON array (the cheapest way found to hand a batch to one statement); a value orjson cannot
     write (an integer beyond 64 bits) goes through the standard library."""
     try:
