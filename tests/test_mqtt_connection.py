@@ -5,6 +5,7 @@ after the broker drops the connection, and the backlog marker."""
 from __future__ import annotations
 
 import queue
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -246,3 +247,30 @@ def test_the_backlog_marker_comes_after_the_queued_backlog(broker: Any) -> None:
             conn.ack(mid, qos)
     finally:
         conn.stop(end_session=True)
+
+
+def test_in_the_background_a_refusal_goes_to_the_owner_and_paho_tries_again(broker: Any) -> None:
+    url = broker.test_url.replace("gridhub-hub:", "gridhub-hub:wrong", 1)
+    refusals: list[Any] = []
+    conn = MqttConnection(url, _cid("background"), reconnect_delay=(1, 1), on_refused=refusals.append)
+    conn.start()
+    try:
+        wait_for(lambda: len(refusals) >= 2, 20, "a refusal, then another after the backoff")
+        assert all(rc.is_failure for rc in refusals) and not conn.is_connected()
+    finally:
+        conn.stop()
+
+
+def test_tcp_nodelay_is_set_on_the_socket(broker: Any) -> None:
+    conn = MqttConnection(broker.test_url, _cid("nodelay"), tcp_nodelay=True)
+    plain = MqttConnection(broker.test_url, _cid("nagle"))
+    conn.connect()
+    plain.connect()
+    try:
+        sock, other = conn.client.socket(), plain.client.socket()
+        assert isinstance(sock, socket.socket) and isinstance(other, socket.socket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert other.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+    finally:
+        conn.stop()
+        plain.stop()
