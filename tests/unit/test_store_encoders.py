@@ -174,3 +174,24 @@ def test_a_message_the_database_refuses_is_quarantined_with_its_reason() -> None
     assert (r.payload, r.payload_encoding, r.payload_truncated) == (item.payload.decode(), "utf8", False)
     assert (out.received, out.topic, out.payload) == (item.received, item.topic, item.payload)
     assert "ValueError" in reject_unstorable(item, ValueError("")).outcome.detail  # type: ignore[union-attr]
+
+
+def test_the_state_document_lists_devices_in_lock_order_with_the_batchs_own_gaps() -> None:
+    """One JSON object per device, in device order (two ingest processes lock state rows in the same order and
+    wait for each other instead of deadlocking); the gaps inside the batch are counted from its first number."""
+    p = prepare_batch([
+        reading("sp-0002", T0 + 2000, {"pressure_mpa": 0.3}, seq=5, received=10.0),
+        reading("sp-0002", T0, {"pressure_mpa": 0.2, "huge": 10**400}, seq=6, received=11.0),
+        reading("sp-0002", T0 + 1000, {"pressure_mpa": 0.25}, seq=9, received=12.0),
+        Item(StatusIn("sa-0001", False, False), 13.0, "t", b"offline"),
+    ])
+    assert p.state_json is not None
+    doc = json.loads(p.state_json)  # valid JSON even with an integer orjson cannot write
+    assert [d["device_id"] for d in doc] == ["sa-0001", "sp-0002"]
+    sa, sp = doc
+    assert (sa["online"], sa["status"], sa["status_at_s"], sa["seen_s"], sa["first_seq"], sa["lv"]) == (
+        False, "offline", 13.0, None, None, None)
+    assert (sp["online"], sp["seen_s"], sp["first_seq"], sp["cont_last"], sp["cont_gaps"], sp["seqs"]) == (
+        True, 12.0, 5, 9, 2, [5, 6, 9])
+    assert sp["lv"] == {"pressure_mpa": 0.3, "huge": 10**400}
+    assert (sp["min_ts"], sp["max_ts"]) == (T0, T0 + 2000)
