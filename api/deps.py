@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import psycopg
 from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import OAuth2PasswordBearer
-from psycopg.rows import dict_row, tuple_row
+from psycopg.rows import dict_row, namedtuple_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from gridhub.auth import PRINCIPAL_SQL, AuthError, Principal, decode_token, principal_from_row
@@ -69,12 +69,13 @@ async def current_user(
         claims = decode_token(token, settings.signing_key())
     except AuthError as exc:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc), headers=_UNAUTHORIZED) from exc
-    async with pool.connection() as conn:
-        row = await (await conn.execute(PRINCIPAL_SQL, (claims["sub"],))).fetchone()
-    if row is None or not row[4]:
+    async with pool.connection() as conn, conn.cursor(row_factory=namedtuple_row) as cur:
+        # a named tuple: read here by name, by gridhub.auth.principal_from_row by position
+        row: Any = await (await cur.execute(PRINCIPAL_SQL, (claims["sub"],))).fetchone()
+    if row is None or not row.active:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid token: the user no longer exists",
                             headers=_UNAUTHORIZED)
-    if int(claims.get("pwd", 0)) != int(row[6] or 0):
+    if int(claims.get("pwd", 0)) != int(row.pwd or 0):
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "token revoked by a password change: log in again",
                             headers=_UNAUTHORIZED)
     return principal_from_row(row)

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import OAuth2PasswordRequestForm
+from psycopg.rows import dict_row
 from pydantic import BaseModel
 
 from gridhub.api.deps import CurrentUser, PoolDep, SettingsDep
@@ -24,16 +25,16 @@ class Token(BaseModel):
 @router.post("/auth/token", response_model=Token)
 async def log_in(form: Annotated[OAuth2PasswordRequestForm, Depends()], settings: SettingsDep,
                  pool: PoolDep) -> Token:
-    async with pool.connection() as conn:
-        row = await (await conn.execute(
-            "SELECT password_hash, (extract(epoch FROM password_set_at) * 1000000)::bigint, active FROM workers WHERE id = %s",
-            (form.username,),
+    async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        row = await (await cur.execute(
+            "SELECT password_hash, (extract(epoch FROM password_set_at) * 1000000)::bigint AS pwd, active"
+            " FROM workers WHERE id = %s", (form.username,),
         )).fetchone()
-    ok = await run_in_threadpool(check_password, row[0] if row else None, form.password)
-    if not ok or row is None or not row[2]:
+    ok = await run_in_threadpool(check_password, row["password_hash"] if row else None, form.password)
+    if not ok or row is None or not row["active"]:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong user or password",
                             headers={"WWW-Authenticate": "Bearer"})
-    token = issue_token(form.username, settings.signing_key(), settings.token_ttl_s, row[1])
+    token = issue_token(form.username, settings.signing_key(), settings.token_ttl_s, row["pwd"])
     return Token(access_token=token, expires_in=settings.token_ttl_s)
 
 

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import psycopg
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
+from psycopg.rows import dict_row
 
 from gridhub.api.deps import CurrentUser, PoolDep
 from gridhub.auth import Principal
@@ -100,8 +101,9 @@ class ChangeReader:
 
     async def read(self, conn: psycopg.AsyncConnection[Any]) -> list[tuple[int, str, bytes]]:
         """The next changes in scope as (id, kind, JSON payload)."""
-        ids = [r[0] for r in await (await conn.execute(
-            "SELECT id FROM changes WHERE id > %s ORDER BY id LIMIT %s", (self.after, BATCH))).fetchall()]
+        async with conn.cursor(row_factory=dict_row) as cur:
+            ids = [r["id"] for r in await (await cur.execute(
+                "SELECT id FROM changes WHERE id > %s ORDER BY id LIMIT %s", (self.after, BATCH))).fetchall()]
         horizon = self.after
         now = time.monotonic()
         self.waiting_on_hole = False
@@ -121,12 +123,13 @@ class ChangeReader:
         cond, params = self.user.grid_filter("grid_id")
         if not self.user.all_grids:  # as in the task list: a task assigned to me is mine wherever it is
             cond, params = f"({cond} OR (kind = 'task' AND payload->>'assignee' = %s))", [*params, self.user.id]
-        rows = await (await conn.execute(
-            f"SELECT id, kind, payload::text FROM changes WHERE id > %s AND id <= %s AND ({cond}) ORDER BY id",
-            [self.after, horizon, *params])).fetchall()
+        async with conn.cursor(row_factory=dict_row) as cur:
+            rows = await (await cur.execute(
+                f"SELECT id, kind, payload::text AS payload FROM changes WHERE id > %s AND id <= %s AND ({cond})"
+                " ORDER BY id", [self.after, horizon, *params])).fetchall()
         self._holes = {h: t for h, t in self._holes.items() if h > horizon}
         self.after = horizon
-        return [(r[0], r[1], r[2].encode()) for r in rows]
+        return [(r["id"], r["kind"], r["payload"].encode()) for r in rows]
 
 
 def sse_event(change_id: int, kind: str, payload: bytes) -> bytes:
@@ -137,9 +140,9 @@ async def start_position(pool: Any, last_event_id: str | None) -> int:
     """Where a stream starts: after the client's Last-Event-ID, else after the newest change."""
     if last_event_id is not None and last_event_id.strip().isdigit():
         return int(last_event_id.strip())
-    async with pool.connection() as conn:
-        row = await (await conn.execute("SELECT COALESCE(max(id), 0) FROM changes")).fetchone()
-    return int(row[0])
+    async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        row = await (await cur.execute("SELECT COALESCE(max(id), 0) AS last FROM changes")).fetchone()
+    return int(row["last"]) if row else 0
 
 
 @router.get("/stream", response_class=StreamingResponse,

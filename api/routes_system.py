@@ -7,6 +7,7 @@ import time
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
+from psycopg.rows import dict_row
 
 from gridhub.api.deps import PoolDep, SettingsDep
 from gridhub.metrics import render_counters
@@ -38,7 +39,7 @@ async def healthz(settings: SettingsDep, pool: PoolDep) -> JSONResponse:
 
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(pool: PoolDep) -> PlainTextResponse:
-    async with pool.connection() as conn:
-        rows = await (await conn.execute("SELECT name, labels, value FROM counters")).fetchall()
-    return PlainTextResponse(render_counters([(r[0], r[1], r[2]) for r in rows]),
+    async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        rows = await (await cur.execute("SELECT name, labels, value FROM counters")).fetchall()
+    return PlainTextResponse(render_counters([(r["name"], r["labels"], r["value"]) for r in rows]),
                              media_type="text/plain; version=0.0.4; charset=utf-8")

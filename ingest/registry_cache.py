@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 
 from gridhub.db import REGISTRY_CHANNEL, redact
 from gridhub.ingest.validate import Device
@@ -21,11 +22,12 @@ CHANNEL = REGISTRY_CHANNEL
 
 
 def load_devices(conn: psycopg.Connection[Any], ids: Iterable[str] | None = None) -> dict[str, Device]:
-    if ids is None:
-        rows = conn.execute("SELECT id, kind, retired FROM devices").fetchall()
-    else:
-        rows = conn.execute("SELECT id, kind, retired FROM devices WHERE id = ANY(%s)", (list(ids),)).fetchall()
-    return {r[0]: Device(DeviceKind(r[1]), bool(r[2])) for r in rows}
+    with conn.cursor(row_factory=dict_row) as cur:
+        if ids is None:
+            rows = cur.execute("SELECT id, kind, retired FROM devices").fetchall()
+        else:
+            rows = cur.execute("SELECT id, kind, retired FROM devices WHERE id = ANY(%s)", (list(ids),)).fetchall()
+    return {r["id"]: Device(DeviceKind(r["kind"]), bool(r["retired"])) for r in rows}
 
 
 class RegistryCache(Mapping[str, Device]):
