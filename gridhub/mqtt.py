@@ -208,7 +208,6 @@ class MqttConnection:
         self._closed: ReasonCode | None = None
         self._connack: Connack | None = None
         self._sub_mid: int | None = None
-        self._started = False
         self._stopping = False
         client = make_client(url, client_id, protocol=protocol, clean=not persistent, manual_ack=manual_ack)
         if max_inflight is not None:
@@ -231,7 +230,13 @@ class MqttConnection:
 
     @property
     def where(self) -> str:
+        """The broker's host:port, for messages."""
         return f"{self.address.host}:{self.address.port}"
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the owner has stopped this connection (a disconnect then is expected, not a loss)."""
+        return self._stopping
 
     def connect(self, wait_s: float | None = 10.0) -> Connack | None:
         """Connect and start the loop thread; with `wait_s`, wait that long for CONNACK and return it, raising a
@@ -249,7 +254,6 @@ class MqttConnection:
             raise BrokerUnreachable(f"cannot reach the broker at {self.where} ({exc}): check GRIDHUB_MQTT_URL and "
                                     "that the broker runs") from exc
         self._client.loop_start()
-        self._started = True
         if wait_s is None:
             return None
         answered = self._answered.wait(wait_s)
@@ -274,7 +278,6 @@ class MqttConnection:
         self._stopping = False
         self._client.connect_async(self.address.host, self.address.port, **self._connect_args())
         self._client.loop_start()
-        self._started = True
 
     def wait_connected(self, timeout_s: float) -> bool:
         """Whether connected (CONNACK received) within `timeout_s`."""
@@ -323,7 +326,6 @@ class MqttConnection:
             props.SessionExpiryInterval = 0
         self._client.disconnect(properties=props)
         self._client.loop_stop()
-        self._started = False
         self._connected.clear()
         if end_session and self.persistent and self.protocol != paho.MQTTv5:
             cleaner = MqttConnection(self.url, self.client_id, protocol=self.protocol, keepalive=10)
@@ -351,7 +353,6 @@ class MqttConnection:
         self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
-        self._started = False
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: ReasonCode,
                     props: Properties | None = None) -> None:
