@@ -1,14 +1,14 @@
 """The ingest consumer: device telemetry, events and status from the broker into the database, in batches,
 each message acknowledged only after its batch is committed (stored or quarantined).
 
-A paho client (MQTT 3.1.1) with manual acknowledgement on a persistent session (clean session off) with a stable
-client id receives on its network thread into a queue, through the fast receive path of gridhub/mqtt_fastpath.py;
-a preparer thread takes a batch (up to `batch_max` messages or `linger_s` after the first), classifies it and
-prepares its rows while the writer thread commits the batch before; then the writer commits it and acknowledges its
-messages in arrival order. The broker's in-flight window bounds the unacknowledged messages, so a batch is at most
-half the window: the next half arrives while one is committed. A database outage stalls the writer (and the
-preparer's device look-ups), which retry with backoff (`_with_retries`) and acknowledge nothing meanwhile; the
-broker keeps the rest in the session. The settings are `IngestSettings` (GRIDHUB_INGEST_*, gridhub/settings.py).
+A connection (gridhub/mqtt.py's MqttConnection, MQTT 3.1.1) with manual acknowledgement on a persistent session
+(clean session off) with a stable client id receives on paho's network thread into a queue, through the fast
+receive path of gridhub/mqtt_fastpath.py; a preparer thread takes a batch (up to `batch_max` messages or
+`linger_s` after the first), classifies it and prepares its rows while the writer thread commits the batch
+before; then the writer commits it and acknowledges its messages in arrival order. The broker's in-flight window
+bounds the unacknowledged messages, so a batch is at most half the window: the next half arrives while one is
+committed. A database outage stalls the writer (and the preparer's device look-ups), which retry with backoff
+(`_with_retries`) and acknowledge nothing meanwhile; the broker keeps the rest in the session. The settings are `IngestSettings` (GRIDHUB_INGEST_*, gridhub/settings.py).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from gridhub.ingest.store import (
     write_prepared,
 )
 from gridhub.ingest.validate import Rejected, Validator, quarantine_payload
-from gridhub.mqtt import BrokerAddress, make_client
+from gridhub.mqtt import BrokerError, Connack, MqttConnection
 from gridhub.mqtt_fastpath import buffer_reads, queue_pubacks, raw_topic, receive_directly
 from gridhub.protocol import Reason
 from gridhub.runtime import run_until_signalled
@@ -51,7 +51,6 @@ APPLICATION_NAME = "gridhub-ingest"
 CONNECT_TIMEOUT_S = 10.0
 GATHER_S = 0.005  # how long the writer sleeps while a batch fills
 TOPIC_CACHE = 100_000  # distinct topics decoded and parsed once each (a few per device)
-REFUSED_AUTH = {134, 135, 4, 5}  # bad user name or password, not authorised (MQTT 5 and 3.1.1 codes)
 RETRY_FIRST_S, RETRY_MAX_S = 0.2, 5.0  # the wait before trying the database again, doubling
 STOP_GRACE_S = 10.0  # how long a stopping consumer keeps retrying before it leaves a batch to the broker
 LOOKUP_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
@@ -65,10 +64,6 @@ class GaveUp(Enum):
     """What `_with_retries` returns when the consumer stopped before the database came back."""
 
     STOPPING = "stopping"
-
-
-class BrokerRefused(RuntimeError):
-    """The broker refused the hub's account; the message says which and how to fix it."""
 
 
 class _Inbound(NamedTuple):
@@ -126,7 +121,9 @@ class IngestService:
         self._prepared: queue.Queue[tuple[list[_Inbound], PreparedBatch] | None] = queue.Queue(maxsize=1)
         self._store_db = _Database(settings.database_url, on_open=prepare)
         self._lookup_db = _Database(settings.database_url)
-        self._client: paho.Client | None = None
+        self._mqtt: MqttConnection | None = None
+        self._client: paho.Client | None = None  # the connection's paho client, for the fast path and the acks
+        self._session_present = False
         self.protocol: int | None = None
         self.shared = False
         self.connected = threading.Event()
@@ -138,103 +135,66 @@ class IngestService:
 
     def start(self) -> None:
         self.registry.start()
-        self._client = self._connect()
+        self._mqtt = self._connect()
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
         self._writer.start()
         self._preparer = threading.Thread(target=self._prepare_loop, name="ingest-preparer", daemon=True)
         self._preparer.start()
 
-    def _connect(self) -> paho.Client:
+    def _connect(self) -> MqttConnection:
         """The consumer's own connection: MQTT 3.1.1 (paho builds MQTT 5 properties for every message it
         receives), with a shared subscription when the broker has them (mosquitto takes $share from 3.1.1
         clients); clean session off, so the broker keeps the session's unacknowledged messages (for as long as
-        its `persistent_client_expiration` says) and sends at most its `max_inflight_messages` of them."""
+        its `persistent_client_expiration` says) and sends at most its `max_inflight_messages` of them. A broker
+        that refuses or does not answer is a `gridhub.mqtt.BrokerError` that says what to do."""
         assert self.settings.mqtt_url
-        addr = BrokerAddress.parse(self.settings.mqtt_url)
         self.shared = self.tuning.mqtt5 and self._broker_has_shared_subscriptions()
-        client = make_client(self.settings.mqtt_url, self.client_id, protocol=paho.MQTTv311, clean=False,
-                             manual_ack=True)
-        outcome: dict[str, Any] = {}
-        answered = threading.Event()
-
-        def on_connect(c: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-            if not answered.is_set():
-                outcome["rc"] = rc
-                answered.set()
-            if not rc.is_failure:
-                self._on_connected(c, flags)
-
-        def on_disconnect(c: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-            self.connected.clear()
-            if not answered.is_set():
-                outcome["closed"] = rc
-                answered.set()
-            elif not self._stopping.is_set():
-                log.warning("broker connection lost (%s); reconnecting, unacknowledged messages stay in the "
-                            "session", rc)
-
-        client.on_connect = on_connect
-        client.on_disconnect = on_disconnect
-        client.on_message = self._on_message  # QoS 2, and everything where this paho has no fast path
-        self.direct_receive = receive_directly(client, self._on_publish)
-        client.reconnect_delay_set(1, 10)
-        try:
-            client.connect(addr.host, addr.port, keepalive=30)
-        except OSError as exc:
-            raise BrokerRefused(f"cannot reach the broker at {addr.host}:{addr.port} ({exc}): check "
-                                "GRIDHUB_MQTT_URL and that the broker runs") from exc
+        share = f"$share/{SHARE_GROUP}/" if self.shared else ""
+        prefix = self.settings.topic_prefix
+        conn = MqttConnection(self.settings.mqtt_url, self.client_id, protocol=paho.MQTTv311, persistent=True,
+                              manual_ack=True, keepalive=30, reconnect_delay=(1, 10),
+                              subscriptions=[(f"{share}{prefix}/devices/+/{ch}", 1) for ch in CHANNELS],
+                              on_connected=self._on_connected, on_subscribed=self._on_subscribed,
+                              on_message=self._on_message, on_disconnected=self._on_disconnected)
+        self._mqtt, self._client = conn, conn.client
+        # QoS 2, and everything where this paho has no fast path, still comes through on_message
+        self.direct_receive = receive_directly(conn.client, self._on_publish)
         self.protocol = paho.MQTTv311
-        client.loop_start()
-        answered.wait(CONNECT_TIMEOUT_S)
-        rc = outcome.get("rc")
-        if rc is not None and not rc.is_failure:
-            return client
-        client.loop_stop()
-        client.disconnect()
-        if getattr(rc, "value", None) in REFUSED_AUTH:
-            raise BrokerRefused(f"the broker at {addr.host}:{addr.port} refused user {addr.username!r} ({rc}): "
-                                "check the user and password in GRIDHUB_MQTT_URL and the broker's password file")
-        last_error = str(rc if rc is not None else outcome.get("closed", "no answer"))
-        raise BrokerRefused(f"the broker at {addr.host}:{addr.port} did not accept a connection ({last_error})")
+        conn.connect(wait_s=CONNECT_TIMEOUT_S)
+        return conn
 
     def _broker_has_shared_subscriptions(self) -> bool:
         """Ask the broker with a throwaway MQTT 5 connection: one that speaks MQTT 5 says whether it has shared
         subscriptions (CONNACK, default yes); one that does not (amqtt) gets plain subscriptions."""
         assert self.settings.mqtt_url
-        addr = BrokerAddress.parse(self.settings.mqtt_url)
-        client = make_client(self.settings.mqtt_url, f"{self.client_id}-probe"[:128], protocol=paho.MQTTv5)
-        answer: dict[str, Any] = {}
-        done = threading.Event()
-
-        def on_connect(c: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-            answer["ok"] = not rc.is_failure
-            answer["shared"] = getattr(props, "SharedSubscriptionAvailable", 1) != 0
-            done.set()
-
-        client.on_connect = on_connect
-        client.on_disconnect = lambda *a: done.set()
+        probe = MqttConnection(self.settings.mqtt_url, f"{self.client_id}-probe"[:128], protocol=paho.MQTTv5,
+                               keepalive=10)
         try:
-            client.connect(addr.host, addr.port, keepalive=10, clean_start=True)
-        except OSError:
+            connack = probe.connect(wait_s=CONNECT_TIMEOUT_S)
+        except BrokerError:  # the consumer's own connection says what is wrong, if anything
             return False
-        client.loop_start()
-        done.wait(CONNECT_TIMEOUT_S)
-        client.disconnect()
-        client.loop_stop()
-        return bool(answer.get("ok") and answer.get("shared"))
+        probe.stop()
+        return connack is not None and getattr(connack.properties, "SharedSubscriptionAvailable", 1) != 0
 
-    def _on_connected(self, client: paho.Client, flags: Any) -> None:
-        self._generation += 1
-        buffer_reads(client, self.tuning.read_gather_s, self._on_publish if self.direct_receive else None)
-        prefix = self.settings.topic_prefix
-        shared = self.shared
-        filters = [(f"$share/{SHARE_GROUP}/" if shared else "") + f"{prefix}/devices/+/{ch}" for ch in CHANNELS]
-        client.subscribe([(f, 1) for f in filters])
+    def _on_connected(self, connack: Connack) -> None:
+        """Every (re)connection, on paho's thread, before the connection subscribes again."""
+        assert self._mqtt is not None
+        self._generation = self._mqtt.generation
+        self._session_present = connack.session_present
+        buffer_reads(self._mqtt.client, self.tuning.read_gather_s, self._on_publish if self.direct_receive else None)
+
+    def _on_subscribed(self) -> None:
         log.info("ingest %s connected (MQTT 3.1.1, %s subscription, session %s)", self.client_id,
-                 "shared" if shared else "plain", "resumed" if getattr(flags, "session_present", False) else "new")
+                 "shared" if self.shared else "plain", "resumed" if self._session_present else "new")
         self.connected.set()
 
-    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+    def _on_disconnected(self, rc: Any) -> None:
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        if was_connected and not self._stopping.is_set():
+            log.warning("broker connection lost (%s); reconnecting, unacknowledged messages stay in the session", rc)
+
+    def _on_message(self, msg: paho.MQTTMessage) -> None:
         self._on_publish(raw_topic(msg), bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain))
 
     def _on_publish(self, topic: bytes, payload: bytes, mid: int, qos: int, retain: bool) -> None:
@@ -418,15 +378,15 @@ class IngestService:
         self.batches += 1
 
     def _ack(self, batch: list[_Inbound]) -> None:
-        client = self._client
-        assert client is not None
+        mqtt = self._mqtt
+        assert mqtt is not None
         generation = self._generation
         # after a reconnect the broker redelivers what was unacknowledged; an old packet id is not ours
         mids = [i.mid for i in batch if i.qos == 1 and i.generation == generation]
         # the batch's PUBACKs (in arrival order) as one write instead of one syscall and one segment each
-        if not queue_pubacks(client, mids):  # a paho without the packet queue: one by one
+        if not queue_pubacks(mqtt.client, mids):  # a paho without the packet queue: one by one
             for mid in mids:
-                client.ack(mid, 1)
+                mqtt.ack(mid, 1)
 
     # ------------------------------------------------------------------ stop
 
@@ -440,31 +400,17 @@ class IngestService:
             self._preparer.join(timeout)
         if self._writer:
             self._writer.join(max(0.1, deadline - time.monotonic()))
-        if self._client:
-            self._client.disconnect()
-            self._client.loop_stop()
-            if end_session:
-                assert self.settings.mqtt_url
-                _end_session_311(self.settings.mqtt_url, self.client_id)
+        if self._mqtt:
+            try:
+                self._mqtt.stop(end_session=end_session)
+            except BrokerError as exc:  # ending the session needs one more connection
+                log.warning("ingest %s disconnected, but its session could not be ended: %s", self.client_id, exc)
         self.registry.stop()
         self._store_db.close()
         self._lookup_db.close()
         log.info("ingest stopped: %d messages in %d batches (%d readings, %d events stored, %d duplicates, "
                  "quarantined %s)", self.totals.messages, self.batches, self.totals.readings, self.totals.events,
                  self.totals.duplicates, self.totals.quarantined or "none")
-
-
-def _end_session_311(url: str, client_id: str) -> None:
-    """Connect once with clean session on, which discards a 3.1.1 session, and leave."""
-    addr = BrokerAddress.parse(url)
-    client = make_client(url, client_id, protocol=paho.MQTTv311, clean=True)
-    done = threading.Event()
-    client.on_connect = lambda *a: done.set()
-    client.connect(addr.host, addr.port, keepalive=10)
-    client.loop_start()
-    done.wait(10)
-    client.disconnect()
-    client.loop_stop()
 
 
 def _add(total: BatchCounts, counts: BatchCounts) -> None:
