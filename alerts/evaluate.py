@@ -68,7 +68,13 @@ def acceptable(kind: str, msg: Reading | Event, now_ms: int) -> bool:
             if not isinstance(value, bool):
                 return False
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        try:
+            value = float(value)  # an integer beyond a double is out of range, as ingest says
+        except OverflowError:
+            return False
+        if not math.isfinite(value):
             return False
         if (spec.low is not None and value < spec.low) or (spec.high is not None and value > spec.high):
             return False

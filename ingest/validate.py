@@ -243,7 +243,7 @@ def _check_known_metric(kind: DeviceKind, name: str, spec: MetricSpec, value: An
         x = float(value)
     except OverflowError:
         return Reason.OUT_OF_RANGE
-    if math.isnan(x) or (spec.low is not None and x < spec.low) or (spec.high is not None and x > spec.high):
+    if not math.isfinite(x) or (spec.low is not None and x < spec.low) or (spec.high is not None and x > spec.high):
         return Reason.OUT_OF_RANGE
     return None
 

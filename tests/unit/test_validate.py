@@ -229,3 +229,10 @@ def test_the_kind_in_the_registry_decides_the_metrics(v: Validator) -> None:
     """battery_pct is a smoke alarm's metric: for a sprinkler it is unknown, stored and counted, not checked."""
     out = classify(v, "sp-0001", "telemetry", {"ts": NOW, "metrics": {"battery_pct": 500}})
     assert isinstance(out, ReadingIn) and out.unknown_metrics == 1
+
+
+@pytest.mark.parametrize("raw", [b'{"ts": %d, "metrics": {"smoke_db_m": 1e999}}' % NOW,
+                                 b'{"ts": %d, "metrics": {"smoke_db_m": %s}}' % (NOW, b"1" + b"0" * 400)])
+def test_a_number_beyond_a_double_is_out_of_range_even_without_an_upper_bound(v: Validator, raw: bytes) -> None:
+    """Ingest and the alert rules agree: what cannot be a finite double is not a reading (never stored as inf)."""
+    rejected(classify(v, "sa-0001", "telemetry", raw), Reason.OUT_OF_RANGE, "smoke_db_m")
