@@ -268,6 +268,13 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, DatabaseUnavailable):
             print(f"gridhub: {exc}", file=sys.stderr)
             return 1
+        from pydantic import ValidationError
+
+        from gridhub.settings import explain
+
+        if isinstance(exc, ValidationError):  # a GRIDHUB_* setting that cannot work: say which, no traceback
+            print(f"gridhub: {explain(exc)}", file=sys.stderr)
+            return 2
         raise
 
 
