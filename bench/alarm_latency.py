@@ -35,10 +35,10 @@ from gridhub.db import migrate
 from gridhub.mqtt import BrokerAddress
 from gridhub.registry import import_registry, parse
 from gridhub.services.mosquitto import start_private_mosquitto
-from gridhub.settings import Settings
+from gridhub.settings import DEFAULT_TOPIC_PREFIX, Settings
 
 ADMIN_URL = os.environ.get("GRIDHUB_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:55432/postgres")
-PREFIX = "gridhub/v1"
+PREFIX = DEFAULT_TOPIC_PREFIX
 
 
 def registry_yaml(buildings: int, load_devices: int) -> str:

@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 import aiomqtt
 
 from gridhub.protocol import BrokerAddress, DeviceKind
-from gridhub.settings import Settings
+from gridhub.settings import DEFAULT_TOPIC_PREFIX, Settings
 from gridhub.simulators.behaviour import steady_metrics
 from gridhub.simulators.fleet import DeviceAccounts, DeviceSpec
 from gridhub.simulators.link import DeviceLink
@@ -38,7 +38,7 @@ def now_ms() -> int:
 class DevicePool:
     """The connections of the virtual devices, opened on first use, shared by normal life and scenarios."""
 
-    def __init__(self, target: BrokerAddress, accounts: DeviceAccounts, *, prefix: str = "gridhub/v1",
+    def __init__(self, target: BrokerAddress, accounts: DeviceAccounts, *, prefix: str = DEFAULT_TOPIC_PREFIX,
                  v5: bool = True):
         self.target = target
         self.accounts = accounts
@@ -208,7 +208,7 @@ async def run_life(pool: DevicePool, devices: list[DeviceSpec], stop: asyncio.Ev
 
 
 async def run_fleet(target: BrokerAddress, accounts: DeviceAccounts, devices: list[DeviceSpec], *,
-                    prefix: str = "gridhub/v1", v5: bool = True, duration_s: float | None = None,
+                    prefix: str = DEFAULT_TOPIC_PREFIX, v5: bool = True, duration_s: float | None = None,
                     spread_s: float = 20.0) -> dict[str, Any]:
     """`gridhub simulate devices`: play the devices until Ctrl-C or `duration_s`; a summary of what was sent."""
     pool = DevicePool(target, accounts, prefix=prefix, v5=v5)

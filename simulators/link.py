@@ -15,6 +15,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gridhub.protocol import BrokerAddress, device_topic
+from gridhub.settings import DEFAULT_TOPIC_PREFIX
 
 log = logging.getLogger("gridhub.simulators")
 
@@ -33,7 +34,7 @@ def mqtt_client(target: BrokerAddress, client_id: str, *, v5: bool = True, will:
 class DeviceLink:
     """A device logged in with its own account. `seq` counts every telemetry and event message sent."""
 
-    def __init__(self, target: BrokerAddress, device_id: str, password: str, *, prefix: str = "gridhub/v1",
+    def __init__(self, target: BrokerAddress, device_id: str, password: str, *, prefix: str = DEFAULT_TOPIC_PREFIX,
                  v5: bool = True, seq_start: int = 0):
         self.device_id = device_id
         self.prefix = prefix

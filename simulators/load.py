@@ -28,6 +28,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gridhub.protocol import BrokerAddress, DeviceKind, device_topic
+from gridhub.settings import DEFAULT_TIMEZONE, DEFAULT_TOPIC_PREFIX
 from gridhub.simulators.behaviour import steady_metrics
 from gridhub.simulators.fleet import DeviceAccounts, DeviceSpec
 
@@ -47,8 +48,8 @@ class LoadPlan:
     window: int = 64  # unacknowledged messages per connection
     qos: int = 1
     v5: bool = True
-    prefix: str = "gridhub/v1"
-    timezone: str = "Asia/Shanghai"
+    prefix: str = DEFAULT_TOPIC_PREFIX
+    timezone: str = DEFAULT_TIMEZONE
 
 
 @dataclass
