@@ -40,8 +40,10 @@ services-status: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check gridhub ingest detectors alerts api simulators tests bench
 
+# every room type-checked; the core package (gridhub/, which every room depends on) strictly
 typecheck: $(STAMP)
 	$(BIN)/mypy gridhub ingest detectors alerts api simulators
+	$(BIN)/mypy --strict gridhub
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)

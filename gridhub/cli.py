@@ -133,13 +133,13 @@ def cmd_part(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from gridhub.detectors.replay import replay_cli
 
-    return replay_cli(args.rest)
+    return int(replay_cli(args.rest))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from gridhub.simulators.cli import main as simulate_main
 
-    return simulate_main(args.rest)
+    return int(simulate_main(args.rest))
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -322,7 +322,7 @@ class MqttConnection:
         self._stopping = True
         props = None
         if end_session and self.protocol == paho.MQTTv5:
-            props = Properties(PacketTypes.DISCONNECT)
+            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = 0
         self._client.disconnect(properties=props)
         self._client.loop_stop()
@@ -339,7 +339,7 @@ class MqttConnection:
     def _connect_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {"keepalive": self.keepalive}
         if self.protocol == paho.MQTTv5 and (self.persistent or self.receive_maximum is not None):
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             if self.persistent:
                 props.SessionExpiryInterval = self.session_expiry_s
             if self.receive_maximum is not None:

@@ -109,7 +109,7 @@ class BufferedSocket:
     def recv(self, bufsize: int) -> bytes:
         pos = self._pos
         if pos >= len(self._buf):
-            data = self._sock.recv(max(bufsize, READ_BLOCK))  # BlockingIOError and OSError go to paho as before
+            data: bytes = self._sock.recv(max(bufsize, READ_BLOCK))  # BlockingIOError and OSError go to paho as before
             self.received += len(data)
             if len(data) <= bufsize:
                 self._buf, self._pos = b"", 0
@@ -189,7 +189,7 @@ def buffer_reads(client: paho.Client, gather_s: float = 0.0, deliver: Deliver | 
     if not supported() or sock is None or isinstance(sock, BufferedSocket) or not isinstance(sock, socket.socket):
         return isinstance(sock, BufferedSocket)
     buffered = BufferedSocket(sock)
-    client._sock = buffered  # type: ignore[assignment]
+    client._sock = buffered
     if "loop_read" not in vars(client):
         loop_read = client.loop_read
         success = MQTTErrorCode.MQTT_ERR_SUCCESS
