@@ -124,7 +124,8 @@ def main() -> int:
                "GRIDHUB_SECRET_KEY": settings.secret_key or "", "GRIDHUB_INSTANCE_ID": "bench",
                "GRIDHUB_RULES_FILE": str(rules)}
         proc = subprocess.Popen([sys.executable, "-m", "gridhub.cli", "alerts"], env=env,
-                                stdout=open(tmp / "alerts.log", "ab"), stderr=subprocess.STDOUT)
+                                stdout=(tmp / "alerts.log").open("ab"),  # noqa: SIM115 - the child owns it
+                                stderr=subprocess.STDOUT)
 
         seen: dict[str, float] = {}
         offline_at: dict[str, float] = {}

@@ -256,7 +256,7 @@ def ingest_run(url: str, port: int, hub_password: str, mqtt_url: str, devices: l
     env = {**os.environ, "GRIDHUB_DATABASE_URL": url, "GRIDHUB_MQTT_URL": mqtt_url, "GRIDHUB_SECRET_KEY": SECRET,
            "GRIDHUB_INSTANCE_ID": "bench", "GRIDHUB_DATA_DIR": str(tmp), **extra_env}
     log = tmp / "ingest.log"
-    with open(log, "wb") as fh:
+    with log.open("wb") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "gridhub.cli", "ingest"], env=env, stdout=fh, stderr=fh)
     try:
         deadline = time.monotonic() + 60

@@ -4,6 +4,7 @@ reader of the environment: `Settings` with its nested `IngestSettings` (GRIDHUB_
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import socket
 from functools import lru_cache
@@ -159,10 +160,8 @@ class Settings(BaseSettings):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(key)
         tmp.chmod(0o600)
-        try:
+        with contextlib.suppress(OSError):  # another process wrote it first: theirs is the key
             tmp.rename(path) if not path.exists() else tmp.unlink()
-        except OSError:
-            pass
         return path.read_text().strip()
 
     def client_id(self, part: str) -> str:

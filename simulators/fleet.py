@@ -116,7 +116,7 @@ def demo_district_path() -> Path:
 def read_credentials(path: Path) -> dict[str, str]:
     """Device id → password from the CSV `gridhub devices credentials` writes (kind,id,username,password)."""
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with Path(path).open(newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
     except OSError as exc:
         raise FleetError(f"cannot read the credentials file {path}: {exc}; write it with "

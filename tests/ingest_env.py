@@ -112,7 +112,7 @@ def wait_received(db_url: str, at_least: float, timeout: float = 60) -> None:
 def start_ingest_process(hub: Hub, instance_id: str, log_path: Path, **extra_env: str) -> subprocess.Popen[bytes]:
     env = hub.env(instance_id)
     env.update(extra_env)
-    log = open(log_path, "ab")  # noqa: SIM115 - the child owns it
+    log = Path(log_path).open("ab")  # noqa: SIM115 - the child owns it
     return subprocess.Popen([sys.executable, "-m", "gridhub.cli", "ingest"], env=env, stdout=log, stderr=log,
                             cwd=str(hub.settings.data_dir))
 

@@ -37,7 +37,7 @@ class AlertsProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        with open(self.log, "ab") as out:
+        with Path(self.log).open("ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "gridhub.cli", "alerts"], env=self.env,
                                          stdout=out, stderr=subprocess.STDOUT)
 

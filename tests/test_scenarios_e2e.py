@@ -35,7 +35,7 @@ def hub(make_database: Callable[[], str], tmp_path_factory: pytest.TempPathFacto
     for part in parts:
         log = tmp / f"{part}.log"
         env = {**h.env(f"e2e-{part}"), "GRIDHUB_RULES_FILE": str(rules)}
-        with open(log, "ab") as out:
+        with log.open("ab") as out:
             procs.append((subprocess.Popen([sys.executable, "-m", "gridhub.cli", part], env=env, stdout=out,
                                            stderr=subprocess.STDOUT, cwd=str(tmp)), log))
     try:

