@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -21,18 +20,6 @@ from gridhub.settings import Settings
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition", interval: float = 0.05) -> Any:
-    """Poll until `check()` is truthy; fail naming `what` (a liveness bound, not a timing assertion)."""
-    end = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}; last value {value!r}")
-        time.sleep(interval)
 
 
 def add_devices(db_url: str, settings: Settings, broker: Any, building: str, grid: str,

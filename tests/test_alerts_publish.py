@@ -13,7 +13,8 @@ from typing import Any
 import paho.mqtt.client as paho
 import psycopg
 import pytest
-from alerts_support import Listener, add_devices, wait_for
+from alerts_support import Listener, add_devices
+from polling import wait_for
 from psycopg.types.json import Jsonb
 
 from gridhub.alerts import changes, publish, records

@@ -10,7 +10,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from alerts_support import Device, Listener, add_devices, now_ms, wait_for
+from alerts_support import Device, Listener, add_devices, now_ms
+from polling import wait_for
 
 from gridhub.alerts import changes, records
 from gridhub.alerts.rules import RuleBook, load_rules

