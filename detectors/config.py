@@ -1,36 +1,24 @@
-"""The camera configuration of CONTRACT §3: the registry's ``camera:`` block plus ``camera_id``."""
+"""The camera configuration of CONTRACT §3: the registry's ``camera:`` block plus ``camera_id``.
+
+The fields and their defaults are defined once, in ``gridhub.registry.CameraScene`` (the registry's block
+extends it with ``source`` and ``interval_s``)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, ValidationError
+
+from gridhub.registry import CameraScene, Id
 
 
-class CameraConfig(BaseModel):
+class CameraConfig(CameraScene):
     """Where the escape path is in the picture, and how long things must stay to block it."""
 
     model_config = ConfigDict(extra="ignore")
 
-    camera_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    roi: list[tuple[float, float]] = Field(
-        min_length=3, description="polygon, normalised 0..1, origin top-left"
-    )
-    min_blocked_s: float = Field(default=60.0, gt=0)
-    min_object_frac: float = Field(default=0.01, gt=0, le=1)
-    min_clear_s: float = Field(default=30.0, ge=0)
-    reference: Path | None = None
-
-    @field_validator("roi")
-    @classmethod
-    def _points_in_unit_square(cls, roi: list[tuple[float, float]]) -> list[tuple[float, float]]:
-        for i, (x, y) in enumerate(roi):
-            if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
-                raise ValueError(
-                    f"point {i} ({x}, {y}) is outside 0..1: roi points are normalised image coordinates"
-                )
-        return roi
+    camera_id: Id
 
 
 class CameraConfigError(ValueError):
@@ -56,6 +44,6 @@ def load_camera_config(path: Path) -> CameraConfig:
             f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
         )
         raise CameraConfigError(f"camera file {path}: {problems}") from None
-    if cfg.reference is not None and not cfg.reference.is_absolute():
-        cfg = cfg.model_copy(update={"reference": (path.parent / cfg.reference)})
+    if cfg.reference is not None and not Path(cfg.reference).is_absolute():
+        cfg = cfg.model_copy(update={"reference": str(path.parent / cfg.reference)})
     return cfg

@@ -39,6 +39,7 @@ from gridhub.db import connect
 from gridhub.mqtt import Connack, MqttConnection
 from gridhub.protocol import MAX_FRAME, Reason, TopicError, device_topic, parse_topic
 from gridhub.quarantine import quarantine
+from gridhub.registry import CameraBlock
 from gridhub.runtime import run_until_signalled
 from gridhub.settings import Settings
 
@@ -105,6 +106,7 @@ def camera_from_row(device_id: str, block: dict[str, Any], heartbeat_s: int | No
     data = {k: v for k, v in block.items() if v is not None}
     try:
         cfg = CameraConfig.model_validate({**data, "camera_id": device_id})
+        block_in = CameraBlock.model_validate(data)  # source and interval_s, with the registry's defaults
     except ValidationError as exc:
         fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
         raise ValueError(
@@ -112,8 +114,8 @@ def camera_from_row(device_id: str, block: dict[str, Any], heartbeat_s: int | No
         ) from None
     return Camera(
         config=cfg,
-        source=str(block.get("source") or "mqtt"),
-        interval_s=float(block.get("interval_s") or 5),
+        source=block_in.source,
+        interval_s=float(block_in.interval_s),
         heartbeat_s=int(heartbeat_s or DEFAULT_HEARTBEAT_S),
     )
 

@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -84,16 +85,26 @@ class Worker(_Strict):
         return self
 
 
-class CameraBlock(BaseModel):
+class CameraScene(BaseModel):
+    """What the detector needs to know of a camera's picture (CONTRACT §3, with its defaults): the escape path
+    and how long things must stay to block it. Defined once: the registry's `camera:` block (`CameraBlock`) and
+    the detectors' camera config (`gridhub.detectors.config.CameraConfig`, this plus `camera_id`) extend it."""
+
+    roi: list[tuple[Unit, Unit]] = Field(min_length=3, description="the escape path's polygon, normalised "
+                                                                     "image coordinates 0..1, origin top-left")
+    min_blocked_s: Annotated[StrictInt | StrictFloat, Field(gt=0)] = 60
+    min_object_frac: Annotated[float, Field(gt=0, le=1)] = 0.01
+    min_clear_s: Annotated[StrictInt | StrictFloat, Field(ge=0)] = 30
+    reference: StrictStr | None = None
+
+
+class CameraBlock(CameraScene):
+    """A camera's `camera:` block in the registry (CONTRACT §2): its scene, and where its frames come from."""
+
     model_config = ConfigDict(extra="allow")
 
-    roi: list[tuple[Unit, Unit]] = Field(min_length=3)
-    min_blocked_s: PositiveInt = 60
     source: StrictStr = "mqtt"
     interval_s: PositiveInt = 5
-    min_object_frac: Annotated[float, Field(gt=0, le=1)] | None = None
-    min_clear_s: PositiveInt | None = None
-    reference: StrictStr | None = None
 
 
 class Device(_Strict):
