@@ -70,7 +70,7 @@ async def current_user(
     except AuthError as exc:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc), headers=_UNAUTHORIZED) from exc
     async with pool.connection() as conn, conn.cursor(row_factory=namedtuple_row) as cur:
-        # a named tuple: read here by name, by gridhub.auth.principal_from_row by position
+        # a named tuple: columns by name, here and in gridhub.auth.principal_from_row
         row: Any = await (await cur.execute(PRINCIPAL_SQL, (claims["sub"],))).fetchone()
     if row is None or not row.active:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid token: the user no longer exists",

@@ -102,4 +102,6 @@ FROM workers w WHERE w.id = %s
 
 
 def principal_from_row(row: Any) -> Principal:
-    return Principal(id=row[0], name=row[1], role=row[2], street_id=row[3], grids=frozenset(row[7] or ()))
+    """The caller from a `PRINCIPAL_SQL` row read with psycopg's `namedtuple_row` (columns by name)."""
+    return Principal(id=row.id, name=row.name, role=row.role, street_id=row.street_id,
+                     grids=frozenset(row.grids or ()))

@@ -382,10 +382,9 @@ def _insert_readings(cur: psycopg.Cursor[Any], p: PreparedBatch, messages: int) 
     batch goes straight into readings by binary COPY; when a row is already there, the copy is rolled back
     to its savepoint and the batch goes through a temporary table and INSERT ... ON CONFLICT DO NOTHING."""
     try:
-        with cur.connection.transaction():
-            with cur.copy("COPY readings (ts, device_id, seq, metric, value, value_json) FROM STDIN (FORMAT BINARY)"
-                          ) as copy:
-                copy.write(p.copy_data)
+        with cur.connection.transaction(), cur.copy(
+                "COPY readings (ts, device_id, seq, metric, value, value_json) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(p.copy_data)
         return len(p.rows), messages
     except psycopg.errors.UniqueViolation:
         pass

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from gridhub.accounts import device_password
-from gridhub.protocol import DEFAULT_HEARTBEAT_S, DEVICE_ID_RE, DeviceKind
+from gridhub.protocol import DEFAULT_HEARTBEAT_S, DEVICE_ID_PATTERN, DEVICE_ID_RE, DeviceKind
 from gridhub.settings import Settings
 
 
@@ -84,8 +84,8 @@ def fleet_from_registry(data: dict[str, Any], source: str = "<registry>") -> Fle
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise FleetError(f"{source}: devices[{i}] is not a valid device entry ({exc!r})") from exc
-        if not DEVICE_ID_RE.match(dev.id):
-            raise FleetError(f"{source}: device id {dev.id!r} breaks the pattern [A-Za-z0-9_-]{{1,64}}")
+        if not DEVICE_ID_RE.fullmatch(dev.id):
+            raise FleetError(f"{source}: device id {dev.id!r} breaks the pattern {DEVICE_ID_PATTERN}")
         devices.append(dev)
     return Fleet(devices=sorted(devices, key=lambda d: d.id), building_grid=building_grid)
 

@@ -20,6 +20,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from ingest_env import Hub, Publisher, counter, make_hub, topic, wait_received, wait_until
 
+from gridhub.db import REGISTRY_CHANNEL
 from gridhub.ingest.service import IngestService
 from gridhub.mqtt_fastpath import BufferedSocket
 from gridhub.settings import IngestSettings, Settings
@@ -323,12 +324,12 @@ def test_device_cannot_publish_as_another(hub: Hub, ingest: IngestService, conn:
 def test_registry_import_is_picked_up(hub: Hub, ingest: IngestService, conn: psycopg.Connection[Any],
                                       tmp_path: Path) -> None:
     conn.execute("INSERT INTO devices (id, kind, building_id, floor) VALUES ('sa-0777', 'smoke_alarm', 'b-12', 4)")
-    conn.execute("SELECT pg_notify('gridhub_registry', 'changed')")
+    conn.execute("SELECT pg_notify(%s, 'changed')", (REGISTRY_CHANNEL,))
     ts = NOW() - 1000
     send_and_wait(hub, conn, None, [(topic("sa-0777"), reading(ts, 1, battery_pct=77))])
     assert conn.execute("SELECT value FROM readings WHERE device_id = 'sa-0777'").fetchall() == [(77.0,)]
     conn.execute("UPDATE devices SET retired = true WHERE id = 'sa-0777'")
-    conn.execute("SELECT pg_notify('gridhub_registry', 'changed')")
+    conn.execute("SELECT pg_notify(%s, 'changed')", (REGISTRY_CHANNEL,))
     wait_until(lambda: ingest.registry.get("sa-0777") is not None and ingest.registry["sa-0777"].retired, 30,
                "the retirement noticed")
     send_and_wait(hub, conn, None, [(topic("sa-0777"), reading(ts + 1, 2, battery_pct=77))])

@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import namedtuple_row
 
 from gridhub.alerts import changes, records, tasks, timers
 from gridhub.alerts.rules import load_rules
@@ -53,7 +54,7 @@ def people(db_url: str) -> dict[str, Principal]:
         conn.execute("INSERT INTO worker_grids VALUES ('w-005', 'g-xg-01') ON CONFLICT DO NOTHING")
         out = {}
         for key, wid in ACTOR_IDS.items():
-            row = conn.execute(PRINCIPAL_SQL, (wid,)).fetchone()
+            row = conn.cursor(row_factory=namedtuple_row).execute(PRINCIPAL_SQL, (wid,)).fetchone()
             out[key] = principal_from_row(row)
     return out
 
