@@ -492,13 +492,7 @@ def _draw_walker(img: np.ndarray, w: Walker, t: float) -> None:
     dt = t - w.start_s
     if dt < 0:
         return
-    start = 1.6 if w.speed > 0 else FAR_M - 0.3
-    travel = abs(w.speed) * dt
-    if w.pause_at is not None:
-        dist_to_pause = abs(w.pause_at - start)
-        if travel > dist_to_pause:
-            travel = max(dist_to_pause, travel - abs(w.speed) * w.pause_s)
-    depth = start + math.copysign(travel, w.speed)
+    depth = _walker_depth(w, t)
     if depth < 1.2 or depth > FAR_M:
         return
     paused = w.pause_at is not None and abs(depth - w.pause_at) < 1e-6
@@ -676,10 +670,13 @@ def _render(scene: Scene, t: float) -> np.ndarray:
 def _depth_of(d: Any, t: float) -> float:
     if isinstance(d, Obstacle):
         return d.depth_m
-    w: Walker = d
-    dt = t - w.start_s
+    return _walker_depth(d, t)
+
+
+def _walker_depth(w: Walker, t: float) -> float:
+    """Where a walker is at scene time t (metres from the camera): walking at its speed, pausing once."""
     start = 1.6 if w.speed > 0 else FAR_M - 0.3
-    travel = abs(w.speed) * dt
+    travel = abs(w.speed) * (t - w.start_s)
     if w.pause_at is not None:
         dist_to_pause = abs(w.pause_at - start)
         if travel > dist_to_pause:

@@ -7,6 +7,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+from mqtt_packets import publish_packet
 
 from gridhub.mqtt_fastpath import READ_BLOCK, BufferedSocket, take_publishes
 
@@ -78,17 +79,6 @@ def test_closed_peer_reads_empty_and_the_rest_goes_to_the_socket(pair: tuple[soc
     assert peer.recv(4) == b"ping"
     peer.close()
     assert sock.recv(1) == b""  # paho reads this as the connection lost
-
-
-def publish_packet(topic: bytes, payload: bytes, qos: int = 1, mid: int = 7, retain: bool = False) -> bytes:
-    body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"") + payload
-    n, length = len(body), bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        length.append(digit | (0x80 if n else 0))
-        if not n:
-            break
-    return bytes([0x30 | qos << 1 | int(retain)]) + bytes(length) + body
 
 
 def test_whole_publishes_are_taken_from_the_buffer(pair: tuple[socket.socket, socket.socket]) -> None:

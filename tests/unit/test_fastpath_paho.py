@@ -13,22 +13,12 @@ from collections.abc import Callable, Iterator
 
 import paho.mqtt.client as paho
 import pytest
+from mqtt_packets import publish_packet
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gridhub.mqtt_fastpath import buffer_reads, queue_pubacks, raw_topic, receive_directly
 
 Message = tuple[bytes, bytes, int, int, bool]
-
-
-def publish_packet(topic: bytes, payload: bytes, qos: int = 1, mid: int = 7, retain: bool = False) -> bytes:
-    body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"") + payload
-    n, length = len(body), bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        length.append(digit | (0x80 if n else 0))
-        if not n:
-            break
-    return bytes([0x30 | qos << 1 | int(retain)]) + bytes(length) + body
 
 
 PINGRESP = b"\xd0\x00"
