@@ -4,21 +4,11 @@ packets split across reads, `pending()` telling paho's loop not to wait, and the
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 
 import pytest
 from mqtt_packets import publish_packet
 
 from gridhub.mqtt_fastpath import READ_BLOCK, BufferedSocket, take_publishes
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
 
 
 def test_small_reads_come_from_one_block(pair: tuple[socket.socket, socket.socket]) -> None:

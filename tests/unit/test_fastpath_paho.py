@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import select
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import paho.mqtt.client as paho
 import pytest
@@ -52,15 +52,6 @@ def block_reads_taking_publishes(client: paho.Client, deliver: Callable[..., Non
     """The consumer's own set-up (ingest/service.py): decoder for what paho reads, packets taken from the buffer."""
     assert receive_directly(client, deliver)
     assert buffer_reads(client, 0.0, deliver)
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
 
 
 def consumer_client(sock: socket.socket) -> paho.Client:
