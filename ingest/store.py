@@ -429,17 +429,14 @@ def _state_json(ids: list[str], changes: dict[str, _DeviceChange]) -> str:
         seqs = ch.seqs
         lt = ch.latest_ts
         oldest, newest = (min(lt.values()), max(lt.values())) if lt else (None, None)
+        first = cont_last = cont_gaps = None
         if seqs:
             first = seqs[0]
             cont_last, cont_gaps = count_gaps(first, seqs[1:]) if len(seqs) > 1 else (first, 0)
-            rows.append({"device_id": d, "online": ch.online, "seen_s": ch.seen, "status": ch.status,
-                         "status_at_s": ch.status_at, "first_seq": first, "cont_last": cont_last,
-                         "cont_gaps": cont_gaps, "seqs": seqs, "lv": ch.latest, "lt": lt, "min_ts": oldest,
-                         "max_ts": newest})
-        else:
-            rows.append({"device_id": d, "online": ch.online, "seen_s": ch.seen, "status": ch.status,
-                         "status_at_s": ch.status_at, "first_seq": None, "cont_last": None, "cont_gaps": None,
-                         "seqs": None, "lv": ch.latest, "lt": lt, "min_ts": oldest, "max_ts": newest})
+        rows.append({"device_id": d, "online": ch.online, "seen_s": ch.seen, "status": ch.status,
+                     "status_at_s": ch.status_at, "first_seq": first, "cont_last": cont_last,
+                     "cont_gaps": cont_gaps, "seqs": seqs or None, "lv": ch.latest, "lt": lt, "min_ts": oldest,
+                     "max_ts": newest})
     return _json(rows)
 
 
