@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from pydantic import ConfigDict, ValidationError
+from pydantic import ConfigDict, TypeAdapter, ValidationError, field_validator
 
 from gridhub.registry import CameraScene, Id
 
@@ -19,6 +20,16 @@ class CameraConfig(CameraScene):
     model_config = ConfigDict(extra="ignore")
 
     camera_id: Id
+
+    @field_validator("min_blocked_s", "min_object_frac", "min_clear_s", mode="before")
+    @classmethod
+    def _lax_number(cls, v: Any) -> Any:
+        """A replay camera file (CONTRACT §3) has always been read leniently ("60" is 60 s); the registry's
+        block stays strict."""
+        return _FLOAT.validate_python(v) if v is not None else v
+
+
+_FLOAT: TypeAdapter[float] = TypeAdapter(float)
 
 
 class CameraConfigError(ValueError):
