@@ -13,7 +13,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from gridhub.protocol import rfc3339
-from gridhub.settings import get_settings
+from gridhub.settings import DEFAULT_TIMEZONE, get_settings
 
 ALERT_FIELDS = ("id", "device_id", "building_id", "grid_id", "type", "severity", "state", "acked", "count",
                 "first_seen", "last_seen", "cleared_at", "task_id", "detail")
@@ -45,7 +45,7 @@ def _zone() -> ZoneInfo:
     try:
         return get_settings().tz
     except Exception:  # noqa: BLE001 - a broken environment must not break shapes
-        return ZoneInfo("Asia/Shanghai")
+        return ZoneInfo(DEFAULT_TIMEZONE)
 
 
 def shape_time(value: datetime | None) -> str | None:

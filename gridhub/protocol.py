@@ -14,6 +14,8 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
+from gridhub.settings import DEFAULT_TOPIC_PREFIX
+
 # A device id (CONTRACT §1), also the pattern of every registry id (§2); the one definition, imported elsewhere.
 DEVICE_ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 DEVICE_ID_RE = re.compile(rf"^{DEVICE_ID_PATTERN}$")
@@ -196,7 +198,7 @@ class TopicError(ValueError):
     pass
 
 
-def parse_topic(topic: str, prefix: str = "gridhub/v1") -> Topic:
+def parse_topic(topic: str, prefix: str = DEFAULT_TOPIC_PREFIX) -> Topic:
     """Parse `{prefix}/devices/{id}/{channel}[/{ts}]`; TopicError names what is wrong."""
     head = prefix.rstrip("/") + "/devices/"
     if not topic.startswith(head):
