@@ -68,6 +68,13 @@ class District(_Strict):
 Role = Literal["grid_worker", "grid_head", "street_officer", "bureau", "admin"]
 
 
+class WorkerNotify(_Strict):
+    """How a person is reached beyond `phone` (CONTRACT §6): a channel a person lacks is skipped."""
+
+    wecom_userid: StrictStr | None = None
+    dingtalk_mobile: StrictStr | None = None
+
+
 class Worker(_Strict):
     id: Id
     name: StrictStr
@@ -75,6 +82,7 @@ class Worker(_Strict):
     role: Role
     grids: list[Id] = []
     street: Id | None = None
+    notify: WorkerNotify | None = None
 
     @model_validator(mode="after")
     def _scope(self) -> Worker:
@@ -284,7 +292,7 @@ _STREETS = _Table("streets", ("id", "district_id", "name"))
 _COMMUNITIES = _Table("communities", ("id", "street_id", "name"))
 _GRIDS = _Table("grids", ("id", "community_id", "name"))
 _BUILDINGS = _Table("buildings", ("id", "grid_id", "name", "floors"))
-_WORKERS = _Table("workers", ("id", "name", "phone", "role", "street_id"))
+_WORKERS = _Table("workers", ("id", "name", "phone", "role", "street_id", "wecom_userid", "dingtalk_mobile"))
 _DEVICES = _Table(
     "devices",
     ("id", *_DEVICE_FIELDS),
@@ -312,7 +320,8 @@ def _rows(reg: RegistryFile) -> Iterator[tuple[_Table, tuple[Any, ...], _Follow]
                     for b in g.buildings:
                         yield _BUILDINGS, (b.id, g.id, b.name, b.floors), []
     for w in reg.workers:
-        yield _WORKERS, (w.id, w.name, w.phone, w.role, w.street), [
+        notify = w.notify or WorkerNotify()
+        yield _WORKERS, (w.id, w.name, w.phone, w.role, w.street, notify.wecom_userid, notify.dingtalk_mobile), [
             ("DELETE FROM worker_grids WHERE worker_id = %s AND NOT (grid_id = ANY(%s))", (w.id, w.grids)),
             *(("INSERT INTO worker_grids (worker_id, grid_id) VALUES (%s, %s) ON CONFLICT DO NOTHING", (w.id, gid))
               for gid in w.grids),
@@ -366,8 +375,8 @@ def export_registry(conn: psycopg.Connection[Any]) -> dict[str, Any]:
             streets.append({"id": sid, "name": sname, "communities": comms})
         districts.append({"id": did, "name": dname, "streets": streets})
     workers = []
-    for wid, name, phone, role, street in q(
-        "SELECT id, name, phone, role, street_id FROM workers ORDER BY id"
+    for wid, name, phone, role, street, wecom_userid, dingtalk_mobile in q(
+        "SELECT id, name, phone, role, street_id, wecom_userid, dingtalk_mobile FROM workers ORDER BY id"
     ).fetchall():
         w: dict[str, Any] = {"id": wid, "name": name}
         if phone is not None:
@@ -378,6 +387,9 @@ def export_registry(conn: psycopg.Connection[Any]) -> dict[str, Any]:
             w["grids"] = grids
         if street:
             w["street"] = street
+        notify = {k: v for k, v in (("wecom_userid", wecom_userid), ("dingtalk_mobile", dingtalk_mobile)) if v}
+        if notify:
+            w["notify"] = notify
         workers.append(w)
     devices = []
     for did, kind, bld, floor, place, hb, camera, retired in q(

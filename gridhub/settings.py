@@ -124,6 +124,8 @@ class Settings(BaseSettings):
     readings_days: int = Field(default=400, gt=0)
     quarantine_days: int = Field(default=30, gt=0)
     token_ttl_s: int = Field(default=12 * 3600, gt=0)
+    notify_file: Path | None = Field(default=None, description="notification channels and routes (CONTRACT §6);"
+                                     " unset: nothing is sent outside the hub")
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     services: ServicesSettings = Field(default_factory=ServicesSettings)
 
