@@ -21,6 +21,7 @@ a cursor, so it does not depend on that order at all.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -30,9 +31,18 @@ from psycopg.types.json import Jsonb
 from gridhub.alerts.shapes import alert_shape, task_shape
 from gridhub.db import CHANGES_CHANNEL, CHANGES_LOCK
 
-__all__ = ["CHANNEL", "UnitOfWork", "task_recipients"]
+__all__ = ["CHANNEL", "Notice", "UnitOfWork", "task_recipients"]
 
 CHANNEL = CHANGES_CHANNEL
+
+
+@dataclass(frozen=True)
+class Notice:
+    """What a task change asks of notifications (CONTRACT §6); see `UnitOfWork.notify`."""
+
+    event: str  # '' when only the chain changes
+    level: int = 0
+    chain: str | None = None  # 'start' | 'stop' | None
 
 
 class UnitOfWork:
@@ -50,6 +60,7 @@ class UnitOfWork:
         self._alerts: dict[str, None] = {}  # ordered set: rows are written in staging order
         self._tasks: dict[str, set[str]] = {}  # task id -> extra recipients
         self._loud: set[str] = set()  # tasks whose change is pushed to the workers it concerns
+        self._notices: dict[str, list[Notice]] = {}  # task id -> what people must be told (CONTRACT §6)
         self._tx: AbstractContextManager[psycopg.Transaction] | None = None
         self._entered = False
 
@@ -63,14 +74,26 @@ class UnitOfWork:
         if not quiet:
             self._loud.add(task_id)
 
+    def notify(self, task_id: str, event: str, *, level: int = 0, chain: str | None = None) -> None:
+        """Stage a notice for the task's change (CONTRACT §6): `event` one of task.opened, task.escalated,
+        task.reminder, task.changed; `level` the escalation level reached (task.escalated); `chain` 'start' (a
+        new accept clock: fallback steps to the next levels while nobody accepts) or 'stop' (accepted, resolved,
+        closed: pending fallback steps are skipped). The notice becomes delivery rows in this transaction
+        (`gridhub.alerts.notify.plan`), after the change row it belongs to."""
+        self._notices.setdefault(task_id, []).append(Notice(event, level, chain))
+        if event:
+            self.stage_task(task_id)
+
     def _forget(self) -> tuple[dict[str, None], dict[str, set[str]], set[str]]:
         staged = self._alerts, self._tasks, self._loud
         self._alerts, self._tasks, self._loud = {}, {}, set()
+        self._notices = {}
         return staged
 
     def flush(self) -> list[int]:
         """Write the staged changes as `changes` rows (alerts first, then tasks) and forget them; returns their
         ids (also added to `ids`). What is staged afterwards is written by the next flush."""
+        notices = self._notices
         alerts, tasks, loud = self._forget()
         if not alerts and not tasks:
             return []
@@ -101,6 +124,10 @@ class UnitOfWork:
             assert row is not None
             ids.append(int(row[0]))
             conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(row[0])))
+            if kind == "task" and entity_id in notices:
+                from gridhub.alerts.notify import plan  # the planner reads the notify file; imported when needed
+
+                plan.deliveries(conn, int(row[0]), payload, notices[entity_id])
         self.ids.extend(ids)
         return ids
 

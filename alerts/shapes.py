@@ -30,14 +30,14 @@ ALERT_COLUMNS = alert_columns()
 TASK_COLUMNS = """
        t.id, t.type, t.severity, t.state, t.grid_id, t.building_id, t.device_id, t.assignee, t.escalation_level,
        t.accept_due, t.resolve_due, t.opened_at, t.accepted_at, t.resolved_at, t.closed_at, t.resolution, t.count,
-       t.last_seen,
+       t.last_seen, t.drill,
        ARRAY(SELECT ta.alert_id FROM task_alerts ta JOIN alerts a ON a.id = ta.alert_id
              WHERE ta.task_id = t.id ORDER BY a.first_seen, a.id) AS alert_ids,
        ARRAY(SELECT jsonb_build_object('at', extract(epoch FROM h.at), 'actor', h.actor, 'action', h.action,
-                                       'note', h.note)
+                                       'note', h.note, 'received_at', extract(epoch FROM h.received_at))
              FROM task_history h WHERE h.task_id = t.id ORDER BY h.id) AS history"""
 TASK_PLAIN_FIELDS = ("id", "type", "severity", "state", "grid_id", "building_id", "device_id", "assignee",
-                     "escalation_level", "count", "resolution")
+                     "escalation_level", "count", "resolution", "drill")
 TASK_TIME_FIELDS = ("accept_due", "resolve_due", "opened_at", "accepted_at", "resolved_at", "closed_at", "last_seen")
 
 
@@ -67,8 +67,16 @@ def task_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {k: row[k] for k in TASK_PLAIN_FIELDS}
     out.update({k: shape_time(row[k]) for k in TASK_TIME_FIELDS})
     out["alert_ids"] = list(row["alert_ids"])
-    out["history"] = [{"at": shape_time(datetime.fromtimestamp(float(h["at"]), UTC)), "actor": h["actor"],
-                       "action": h["action"], "note": h["note"]} for h in row["history"]]
+    out["history"] = [_step(h) for h in row["history"]]
+    return out
+
+
+def _step(h: Mapping[str, Any]) -> dict[str, Any]:
+    """A history step; `received_at` only on a step the hub received later than it was taken (offline)."""
+    out = {"at": shape_time(datetime.fromtimestamp(float(h["at"]), UTC)), "actor": h["actor"],
+           "action": h["action"], "note": h["note"]}
+    if h.get("received_at") is not None:
+        out["received_at"] = shape_time(datetime.fromtimestamp(float(h["received_at"]), UTC))
     return out
 
 

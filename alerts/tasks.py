@@ -87,9 +87,11 @@ def new_id(prefix: str, now: datetime) -> str:
 # ------------------------------------------------------------------ history and dispatch
 
 def add_history(conn: psycopg.Connection[Any], task_id: str, at: datetime, actor: str, action: str,
-                note: str | None) -> None:
-    conn.execute("INSERT INTO task_history (task_id, at, actor, action, note) VALUES (%s, %s, %s, %s, %s)",
-                 (task_id, at, actor, action, note))
+                note: str | None, *, received_at: datetime | None = None) -> None:
+    """One step of a task's history at `at`; `received_at` when the hub got it later (an offline replay)."""
+    conn.execute("INSERT INTO task_history (task_id, at, actor, action, note, received_at)"
+                 " VALUES (%s, %s, %s, %s, %s, %s)",
+                 (task_id, at, actor, action, note, received_at if received_at != at else None))
 
 
 def record_history(uow: UnitOfWork, task_id: str, actor_id: str, action: str, note: str | None,
@@ -141,9 +143,11 @@ def _schedule_accept(conn: psycopg.Connection[Any], task_id: str, accept_due: da
 
 def open_or_join_task(uow: UnitOfWork, *, alert_id: str, alert_type: str, severity: str,
                       incident_key: str, grid_id: str | None, building_id: str | None, device_id: str | None,
-                      seen: datetime, now: datetime, rules: RuleBook, note: str) -> tuple[str, bool]:
+                      seen: datetime, now: datetime, rules: RuleBook, note: str,
+                      drill: bool = False) -> tuple[str, bool]:
     """Open the incident's task assigned by the dispatch rule, or join the one not yet closed (count and
-    last_seen rise); link the alert. Returns (task id, opened)."""
+    last_seen rise); link the alert. Returns (task id, opened). A `drill` task (演练) is notified marked as one,
+    never by SMS, and is left out of the KPIs."""
     conn = uow.conn
     d = rules.deadlines(severity)
     assignee = choose_assignee(conn, grid_id)
@@ -151,12 +155,13 @@ def open_or_join_task(uow: UnitOfWork, *, alert_id: str, alert_type: str, severi
     resolve_due = now + timedelta(seconds=d.resolve_s)
     row = conn.execute(
         "INSERT INTO tasks (id, type, severity, state, grid_id, building_id, device_id, assignee, accept_due,"
-        " resolve_due, opened_at, last_seen, incident_key) VALUES (%s, %s, %s, 'open', %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " resolve_due, opened_at, last_seen, incident_key, drill)"
+        " VALUES (%s, %s, %s, 'open', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
         " ON CONFLICT (incident_key) WHERE state <> 'closed'"
         " DO UPDATE SET count = tasks.count + 1, last_seen = GREATEST(tasks.last_seen, EXCLUDED.last_seen)"
         " RETURNING id, (xmax = 0)",
         (new_id("tk", now), alert_type, severity, grid_id, building_id, device_id, assignee, accept_due,
-         resolve_due, now, seen, incident_key)).fetchone()
+         resolve_due, now, seen, incident_key, drill)).fetchone()
     assert row is not None
     task_id, opened = str(row[0]), bool(row[1])
     conn.execute("INSERT INTO task_alerts (task_id, alert_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
@@ -166,6 +171,7 @@ def open_or_join_task(uow: UnitOfWork, *, alert_id: str, alert_type: str, severi
         who = f"assigned to {assignee}" if assignee else "no one in the grid or street to assign"
         add_history(conn, task_id, now, SYSTEM, "open", f"{note}; {who}")
         _schedule_accept(conn, task_id, accept_due, now, rules, severity)
+        uow.notify(task_id, "task.opened", chain="start")
     else:
         add_history(conn, task_id, now, SYSTEM, "alert", note)
     uow.stage_task(task_id)
@@ -230,6 +236,7 @@ def escalate(uow: UnitOfWork, task_id: str, now: datetime, rules: RuleBook | Non
                 f"not {'accepted' if phase == 'accept' else 'resolved'} by {due.isoformat() if due else 'its deadline'}:"
                 f" level {level}, {LEVEL_NAMES[level]} notified")
     uow.stage_task(task_id)
+    uow.notify(task_id, "task.escalated", level=level)
     if level < d.max_escalation:
         timers.schedule(conn, "escalate", task_id, now + timedelta(seconds=window))
 
@@ -243,6 +250,7 @@ def remind(uow: UnitOfWork, task_id: str, now: datetime, rules: RuleBook | None 
         return
     add_history(conn, task_id, now, SYSTEM, "remind", f"waiting to be accepted by {t['assignee'] or 'someone'}")
     uow.stage_task(task_id)
+    uow.notify(task_id, "task.reminder")
     timers.schedule(conn, "remind", task_id, now + timedelta(seconds=rules.deadlines(t["severity"]).remind_s))
 
 
@@ -297,8 +305,12 @@ def _may(action: str, actor: Principal, task: dict[str, Any]) -> bool:
 
 def apply_action(uow: UnitOfWork, task_id: str, action: str, actor: Principal,
                  body: dict[str, Any] | None = None, *, now: datetime | None = None,
-                 rules: RuleBook | None = None) -> dict[str, Any]:
+                 rules: RuleBook | None = None, client_at: datetime | None = None) -> dict[str, Any]:
     """Take a person's action on a task (CONTRACT §4.1) and return the task in the REST shape.
+
+    `client_at`: when the person took it, for an action replayed from a phone that was offline: the history
+    step keeps that time (and `received_at`, the hub's), while deadlines, timers and KPIs use `now`, the time
+    the hub received it. A `client_at` in the future is taken as `now`.
 
     Raises TaskNotFound (no such task in the actor's scope), ActionForbidden (role), IllegalTransition (state),
     BadActionBody (body). Checks run in that order. The caller's unit of work writes the change log and commits.
@@ -322,21 +334,27 @@ def apply_action(uow: UnitOfWork, task_id: str, action: str, actor: Principal,
             f"task {task_id} is {t['state']}: {action} needs it {' or '.join(rule.from_states)}")
     d = rules.deadlines(t["severity"])
     also: tuple[str, ...] = ()
+    said_at = min(client_at, now) if client_at is not None else now
+
+    def step(action: str, note: str | None) -> None:  # the person's step in history, at the person's time
+        add_history(conn, task_id, said_at, actor.id, action, note, received_at=now)
+
     if action == "accept":
         note = _note(body, False)
         conn.execute("UPDATE tasks SET state = 'accepted', accepted_at = %s, assignee = %s WHERE id = %s",
                      (now, actor.id, task_id))
         also = (t["assignee"],) if t["assignee"] and t["assignee"] != actor.id else ()
-        add_history(conn, task_id, now, actor.id, "accept", note)
+        step("accept", note)
         for (aid,) in conn.execute(
                 "UPDATE alerts SET acked = true, acked_by = %s, acked_at = %s WHERE NOT acked AND id IN"
                 " (SELECT alert_id FROM task_alerts WHERE task_id = %s) RETURNING id", (actor.id, now, task_id)).fetchall():
             uow.stage_alert(aid)
         timers.cancel(conn, "remind", task_id)
         timers.schedule(conn, "escalate", task_id, t["resolve_due"] or now + timedelta(seconds=d.resolve_s))
+        uow.notify(task_id, "", chain="stop")
     elif action == "arrive":
         conn.execute("UPDATE tasks SET state = 'on_site' WHERE id = %s", (task_id,))
-        add_history(conn, task_id, now, actor.id, "arrive", _note(body, False))
+        step("arrive", _note(body, False))
     elif action == "resolve":
         resolution = body.get("resolution")
         if resolution not in RESOLUTIONS:
@@ -344,19 +362,22 @@ def apply_action(uow: UnitOfWork, task_id: str, action: str, actor: Principal,
         note = _note(body, False)
         conn.execute("UPDATE tasks SET state = 'resolved', resolved_at = %s, resolution = %s WHERE id = %s",
                      (now, resolution, task_id))
-        add_history(conn, task_id, now, actor.id, "resolve", f"{resolution}: {note}" if note else resolution)
+        step("resolve", f"{resolution}: {note}" if note else resolution)
         timers.cancel(conn, "escalate", task_id)
+        uow.notify(task_id, "", chain="stop")
     elif action == "close":
         conn.execute("UPDATE tasks SET state = 'closed', closed_at = %s WHERE id = %s", (now, task_id))
-        add_history(conn, task_id, now, actor.id, "close", _note(body, False))
+        step("close", _note(body, False))
         timers.cancel(conn, "escalate", task_id)
         timers.cancel(conn, "remind", task_id)
+        uow.notify(task_id, "", chain="stop")
     elif action == "reject":
         note = _note(body, True)
         conn.execute("UPDATE tasks SET state = 'accepted', resolved_at = NULL, resolution = NULL WHERE id = %s",
                      (task_id,))
-        add_history(conn, task_id, now, actor.id, "reject", note)
+        step("reject", note)
         timers.schedule(conn, "escalate", task_id, max(t["resolve_due"] or now, now))
+        uow.notify(task_id, "task.changed")
     elif action == "return":
         note = _note(body, True)
         head = grid_people(conn, t["grid_id"], "grid_head", exclude=actor.id) or grid_people(
@@ -364,8 +385,9 @@ def apply_action(uow: UnitOfWork, task_id: str, action: str, actor: Principal,
         if head is None:
             raise IllegalTransition(f"task {task_id} cannot be returned: its grid has no grid head or street officer")
         _reopen(conn, task_id, head, now, rules, t["severity"])
-        add_history(conn, task_id, now, actor.id, "return", f"{note}; assigned to {head}")
+        step("return", f"{note}; assigned to {head}")
         also = (actor.id,)
+        uow.notify(task_id, "task.changed", chain="start")
     elif action == "reassign":
         worker_id = body.get("worker_id")
         if not isinstance(worker_id, str) or not worker_id:
@@ -377,9 +399,10 @@ def apply_action(uow: UnitOfWork, task_id: str, action: str, actor: Principal,
             raise BadActionBody(f"worker {worker_id} is not responsible for grid {t['grid_id']}")
         note = _note(body, False)
         _reopen(conn, task_id, worker_id, now, rules, t["severity"])
-        add_history(conn, task_id, now, actor.id, "reassign",
+        step("reassign",
                     f"{t['assignee']} -> {worker_id}" + (f": {note}" if note else ""))
         also = (t["assignee"],) if t["assignee"] else ()
+        uow.notify(task_id, "task.changed", chain="start")
     elif action == "extend":
         until_raw = body.get("until")
         try:
@@ -392,11 +415,11 @@ def apply_action(uow: UnitOfWork, task_id: str, action: str, actor: Principal,
             raise BadActionBody(f"until {until_raw} is not in the future")
         note = _note(body, False)
         conn.execute("UPDATE tasks SET resolve_due = %s WHERE id = %s", (until, task_id))
-        add_history(conn, task_id, now, actor.id, "extend", f"resolve by {until_raw}" + (f": {note}" if note else ""))
+        step("extend", f"resolve by {until_raw}" + (f": {note}" if note else ""))
         if t["state"] != "open":
             timers.schedule(conn, "escalate", task_id, until)
     elif action == "comment":
-        add_history(conn, task_id, now, actor.id, "comment", _note(body, True))
+        step("comment", _note(body, True))
     uow.stage_task(task_id, also_notify=also)
     shape = task_shape(conn, task_id)
     assert shape is not None

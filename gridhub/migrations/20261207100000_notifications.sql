@@ -51,3 +51,7 @@ CREATE INDEX IF NOT EXISTS notify_deliveries_task_idx ON notify_deliveries (task
 CREATE INDEX IF NOT EXISTS notify_deliveries_recipient_idx ON notify_deliveries (recipient, created_at DESC);
 CREATE INDEX IF NOT EXISTS notify_deliveries_sent_idx ON notify_deliveries (channel, recipient, sent_at DESC)
     WHERE state = 'sent';
+
+-- An action taken offline and replayed later keeps the person's own time in `at`; `received_at` is when the hub
+-- got it (deadlines and KPIs use that). Null when the two are the same.
+ALTER TABLE task_history ADD COLUMN IF NOT EXISTS received_at timestamptz;
