@@ -132,7 +132,7 @@ class DeviceBook:
             records.raise_alert(uow, reg.place, f.alert_type, seen, now, self.rules, f.detail)
         else:
             why = ", ".join(f"{k} {v}" for k, v in f.detail.items()) or "cleared"
-            records.clear_alert(uow, reg.place, f.alert_type, seen, now, why)
+            records.clear_alert(uow, reg.place, f.alert_type, seen, now, why, self.rules)
 
     # ------------------------------------------------------------------ absence
 
@@ -152,8 +152,10 @@ class DeviceBook:
             offline = {r[0] for r in conn.execute(
                 "SELECT device_id FROM alerts WHERE device_id = ANY(%s) AND type = 'device_offline'"
                 " AND state = 'active'", (list(devices),))}
-        for dev in sorted(offline):
-            records.clear_alert(uow, devices[dev].place, "device_offline", now, now, "the device spoke again")
+        # by building: clearing takes the building's offline lock, always in this order (no deadlock between batches)
+        for dev in sorted(offline, key=lambda d: (devices[d].place.building_id, d)):
+            records.clear_alert(uow, devices[dev].place, "device_offline", now, now, "the device spoke again",
+                                self.rules)
             self.state(dev).active.discard("device_offline")
         moves = []
         for dev, reg in devices.items():

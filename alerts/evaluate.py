@@ -86,12 +86,15 @@ def event_findings(ev: Event) -> list[Finding]:
         passed = ev.detail.get("passed")
         if not isinstance(passed, bool):
             return []
-        return [Finding("clear" if passed else "raise", "device_fault", ev.ts, {"event": "self_test", "passed": passed})]
+        found = {"event": "self_test", "passed": passed, **({"drill": True} if ev.detail.get("drill") is True else {})}
+        return [Finding("clear" if passed else "raise", "device_fault", ev.ts, found)]
     mapped = EVENT_ALERTS.get(ev.type)
     if mapped is None:
         return []
     action, alert_type = mapped
-    detail = {"event": ev.type, **({"detail": ev.detail} if ev.detail else {})}
+    detail: dict[str, Any] = {"event": ev.type, **({"detail": ev.detail} if ev.detail else {})}
+    if ev.detail.get("drill") is True:  # a drill (演练): the alert says so, and its task is a drill task
+        detail["drill"] = True
     return [Finding(action, alert_type, ev.ts, detail)]
 
 

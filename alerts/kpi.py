@@ -5,6 +5,8 @@ A task is *due* in the period when its resolve deadline falls in [start, end); i
 before `end`, *on time* when closed by its resolve deadline. Mean times are over the tasks opened in the period
 that were accepted (resolved) before `end`. Open and overdue count the tasks open at `end`, overdue when past
 their resolve deadline then (or past the accept deadline and still not accepted).
+
+Drill tasks (演练, `tasks.drill`) are left out of every figure.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ SELECT g.id, g.name, c.id, c.name, s.id, s.name,
            AND t.opened_at < %(end)s AND t.resolved_at < %(end)s), 0),
   count(t.id) FILTER (WHERE t.opened_at >= %(start)s AND t.opened_at < %(end)s AND t.resolved_at < %(end)s)
 FROM grids g JOIN communities c ON c.id = g.community_id JOIN streets s ON s.id = c.street_id
-LEFT JOIN tasks t ON t.grid_id = g.id
+LEFT JOIN tasks t ON t.grid_id = g.id AND NOT t.drill
 WHERE (%(grids)s::text[] IS NULL OR g.id = ANY(%(grids)s))
 GROUP BY g.id, g.name, c.id, c.name, s.id, s.name
 ORDER BY s.id, c.id, g.id
@@ -41,7 +43,7 @@ _OPEN = """
 SELECT t.grid_id, t.severity, count(*),
   count(*) FILTER (WHERE t.resolve_due < %(end)s OR (t.accepted_at IS NULL AND t.accept_due < %(end)s))
 FROM tasks t
-WHERE t.opened_at < %(end)s AND (t.resolved_at IS NULL OR t.resolved_at >= %(end)s)
+WHERE NOT t.drill AND t.opened_at < %(end)s AND (t.resolved_at IS NULL OR t.resolved_at >= %(end)s)
   AND (t.closed_at IS NULL OR t.closed_at >= %(end)s)
   AND (%(grids)s::text[] IS NULL OR t.grid_id = ANY(%(grids)s))
 GROUP BY t.grid_id, t.severity

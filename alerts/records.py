@@ -1,5 +1,6 @@
 """Alert rows: raise (one active per device and type, enforced by INSERT ... ON CONFLICT on a partial unique
-index), repeat, clear; their tasks; the building-level fire incident and the noisy-device rule."""
+index), repeat, clear; their tasks; the building-level fire incident, offline storms (alerts/offline.py), drills
+and the noisy-device rule."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from gridhub.alerts import tasks, timers
+from gridhub.alerts import offline, tasks, timers
 from gridhub.alerts.changes import UnitOfWork
 from gridhub.alerts.rules import RuleBook
 from gridhub.alerts.shapes import alert_shape
@@ -48,39 +49,62 @@ class Raised:
     task_id: str | None
 
 
+def is_drill(detail: dict[str, Any] | None) -> bool:
+    """A drill (演练): the alert's detail says `drill: true` (from the device event's `detail.drill`)."""
+    return bool(detail) and (detail or {}).get("drill") is True
+
+
 def raise_alert(uow: UnitOfWork, p: Place, alert_type: str, seen: datetime, now: datetime,
                 rules: RuleBook, detail: dict[str, Any] | None = None) -> Raised:
     """Raise `alert_type` for the device, or repeat the active one (count and last_seen rise); open or join
-    its task. Correlates fire alarms and sprinkler drops into the building's fire incident."""
+    its task. Correlates fire alarms and sprinkler drops into the building's fire incident, and offline alerts
+    into the building's offline storm (alerts/offline.py). A drill alert (`detail.drill`) opens a drill task
+    of its own; a real alert while the device's drill alert of that type is active ends the drill alert."""
     conn = uow.conn
     severity = rules.severity_of(alert_type)
-    row = conn.execute(
-        "INSERT INTO alerts (id, device_id, building_id, grid_id, type, severity, first_seen, last_seen, detail)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-        " ON CONFLICT (device_id, type) WHERE state = 'active' AND type <> 'fire_incident'"
-        " DO UPDATE SET count = alerts.count + 1, last_seen = GREATEST(alerts.last_seen, EXCLUDED.last_seen)"
-        " RETURNING id, (xmax = 0), task_id",
-        (tasks.new_id("al", now), p.device_id, p.building_id, p.grid_id, alert_type, severity, seen, seen,
-         Jsonb(detail or {}))).fetchone()
-    assert row is not None
+    drill = is_drill(detail)
+    for _ in range(2):
+        row = conn.execute(
+            "INSERT INTO alerts (id, device_id, building_id, grid_id, type, severity, first_seen, last_seen, detail)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (device_id, type) WHERE state = 'active' AND type <> 'fire_incident'"
+            " DO UPDATE SET count = alerts.count + 1, last_seen = GREATEST(alerts.last_seen, EXCLUDED.last_seen)"
+            " RETURNING id, (xmax = 0), task_id, COALESCE(detail->'drill' = 'true'::jsonb, false)",
+            (tasks.new_id("al", now), p.device_id, p.building_id, p.grid_id, alert_type, severity, seen, seen,
+             Jsonb(detail or {}))).fetchone()
+        assert row is not None
+        if row[1] or drill or not row[3]:
+            break
+        # the real thing while a drill's alert is active: the drill's alert ends, the real one is raised
+        conn.execute("UPDATE alerts SET state = 'cleared', cleared_at = %s, count = count - 1 WHERE id = %s",
+                     (now, row[0]))
+        uow.stage_alert(str(row[0]))
+        if row[2]:
+            tasks.annotate(uow, row[2], now, "alert_cleared", f"drill {alert_type} ended: a real one from {p.device_id}")
     alert_id, created, task_id = str(row[0]), bool(row[1]), row[2]
     uow.stage_alert(alert_id)
-    if created:
+    if created and alert_type == "device_offline":
+        task_id = offline.task_for_offline(uow, p, alert_id, seen, now, rules, _describe(p, alert_type))
+    elif created:
         task_id, _ = tasks.open_or_join_task(
             uow, alert_id=alert_id, alert_type=alert_type, severity=severity,
-            incident_key=f"{alert_type}:{p.device_id}", grid_id=p.grid_id, building_id=p.building_id,
-            device_id=p.device_id, seen=seen, now=now, rules=rules, note=_describe(p, alert_type))
+            incident_key=f"{alert_type}:{p.device_id}" + (":drill" if drill else ""), grid_id=p.grid_id,
+            building_id=p.building_id, device_id=p.device_id, seen=seen, now=now, rules=rules,
+            note=("【演练】drill: " if drill else "") + _describe(p, alert_type), drill=drill)
     elif task_id:
         tasks.note_repeat(uow, task_id, seen)
     if created and alert_type in ("fire_alarm", "sprinkler_drop"):
-        correlate_fire(uow, p, seen, now, rules)
+        correlate_fire(uow, p, seen, now, rules, drill=drill)
     return Raised(alert_id, created, task_id)
 
 
 def clear_alert(uow: UnitOfWork, p: Place, alert_type: str, seen: datetime, now: datetime,
-                why: str) -> str | None:
-    """Clear the device's active `alert_type`; its task keeps a note (a person closes it). Returns the alert id."""
+                why: str, rules: RuleBook | None = None) -> str | None:
+    """Clear the device's active `alert_type`; its task keeps a note (a person closes it). Returns the alert id.
+    A device back online may make its offline task recovered later (alerts/offline.py)."""
     conn = uow.conn
+    if alert_type == "device_offline":  # before the alert row: the storm's lock comes first, always
+        offline.lock_building(conn, p.building_id)
     row = conn.execute(
         "UPDATE alerts SET state = 'cleared', cleared_at = %s, last_seen = GREATEST(last_seen, %s)"
         " WHERE device_id = %s AND type = %s AND state = 'active' RETURNING id, task_id",
@@ -91,6 +115,8 @@ def clear_alert(uow: UnitOfWork, p: Place, alert_type: str, seen: datetime, now:
     uow.stage_alert(alert_id)
     if task_id:
         tasks.annotate(uow, task_id, now, "alert_cleared", f"{alert_type} cleared: {why}")
+        if alert_type == "device_offline":
+            offline.device_back(uow, task_id, now, rules or tasks.default_rules())
     if alert_type == "fire_alarm":
         _clear_incident_if_quiet(uow, p, now)
     return alert_id
@@ -101,23 +127,39 @@ def _lock_building(conn: psycopg.Connection[Any], building_id: str) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (BUILDING_LOCK, zlib.crc32(building_id.encode()) - 2**31))
 
 
-def correlate_fire(uow: UnitOfWork, p: Place, seen: datetime, now: datetime, rules: RuleBook) -> None:
+def correlate_fire(uow: UnitOfWork, p: Place, seen: datetime, now: datetime, rules: RuleBook, *,
+                   drill: bool = False) -> None:
     """Two fire alarms in one building within the window, or a fire alarm with a sprinkler drop: one fire
-    incident (critical) per building, its task linking every alert that made it."""
+    incident (critical) per building, its task linking every alert that made it. Drill alarms correlate only
+    with drill alarms (a drill incident, a drill task); a real incident ends an active drill incident."""
     conn = uow.conn
     _lock_building(conn, p.building_id)
     window = timedelta(seconds=rules.fire_incident.window_s)
     rows = conn.execute(
         "SELECT id, device_id, type FROM alerts WHERE building_id = %s AND type IN ('fire_alarm', 'sprinkler_drop')"
-        " AND (state = 'active' OR last_seen >= %s) AND first_seen <= %s ORDER BY first_seen, id",
-        (p.building_id, seen - window, seen + window)).fetchall()
+        " AND (state = 'active' OR last_seen >= %s) AND first_seen <= %s"
+        " AND COALESCE(detail->'drill' = 'true'::jsonb, false) = %s ORDER BY first_seen, id",
+        (p.building_id, seen - window, seen + window, drill)).fetchall()
     alarms = {r[1] for r in rows if r[2] == "fire_alarm"}
     drops = [r for r in rows if r[2] == "sprinkler_drop"]
     if not (len(alarms) >= 2 or (alarms and drops)):
         return
+    current = conn.execute(
+        "SELECT id, task_id, COALESCE(detail->'drill' = 'true'::jsonb, false) FROM alerts WHERE building_id = %s"
+        " AND type = 'fire_incident' AND state = 'active'", (p.building_id,)).fetchone()
+    if current is not None and bool(current[2]) != drill:
+        if drill:
+            return  # a drill never touches a real incident
+        conn.execute("UPDATE alerts SET state = 'cleared', cleared_at = %s WHERE id = %s", (now, current[0]))
+        uow.stage_alert(str(current[0]))
+        if current[1]:
+            tasks.annotate(uow, current[1], now, "alert_cleared", f"drill fire incident ended: a real one in {p.building_id}")
     reason = (f"{len(alarms)} smoke alarms" if len(alarms) >= 2 else "a smoke alarm") + (
         " and a sprinkler pressure drop" if drops else "") + f" in {p.building_id}"
     first_device = next(r[1] for r in rows if r[2] == "fire_alarm")
+    detail: dict[str, Any] = {"reason": reason, "alerts": [r[0] for r in rows]}
+    if drill:
+        detail["drill"] = True
     row = conn.execute(
         "INSERT INTO alerts (id, device_id, building_id, grid_id, type, severity, first_seen, last_seen, detail)"
         " VALUES (%s, %s, %s, %s, 'fire_incident', %s, %s, %s, %s)"
@@ -125,15 +167,16 @@ def correlate_fire(uow: UnitOfWork, p: Place, seen: datetime, now: datetime, rul
         " DO UPDATE SET count = alerts.count + 1, last_seen = GREATEST(alerts.last_seen, EXCLUDED.last_seen),"
         " detail = EXCLUDED.detail RETURNING id, (xmax = 0), task_id",
         (tasks.new_id("al", now), first_device, p.building_id, p.grid_id, rules.severity_of("fire_incident"),
-         seen, seen, Jsonb({"reason": reason, "alerts": [r[0] for r in rows]}))).fetchone()
+         seen, seen, Jsonb(detail))).fetchone()
     assert row is not None
     incident_id, created, task_id = str(row[0]), bool(row[1]), row[2]
     uow.stage_alert(incident_id)
     if created or task_id is None:
         task_id, _ = tasks.open_or_join_task(
             uow, alert_id=incident_id, alert_type="fire_incident", severity=rules.severity_of("fire_incident"),
-            incident_key=f"fire_incident:{p.building_id}", grid_id=p.grid_id, building_id=p.building_id,
-            device_id=first_device, seen=seen, now=now, rules=rules, note=f"fire incident: {reason}")
+            incident_key=f"fire_incident:{p.building_id}" + (":drill" if drill else ""), grid_id=p.grid_id,
+            building_id=p.building_id, device_id=first_device, seen=seen, now=now, rules=rules,
+            note=("【演练】drill: " if drill else "") + f"fire incident: {reason}", drill=drill)
     else:
         tasks.add_history(conn, task_id, now, tasks.SYSTEM, "alert", f"fire incident grows: {reason}")
         uow.stage_task(task_id)

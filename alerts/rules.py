@@ -69,6 +69,9 @@ class NoisyRule(_Strict):
 class OfflineRule(_Strict):
     heartbeat_factor: float = Field(default=2, gt=0)
     grace_margin_s: float = Field(default=15, ge=0)
+    building_min_devices: int = Field(default=3, ge=2)  # this many offline in one building within the window ...
+    building_window_s: float = Field(default=300, gt=0)  # ... are one building task
+    recovered_after_s: float = Field(default=600, gt=0)  # back and stayed back this long: resolved as recovered
 
 
 class Deadlines(_Strict):

@@ -35,7 +35,7 @@ import paho.mqtt.client as paho
 import psycopg
 from pydantic import ValidationError
 
-from gridhub.alerts import changes, publish, records, shards, tasks, telemetry, timers
+from gridhub.alerts import changes, offline, publish, records, shards, tasks, telemetry, timers
 from gridhub.alerts.devices import DeviceBook
 from gridhub.alerts.evaluate import acceptable, event_findings
 from gridhub.alerts.rules import RuleBook, load_rules
@@ -105,6 +105,7 @@ class AlertService:
         self.lane: Any = None  # the telemetry process
         self.timer_actions: dict[str, timers.TimerAction] = {
             **tasks.timer_actions(self.rules),
+            **offline.timer_actions(self.rules),
             "offline": self._offline_due,
             "noisy": lambda uow, key, payload, now: records.noisy_check(uow, key, now, self.rules),
         }

@@ -1,7 +1,8 @@
 """GET /api/v1/summary (street → community → grid counts for the board) and GET /api/v1/kpis.
 
 A task counts as open until it is closed (a resolved task waits for its check); it is overdue when it is still
-open past its accept deadline, or not yet resolved past its resolve deadline.
+open past its accept deadline, or not yet resolved past its resolve deadline. Drill tasks (演练) are left out of
+both counts and of the KPIs.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ tk AS (
     SELECT grid_id, count(*) AS open,
            count(*) FILTER (WHERE (state = 'open' AND accept_due < now())
                                OR (state IN ('open', 'accepted', 'on_site') AND resolve_due < now())) AS overdue
-    FROM tasks WHERE state <> 'closed' AND grid_id IN (SELECT id FROM scope) GROUP BY grid_id)
+    FROM tasks WHERE state <> 'closed' AND NOT drill AND grid_id IN (SELECT id FROM scope) GROUP BY grid_id)
 SELECT st.id AS street_id, st.name AS street_name, c.id AS community_id, c.name AS community_name,
        g.id AS grid_id, g.name AS grid_name,
        COALESCE(dev.online, 0) AS online, COALESCE(dev.offline, 0) AS offline,

@@ -25,7 +25,7 @@ log = logging.getLogger("gridhub.simulators")
 
 USAGE = """gridhub simulate --devices N --rate R --duration S [options]   load: telemetry at R msgs/s in total
 gridhub simulate devices [--registry FILE | --district SIZE]      virtual devices of every kind, live
-gridhub simulate scenario NAME [NAME ...] [--speed X]             play scenarios (`scenario --list`)
+gridhub simulate scenario NAME [NAME ...] [--speed X] [--drill]   play scenarios (`scenario --list`)
 gridhub simulate district small|medium|large                      print a generated registry file"""
 
 
@@ -156,15 +156,19 @@ def scenario_main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0, help="choose buildings and values reproducibly")
     p.add_argument("--cast", action="append", default=[],
                    help="override a role: ROLE=ID[,ID...] (for example building=b-12)")
+    p.add_argument("--drill", action="store_true",
+                   help="play it as a drill (演练): every event carries detail.drill, the hub's tasks are drill tasks")
     _add_common(p)
     args = p.parse_args(argv)
     _logging(args.verbose)
     if args.list or not args.names:
         for sc in list_scenarios():
-            print(f"{sc.name:16} {sc.summary}")
+            print(f"{sc.name:16} {'[drill] ' if sc.drill else ''}{sc.summary}")
         return 0
     try:
         scenarios = [load_scenario(n) for n in args.names]
+        if args.drill:
+            scenarios = [sc.model_copy(update={"drill": True}) for sc in scenarios]
     except ScenarioError as exc:
         print(exc, file=sys.stderr)
         return 2

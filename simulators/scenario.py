@@ -4,6 +4,10 @@ A scenario names roles (`cast`), then `steps` that say what each role's devices 
 seconds. It may run faster than real time (`speed`) by compressing the past: the message of scenario second
 `s` carries `ts = T0 + s`, where T0 is placed so that the last second is now; no `ts` is ever in the future
 (except where a step asks for it, `ts_offset_s`, to test clock skew).
+
+A scenario marked `drill: true` (or played with `--drill`) is a drill (演练): every event it sends carries
+`detail.drill: true` (CONTRACT §1 leaves `detail` free), and so do the events of the scenarios it includes; the
+hub then raises its alerts marked drill and opens drill tasks, which are left out of the KPIs.
 """
 
 from __future__ import annotations
@@ -137,6 +141,7 @@ class Scenario(_Strict):
     cast: dict[str, Role] = {}
     steps: list[Step] = []
     include: list[Include] = []
+    drill: bool = False  # a drill (演练): its events (and its includes') carry detail.drill
     source: str = ""
 
 
@@ -246,6 +251,7 @@ class Action:
     scene_t: float = 0.0
     via_hub: bool = False
     scenario: str = ""
+    drill: bool = False
 
 
 def _times(step: Step, offset: float) -> list[float]:
@@ -257,7 +263,7 @@ def _times(step: Step, offset: float) -> list[float]:
     return [start + i * step.every_s for i in range(max(1, n))]
 
 
-def expand(sc: Scenario, cast: Cast, at: float = 0.0) -> list[Action]:
+def expand(sc: Scenario, cast: Cast, at: float = 0.0, drill: bool = False) -> list[Action]:
     """The scenario's actions in time order, members of a role staggered by `stagger_s`."""
     actions: list[Action] = []
     vanished_at: dict[str, float] = {}
@@ -274,7 +280,7 @@ def expand(sc: Scenario, cast: Cast, at: float = 0.0) -> list[Action]:
             span = max(times[-1] - times[0], 1e-9)
             for t in times:
                 act = Action(t, dev, op, step, frac=(t - times[0]) / span if len(times) > 1 else 0.0,
-                             via_hub=step.as_ == "hub", scenario=sc.name)
+                             via_hub=step.as_ == "hub", scenario=sc.name, drill=drill or sc.drill)
                 if op == "frame" and dev is not None:
                     act.scene_key = f"{sc.name}/{i}/{dev.id}"
                     act.scene_t = t - times[0]
@@ -291,21 +297,22 @@ def expand(sc: Scenario, cast: Cast, at: float = 0.0) -> list[Action]:
 
 
 def compose(scenarios: list[tuple[Scenario, float]], fleet: Fleet, rng: random.Random,
-            overrides: dict[str, list[str]]) -> tuple[list[Action], float, dict[str, Any]]:
-    """Scenarios (with their start offsets, and their includes) as one timeline: actions, duration, cast."""
+            overrides: dict[str, list[str]], drill: bool = False) -> tuple[list[Action], float, dict[str, Any]]:
+    """Scenarios (with their start offsets, and their includes) as one timeline: actions, duration, cast. The
+    actions of a drill scenario, and of everything it includes, are marked drill."""
     actions: list[Action] = []
     duration = 0.0
     casts: dict[str, Any] = {}
     for sc, at in scenarios:
         nested = [(load_scenario(inc.scenario), at + inc.at) for inc in sc.include]
         if nested:
-            sub_actions, sub_duration, sub_casts = compose(nested, fleet, rng, overrides)
+            sub_actions, sub_duration, sub_casts = compose(nested, fleet, rng, overrides, drill or sc.drill)
             actions += sub_actions
             duration = max(duration, sub_duration)
             casts.update(sub_casts)
         cast = cast_roles(sc, fleet, rng, overrides)
         casts[sc.name] = cast.describe()
-        actions += expand(sc, cast, at)
+        actions += expand(sc, cast, at, drill)
         duration = max(duration, at + sc.duration_s)
     actions.sort(key=lambda a: a.s)
     if actions and actions[-1].s > duration:
@@ -440,8 +447,8 @@ class Playback:
             self._record(a, ts, "reading")
         elif a.op == "event":
             assert step.event is not None
-            await link.event(ts, step.event, step.detail)
-            self._record(a, ts, step.event)
+            await link.event(ts, step.event, {**step.detail, "drill": True} if a.drill else step.detail)
+            self._record(a, ts, f"{step.event} (drill)" if a.drill else step.event)
         elif a.op == "frame":
             assert step.frames is not None
             scene = self.scenes.get(a.scene_key)
