@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -31,7 +32,7 @@ from psycopg.types.json import Jsonb
 from gridhub.alerts.shapes import alert_shape, task_shape
 from gridhub.db import CHANGES_CHANNEL, CHANGES_LOCK
 
-__all__ = ["CHANNEL", "Notice", "UnitOfWork", "task_recipients"]
+__all__ = ["CHANNEL", "Notice", "UnitOfWork", "level_people", "task_recipients"]
 
 CHANNEL = CHANGES_CHANNEL
 
@@ -43,6 +44,7 @@ class Notice:
     event: str  # '' when only the chain changes
     level: int = 0
     chain: str | None = None  # 'start' | 'stop' | None
+    at: datetime | None = None  # the engine's time of the change (fallback steps count from it)
 
 
 class UnitOfWork:
@@ -74,13 +76,14 @@ class UnitOfWork:
         if not quiet:
             self._loud.add(task_id)
 
-    def notify(self, task_id: str, event: str, *, level: int = 0, chain: str | None = None) -> None:
+    def notify(self, task_id: str, event: str, *, level: int = 0, chain: str | None = None,
+               at: datetime | None = None) -> None:
         """Stage a notice for the task's change (CONTRACT §6): `event` one of task.opened, task.escalated,
         task.reminder, task.changed; `level` the escalation level reached (task.escalated); `chain` 'start' (a
         new accept clock: fallback steps to the next levels while nobody accepts) or 'stop' (accepted, resolved,
         closed: pending fallback steps are skipped). The notice becomes delivery rows in this transaction
         (`gridhub.alerts.notify.plan`), after the change row it belongs to."""
-        self._notices.setdefault(task_id, []).append(Notice(event, level, chain))
+        self._notices.setdefault(task_id, []).append(Notice(event, level, chain, at))
         if event:
             self.stage_task(task_id)
 
@@ -125,7 +128,8 @@ class UnitOfWork:
             ids.append(int(row[0]))
             conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(row[0])))
             if kind == "task" and entity_id in notices:
-                from gridhub.alerts.notify import plan  # the planner reads the notify file; imported when needed
+                # the planner reads the notify file; imported when first needed
+                from gridhub.alerts.notify import plan
 
                 plan.deliveries(conn, int(row[0]), payload, notices[entity_id])
         self.ids.extend(ids)
@@ -157,19 +161,28 @@ class UnitOfWork:
         return bool(tx.__exit__(exc_type, exc, tb))
 
 
+def level_people(conn: psycopg.Connection[Any], grid_id: str | None, level: int) -> list[str]:
+    """The active people an escalation level reaches for a grid: 1 its grid heads, 2 its street's officers, 3 the
+    bureau."""
+    if level == 3:
+        return [r[0] for r in conn.execute("SELECT id FROM workers WHERE role = 'bureau' AND active ORDER BY id")]
+    if grid_id is None:
+        return []
+    if level == 1:
+        sql = ("SELECT w.id FROM workers w JOIN worker_grids wg ON wg.worker_id = w.id"
+               " WHERE wg.grid_id = %s AND w.role = 'grid_head' AND w.active ORDER BY w.id")
+    elif level == 2:
+        sql = ("SELECT w.id FROM workers w JOIN streets s ON s.id = w.street_id"
+               " JOIN communities c ON c.street_id = s.id JOIN grids g ON g.community_id = c.id"
+               " WHERE g.id = %s AND w.role = 'street_officer' AND w.active ORDER BY w.id")
+    else:
+        return []
+    return [r[0] for r in conn.execute(sql, (grid_id,))]
+
+
 def task_recipients(conn: psycopg.Connection[Any], task: dict[str, Any]) -> list[str]:
     """The assignee and everyone the escalation level has reached: 1 grid heads, 2 street officers, 3 bureau."""
     out: set[str] = {task["assignee"]} if task.get("assignee") else set()
-    level = int(task.get("escalation_level") or 0)
-    if level >= 1 and task.get("grid_id"):
-        out.update(r[0] for r in conn.execute(
-            "SELECT w.id FROM workers w JOIN worker_grids wg ON wg.worker_id = w.id"
-            " WHERE wg.grid_id = %s AND w.role = 'grid_head' AND w.active", (task["grid_id"],)))
-    if level >= 2 and task.get("grid_id"):
-        out.update(r[0] for r in conn.execute(
-            "SELECT w.id FROM workers w JOIN streets s ON s.id = w.street_id"
-            " JOIN communities c ON c.street_id = s.id JOIN grids g ON g.community_id = c.id"
-            " WHERE g.id = %s AND w.role = 'street_officer' AND w.active", (task["grid_id"],)))
-    if level >= 3:
-        out.update(r[0] for r in conn.execute("SELECT id FROM workers WHERE role = 'bureau' AND active"))
+    for level in range(1, min(int(task.get("escalation_level") or 0), 3) + 1):
+        out.update(level_people(conn, task.get("grid_id"), level))
     return sorted(out)

@@ -171,7 +171,7 @@ def open_or_join_task(uow: UnitOfWork, *, alert_id: str, alert_type: str, severi
         who = f"assigned to {assignee}" if assignee else "no one in the grid or street to assign"
         add_history(conn, task_id, now, SYSTEM, "open", f"{note}; {who}")
         _schedule_accept(conn, task_id, accept_due, now, rules, severity)
-        uow.notify(task_id, "task.opened", chain="start")
+        uow.notify(task_id, "task.opened", chain="start", at=now)
     else:
         add_history(conn, task_id, now, SYSTEM, "alert", note)
     uow.stage_task(task_id)
@@ -236,7 +236,7 @@ def escalate(uow: UnitOfWork, task_id: str, now: datetime, rules: RuleBook | Non
                 f"not {'accepted' if phase == 'accept' else 'resolved'} by {due.isoformat() if due else 'its deadline'}:"
                 f" level {level}, {LEVEL_NAMES[level]} notified")
     uow.stage_task(task_id)
-    uow.notify(task_id, "task.escalated", level=level)
+    uow.notify(task_id, "task.escalated", level=level, at=now)
     if level < d.max_escalation:
         timers.schedule(conn, "escalate", task_id, now + timedelta(seconds=window))
 
@@ -250,7 +250,7 @@ def remind(uow: UnitOfWork, task_id: str, now: datetime, rules: RuleBook | None 
         return
     add_history(conn, task_id, now, SYSTEM, "remind", f"waiting to be accepted by {t['assignee'] or 'someone'}")
     uow.stage_task(task_id)
-    uow.notify(task_id, "task.reminder")
+    uow.notify(task_id, "task.reminder", at=now)
     timers.schedule(conn, "remind", task_id, now + timedelta(seconds=rules.deadlines(t["severity"]).remind_s))
 
 
@@ -351,7 +351,7 @@ def apply_action(uow: UnitOfWork, task_id: str, action: str, actor: Principal,
             uow.stage_alert(aid)
         timers.cancel(conn, "remind", task_id)
         timers.schedule(conn, "escalate", task_id, t["resolve_due"] or now + timedelta(seconds=d.resolve_s))
-        uow.notify(task_id, "", chain="stop")
+        uow.notify(task_id, "", chain="stop", at=now)
     elif action == "arrive":
         conn.execute("UPDATE tasks SET state = 'on_site' WHERE id = %s", (task_id,))
         step("arrive", _note(body, False))
@@ -364,20 +364,20 @@ def apply_action(uow: UnitOfWork, task_id: str, action: str, actor: Principal,
                      (now, resolution, task_id))
         step("resolve", f"{resolution}: {note}" if note else resolution)
         timers.cancel(conn, "escalate", task_id)
-        uow.notify(task_id, "", chain="stop")
+        uow.notify(task_id, "", chain="stop", at=now)
     elif action == "close":
         conn.execute("UPDATE tasks SET state = 'closed', closed_at = %s WHERE id = %s", (now, task_id))
         step("close", _note(body, False))
         timers.cancel(conn, "escalate", task_id)
         timers.cancel(conn, "remind", task_id)
-        uow.notify(task_id, "", chain="stop")
+        uow.notify(task_id, "", chain="stop", at=now)
     elif action == "reject":
         note = _note(body, True)
         conn.execute("UPDATE tasks SET state = 'accepted', resolved_at = NULL, resolution = NULL WHERE id = %s",
                      (task_id,))
         step("reject", note)
         timers.schedule(conn, "escalate", task_id, max(t["resolve_due"] or now, now))
-        uow.notify(task_id, "task.changed")
+        uow.notify(task_id, "task.changed", at=now)
     elif action == "return":
         note = _note(body, True)
         head = grid_people(conn, t["grid_id"], "grid_head", exclude=actor.id) or grid_people(
@@ -387,7 +387,7 @@ def apply_action(uow: UnitOfWork, task_id: str, action: str, actor: Principal,
         _reopen(conn, task_id, head, now, rules, t["severity"])
         step("return", f"{note}; assigned to {head}")
         also = (actor.id,)
-        uow.notify(task_id, "task.changed", chain="start")
+        uow.notify(task_id, "task.changed", chain="start", at=now)
     elif action == "reassign":
         worker_id = body.get("worker_id")
         if not isinstance(worker_id, str) or not worker_id:
@@ -402,7 +402,7 @@ def apply_action(uow: UnitOfWork, task_id: str, action: str, actor: Principal,
         step("reassign",
                     f"{t['assignee']} -> {worker_id}" + (f": {note}" if note else ""))
         also = (t["assignee"],) if t["assignee"] else ()
-        uow.notify(task_id, "task.changed", chain="start")
+        uow.notify(task_id, "task.changed", chain="start", at=now)
     elif action == "extend":
         until_raw = body.get("until")
         try:

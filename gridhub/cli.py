@@ -159,6 +159,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def cmd_notify(args: argparse.Namespace) -> int:
+    from gridhub.alerts.notify.cli import main as notify_main
+
+    return int(notify_main(args, get_settings()))
+
+
 def cmd_retention(args: argparse.Namespace) -> int:
     from gridhub.db import apply_retention
 
@@ -234,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--embedded", action="store_true")
     demo.set_defaults(func=cmd_demo)
+
+    from gridhub.alerts.notify.cli import add_parser as add_notify_parser
+
+    add_notify_parser(sub)
+    sub.choices["notify"].set_defaults(func=cmd_notify)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
     sub.add_parser("retention", help="drop data past its retention").set_defaults(func=cmd_retention)

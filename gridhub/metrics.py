@@ -27,6 +27,14 @@ KNOWN: dict[str, tuple[str, str]] = {
     "gridhub_ingest_write_seconds_total": ("counter", "Time ingest spent writing batches (before COMMIT)"),
     "gridhub_ingest_lag_seconds": ("gauge", "Receive-to-commit delay of the newest batch, per ingest instance"),
     "gridhub_ingest_queue_messages": ("gauge", "Messages received and not yet committed, per ingest instance"),
+    "gridhub_notifications_total": ("counter", "Notification deliveries by channel and result"
+                                    " (sent, failed, skipped, retry: an attempt to be retried)"),
+}
+
+# name -> (help, bucket upper bounds in seconds); kept as _bucket/_sum/_count counter rows, exposed as histograms
+HISTOGRAMS: dict[str, tuple[str, tuple[float, ...]]] = {
+    "gridhub_notification_send_seconds": ("Time one notification request took, by channel",
+                                          (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)),
 }
 
 
@@ -41,6 +49,17 @@ def bump(conn: psycopg.Connection[Any], values: Mapping[tuple[str, str], float])
         " ON CONFLICT (name, labels) DO UPDATE SET value = counters.value + EXCLUDED.value",
         ([k[0] for k, _ in items], [k[1] for k, _ in items], [float(v) for _, v in items]),
     )
+
+
+def observe(conn: psycopg.Connection[Any], name: str, labels: str, value: float) -> None:
+    """One observation of a histogram in HISTOGRAMS, in the caller's transaction (cumulative buckets)."""
+    _, bounds = HISTOGRAMS[name]
+    sep = "," if labels else ""
+    values: dict[tuple[str, str], float] = {(f"{name}_count", labels): 1.0, (f"{name}_sum", labels): value or 1e-9}
+    for b in (*bounds, float("inf")):
+        if value <= b:
+            values[(f"{name}_bucket", f'{labels}{sep}le="{"+Inf" if b == float("inf") else b}"')] = 1.0
+    bump(conn, values)
 
 
 _LABEL_RE = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"\s*,?')
@@ -71,7 +90,25 @@ class CounterRows(Collector):
         q.pop("", None)
         self._by_name = by_name
 
+    def _histograms(self) -> Iterator[Metric]:
+        for base, (help_text, bounds) in HISTOGRAMS.items():
+            family = Metric(base, help_text, "histogram")
+            buckets = self._by_name.pop(f"{base}_bucket", {})
+            sums = self._by_name.pop(f"{base}_sum", {})
+            counts = self._by_name.pop(f"{base}_count", {})
+            for labels, count in sorted(counts.items()):
+                lab = _labels(labels)
+                for b in (*bounds, float("inf")):
+                    le = "+Inf" if b == float("inf") else str(b)
+                    key = f'{labels}{"," if labels else ""}le="{le}"'
+                    # buckets are cumulative: every bound at or above the value was bumped
+                    family.add_sample(f"{base}_bucket", {**lab, "le": le}, float(buckets.get(key, 0.0)))
+                family.add_sample(f"{base}_count", lab, float(count))
+                family.add_sample(f"{base}_sum", lab, float(sums.get(labels, 0.0)))
+            yield family
+
     def collect(self) -> Iterator[Metric]:
+        yield from self._histograms()
         for name in sorted(self._by_name):
             kind, help_text = KNOWN.get(name, ("gauge" if not name.endswith("_total") else "counter", name))
             # prometheus-client names a counter's family without its _total (and adds it back on output)

@@ -16,7 +16,15 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = ["ROUTE_LEVELS", "SEVERITIES", "NotifyFile", "NotifyFileError", "expand", "load", "parse"]
 
@@ -186,10 +194,10 @@ class NotifyFile(_Strict):
         return self
 
     def route(self, severity: str) -> Route | None:
-        return self.routes.get(severity)  # type: ignore[call-overload]
+        return next((r for sev, r in self.routes.items() if sev == severity), None)
 
     def fallback_s(self, severity: str) -> int | None:
-        return self.fallback_after_s.get(severity)  # type: ignore[call-overload]
+        return next((s for sev, s in self.fallback_after_s.items() if sev == severity), None)
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:

@@ -18,7 +18,7 @@ from gridhub.settings import Settings, get_settings
 
 log = logging.getLogger("gridhub")
 
-PARTS = ("ingest", "alerts", "detect", "api")
+PARTS = ("ingest", "alerts", "detect", "notify", "api")
 
 
 def resolve_services(settings: Settings, *, embedded: bool = False) -> Settings:
@@ -91,7 +91,7 @@ def supervise(parts: list[str], *, port: int, host: str, extra: dict[str, list[s
     starts: dict[str, float] = {}
 
     def spawn(part: str) -> None:
-        cmd = [sys.executable, "-m", "gridhub.cli", part]
+        cmd = [sys.executable, "-m", "gridhub.cli", *(["notify", "run"] if part == "notify" else [part])]
         if part == "api":
             cmd += ["--port", str(port), "--host", host]
         cmd += (extra or {}).get(part, [])
