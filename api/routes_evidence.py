@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import cv2
 import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from psycopg_pool import ConnectionPool
 
 from gridhub.alerts import changes
-from gridhub.alerts.tasks import record_history
-from gridhub.api import schemas
+from gridhub.alerts.tasks import add_history, record_history
+from gridhub.api import idempotency, schemas
 from gridhub.api.deps import ConnDep, CurrentUser, SyncPoolDep
+from gridhub.api.idempotency import OfflineDep, OfflineWrite
 from gridhub.api.listing import ListOrder, PageDep, fetch_page
-from gridhub.api.routes_tasks import scoped_task
+from gridhub.api.routes_tasks import scoped_task, store_refusal
 from gridhub.api.schemas import documented
 from gridhub.auth import Principal
 from gridhub.protocol import rfc3339
@@ -48,35 +52,64 @@ def is_jpeg(data: bytes) -> bool:
 @router.post("/tasks/{task_id}/photos", status_code=status.HTTP_201_CREATED, response_model=None,
              responses=documented(schemas.PhotoStored, 201))
 async def upload_photo(
-    task_id: str, request: Request, conn: ConnDep, user: CurrentUser, sync_pool: SyncPoolDep,
+    task_id: str, request: Request, conn: ConnDep, user: CurrentUser, sync_pool: SyncPoolDep, offline: OfflineDep,
     photo: Annotated[UploadFile, File(description="a JPEG photo of the scene")],
     note: Annotated[str | None, Form(max_length=2000)] = None,
-) -> dict[str, Any]:
-    """The assignee adds a JPEG photo to the task; it is stored as evidence and listed in the task's history."""
+) -> dict[str, Any] | JSONResponse:
+    """The assignee adds a JPEG photo to the task; it is stored as evidence and listed in the task's history.
+
+    `Idempotency-Key` and `X-Gridhub-Client-Time` as for task actions (api/README.md)."""
+    data = await photo.read(MAX_PHOTO + 1)
+    key, path = offline.key, request.url.path
+    fp = idempotency.fingerprint("POST", path, [hashlib.sha256(data).hexdigest(), note])
+    if key is not None and (hit := await idempotency.stored(conn, user.id, key, fp)) is not None:
+        return hit
+    try:
+        return await _store_photo(task_id, conn, user, sync_pool, offline, data, note, path, fp)
+    except idempotency.Replay as replay:
+        return replay.response()
+    except HTTPException as exc:
+        if key is not None:
+            await run_in_threadpool(store_refusal, sync_pool, user.id, key, path, fp, exc)
+        raise
+
+
+async def _store_photo(task_id: str, conn: ConnDep, user: Principal, sync_pool: ConnectionPool,
+                       offline: OfflineWrite, data: bytes, note: str | None, path: str,
+                       fp: str) -> dict[str, Any] | JSONResponse:
     task = await scoped_task(conn, user, task_id)
     if task["assignee"] != user.id:
         raise HTTPException(status.HTTP_403_FORBIDDEN,
                             f"only the assignee ({task['assignee']}) adds photos to task {task_id}")
     if task["state"] == "closed":
         raise HTTPException(status.HTTP_409_CONFLICT, f"task {task_id} is closed: it takes no more photos")
-    data = await photo.read(MAX_PHOTO + 1)
     if len(data) > MAX_PHOTO:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"photo is over {MAX_PHOTO // (1024 * 1024)} MiB")
     if not await run_in_threadpool(is_jpeg, data):
         raise HTTPException(422, "photo: not a JPEG image (send image/jpeg)")
     evidence_id = f"ev-{uuid.uuid4().hex}"
+    out = {"id": evidence_id, "task_id": task_id, "device_id": task["device_id"], "kind": "photo",
+           "url": f"/api/v1/evidence/{evidence_id}", "bytes": len(data)}
+    key = offline.key
+    text = f"evidence {evidence_id}" + (f": {note.strip()}" if note and note.strip() else "")
 
     def store() -> None:
         with sync_pool.connection() as c, changes.UnitOfWork(c) as uow:
+            if key is not None:
+                idempotency.claim(c, user.id, key, "POST", path, fp)
             c.execute("INSERT INTO evidence (id, device_id, task_id, kind, content_type, data, created_by)"
                       " VALUES (%s, %s, %s, 'photo', 'image/jpeg', %s, %s)",
                       (evidence_id, task["device_id"], task_id, data, user.id))
-            record_history(uow, task_id, user.id, "photo",
-                           f"evidence {evidence_id}" + (f": {note.strip()}" if note and note.strip() else ""))
+            if offline.client_at is None:
+                record_history(uow, task_id, user.id, "photo", text)
+            else:  # taken offline: the person's time in history, the hub's beside it
+                add_history(c, task_id, offline.client_at, user.id, "photo", text, received_at=datetime.now(UTC))
+                uow.stage_task(task_id)
+            if key is not None:
+                idempotency.answer(c, user.id, key, 201, out)
 
     await run_in_threadpool(store)
-    return {"id": evidence_id, "task_id": task_id, "device_id": task["device_id"], "kind": "photo",
-            "url": f"/api/v1/evidence/{evidence_id}", "bytes": len(data)}
+    return out
 
 
 def _in_scope(user: Principal) -> tuple[str, list[Any]]:

@@ -7,15 +7,19 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, HTTPException, Query, status
+from fastapi import APIRouter, Body, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from gridhub.alerts import changes
 from gridhub.alerts.shapes import TASK_COLUMNS, alert_columns, alert_from_row, task_from_row
 from gridhub.alerts.tasks import ActionForbidden, IllegalTransition, TaskNotFound, apply_action
-from gridhub.api import schemas
+from gridhub.api import idempotency, schemas
 from gridhub.api.deps import ConnDep, CurrentUser, SyncPoolDep, require_grid_in_scope
+from gridhub.api.idempotency import OfflineDep
 from gridhub.api.listing import ListOrder, PageDep, fetch_page
 from gridhub.api.schemas import documented
 from gridhub.auth import Principal
@@ -125,24 +129,54 @@ class TaskActionIn(BaseModel):
 
 
 @router.post("/tasks/{task_id}/{action}", response_model=None, responses=documented(schemas.Task))
-async def task_action(task_id: str, action: Action, conn: ConnDep, user: CurrentUser, sync_pool: SyncPoolDep,
-                      body: Annotated[TaskActionIn | None, Body()] = None) -> dict[str, Any]:
-    """Take a §4.1 action: 403 if your role may not, 409 if the task's state does not allow it, 422 for a bad body."""
-    await scoped_task(conn, user, task_id)
-    payload = body.model_dump(mode="json", exclude_none=True) if body else {}
+async def task_action(task_id: str, action: Action, request: Request, conn: ConnDep, user: CurrentUser,
+                      sync_pool: SyncPoolDep, offline: OfflineDep,
+                      body: Annotated[TaskActionIn | None, Body()] = None) -> dict[str, Any] | JSONResponse:
+    """Take a §4.1 action: 403 if your role may not, 409 if the task's state does not allow it, 422 for a bad body.
 
-    def run() -> None:
+    `Idempotency-Key`: the same key again answers the first answer without acting twice (the worker page's
+    offline queue); `X-Gridhub-Client-Time`: when you acted, kept in the history step (see api/README.md)."""
+    payload = body.model_dump(mode="json", exclude_none=True) if body else {}
+    key, path = offline.key, request.url.path
+    fp = idempotency.fingerprint("POST", path, payload)
+    if key is not None and (hit := await idempotency.stored(conn, user.id, key, fp)) is not None:
+        return hit
+
+    def run() -> dict[str, Any]:
         with sync_pool.connection() as c, changes.UnitOfWork(c) as uow:
-            apply_action(uow, task_id, action, user, payload)
+            if key is not None:
+                idempotency.claim(c, user.id, key, "POST", path, fp)
+            apply_action(uow, task_id, action, user, payload, client_at=offline.client_at)
+            with c.cursor(row_factory=dict_row) as cur:
+                row = cur.execute(f"{TASK_SELECT} WHERE t.id = %s", (task_id,)).fetchone()
+            assert row is not None  # the action just took it
+            out = task_with_place(row)
+            if key is not None:
+                idempotency.answer(c, user.id, key, 200, out)
+            return out
 
     try:
-        await run_in_threadpool(run)
-    except TaskNotFound as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    except ActionForbidden as exc:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from exc
-    except IllegalTransition as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-    except ValueError as exc:
-        raise HTTPException(422, str(exc)) from exc
-    return task_with_place(await scoped_task(conn, user, task_id))
+        await scoped_task(conn, user, task_id)
+        try:
+            return await run_in_threadpool(run)
+        except idempotency.Replay as replay:
+            return replay.response()
+        except TaskNotFound as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+        except ActionForbidden as exc:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from exc
+        except IllegalTransition as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
+    except HTTPException as exc:
+        if key is not None:
+            await run_in_threadpool(store_refusal, sync_pool, user.id, key, path, fp, exc)
+        raise
+
+
+def store_refusal(sync_pool: ConnectionPool, worker_id: str, key: str, path: str, fp: str,
+                  exc: HTTPException) -> None:
+    """A refused write's answer, stored for its idempotency key (see api/idempotency.py)."""
+    with sync_pool.connection() as c:
+        idempotency.refused(c, worker_id, key, "POST", path, fp, exc)

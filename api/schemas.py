@@ -127,10 +127,12 @@ class AlertPage(Page):
 
 
 class HistoryStep(BaseModel):
-    at: datetime
+    at: datetime = Field(description="when the person acted (an action replayed from offline keeps its own time)")
     actor: str
     action: str
     note: str | None
+    received_at: datetime | None = Field(default=None, description="only when the hub received the step later than"
+                                                                   " `at` (an offline replay)")
 
 
 class TaskLocation(BaseModel):
@@ -261,6 +263,27 @@ class Kpis(BaseModel):
     start: datetime
     end: datetime
     items: list[Kpi]
+
+
+class Notification(BaseModel):
+    """A delivery to me (CONTRACT §6): what was sent, on which channel, and how it went."""
+
+    id: str
+    task_id: str
+    event: Literal["task.opened", "task.escalated", "task.reminder", "task.changed"]
+    channel: str
+    channel_type: str
+    severity: Severity
+    drill: bool
+    state: Literal["pending", "sending", "sent", "failed", "skipped"]
+    attempts: int
+    created_at: datetime
+    sent_at: datetime | None
+    answer: str | None = Field(description="the provider's answer, or why it was skipped")
+
+
+class NotificationPage(Page):
+    items: list[Notification]
 
 
 def documented(model: type[BaseModel], status_code: int = 200) -> dict[int | str, dict[str, Any]]:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import timedelta
+from typing import Any
+
+import psycopg
 
 from gridhub.db import RETENTION_LOCK, apply_retention, connect
 from gridhub.settings import Settings
@@ -11,6 +15,16 @@ from gridhub.settings import Settings
 log = logging.getLogger("gridhub.retention")
 
 __all__ = ["RETENTION_LOCK", "RetentionLoop", "retention_once"]  # RETENTION_LOCK is gridhub.db's
+
+
+# How long the API keeps an Idempotency-Key's answer (gridhub/api/idempotency.py: an offline action older than
+# this is refused, so that no replay can outlive its key).
+IDEMPOTENCY_KEEP = timedelta(days=7)
+
+
+def forget_idempotency_keys(conn: psycopg.Connection[Any], keep: timedelta = IDEMPOTENCY_KEEP) -> int:
+    """Delete the stored answers of idempotency keys older than `keep`; returns how many."""
+    return conn.execute("DELETE FROM idempotency_keys WHERE created_at < now() - %s::interval", (keep,)).rowcount
 
 
 def retention_once(settings: Settings) -> dict[str, int] | None:
@@ -22,6 +36,7 @@ def retention_once(settings: Settings) -> dict[str, int] | None:
             return None
         try:
             out = apply_retention(settings.database_url, settings.readings_days, settings.quarantine_days)
+            out["idempotency_keys"] = forget_idempotency_keys(conn)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (RETENTION_LOCK,))
     if any(out.values()):
