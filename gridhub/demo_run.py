@@ -38,7 +38,8 @@ def demo_password(worker_id: str) -> str:
 
 def _part_available(part: str) -> bool:
     module = {"ingest": "gridhub.ingest.service", "alerts": "gridhub.alerts.service",
-              "detect": "gridhub.detectors.live", "api": "gridhub.api.app"}[part]
+              "detect": "gridhub.detectors.live", "notify": "gridhub.alerts.notify.sender",
+              "api": "gridhub.api.app"}[part]
     try:
         return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:

@@ -181,6 +181,8 @@ class NotifyFile(_Strict):
     # not the contract's, ours (docs/notifications.md): how long a delivery is retried, and the storm limit
     expire_after_s: int = Field(default=6 * 3600, gt=0)
     storm_per_minute: int = Field(default=3, gt=0)
+    # a sender that took a delivery and died is replaced after this: longer than one request's timeout (5 s)
+    sender_lease_s: float = Field(default=60.0, ge=2.0)
     link_base: StrictStr | None = None  # the worker page as people's phones reach it, e.g. https://hub.example.org
 
     @model_validator(mode="after")

@@ -77,13 +77,13 @@ class Sender:
     thread woken by NOTIFY on `gridhub_deliveries` and at least every `poll_s`."""
 
     def __init__(self, database_url: str, nf: NotifyFile, *, channels: dict[str, Channel] | None = None,
-                 clock: Clock | None = None, lease_s: float = 60.0, batch: int = 200, threads: int = 8,
+                 clock: Clock | None = None, lease_s: float | None = None, batch: int = 200, threads: int = 8,
                  poll_s: float = 1.0, link_base: str | None = None) -> None:
         self.url = database_url
         self.nf = nf
         self.channels = channels if channels is not None else build_channels(nf)
         self.clock: Clock = clock or (lambda: datetime.now(UTC))
-        self.lease = timedelta(seconds=lease_s)
+        self.lease = timedelta(seconds=lease_s or nf.sender_lease_s)
         self.batch = batch
         self.poll_s = poll_s
         self.link_base = (link_base or nf.link_base or "http://localhost:8000").rstrip("/")
