@@ -415,3 +415,26 @@ def test_records_place_lookup_is_used_for_messages(hub: Hub) -> None:
     hub.drain()
     msg = sent_to(hub.channels["push"], task_id)[0]
     assert msg.place["community"] == "沙坡尾社区" and msg.place["floor"] == 3 and msg.place["place"] == "301 厨房"
+
+
+def test_metrics_expose_notifications_by_channel_and_result_and_a_send_time_histogram(hub: Hub) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from gridhub.metrics import render_counters
+
+    hub.channels["hook"].answers = [Answer(ok=False, retry=False, detail="HTTP 400")]
+    task_id = hub.open_task("critical", drill=True)
+    hub.now = NOW + timedelta(seconds=121)
+    hub.drain()
+    assert sent_to(hub.channels["hook"], task_id)
+    text = render_counters(hub.conn.execute("SELECT name, labels, value FROM counters").fetchall())
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    totals = {(s.labels["channel"], s.labels["result"]): s.value for s in families["gridhub_notifications"].samples}
+    assert totals[("push", "sent")] >= 1 and totals[("sms", "skipped")] >= 1 and totals[("hook", "failed")] >= 1
+    hist = families["gridhub_notification_send_seconds"]
+    assert hist.type == "histogram"
+    inf = [s for s in hist.samples if s.name.endswith("_bucket") and s.labels == {"channel": "push", "le": "+Inf"}]
+    count = [s for s in hist.samples if s.name.endswith("_count") and s.labels == {"channel": "push"}]
+    assert inf and count and inf[0].value == count[0].value >= 1
+    buckets = [s.value for s in hist.samples if s.name.endswith("_bucket") and s.labels["channel"] == "push"]
+    assert buckets == sorted(buckets)  # cumulative
