@@ -35,9 +35,11 @@ def _file(settings: Settings) -> NotifyFile:
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
+    from gridhub.alerts.notify.vapid import VapidKeyError
+
     try:
         return _main(args, settings)
-    except NotifyFileError as exc:
+    except (NotifyFileError, VapidKeyError) as exc:
         print(f"gridhub notify: {exc}", file=sys.stderr)
         return 2
 
@@ -108,7 +110,7 @@ def _test(settings: Settings, nf: NotifyFile, worker_id: str) -> int:
     task: dict[str, object] = {"id": "tk-test", "type": "test", "severity": "normal", "state": "open", "grid_id": None,
             "building_id": None, "device_id": None, "assignee": worker_id, "escalation_level": 0,
             "accept_due": rfc3339(now + timedelta(hours=1), settings.tz), "resolve_due": None, "alert_ids": [],
-            "count": 1, "history": [], "drill": True}
+            "count": 1, "history": [], "drill": False}
     failures = 0
     lock = threading.Lock()
     for name, ch in build_channels(nf).items():
