@@ -131,7 +131,7 @@ class StandIn:
         server.daemon_threads = True
         self.port = server.server_address[1]
         self._server = server
-        threading.Thread(target=server.serve_forever, name=f"{type(self).__name__}:{self.port}", daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"{type(self).__name__}:{self.port}", daemon=True).start()
 
     def close(self) -> None:
         self.release()
