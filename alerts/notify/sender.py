@@ -259,7 +259,6 @@ class Sender:
         if len(shapes) > 1:
             places = {tid: place_of_task(conn, t) for tid, t in shapes.items()}
             title, lines, text = rollup_lines(list(shapes.values()), places)
-            lines = [*lines, f"打开任务列表：{self.link_base}/worker"]
             text = f"{text} {self.link_base}/worker"
             link = f"{self.link_base}/worker"
         else:

@@ -39,11 +39,14 @@ def place_of_task(conn: psycopg.Connection[Any], task: dict[str, Any]) -> dict[s
     """Community, building, floor and place names of a task (what the worker needs to find it)."""
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
-            "SELECT c.name AS community, g.name AS grid, b.name AS building, d.floor, d.place"
-            " FROM (SELECT %s::text AS grid_id, %s::text AS building_id, %s::text AS device_id) t"
+            "SELECT c.name AS community, g.name AS grid, b.name AS building, d.floor, d.place,"
+            " w.name AS assignee_name"
+            " FROM (SELECT %s::text AS grid_id, %s::text AS building_id, %s::text AS device_id,"
+            " %s::text AS assignee) t"
             " LEFT JOIN grids g ON g.id = t.grid_id LEFT JOIN communities c ON c.id = g.community_id"
-            " LEFT JOIN buildings b ON b.id = t.building_id LEFT JOIN devices d ON d.id = t.device_id",
-            (task.get("grid_id"), task.get("building_id"), task.get("device_id"))).fetchone()
+            " LEFT JOIN buildings b ON b.id = t.building_id LEFT JOIN devices d ON d.id = t.device_id"
+            " LEFT JOIN workers w ON w.id = t.assignee",
+            (task.get("grid_id"), task.get("building_id"), task.get("device_id"), task.get("assignee"))).fetchone()
     return dict(row) if row else {}
 
 
@@ -63,7 +66,8 @@ def _local(text: str | None) -> str:
 
 def title_and_lines(event: str, route: str, task: dict[str, Any], place: dict[str, Any],
                     link: str) -> tuple[str, list[str], str]:
-    """(title, lines, one-line text) of a message about one task."""
+    """(title, lines, one-line text) of a message about one task. The channels add the link to the lines in
+    their own format; the one-line text (SMS, push body) carries it."""
     kind = TYPE_NAMES.get(task["type"], task["type"])
     drill = "【演练】" if task.get("drill") else ""
     head = EVENT_NAMES.get(event, "任务")
@@ -77,8 +81,7 @@ def title_and_lines(event: str, route: str, task: dict[str, Any], place: dict[st
     if task.get("escalation_level"):
         lines.append(f"已升级到第 {task['escalation_level']} 级")
     if task.get("assignee"):
-        lines.append(f"负责人：{task['assignee']}")
-    lines.append(f"打开任务：{link}")
+        lines.append(f"负责人：{place.get('assignee_name') or task['assignee']}")
     text = f"{drill}{kind}：{where}，{due}。{link}"
     return title, lines, text
 
