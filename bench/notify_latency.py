@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,17 +61,17 @@ class TimedWebhook(WebhookReceiver):
     """The §6 webhook receiver, with the time (perf_counter, this process) each request arrived."""
 
     def handle(self, req: Received) -> tuple[int, Any]:
-        t = time.perf_counter()
+        t, wall = time.perf_counter(), time.time()
         answer = super().handle(req)  # raises Refused for a request it rejects: not recorded as received
-        req.extra["t"] = t
+        req.extra.update(t=t, wall=wall)
         return answer
 
 
 class TimedSms(HttpSmsGateway):
     def handle(self, req: Received) -> tuple[int, Any]:
-        t = time.perf_counter()
+        t, wall = time.perf_counter(), time.time()
         answer = super().handle(req)
-        req.extra["t"] = t
+        req.extra.update(t=t, wall=wall)
         return answer
 
 
@@ -252,10 +253,11 @@ def main() -> int:
         time.sleep(0.5)
 
         sent_at: dict[str, float] = {}
+        sent_wall: dict[str, float] = {}
         for b in range(args.alarms):
             dev = f"bsa-{b}"
             body = json.dumps({"ts": int(time.time() * 1000), "seq": 1, "type": "alarm", "detail": {}})
-            sent_at[dev] = time.perf_counter()
+            sent_at[dev], sent_wall[dev] = time.perf_counter(), time.time()
             pub.publish(f"{PREFIX}/devices/{dev}/event", body, qos=1)
             time.sleep(0.05)
 
@@ -310,6 +312,17 @@ def main() -> int:
         result["alarm_to_worker_topic_ms"] = summary(ms(topic), alarms=args.alarms, tasks_opened=tasks_opened)
         result["worker_topic_to_first_delivery_ms"] = summary(
             [(first[d] - topic[d]) * 1000 for d in sent_at if d in first and d in topic])
+        # the sender's part, split at the claim: the webhook body's `sent_at` is the time of the sender's round
+        # that claimed the row (wall clocks of one machine)
+        to_claim, claim_to_rx = [], []
+        for r in list(hook.received):
+            dev = (r.json or {}).get("task", {}).get("device_id")
+            if dev in sent_wall and hooks.get(dev) == r.extra.get("t"):
+                claimed = datetime.fromisoformat(r.json["sent_at"]).timestamp()
+                to_claim.append((claimed - sent_wall[dev]) * 1000)
+                claim_to_rx.append((r.extra["wall"] - claimed) * 1000)
+        result["webhook_split_ms"] = {"alarm_to_sender_claim": summary(to_claim),
+                                      "sender_claim_to_received": summary(claim_to_rx)}
         result["bare_webhook_roundtrip_ms"] = summary(bare, posts=args.bare, failed=bare_failed)
         result["deliveries"] = {"states": states, "by_channel": by_channel, "max_attempts": attempts,
                                 "stand_in_rejected": {"hook": [r for r, _ in hook.rejected],
