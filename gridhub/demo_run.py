@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import os
 import threading
 import time
 import urllib.request
@@ -101,9 +102,34 @@ def _print_logins(board: str, names: dict[str, str]) -> None:
              "s-001": "street officer", "a-001": "admin"}
     for wid in (w for w in DEMO_LOGINS if w in names):
         lines.append(f"  {roles[wid]:24} {wid} / {demo_password(wid)}  ({names.get(wid, '')})")
-    lines.append(f"  the grid worker's page: {board}worker")
+    lines.append(f"  the grid worker's page: {board}worker (install it on a phone; 订阅推送通知 turns on Web Push)")
     lines.append("Ctrl-C stops everything the demo started.")
     print("\n".join(lines), flush=True)
+
+
+def demo_notify_file(data_dir: Path, link_base: str) -> Path:
+    """The demo's notify file (CONTRACT §6): Web Push to the worker page for every task, the grid head and the
+    street told after a minute when nobody accepts a critical one; a VAPID key made once in the data directory.
+    WeCom, DingTalk and SMS need the district's own accounts (docs/notifications.md)."""
+    from gridhub.alerts.notify.vapid import generate_keys
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = data_dir / "vapid.pem"
+    if not key.exists():
+        generate_keys(key)
+    path = data_dir / "demo-notify.yaml"
+    path.write_text(
+        "# written by `gridhub demo`; set GRIDHUB_NOTIFY_FILE to use your own (docs/notifications.md)\n"
+        f"channels:\n  push: {{type: webpush, vapid_private_key_file: \"{key.resolve()}\","
+        " subject: \"mailto:ops@example.org\"}\n"
+        "routes:\n"
+        "  critical: {assignee: [push], level1: [push], level2: [push], level3: [push]}\n"
+        "  high: {assignee: [push], level1: [push]}\n"
+        "  normal: {assignee: [push]}\n"
+        "  low: {assignee: [push], quiet_hours: \"22:00-07:00\"}\n"
+        "fallback_after_s: {critical: 60, high: 600}\n"
+        f"link_base: \"{link_base}\"\n", encoding="utf-8")
+    return path
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -128,6 +154,9 @@ def run_demo(args: argparse.Namespace) -> int:
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     board = f"http://{host}:{args.port}/"
     scenarios = tuple(s for s in SCENARIO_CYCLE if s != "exit_blocked" or "detect" in parts)
+    if settings.notify_file is None and "notify" in parts:
+        os.environ["GRIDHUB_NOTIFY_FILE"] = str(demo_notify_file(settings.data_dir, board.rstrip("/")))
+        get_settings.cache_clear()
 
     stop_flag = threading.Event()
     loop_box: dict[str, Any] = {}
