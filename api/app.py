@@ -21,6 +21,7 @@ from gridhub.api import (
     routes_auth,
     routes_devices,
     routes_evidence,
+    routes_people,
     routes_push,
     routes_quarantine,
     routes_stream,
@@ -108,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # evidence before tasks: POST /tasks/{id}/photos must be matched before POST /tasks/{id}/{action}
     for module in (routes_auth, routes_devices, routes_alerts, routes_evidence, routes_tasks, routes_summary,
-                   routes_stream, routes_quarantine, routes_push):
+                   routes_stream, routes_quarantine, routes_push, routes_people):
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(routes_system.router)
     mount_pages(app)

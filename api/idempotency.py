@@ -33,6 +33,7 @@ from psycopg.types.json import Jsonb
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_\-:.]{1,128}")
 KEEP = timedelta(days=7)  # gridhub/housekeeping.py IDEMPOTENCY_KEEP deletes them after that
 MAX_CLIENT_AGE = timedelta(days=7)
+SAME_TIME = timedelta(seconds=5)  # a client time this close to the hub's is the hub's (no offline replay)
 REPLAYED_HEADER = "Idempotency-Replayed"
 
 
@@ -45,8 +46,8 @@ class OfflineWrite:
 
 
 def parse_client_time(value: str, now: datetime | None = None) -> datetime | None:
-    """The person's time from `X-Gridhub-Client-Time`; None when ahead of the hub's clock (then the hub's time is
-    used); a time without offset, not RFC 3339 or older than 7 days is a 422."""
+    """The person's time from `X-Gridhub-Client-Time`; None when ahead of the hub's clock or less than 5 s behind
+    it (then the hub's time is used); a time without offset, not RFC 3339 or older than 7 days is a 422."""
     now = now or datetime.now(UTC)
     try:
         at = datetime.fromisoformat(value.strip())
@@ -57,7 +58,9 @@ def parse_client_time(value: str, now: datetime | None = None) -> datetime | Non
     if at < now - MAX_CLIENT_AGE:
         raise HTTPException(422, f"X-Gridhub-Client-Time: {value} is more than {MAX_CLIENT_AGE.days} days old;"
                                  " an offline action that old is no longer taken")
-    return at if at <= now else None
+    if at > now - SAME_TIME:
+        return None  # ahead of the hub, or sent as it happened: the hub's own time, no `received_at`
+    return at
 
 
 def offline_write(

@@ -1,8 +1,13 @@
 // gridhub pages: log-in, authenticated requests, the live stream and Chinese labels shared by the board and the worker page.
+// The log-in is kept in localStorage with its expiry, so that it survives closing the page (a tapped notification
+// opens the task, not the log-in form); log-out or an expired or refused token removes it.
 "use strict";
 
 const GH = (() => {
-  const TOKEN_KEY = "gridhub.token";
+  const TOKEN_KEY = "gridhub.session";
+  // The district's time zone (GRIDHUB_TIMEZONE), given by the page; times are shown in it whatever the phone's.
+  const zone = document.documentElement.dataset.timezone;
+  const TIME_ZONE = zone && !zone.includes("{") ? zone : undefined;
   const LABELS = {
     type: {
       fire_alarm: "火警", fire_incident: "火灾事件", sprinkler_critical: "喷淋压力危急", sprinkler_low: "喷淋压力低",
@@ -27,16 +32,30 @@ const GH = (() => {
     return (LABELS[group] && LABELS[group][key]) || key || "";
   }
 
-  function token() { return sessionStorage.getItem(TOKEN_KEY); }
+  function session() {
+    try { return JSON.parse(localStorage.getItem(TOKEN_KEY) || "null"); } catch (e) { return null; }
+  }
+
+  function token() {
+    const s = session();
+    if (!s || !s.token) return null;
+    if (s.expires_at && Date.now() > s.expires_at) { localStorage.removeItem(TOKEN_KEY); return null; }
+    return s.token;
+  }
 
   class ApiError extends Error {
-    constructor(status, detail) { super(detail); this.status = status; }
+    constructor(status, detail) { super(detail); this.status = status; this.network = status === 0; }
   }
 
   async function request(path, options = {}) {
     const headers = Object.assign({}, options.headers || {});
     if (token()) headers.Authorization = "Bearer " + token();
-    const r = await fetch(path, Object.assign({}, options, { headers }));
+    let r;
+    try {
+      r = await fetch(path, Object.assign({}, options, { headers }));
+    } catch (e) {
+      throw new ApiError(0, "网络不可用，请稍后重试");
+    }
     if (r.status === 401 && path !== "/api/v1/auth/token") {
       logOut();
       throw new ApiError(401, "登录已失效，请重新登录");
@@ -60,12 +79,14 @@ const GH = (() => {
     const form = new URLSearchParams({ username, password });
     const r = await fetch("/api/v1/auth/token", { method: "POST", body: form });
     if (!r.ok) throw new ApiError(r.status, r.status === 401 ? "用户名或密码错误" : "登录失败");
-    sessionStorage.setItem(TOKEN_KEY, (await r.json()).access_token);
+    const answer = await r.json();
+    localStorage.setItem(TOKEN_KEY, JSON.stringify({
+      token: answer.access_token, expires_at: Date.now() + (answer.expires_in || 3600) * 1000 - 60000 }));
     return get("/api/v1/me");
   }
 
   function logOut() {
-    sessionStorage.removeItem(TOKEN_KEY);
+    localStorage.removeItem(TOKEN_KEY);
     if (GH.onLogOut) GH.onLogOut();
   }
 
@@ -109,10 +130,15 @@ const GH = (() => {
     return { text: late ? `超时 ${body}` : `剩余 ${body}`, late };
   }
 
-  function clock(t) {
+  const CLOCK = new Intl.DateTimeFormat("zh-CN", { hour12: false, month: "2-digit", day: "2-digit", hour: "2-digit",
+                                                   minute: "2-digit", second: "2-digit", timeZone: TIME_ZONE });
+  const SHORT = new Intl.DateTimeFormat("zh-CN", { hour12: false, month: "2-digit", day: "2-digit", hour: "2-digit",
+                                                   minute: "2-digit", timeZone: TIME_ZONE });
+
+  // A time in the district's zone: "12/07 16:05:09" (short: without seconds).
+  function clock(t, short) {
     if (!t) return "";
-    return new Date(t).toLocaleString("zh-CN", { hour12: false, month: "2-digit", day: "2-digit",
-                                                 hour: "2-digit", minute: "2-digit", second: "2-digit" });
+    return (short ? SHORT : CLOCK).format(new Date(t));
   }
 
   // The due time that matters now: accepting while open, resolving after that.
@@ -141,5 +167,5 @@ const GH = (() => {
   }
 
   return { label, token, get, post, request, logIn, logOut, live, el, countdown, clock, dueOf, loginForm,
-           SEVERITY_RANK, ApiError, onLogOut: null };
+           SEVERITY_RANK, ApiError, TIME_ZONE, LABELS, onLogOut: null };
 })();
