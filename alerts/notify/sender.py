@@ -22,9 +22,10 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -70,6 +71,11 @@ class _Out:
     seconds: float = 0.0
     skip: str | None = None
     tasks: list[str] = field(default_factory=list)
+
+
+def _shape_or(conn: psycopg.Connection[Any], row: dict[str, Any]) -> dict[str, Any]:
+    """The task's shape now, or as it was at the change when the task is gone."""
+    return task_shape(conn, row["task_id"]) or row["payload"]
 
 
 class Sender:
@@ -171,12 +177,14 @@ class Sender:
             return 0
         outs = self._prepare(conn, rows, now)
         conn.commit()
-        sendable = [o for o in outs if o.msg is not None and o.skip is None]
-        for o, (answer, secs) in zip(sendable, self.pool.map(self._send, sendable), strict=True):
-            o.answer, o.seconds = answer, secs
-        done = self.clock()
-        for o in outs:
-            self._record(conn, o, done)
+        for o in outs:  # skips first: nothing to wait for
+            if o.msg is None or o.skip is not None:
+                self._record(conn, o, self.clock())
+        futures = {self.pool.submit(self._send, o): o for o in outs if o.msg is not None and o.skip is None}
+        for fut in as_completed(futures):  # each outcome recorded as soon as its answer is in
+            o = futures[fut]
+            o.answer, o.seconds = fut.result()
+            self._record(conn, o, self.clock())
         return len(rows)
 
     def _send(self, o: _Out) -> tuple[Answer, float]:
@@ -195,6 +203,7 @@ class Sender:
     # ------------------------------------------------------------------ what to send
 
     def _prepare(self, conn: psycopg.Connection[Any], rows: list[dict[str, Any]], now: datetime) -> list[_Out]:
+        self._round: dict[tuple[str, str], Any] = {}  # what this round read once: shapes, places, people
         outs: list[_Out] = []
         groups: dict[tuple[str, str | None, bool], list[dict[str, Any]]] = {}
         for r in rows:
@@ -246,25 +255,32 @@ class Sender:
             return f"{r['recipient']} has no push subscription"
         return None
 
+    def _once(self, kind: str, key: str, read: Callable[[], Any]) -> Any:
+        if (kind, key) not in self._round:
+            self._round[(kind, key)] = read()
+        return self._round[(kind, key)]
+
     def _message(self, conn: psycopg.Connection[Any], o: _Out, now: datetime) -> Message | None:
         lead = o.lead
         shapes: dict[str, dict[str, Any]] = {}
         for r in o.rows:
             if r["task_id"] not in shapes:
-                shapes[r["task_id"]] = task_shape(conn, r["task_id"]) or r["payload"]
+                shapes[r["task_id"]] = self._once("task", r["task_id"], partial(_shape_or, conn, r))
         o.tasks = list(shapes)
         task = shapes[lead["task_id"]]
-        place = place_of_task(conn, task)
+        place = self._once("place", task["id"], lambda: place_of_task(conn, task))
         link = f"{self.link_base}/worker#task={task['id']}"
         if len(shapes) > 1:
-            places = {tid: place_of_task(conn, t) for tid, t in shapes.items()}
+            places = {tid: self._once("place", tid, partial(place_of_task, conn, t)) for tid, t in shapes.items()}
             title, lines, text = rollup_lines(list(shapes.values()), places)
             text = f"{text} {self.link_base}/worker"
             link = f"{self.link_base}/worker"
         else:
             title, lines, text = title_and_lines(lead["event"], lead["route"], task, place, link)
-        recipient = person(conn, lead["recipient"]) if lead["recipient"] else None
-        mentions = [p for p in (person(conn, m) for m in lead["mentions"]) if p is not None]
+        recipient = self._once("person", lead["recipient"], lambda: person(conn, lead["recipient"])) \
+            if lead["recipient"] else None
+        mentions = [p for p in (self._once("person", m, partial(person, conn, m)) for m in lead["mentions"])
+                    if p is not None]
         subs: list[PushSubscription] = []
         if lead["channel_type"] == "webpush" and lead["recipient"]:
             subs = [PushSubscription(*r) for r in conn.execute(
