@@ -10,18 +10,13 @@ from typing import Any
 import httpx
 
 from gridhub.alerts.notify.message import Answer, Message, Person
+from gridhub.alerts.notify.text import TYPE_NAMES
 
 DEFAULT_TIMEOUT_S = 5.0
 DETAIL_MAX = 300
 
 # the task types' Chinese names, as the pages show them (api/static/common.js)
-TYPE_ZH = {
-    "fire_alarm": "火警", "fire_incident": "火灾事件", "sprinkler_critical": "喷淋压力危急", "sprinkler_low": "喷淋压力低",
-    "sprinkler_high": "喷淋压力高", "sprinkler_drop": "喷淋压力骤降", "light_fault": "楼道灯故障",
-    "device_offline": "设备离线", "device_fault": "设备故障", "low_battery": "电量低", "tamper": "设备被拆",
-    "exit_blocked": "安全出口堵塞", "camera_obstructed": "摄像头遮挡", "noisy_device": "频繁报警",
-    "patrol": "巡查", "hazard": "隐患", "recheck": "复查",
-}
+TYPE_ZH = TYPE_NAMES  # one list of the types' Chinese names (alerts/notify/text.py)
 _SECRET_QUERY = re.compile(r"(?i)\b(key|access_token|sign|secret|token|signature)=[^&\s\"'<>]*")
 
 
