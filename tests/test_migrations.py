@@ -38,6 +38,8 @@ def test_latest_values_move_into_device_state(make_database):
             if version < "20261127170000":
                 conn.execute(sql.encode())
                 conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+        # today's importer also writes the workers' notify columns (a later migration adds them IF NOT EXISTS)
+        conn.execute("ALTER TABLE workers ADD COLUMN wecom_userid text, ADD COLUMN dingtalk_mobile text")
     with psycopg.connect(url) as conn:
         import_registry(conn, load_file(DATA / "registry.yaml"))
         conn.execute("DELETE FROM device_state WHERE device_id = 'sa-0002'")
