@@ -14,6 +14,7 @@
   const MAIN_ACTIONS = ["accept", "arrive", "resolve", "close"];
   const EXTENSIONS = { 2: "延期 2 小时", 24: "延期 1 天", 72: "延期 3 天", 168: "延期 7 天" };
   const ME_KEY = "gridhub.me";
+  const REFUSALS = { 403: "无权进行此操作", 404: "任务不存在", 409: "任务状态已变化", 413: "照片过大", 422: "内容有误" };
   const S = {
     me: null, view: "mine", tasks: new Map(), open: new Set(), seen: new Set(), drafts: new Map(),
     pending: new Map(), source: null, timer: null, people: new Map(), focus: null, problems: [],
@@ -464,7 +465,8 @@
       onSent: async (item, answer) => { await refreshOutbox(); await applied(item, answer); },
       onDropped: async (item, e) => {
         dropped += 1;
-        problem(`未能发送「${label("action", item.kind === "photo" ? "photo" : item.action)}」(${item.task_id})：${e.message}`);
+        problem(`未能发送「${label("action", item.kind === "photo" ? "photo" : item.action)}」(${item.task_id})：`
+                + `${REFUSALS[e.status] || "被拒绝"}（${e.message}）`);
         await refreshOutbox();
       },
       onStopped: (item, e) => { if (!e.network && e.status !== 401) problem(`暂未发送，稍后重试：${e.message}`); },
