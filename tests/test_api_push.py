@@ -307,3 +307,13 @@ def test_client_times_in_the_future_are_the_hubs_and_too_old_ones_refused(client
                      ("2026-12-07T10:00:00", "offset"), ("yesterday", "RFC 3339")):
         r = client.post(url, json={"note": "x"}, headers={**bearer(tokens["w-001"]), "X-Gridhub-Client-Time": bad})
         assert r.status_code == 422 and why in r.json()["detail"], (bad, r.text)
+
+
+def test_a_grids_people_for_reassigning_in_scope(client: httpx.Client, tokens: dict[str, str]) -> None:
+    r = client.get("/api/v1/grids/g-xg-01/workers", **as_(tokens, "w-002"))
+    assert r.status_code == 200, r.text
+    assert [(p["id"], p["role"]) for p in r.json()["items"]] == [
+        ("w-001", "grid_worker"), ("w-002", "grid_head"), ("s-001", "street_officer")]
+    assert client.get("/api/v1/grids/g-xg-02/workers", **as_(tokens, "w-002")).status_code == 403
+    assert client.get("/api/v1/grids/g-none/workers", **as_(tokens, "w-002")).status_code == 404
+    assert client.get("/api/v1/grids/g-xg-01/workers").status_code == 401
