@@ -25,14 +25,14 @@ TEST_SECRET = "test-secret-" + "x" * 40
 
 
 # The layers (tests/README.md): everything under tests/unit is `unit` and needs no service; everything else is
-# `integration`, on the real services; test_browser.py is also `browser`; the files below, which start processes,
+# `integration`, on the real services; the test_browser*.py files are also `browser`; the files below, which start processes,
 # play whole scenarios or generate load, are also `slow`. Test files carry no markers of their own.
 UNIT = TESTS / "unit"
-BROWSER_FILES = {"test_browser.py"}
+BROWSER_FILES = {"test_browser.py", "test_browser_pwa.py"}
 SLOW_FILES = {
-    "test_alerts_restart.py", "test_browser.py", "test_detect_live.py", "test_embedded_up.py",
+    "test_alerts_restart.py", "test_browser.py", "test_browser_pwa.py", "test_detect_live.py", "test_embedded_up.py",
     "test_ingest_processes.py", "test_localservices.py", "test_scenarios_e2e.py", "test_simulators_demo.py",
-    "test_simulators_load.py",
+    "test_simulators_load.py", "test_notify_processes.py", "test_notify_cli.py",
 }
 # the fixtures that reach PostgreSQL or start a broker: no unit test may use them, even through another fixture
 SERVICE_FIXTURES = {"pg_admin_url", "make_database", "make_registry_database", "db_url", "db", "broker", "settings",
