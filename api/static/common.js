@@ -20,9 +20,10 @@ const GH = (() => {
     action: {
       open: "立案派遣", accept: "接单", arrive: "到场", resolve: "办结", close: "核查结案", reject: "返工",
       return: "回退", reassign: "改派", extend: "延期", comment: "备注", photo: "照片", escalate: "升级",
-      remind: "催办", alert: "重复告警", clear: "告警消除", alert_cleared: "告警消除",
+      remind: "催办", alert: "重复告警", clear: "告警消除", alert_cleared: "告警消除", notified: "已通知",
+      reopen: "重新打开",
     },
-    resolution: { fixed: "已处置", false_alarm: "误报", duplicate: "重复", referred_119: "已转119" },
+    resolution: { fixed: "已处置", false_alarm: "误报", duplicate: "重复", referred_119: "已转119", recovered: "已恢复" },
     kind: { smoke_alarm: "烟感", stairwell_light: "楼道灯", sprinkler_pressure: "喷淋压力", camera: "摄像头" },
     role: { grid_worker: "网格员", grid_head: "网格长", street_officer: "街道", bureau: "应急管理局", admin: "管理员" },
   };
