@@ -99,7 +99,18 @@ def cmd_services(args: argparse.Namespace) -> int:
     return services_cli(args.rest)
 
 
+def _check_notify_file() -> None:
+    """A notify file that cannot be used stops the hub at start, naming the line and field, instead of leaving
+    people un-notified (the parts that change tasks plan deliveries from it)."""
+    path = get_settings().notify_file
+    if path is not None:
+        from gridhub.notifyfile import load
+
+        load(path)
+
+
 def cmd_part(args: argparse.Namespace) -> int:
+    _check_notify_file()
     settings = resolve_services(get_settings(), embedded=getattr(args, "embedded", False))
     from gridhub.db import migrate
 
@@ -144,6 +155,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Every part in its own process, supervised: a part that dies is restarted; Ctrl-C stops them all."""
+    _check_notify_file()
     settings = resolve_services(get_settings(), embedded=args.embedded)
     from gridhub.db import migrate
 
@@ -285,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(exc, ValidationError):  # a GRIDHUB_* setting that cannot work: say which, no traceback
             print(f"gridhub: {explain(exc)}", file=sys.stderr)
+            return 2
+        from gridhub.notifyfile import NotifyFileError
+
+        if isinstance(exc, NotifyFileError):
+            print(f"gridhub: {exc}", file=sys.stderr)
             return 2
         raise
 

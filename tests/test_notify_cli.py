@@ -105,3 +105,11 @@ def test_a_test_message_to_someone_without_a_phone_or_push_skips_those(env: dict
 def test_a_test_message_to_nobody_says_so(env: dict[str, Any]) -> None:
     out = run(env["env"], "test", "--to", "w-404")
     assert out.returncode == 1 and "no worker w-404" in out.stderr
+
+
+def test_the_hub_refuses_to_start_with_a_notify_file_it_cannot_use(env: dict[str, Any], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("channels:\n  hook: {type: webhook, url: 'https://x'}\n")
+    out = subprocess.run([sys.executable, "-m", "gridhub.cli", "alerts"], env={**env["env"], "GRIDHUB_NOTIFY_FILE": str(bad)},
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "line 2" in out.stderr and "channels.hook.secret" in out.stderr
