@@ -80,7 +80,7 @@ def notify_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     plan.reset_config()
     yield path
     plan.reset_config()
-    monkeypatch.delenv("GRIDHUB_NOTIFY_FILE")
+    monkeypatch.delenv("GRIDHUB_NOTIFY_FILE", raising=False)
     get_settings.cache_clear()
 
 
@@ -193,7 +193,7 @@ def test_changes_from_before_notifications_were_configured_are_never_sent(
         assert [m.task["id"] for m in h.channels["sms"].sent] == [after]
     finally:
         h.close()
-        monkeypatch.delenv("GRIDHUB_NOTIFY_FILE")
+        monkeypatch.delenv("GRIDHUB_NOTIFY_FILE", raising=False)
         get_settings.cache_clear()
         plan.reset_config()
 
