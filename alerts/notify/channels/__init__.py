@@ -26,6 +26,7 @@ A drill is never sent by SMS (the sender skips it; the SMS channels refuse it to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from gridhub.alerts.notify.channels.common import DEFAULT_TIMEOUT_S, TYPE_ZH, place_text, redact, type_zh
@@ -41,20 +42,15 @@ __all__ = ["DEFAULT_TIMEOUT_S", "TYPE_ZH", "AliyunSmsChannel", "DingtalkRobotCha
            "endpoint_refusal", "place_text", "redact", "type_zh", "webhook_signature"]
 
 
+# the notify file's model of each channel type -> its adapter
+ADAPTERS: dict[type[Any], Callable[[str, Any, float], Channel]] = {
+    WecomRobot: WecomRobotChannel, DingtalkRobot: DingtalkRobotChannel, AliyunSms: AliyunSmsChannel,
+    TencentSms: TencentSmsChannel, HttpSms: HttpSmsChannel, WebPush: WebPushChannel, Webhook: WebhookChannel}
+
+
 def build(name: str, cfg: Any, timeout_s: float = DEFAULT_TIMEOUT_S) -> Channel:
     """The channel for one entry of the notify file's `channels:`."""
-    if isinstance(cfg, WecomRobot):
-        return WecomRobotChannel(name, cfg, timeout_s)
-    if isinstance(cfg, DingtalkRobot):
-        return DingtalkRobotChannel(name, cfg, timeout_s)
-    if isinstance(cfg, AliyunSms):
-        return AliyunSmsChannel(name, cfg, timeout_s)
-    if isinstance(cfg, TencentSms):
-        return TencentSmsChannel(name, cfg, timeout_s)
-    if isinstance(cfg, HttpSms):
-        return HttpSmsChannel(name, cfg, timeout_s)
-    if isinstance(cfg, WebPush):
-        return WebPushChannel(name, cfg, timeout_s)
-    if isinstance(cfg, Webhook):
-        return WebhookChannel(name, cfg, timeout_s)
+    for model, adapter in ADAPTERS.items():
+        if isinstance(cfg, model):
+            return adapter(name, cfg, timeout_s)
     raise TypeError(f"channel {name!r}: no adapter for {type(cfg).__name__}")

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 
 from gridhub.alerts.notify.message import Answer, Message, Person
 from gridhub.alerts.notify.text import TYPE_NAMES
+from gridhub.notifyfile import NotifyFileError
 
 DEFAULT_TIMEOUT_S = 5.0
 DETAIL_MAX = 300
@@ -68,40 +69,88 @@ def markdown_lines(msg: Message) -> list[str]:
     return out
 
 
-class Base:
+Cfg = TypeVar("Cfg")  # the notify file's model of the channel (gridhub.notifyfile)
+
+
+class Base(Generic[Cfg]):
+    """One configured channel. `send` is the same for every vendor: the message refused for this channel
+    (`_refuse`), or a `${VAR}` of the notify file that cannot be expanded (a permanent refusal), or else the
+    vendor's own `_send`. `_expanded` holds the secrets `_send` expanded, blanked in every detail."""
+
     type = ""
 
-    def __init__(self, name: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, name: str, cfg: Cfg, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.name = name
+        self.cfg = cfg
         self.timeout_s = timeout_s
+        self._expanded: tuple[str, ...] = ()
 
     def reachable(self, person: Person | None) -> bool:
         return True
 
-    def _secrets(self) -> tuple[str, ...]:
-        return ()
+    def send(self, msg: Message) -> Answer:
+        refused = self._refuse(msg)
+        if refused is not None:
+            return refused
+        try:
+            return self._send(msg)
+        except NotifyFileError as exc:
+            return Answer(ok=False, retry=False, detail=trim_detail(str(exc)))
 
-    def _post_json(self, url: str, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response | Answer:
-        """POST; a transport failure answers a retryable `Answer` instead of raising."""
-        hdrs = {"Content-Type": "application/json; charset=utf-8", **(headers or {})}
+    def _refuse(self, msg: Message) -> Answer | None:
+        return None
+
+    def _send(self, msg: Message) -> Answer:
+        raise NotImplementedError
+
+    def _secrets(self) -> tuple[str, ...]:
+        return self._expanded
+
+    def _answer(self, ok: bool, retry: bool, text: str) -> Answer:
+        """The vendor's answer: sent (never retried) or not; `text` trimmed, the channel's secrets blanked."""
+        return Answer(ok=ok, retry=retry and not ok, detail=trim_detail(text, self._secrets()))
+
+    def _request(self, method: str, url: str, body: bytes | None, headers: dict[str, str]) -> httpx.Response | Answer:
+        """One HTTP request; a transport failure answers a retryable `Answer` instead of raising."""
         try:
             with httpx.Client(timeout=self.timeout_s, follow_redirects=False, trust_env=False) as client:
-                return client.post(url, content=body, headers=hdrs)
+                return client.request(method, url, content=body, headers=headers)
         except httpx.TimeoutException as exc:
-            return Answer(ok=False, retry=True, detail=trim_detail(f"timeout after {self.timeout_s:g} s: {exc!r}",
-                                                               self._secrets()))
+            return self._answer(False, True, f"timeout after {self.timeout_s:g} s: {exc!r}")
         except httpx.HTTPError as exc:
-            return Answer(ok=False, retry=True, detail=trim_detail(f"{type(exc).__name__}: {exc}", self._secrets()))
+            return self._answer(False, True, f"{type(exc).__name__}: {exc}")
+
+    def _post_json(self, url: str, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response | Answer:
+        return self._request("POST", url, body, {"Content-Type": "application/json; charset=utf-8", **(headers or {})})
+
+    def _http_answer(self, resp: httpx.Response | Answer) -> Answer:
+        """A plain HTTP receiver's answer: any 2xx is sent, the rest as `_http_failure`."""
+        if isinstance(resp, Answer):
+            return resp
+        if 200 <= resp.status_code < 300:
+            return self._answer(True, False, f"HTTP {resp.status_code}: {resp.text}")
+        return self._http_failure(resp)
 
     def _http_failure(self, resp: httpx.Response) -> Answer:
         retry = resp.status_code >= 500 or resp.status_code in (408, 425, 429)
-        return Answer(ok=False, retry=retry, detail=trim_detail(f"HTTP {resp.status_code}: {resp.text}", self._secrets()))
+        return self._answer(False, retry, f"HTTP {resp.status_code}: {resp.text}")
 
 
-class Robot(Base):
+class Robot(Base[Cfg]):
+    """A group robot: the JSON `body` of the message POSTed to its `_url()`, which answers `errcode` (0: sent;
+    `retry_codes`: worth another attempt)."""
+
     retry_codes: frozenset[int] = frozenset()
 
-    def _answer(self, resp: httpx.Response | Answer) -> Answer:
+    def _url(self) -> str:
+        raise NotImplementedError
+
+    def body(self, msg: Message) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _send(self, msg: Message) -> Answer:
+        url = self._url()
+        resp = self._post_json(url, json.dumps(self.body(msg), ensure_ascii=False).encode("utf-8"))
         if isinstance(resp, Answer):
             return resp
         if resp.status_code != 200:
@@ -110,8 +159,5 @@ class Robot(Base):
             data = resp.json()
             code = int(data["errcode"])
         except (ValueError, KeyError, TypeError):
-            return Answer(ok=False, retry=True, detail=trim_detail(f"unreadable answer: {resp.text}", self._secrets()))
-        detail = trim_detail(json.dumps(data, ensure_ascii=False), self._secrets())
-        if code == 0:
-            return Answer(ok=True, retry=False, detail=detail)
-        return Answer(ok=False, retry=code in self.retry_codes, detail=detail)
+            return self._answer(False, True, f"unreadable answer: {resp.text}")
+        return self._answer(code == 0, code in self.retry_codes, json.dumps(data, ensure_ascii=False))

@@ -5,25 +5,20 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import time
 import urllib.parse
 from typing import Any
 
-from gridhub.alerts.notify.channels.common import DEFAULT_TIMEOUT_S, Robot, markdown_lines, trim_detail
-from gridhub.alerts.notify.message import Answer, Message
-from gridhub.notifyfile import DingtalkRobot, NotifyFileError, WecomRobot, expand
+from gridhub.alerts.notify.channels.common import Robot, markdown_lines
+from gridhub.alerts.notify.message import Message
+from gridhub.notifyfile import DingtalkRobot, WecomRobot, expand
 
 
-class WecomRobotChannel(Robot):
+class WecomRobotChannel(Robot[WecomRobot]):
     """企业微信群机器人: the documented markdown message; `<@userid>` mentions the people it concerns."""
 
     type = "wecom_robot"
     retry_codes = frozenset({-1, 45009, 45033})  # system busy, API rate limit, too many concurrent calls
-
-    def __init__(self, name: str, cfg: WecomRobot, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        super().__init__(name, timeout_s)
-        self.cfg = cfg
 
     def body(self, msg: Message) -> dict[str, Any]:
         lines = markdown_lines(msg)
@@ -37,13 +32,8 @@ class WecomRobotChannel(Robot):
             content = content[:-50]
         return {"msgtype": "markdown", "markdown": {"content": content}}
 
-    def send(self, msg: Message) -> Answer:
-        try:
-            url = expand(self.cfg.url)
-        except NotifyFileError as exc:
-            return Answer(ok=False, retry=False, detail=trim_detail(str(exc)))
-        raw = json.dumps(self.body(msg), ensure_ascii=False).encode("utf-8")
-        return self._answer(self._post_json(url, raw))
+    def _url(self) -> str:
+        return expand(self.cfg.url)
 
 
 def dingtalk_sign(secret: str, timestamp_ms: int) -> str:
@@ -52,19 +42,11 @@ def dingtalk_sign(secret: str, timestamp_ms: int) -> str:
     return urllib.parse.quote_plus(base64.b64encode(mac).decode("ascii"))
 
 
-class DingtalkRobotChannel(Robot):
+class DingtalkRobotChannel(Robot[DingtalkRobot]):
     """钉钉自定义机器人: markdown with `at.atMobiles` and `@<mobile>` in the text; a signed URL when `secret` is set."""
 
     type = "dingtalk_robot"
     retry_codes = frozenset({-1, 130101, 410100})  # system busy, sending too fast, too many messages
-
-    def __init__(self, name: str, cfg: DingtalkRobot, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        super().__init__(name, timeout_s)
-        self.cfg = cfg
-        self._expanded: tuple[str, ...] = ()
-
-    def _secrets(self) -> tuple[str, ...]:
-        return self._expanded
 
     def body(self, msg: Message) -> dict[str, Any]:
         people = [p for p in [msg.recipient, *msg.mentions] if p is not None and p.dingtalk_mobile]
@@ -77,6 +59,9 @@ class DingtalkRobotChannel(Robot):
         return {"msgtype": "markdown", "markdown": {"title": title, "text": "\n\n".join(lines)},
                 "at": {"atMobiles": mobiles, "isAtAll": False}}
 
+    def _url(self) -> str:
+        return self.signed_url()
+
     def signed_url(self, now_ms: int | None = None) -> str:
         url = expand(self.cfg.url)
         if self.cfg.secret is None:
@@ -85,11 +70,3 @@ class DingtalkRobotChannel(Robot):
         self._expanded = (secret,)
         ts = int(time.time() * 1000) if now_ms is None else now_ms
         return f"{url}{'&' if '?' in url else '?'}timestamp={ts}&sign={dingtalk_sign(secret, ts)}"
-
-    def send(self, msg: Message) -> Answer:
-        try:
-            url = self.signed_url()
-        except NotifyFileError as exc:
-            return Answer(ok=False, retry=False, detail=trim_detail(str(exc)))
-        raw = json.dumps(self.body(msg), ensure_ascii=False).encode("utf-8")
-        return self._answer(self._post_json(url, raw))

@@ -6,16 +6,16 @@ from __future__ import annotations
 import json
 import re
 import urllib.parse
-from typing import Any
+from typing import Any, TypeVar
 
-import httpx
-
-from gridhub.alerts.notify.channels.common import DEFAULT_TIMEOUT_S, Base, place_text, trim_detail, type_zh
+from gridhub.alerts.notify.channels.common import Base, place_text, type_zh
 from gridhub.alerts.notify.message import Answer, Message, Person
-from gridhub.notifyfile import AliyunSms, HttpSms, NotifyFileError, TencentSms, expand
+from gridhub.notifyfile import AliyunSms, HttpSms, TencentSms, expand
+
+Cfg = TypeVar("Cfg")  # AliyunSms, TencentSms or HttpSms
 
 
-class SmsBase(Base):
+class SmsBase(Base[Cfg]):
     type = "sms"
 
     def reachable(self, person: Person | None) -> bool:
@@ -37,30 +37,16 @@ class SmsBase(Base):
         return {"type": type_zh(msg) or "告警", "place": where or "-", "task": str(msg.task.get("id", ""))}
 
 
-class AliyunSmsChannel(SmsBase):
+class AliyunSmsChannel(SmsBase[AliyunSms]):
     """Alibaba Cloud SMS (dysmsapi 2017-05-25 SendSms) through the official SDK; `OutId` carries the delivery id."""
 
-    def __init__(self, name: str, cfg: AliyunSms, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        super().__init__(name, timeout_s)
-        self.cfg = cfg
-        self._expanded: tuple[str, ...] = ()
-
-    def _secrets(self) -> tuple[str, ...]:
-        return self._expanded
-
-    def send(self, msg: Message) -> Answer:
-        refused = self._refuse(msg)
-        if refused is not None:
-            return refused
+    def _send(self, msg: Message) -> Answer:
         from alibabacloud_dysmsapi20170525 import models as sms_models
         from alibabacloud_dysmsapi20170525.client import Client
         from alibabacloud_tea_openapi import models as open_api_models
         from darabonba.runtime import RuntimeOptions
 
-        try:
-            key_id, key_secret = expand(self.cfg.access_key_id), expand(self.cfg.access_key_secret)
-        except NotifyFileError as exc:
-            return Answer(ok=False, retry=False, detail=trim_detail(str(exc)))
+        key_id, key_secret = expand(self.cfg.access_key_id), expand(self.cfg.access_key_secret)
         self._expanded = (key_secret,)
         ms = int(self.timeout_s * 1000)
         assert msg.recipient is not None and msg.recipient.phone
@@ -78,49 +64,31 @@ class AliyunSmsChannel(SmsBase):
             return self._exception(exc)
         body = resp.body
         code = getattr(body, "code", None)
-        detail = trim_detail(f"Code={code} Message={getattr(body, 'message', None)} BizId={getattr(body, 'biz_id', None)} "
-                         f"RequestId={getattr(body, 'request_id', None)}", self._secrets())
-        if code == "OK":
-            return Answer(ok=True, retry=False, detail=detail)
         # the vendor's throttles and its own trouble pass; a bad template, sign name or number does not
         retry = code is None or "LIMIT" in str(code).upper() or str(code).startswith(("isp.", "InternalError",
                                                                                       "ServiceUnavailable"))
-        return Answer(ok=False, retry=retry, detail=detail)
+        return self._answer(code == "OK", retry, f"Code={code} Message={getattr(body, 'message', None)} "
+                            f"BizId={getattr(body, 'biz_id', None)} RequestId={getattr(body, 'request_id', None)}")
 
     def _exception(self, exc: Exception) -> Answer:
         status = getattr(exc, "status_code", None)
         code = getattr(exc, "code", None)
         text = f"{type(exc).__name__}: status={status} code={code} {getattr(exc, 'message', exc)}"
-        if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
-            return Answer(ok=False, retry=False, detail=trim_detail(text, self._secrets()))
-        return Answer(ok=False, retry=True, detail=trim_detail(text, self._secrets()))
+        refused = isinstance(status, int) and 400 <= status < 500 and status not in (408, 429)
+        return self._answer(False, not refused, text)
 
 
-class TencentSmsChannel(SmsBase):
+class TencentSmsChannel(SmsBase[TencentSms]):
     """Tencent Cloud SMS (2021-01-11 SendSms) through the official SDK; `SessionContext` carries the delivery id."""
 
-    def __init__(self, name: str, cfg: TencentSms, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        super().__init__(name, timeout_s)
-        self.cfg = cfg
-        self._expanded: tuple[str, ...] = ()
-
-    def _secrets(self) -> tuple[str, ...]:
-        return self._expanded
-
-    def send(self, msg: Message) -> Answer:
-        refused = self._refuse(msg)
-        if refused is not None:
-            return refused
+    def _send(self, msg: Message) -> Answer:
         from tencentcloud.common import credential
         from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
         from tencentcloud.common.profile.client_profile import ClientProfile
         from tencentcloud.common.profile.http_profile import HttpProfile
         from tencentcloud.sms.v20210111 import models, sms_client
 
-        try:
-            secret_id, secret_key = expand(self.cfg.secret_id), expand(self.cfg.secret_key)
-        except NotifyFileError as exc:
-            return Answer(ok=False, retry=False, detail=trim_detail(str(exc)))
+        secret_id, secret_key = expand(self.cfg.secret_id), expand(self.cfg.secret_key)
         self._expanded = (secret_key,)
         assert msg.recipient is not None and msg.recipient.phone
         phone = msg.recipient.phone if msg.recipient.phone.startswith("+") else "+86" + msg.recipient.phone
@@ -143,35 +111,23 @@ class TencentSmsChannel(SmsBase):
             retry = code.startswith(("ClientNetworkError", "ServerNetworkError", "InternalError",
                                      "RequestLimitExceeded", "LimitExceeded.PhoneNumberThirtySecondLimit",
                                      "ResourceUnavailable"))
-            return Answer(ok=False, retry=retry, detail=trim_detail(
-                f"{code}: {exc.get_message()} RequestId={exc.get_request_id()}", self._secrets()))
+            return self._answer(False, retry, f"{code}: {exc.get_message()} RequestId={exc.get_request_id()}")
         except Exception as exc:
-            return Answer(ok=False, retry=True, detail=trim_detail(f"{type(exc).__name__}: {exc}", self._secrets()))
+            return self._answer(False, True, f"{type(exc).__name__}: {exc}")
         statuses = resp.SendStatusSet or []
         first = statuses[0] if statuses else None
         status = getattr(first, "Code", None)
-        detail = trim_detail(f"Code={status} Message={getattr(first, 'Message', None)} SerialNo="
-                         f"{getattr(first, 'SerialNo', None)} RequestId={resp.RequestId}", self._secrets())
-        if status == "Ok":
-            return Answer(ok=True, retry=False, detail=detail)
         retry = status is None or str(status).startswith(("InternalError", "LimitExceeded.PhoneNumberThirtySecondLimit",
                                                        "RequestLimitExceeded"))
-        return Answer(ok=False, retry=retry, detail=detail)
+        return self._answer(status == "Ok", retry, f"Code={status} Message={getattr(first, 'Message', None)} "
+                            f"SerialNo={getattr(first, 'SerialNo', None)} RequestId={resp.RequestId}")
 
 
-class HttpSmsChannel(SmsBase):
+class HttpSmsChannel(SmsBase[HttpSms]):
     """A district's own SMS gateway: `body` (and `url`) templates of `{phone}`, `{text}`, `{delivery_id}`,
     `{task_id}`; values JSON-escaped in a JSON body, URL-encoded in a form body and in the URL; 2xx is sent."""
 
     _FIELDS = ("phone", "text", "delivery_id", "task_id")
-
-    def __init__(self, name: str, cfg: HttpSms, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        super().__init__(name, timeout_s)
-        self.cfg = cfg
-        self._expanded: tuple[str, ...] = ()
-
-    def _secrets(self) -> tuple[str, ...]:
-        return self._expanded
 
     @staticmethod
     def fill(template: str, values: dict[str, str], escape: Any) -> str:
@@ -196,22 +152,6 @@ class HttpSmsChannel(SmsBase):
         headers.setdefault("Content-Type", self.cfg.content_type)
         return "POST", url, headers, body.encode("utf-8")
 
-    def send(self, msg: Message) -> Answer:
-        refused = self._refuse(msg)
-        if refused is not None:
-            return refused
-        try:
-            method, url, headers, body = self.request(msg)
-        except NotifyFileError as exc:
-            return Answer(ok=False, retry=False, detail=trim_detail(str(exc)))
-        try:
-            with httpx.Client(timeout=self.timeout_s, follow_redirects=False, trust_env=False) as client:
-                resp = client.request(method, url, content=body, headers=headers)
-        except httpx.TimeoutException as exc:
-            return Answer(ok=False, retry=True, detail=trim_detail(f"timeout after {self.timeout_s:g} s: {exc!r}"))
-        except httpx.HTTPError as exc:
-            return Answer(ok=False, retry=True, detail=trim_detail(f"{type(exc).__name__}: {exc}", self._secrets()))
-        if 200 <= resp.status_code < 300:
-            return Answer(ok=True, retry=False, detail=trim_detail(f"HTTP {resp.status_code}: {resp.text}",
-                                                               self._secrets()))
-        return self._http_failure(resp)
+    def _send(self, msg: Message) -> Answer:
+        method, url, headers, body = self.request(msg)
+        return self._http_answer(self._request(method, url, body, headers))

@@ -7,9 +7,9 @@ import hmac
 import json
 import time
 
-from gridhub.alerts.notify.channels.common import DEFAULT_TIMEOUT_S, Base, trim_detail
+from gridhub.alerts.notify.channels.common import Base
 from gridhub.alerts.notify.message import Answer, Message
-from gridhub.notifyfile import NotifyFileError, Webhook, expand
+from gridhub.notifyfile import Webhook, expand
 
 
 def webhook_signature(secret: str, timestamp: int | str, body: bytes) -> str:
@@ -18,18 +18,10 @@ def webhook_signature(secret: str, timestamp: int | str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
-class WebhookChannel(Base):
+class WebhookChannel(Base[Webhook]):
     """The signed generic webhook of CONTRACT §6 (a city platform: 12345, 城市运行)."""
 
     type = "webhook"
-
-    def __init__(self, name: str, cfg: Webhook, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        super().__init__(name, timeout_s)
-        self.cfg = cfg
-        self._expanded: tuple[str, ...] = ()
-
-    def _secrets(self) -> tuple[str, ...]:
-        return self._expanded
 
     @staticmethod
     def body(msg: Message) -> bytes:
@@ -37,19 +29,11 @@ class WebhookChannel(Base):
         doc = {"event": msg.event, "task": msg.task, "recipient": recipient, "sent_at": msg.sent_at}
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
-    def send(self, msg: Message) -> Answer:
-        try:
-            url, secret = expand(self.cfg.url), expand(self.cfg.secret)
-        except NotifyFileError as exc:
-            return Answer(ok=False, retry=False, detail=trim_detail(str(exc)))
+    def _send(self, msg: Message) -> Answer:
+        url, secret = expand(self.cfg.url), expand(self.cfg.secret)
         self._expanded = (secret,)
         body = self.body(msg)
         ts = int(time.time())
-        resp = self._post_json(url, body, {"X-Gridhub-Delivery": msg.delivery_id, "X-Gridhub-Timestamp": str(ts),
-                                           "X-Gridhub-Signature": webhook_signature(secret, ts, body)})
-        if isinstance(resp, Answer):
-            return resp
-        if 200 <= resp.status_code < 300:
-            return Answer(ok=True, retry=False, detail=trim_detail(f"HTTP {resp.status_code}: {resp.text}",
-                                                               self._secrets()))
-        return self._http_failure(resp)
+        return self._http_answer(self._post_json(url, body, {
+            "X-Gridhub-Delivery": msg.delivery_id, "X-Gridhub-Timestamp": str(ts),
+            "X-Gridhub-Signature": webhook_signature(secret, ts, body)}))

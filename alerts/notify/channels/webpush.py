@@ -8,7 +8,7 @@ import socket
 import urllib.parse
 from typing import Any
 
-from gridhub.alerts.notify.channels.common import DEFAULT_TIMEOUT_S, Base, trim_detail
+from gridhub.alerts.notify.channels.common import Base, trim_detail
 from gridhub.alerts.notify.message import Answer, Message
 from gridhub.notifyfile import WebPush
 
@@ -36,7 +36,7 @@ def endpoint_refusal(endpoint: str, allow_private: bool) -> str | None:
     return None
 
 
-class WebPushChannel(Base):
+class WebPushChannel(Base[WebPush]):
     """Web Push through `pywebpush`: the payload is encrypted for each subscription (RFC 8291) and signed with the
     hub's VAPID key (RFC 8292). Sent when at least one subscription's push service accepted it; 404/410 report the
     subscription gone."""
@@ -44,16 +44,12 @@ class WebPushChannel(Base):
     type = "webpush"
     _URGENCY = {"critical": "high", "high": "high", "normal": "normal", "low": "low"}
 
-    def __init__(self, name: str, cfg: WebPush, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        super().__init__(name, timeout_s)
-        self.cfg = cfg
-
     @staticmethod
     def payload(msg: Message) -> dict[str, Any]:
         return {"title": msg.title, "body": msg.text, "task_id": msg.task.get("id"), "url": msg.link,
                 "severity": msg.severity, "drill": msg.drill, "delivery_id": msg.delivery_id}
 
-    def send(self, msg: Message) -> Answer:
+    def _send(self, msg: Message) -> Answer:
         from py_vapid import Vapid
         from pywebpush import WebPushException, webpush
 
