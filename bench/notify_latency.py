@@ -20,41 +20,38 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
-import os
 import secrets
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
 import psycopg
-from paho.mqtt.enums import CallbackAPIVersion
+from _harness import (
+    PREFIX,
+    Load,
+    PrivateHub,
+    client,
+    connect,
+    listener,
+    pct,
+    publish_alarms,
+    registry_yaml,
+    stop_process,
+    summary,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # tests/standins.py: the vendors' stand-ins (tests is a namespace package)
 
-from gridhub.accounts import mosquitto_hash  # noqa: E402
 from gridhub.alerts.notify import channels as notify_channels  # noqa: E402
-from gridhub.broker import acl_text, build_accounts, passwd_text  # noqa: E402
-from gridhub.db import migrate  # noqa: E402
-from gridhub.mqtt import BrokerAddress  # noqa: E402
 from gridhub.notifyfile import load as load_notify_file  # noqa: E402
-from gridhub.registry import import_registry, parse  # noqa: E402
-from gridhub.services.mosquitto import start_private_mosquitto  # noqa: E402
-from gridhub.settings import DEFAULT_TOPIC_PREFIX, Settings  # noqa: E402
 from tests.standins import HttpSmsGateway, Received, WebhookReceiver, sample_message  # noqa: E402
-
-ADMIN_URL = os.environ.get("GRIDHUB_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:55432/postgres")
-PREFIX = DEFAULT_TOPIC_PREFIX
 
 
 class TimedWebhook(WebhookReceiver):
@@ -75,77 +72,6 @@ class TimedSms(HttpSmsGateway):
         return answer
 
 
-def registry_yaml(buildings: int, load_devices: int) -> str:
-    """bench/alarm_latency.py's registry (10 grids, one worker each), the workers with phones for the SMS route."""
-    grids = []
-    for g in range(10):
-        bs = ", ".join(f"{{id: bb-{b}, name: {b}号楼}}" for b in range(buildings) if b % 10 == g)
-        grids.append(f"              - id: bg-{g}\n                name: 网格{g}\n                buildings: [{bs}]")
-    workers = "\n".join(f"  - {{id: bw-{g}, name: 张{g}, role: grid_worker, grids: [bg-{g}], phone: '1380000{g:04d}'}}"
-                        for g in range(10))
-    devices = [f"  - {{id: bsa-{b}, kind: smoke_alarm, building: bb-{b}, floor: 1}}" for b in range(buildings)]
-    devices += [f"  - {{id: bld-{i}, kind: sprinkler_pressure, building: bb-{i % buildings}, floor: 1}}"
-                for i in range(load_devices)]
-    return ("districts:\n  - id: bd\n    name: 测试区\n    streets:\n      - id: bs\n        name: 测试街道\n"
-            "        communities:\n          - id: bc\n            name: 测试社区\n            grids:\n"
-            + "\n".join(grids) + "\nworkers:\n" + workers + "\ndevices:\n" + "\n".join(devices) + "\n")
-
-
-def client(url: str, cid: str) -> paho.Client:
-    addr = BrokerAddress.parse(url)
-    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=paho.MQTTv311)
-    c.username_pw_set(addr.username, addr.password)
-    return c
-
-
-def load_publisher(url: str, rate: float, devices: int, stop: Any, sent: Any) -> None:
-    """Telemetry from `devices` sprinkler gauges at `rate` messages/s, QoS 1, until `stop` is set."""
-    addr = BrokerAddress.parse(url)
-    c = client(url, f"bench-load-{os.getpid()}")
-    c.max_inflight_messages_set(1000)
-    c.connect(addr.host, addr.port)
-    c.loop_start()
-    n = 0
-    start = time.perf_counter()
-    while not stop.is_set():
-        due = start + n / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        dev = f"bld-{n % devices}"
-        body = json.dumps({"ts": int(time.time() * 1000), "seq": n, "metrics": {"pressure_mpa": 0.3 + (n % 3) * 0.001}})
-        c.publish(f"{PREFIX}/devices/{dev}/telemetry", body, qos=1)
-        n += 1
-    sent.value = n / (time.perf_counter() - start)
-    c.disconnect()
-    c.loop_stop()
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return round(s[min(len(s) - 1, int(round(q * (len(s) - 1))))], 1)
-
-
-def summary(values: list[float], **extra: Any) -> dict[str, Any]:
-    out: dict[str, Any] = dict(extra)
-    out.update(n=len(values), p50=pct(values, 0.5) if values else None, p99=pct(values, 0.99) if values else None,
-               max=round(max(values), 1) if values else None)
-    return out
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None) -> int | None:
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    return proc.returncode
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", type=float, default=6000.0, help="telemetry load, messages/s (QoS 1)")
@@ -155,35 +81,17 @@ def main() -> int:
     ap.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the deliveries after the last alarm")
     args = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="gridhub-bench-notify-"))
-    hub_pw = secrets.token_urlsafe(16)
     hook_secret, sms_token = secrets.token_hex(16), secrets.token_hex(12)
     hook, sms = TimedWebhook(secret=hook_secret), TimedSms(token=sms_token)
-    mq = start_private_mosquitto(tmp, passwd_text=f"gridhub-hub:{mosquitto_hash(hub_pw)}\n",
-                                 acl_text=acl_text(PREFIX, "gridhub-hub", []))
-    url = f"mqtt://gridhub-hub:{hub_pw}@127.0.0.1:{mq.port}"
-    dbname = f"gridhub_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
-    db_url = ADMIN_URL.rsplit("/", 1)[0] + "/" + dbname
+    hub = PrivateHub("gridhub-bench-notify-")
     alerts: subprocess.Popen[bytes] | None = None
     sender: subprocess.Popen[bytes] | None = None
-    loader: mp.Process | None = None
-    stop = mp.Event()
-    listener: paho.Client | None = None
+    load = Load(hub.url, args.rate, args.load_devices)
+    listen: paho.Client | None = None
     pub: paho.Client | None = None
     result: dict[str, Any] = {}
     try:
-        migrate(db_url)
-        settings = Settings(database_url=db_url, mqtt_url=url, data_dir=tmp, secret_key="bench-" + "k" * 40,
-                            instance_id="bench")
-        with psycopg.connect(db_url) as conn:
-            import_registry(conn, parse(registry_yaml(args.alarms, args.load_devices)))
-            accounts, workers, hub = build_accounts(conn, settings)
-        mq.apply_accounts(passwd_text(accounts), acl_text(PREFIX, hub.username, workers))
-        rules = tmp / "rules.yaml"
-        rules.write_text("offline: {grace_margin_s: 1}\n")
-        notify_file = tmp / "notify.yaml"
+        notify_file = hub.tmp / "notify.yaml"
         notify_file.write_text(
             "channels:\n"
             f"  hook: {{type: webhook, url: {json.dumps(hook.url)}, secret: {json.dumps(hook_secret)}}}\n"
@@ -192,15 +100,9 @@ def main() -> int:
             "routes:\n"
             "  critical: {assignee: [hook, sms]}\n", encoding="utf-8")
         nf = load_notify_file(notify_file)  # the same models the processes read it with
-        env = {**os.environ, "GRIDHUB_DATABASE_URL": db_url, "GRIDHUB_MQTT_URL": url, "GRIDHUB_DATA_DIR": str(tmp),
-               "GRIDHUB_SECRET_KEY": settings.secret_key or "", "GRIDHUB_INSTANCE_ID": "bench",
-               "GRIDHUB_RULES_FILE": str(rules), "GRIDHUB_NOTIFY_FILE": str(notify_file)}
-        alerts = subprocess.Popen([sys.executable, "-m", "gridhub.cli", "alerts"], env=env,
-                                  stdout=(tmp / "alerts.log").open("ab"),  # noqa: SIM115 - the child owns it
-                                  stderr=subprocess.STDOUT)
-        sender = subprocess.Popen([sys.executable, "-m", "gridhub.cli", "notify", "run"], env=env,
-                                  stdout=(tmp / "notify.log").open("ab"),  # noqa: SIM115 - the child owns it
-                                  stderr=subprocess.STDOUT)
+        hub.prepare(registry_yaml(args.alarms, args.load_devices, phones=True), GRIDHUB_NOTIFY_FILE=str(notify_file))
+        alerts = hub.spawn("alerts", "alerts")
+        sender = hub.spawn("notify", "notify", "run")
 
         seen: dict[str, float] = {}
         lock = threading.Lock()
@@ -212,32 +114,14 @@ def main() -> int:
                 with lock:
                     seen.setdefault(p["device_id"], t)
 
-        listener = client(url, "bench-listener")
-        subscribed = threading.Event()
-        listener.on_connect = lambda c, u, f, rc, p=None: c.subscribe(f"{PREFIX}/workers/+/tasks", 1)
-        listener.on_subscribe = lambda c, u, mid, rcs, p=None: subscribed.set()
-        listener.on_message = on_message
-        addr = BrokerAddress.parse(url)
-        listener.connect(addr.host, addr.port)
-        listener.loop_start()
-        subscribed.wait(10)
-        with psycopg.connect(db_url, autocommit=True) as conn:
-            end = time.monotonic() + 30
-            while time.monotonic() < end and conn.execute(
-                    "SELECT count(*) FROM alert_shards WHERE holder = 'gridhub-alerts-bench'").fetchone() != (64,):
-                time.sleep(0.2)
-        time.sleep(3)  # subscribed, backlog marker seen; the sender listening
+        listen = listener(hub.url, [f"{PREFIX}/workers/+/tasks"], on_message)
+        hub.wait_for_alerts()  # and the sender listening
         for name, proc in (("alerts", alerts), ("notify run", sender)):
             if proc.poll() is not None:
-                raise RuntimeError(f"gridhub {name} exited with {proc.returncode}: see {tmp}")
+                raise RuntimeError(f"gridhub {name} exited with {proc.returncode}: see {hub.tmp}")
 
-        pub = client(url, "bench-alarms")
-        pub.connect(addr.host, addr.port)
-        pub.loop_start()
-        sent = mp.Value("d", 0.0)
-        loader = mp.Process(target=load_publisher, args=(url, args.rate, args.load_devices, stop, sent))
-        loader.start()
-        time.sleep(3)  # load running
+        pub = connect(client(hub.url, "bench-alarms"), hub.url)
+        load.start()
 
         # the floor: one signed webhook POST through the channel class the sender uses, under the same load
         channel = notify_channels.build("hook", nf.channels["hook"])
@@ -252,14 +136,7 @@ def main() -> int:
                 bare_failed += 1
         time.sleep(0.5)
 
-        sent_at: dict[str, float] = {}
-        sent_wall: dict[str, float] = {}
-        for b in range(args.alarms):
-            dev = f"bsa-{b}"
-            body = json.dumps({"ts": int(time.time() * 1000), "seq": 1, "type": "alarm", "detail": {}})
-            sent_at[dev], sent_wall[dev] = time.perf_counter(), time.time()
-            pub.publish(f"{PREFIX}/devices/{dev}/event", body, qos=1)
-            time.sleep(0.05)
+        sent_at, sent_wall = publish_alarms(pub, args.alarms)
 
         def hook_first() -> dict[str, float]:
             first: dict[str, float] = {}
@@ -272,11 +149,10 @@ def main() -> int:
         end = time.monotonic() + args.wait
         while time.monotonic() < end and (len(hook_first()) < args.alarms or len(sms.received) < args.alarms):
             time.sleep(0.1)
-        stop.set()
-        loader.join(30)
+        load.stop()
 
         # the SMS gateway's requests carry the delivery id: its row names the task, the task the device
-        with psycopg.connect(db_url) as conn:
+        with psycopg.connect(hub.db_url) as conn:
             dev_of = dict(conn.execute(
                 "SELECT d.id, t.device_id FROM notify_deliveries d JOIN tasks t ON t.id = d.task_id").fetchall())
             states = {s: n for s, n in conn.execute(
@@ -327,25 +203,19 @@ def main() -> int:
         result["deliveries"] = {"states": states, "by_channel": by_channel, "max_attempts": attempts,
                                 "stand_in_rejected": {"hook": [r for r, _ in hook.rejected],
                                                       "sms": [r for r, _ in sms.rejected]}}
-        result["telemetry_load_msgs_per_s"] = {"target": args.rate, "achieved": round(sent.value, 0)}
+        result["telemetry_load_msgs_per_s"] = {"target": args.rate, "achieved": load.achieved()}
     finally:
-        stop.set()
-        if loader is not None and loader.is_alive():
-            loader.join(10)
-            if loader.is_alive():
-                loader.kill()
-        for c in (pub, listener):
+        load.close()
+        for c in (pub, listen):
             if c is not None:
                 c.loop_stop()
         codes = {"alerts": stop_process(alerts), "notify": stop_process(sender)}
         hook.close()
         sms.close()
-        mq.stop()
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        hub.close()
     result["exit_codes"] = codes
-    result["alerts_log"] = str(tmp / "alerts.log")  # per alarm: queue wait, transaction, publish after commit
-    result["notify_log"] = str(tmp / "notify.log")  # the sender: retries, failures
+    result["alerts_log"] = str(hub.log("alerts"))  # per alarm: queue wait, transaction, publish after commit
+    result["notify_log"] = str(hub.log("notify"))  # the sender: retries, failures
     print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0
 
