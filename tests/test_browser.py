@@ -25,25 +25,16 @@ import paho.mqtt.client as paho
 import psycopg
 import pytest
 from apitools import RunningApi, serve, tiny_jpeg
+from browser_support import chromium, phone_context, registered_database, submit_login, watch, watched_page
 from paho.mqtt.enums import CallbackAPIVersion
-from playwright.sync_api import sync_playwright
 
 from gridhub.accounts import derived_password, mosquitto_hash
-from gridhub.auth import set_password
 from gridhub.broker import acl_text, build_accounts, passwd_text
-from gridhub.db import migrate
 from gridhub.mqtt import BrokerAddress
-from gridhub.registry import import_registry, load_file
 from gridhub.settings import Settings
 
-CHROMIUM = "/usr/bin/chromium"
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-DATA = Path(__file__).parent / "data"
 WAIT_MS = 90_000  # generous: the alert engine leases its shards and the stream wakes on commit
-
-if not Path(CHROMIUM).exists():
-    pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (`apt-get install -y chromium`)", pytrace=False)
-
 
 
 class Hub:
@@ -108,14 +99,7 @@ def _corridor_jpeg() -> bytes:
 def hub(make_database: Callable[[], str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     from gridhub.services.mosquitto import start_private_mosquitto
 
-    url = make_database()
-    migrate(url)
-    passwords: dict[str, str] = {}
-    with psycopg.connect(url) as conn:
-        import_registry(conn, load_file(DATA / "registry.yaml"))
-        for (wid,) in conn.execute("SELECT id FROM workers ORDER BY id").fetchall():
-            passwords[wid] = f"pw-{wid}-browser"
-            set_password(conn, wid, passwords[wid])
+    url, passwords = registered_database(make_database, "browser")
     hub_pw = secrets.token_urlsafe(16)
     work = tmp_path_factory.mktemp("browser-hub")
     mq = start_private_mosquitto(work, passwd_text=f"gridhub-hub:{mosquitto_hash(hub_pw)}\n",
@@ -163,19 +147,8 @@ def _seed(conn: psycopg.Connection[Any]) -> None:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+    with chromium() as b:
         yield b
-        b.close()
-
-
-def log_in(page: Any, base: str, path: str, user: str, password: str) -> None:
-    page.goto(base + path)
-    page.fill("input[name=username]", user)
-    page.fill("input[name=password]", password)
-    page.click("button[type=submit]")
 
 
 @pytest.fixture(scope="module")
@@ -183,21 +156,15 @@ def board(browser: Any, hub: Hub) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1440, "height": 1100}, locale="zh-CN",
                                   timezone_id="Asia/Shanghai")
     page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" and not msg.text.startswith("Failed to load resource") else None)
-    page.errors = errors
+    page.errors = watch(page)
     yield page
     context.close()
 
 
 def test_board_log_in(board: Any, hub: Hub) -> None:
-    board.goto(hub.api.url + "/")
-    board.fill("input[name=username]", "b-001")
-    board.fill("input[name=password]", "wrong-password")
-    board.click("button[type=submit]")
+    submit_login(board, hub.api.url + "/", "b-001", "wrong-password")
     board.get_by_test_id("login-error").filter(has_text="用户名或密码错误").wait_for(timeout=WAIT_MS)
-    log_in(board, hub.api.url, "/", "b-001", hub.passwords["b-001"])
+    submit_login(board, hub.api.url + "/", "b-001", hub.passwords["b-001"])
     board.get_by_test_id("who").filter(has_text="孙八").wait_for(timeout=WAIT_MS)
     board.get_by_test_id("grid-g-xg-01").wait_for(timeout=WAIT_MS)
     assert board.get_by_test_id("grid-g-xg-01").get_attribute("data-worst") == "none"
@@ -222,14 +189,8 @@ def test_a_fire_alarm_over_mqtt_appears_without_reload(board: Any, hub: Hub) -> 
 
 def test_a_worker_accepts_and_resolves_on_the_phone_and_the_board_follows(browser: Any, board: Any,
                                                                          hub: Hub) -> None:
-    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
-                                  has_touch=True, locale="zh-CN", timezone_id="Asia/Shanghai")
-    phone = context.new_page()
-    errors: list[str] = []
-    phone.on("pageerror", lambda exc: errors.append(str(exc)))
-    phone.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" and not msg.text.startswith("Failed to load resource") else None)
-    try:
-        log_in(phone, hub.api.url, "/worker", "w-001", hub.passwords["w-001"])
+    with watched_page(phone_context(browser)) as (phone, errors):
+        submit_login(phone, hub.api.url + "/worker", "w-001", hub.passwords["w-001"])
         card = phone.locator("[data-testid=task-card]").first
         card.wait_for(timeout=WAIT_MS)
         task_id = card.get_attribute("data-task-id")
@@ -256,8 +217,6 @@ def test_a_worker_accepts_and_resolves_on_the_phone_and_the_board_follows(browse
         assert board.locator(f"[data-testid=column-accepted] [data-task-id='{task_id}']").count() == 0
         assert errors == [] and board.errors == []
         _screenshots(board, phone, hub)
-    finally:
-        context.close()
 
 
 def _screenshots(board: Any, phone: Any, hub: Hub) -> None:

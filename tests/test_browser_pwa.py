@@ -14,28 +14,19 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
 from apitools import RunningApi, make_incident, serve, tiny_jpeg
-from playwright.sync_api import sync_playwright
+from browser_support import chromium, phone_context, registered_database, submit_login, watch, watched_page
 
 from gridhub.alerts import changes
 from gridhub.alerts.notify import vapid
-from gridhub.auth import set_password
-from gridhub.db import migrate
-from gridhub.registry import import_registry, load_file
 from gridhub.settings import Settings
 
-CHROMIUM = "/usr/bin/chromium"
-DATA = Path(__file__).parent / "data"
 WAIT_MS = 30_000
-
-if not Path(CHROMIUM).exists():
-    pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (`apt-get install -y chromium`)", pytrace=False)
 
 
 class Hub:
@@ -70,14 +61,7 @@ class Hub:
 
 @pytest.fixture(scope="module")
 def hub(make_database: Callable[[], str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    url = make_database()
-    migrate(url)
-    passwords: dict[str, str] = {}
-    with psycopg.connect(url) as conn:
-        import_registry(conn, load_file(DATA / "registry.yaml"))
-        for (wid,) in conn.execute("SELECT id FROM workers ORDER BY id").fetchall():
-            passwords[wid] = f"pw-{wid}-pwa"
-            set_password(conn, wid, passwords[wid])
+    url, passwords = registered_database(make_database, "pwa")
     work = tmp_path_factory.mktemp("pwa-hub")
     vapid.generate_keys(work / "vapid.pem")
     notify = work / "notify.yaml"
@@ -95,35 +79,19 @@ def hub(make_database: Callable[[], str], tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+    with chromium() as b:
         yield b
-        b.close()
-
-
-def watch(page: Any) -> list[str]:
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error"
-            and not msg.text.startswith("Failed to load resource") else None)
-    return errors
 
 
 def phone(browser: Any, hub: Hub, **kw: Any) -> Any:
-    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
-                                  has_touch=True, locale="zh-CN", timezone_id=kw.pop("timezone_id", "Asia/Shanghai"),
-                                  **kw)
+    """A phone's browser context (browser_support.phone_context) that may show the hub's notifications."""
+    context = phone_context(browser, **kw)
     context.grant_permissions(["notifications"], origin=hub.api.url)
     return context
 
 
 def log_in(page: Any, hub: Hub, who: str, path: str = "/worker") -> None:
-    page.goto(hub.api.url + path)
-    page.fill("input[name=username]", who)
-    page.fill("input[name=password]", hub.passwords[who])
-    page.click("button[type=submit]")
+    submit_login(page, hub.api.url + path, who, hub.passwords[who])
     page.get_by_test_id("title").wait_for(timeout=WAIT_MS)
 
 
@@ -151,9 +119,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 def test_the_app_installs_its_service_worker_with_a_valid_manifest(browser: Any, hub: Hub) -> None:
     context = phone(browser, hub)
-    page = context.new_page()
-    errors = watch(page)
-    try:
+    with watched_page(context) as (page, errors):
         log_in(page, hub, "w-001")
         assert service_worker_ready(page) == hub.api.url + "/worker"
         href = page.get_attribute("link[rel=manifest]", "href")
@@ -183,20 +149,15 @@ def test_the_app_installs_its_service_worker_with_a_valid_manifest(browser: Any,
         csp = httpx.get(hub.api.url + "/worker").headers["content-security-policy"]
         assert "worker-src 'self'" in csp and "manifest-src 'self'" in csp and "script-src 'self';" in csp
         assert errors == []
-    finally:
-        context.close()
 
 
 def test_times_are_the_districts_whatever_the_phones_zone(browser: Any, hub: Hub) -> None:
     context = phone(browser, hub, timezone_id="America/New_York")
-    page = context.new_page()
-    try:
+    with watched_page(context) as (page, _):
         log_in(page, hub, "w-001")
         assert page.evaluate("document.documentElement.dataset.timezone") == "Asia/Shanghai"
         assert page.evaluate("GH.clock('2026-12-07T00:00:00Z')") == "12/07 08:00:00"
         assert page.evaluate("new Date('2026-12-07T00:00:00Z').getHours()") == 19  # the phone's own zone differs
-    finally:
-        context.close()
 
 
 def deliver_push(context: Any, page: Any, origin: str, payload: dict[str, Any]) -> None:
@@ -240,9 +201,7 @@ def test_a_push_shows_the_notification_and_a_tap_opens_the_task_logged_in(browse
     other_id = make_incident(hub.db_url, "sa-0002", "g-xg-01", "b-12", "w-001", alert_type="light_fault",
                              severity="normal")[1]
     context = phone(browser, hub)
-    page = context.new_page()
-    errors = watch(page)
-    try:
+    with watched_page(context) as (page, errors):
         log_in(page, hub, "w-001")
         service_worker_ready(page)
         # a subscription as the browser would make it (headless Chromium has none): through the API
@@ -289,17 +248,13 @@ def test_a_push_shows_the_notification_and_a_tap_opens_the_task_logged_in(browse
         assert again.get_by_test_id("login-form").count() == 0
         assert "张三" in again.get_by_test_id("title").inner_text()
         assert errors == []
-    finally:
-        context.close()
 
 
 def test_actions_note_and_photo_taken_offline_are_replayed_in_order(browser: Any, hub: Hub) -> None:
     _, task_id = make_incident(hub.db_url, "sa-0002", "g-xg-01", "b-12", "w-001", alert_type="exit_blocked",
                                severity="high")
     context = phone(browser, hub)
-    page = context.new_page()
-    errors = watch(page)
-    try:
+    with watched_page(context) as (page, errors):
         log_in(page, hub, "w-001", f"/worker#task={task_id}")
         service_worker_ready(page)
         card = page.locator(f"[data-task-id='{task_id}'][data-open=true]")
@@ -342,16 +297,13 @@ def test_actions_note_and_photo_taken_offline_are_replayed_in_order(browser: Any
         # the deadline clock is the hub's: accepted when it arrived
         assert abs(datetime.fromisoformat(task["accepted_at"]) - received[0]) < timedelta(seconds=1)
         assert errors == []
-    finally:
-        context.close()
 
 
 def test_an_offline_action_the_task_no_longer_allows_is_shown_and_dropped(browser: Any, hub: Hub) -> None:
     _, task_id = make_incident(hub.db_url, "sa-0002", "g-xg-01", "b-12", "w-001", alert_type="light_fault",
                                severity="normal")
     context = phone(browser, hub)
-    page = context.new_page()
-    try:
+    with watched_page(context) as (page, _):
         log_in(page, hub, "w-001", f"/worker#task={task_id}")
         card = page.locator(f"[data-task-id='{task_id}'][data-open=true]")
         card.wait_for(timeout=WAIT_MS)
@@ -370,8 +322,6 @@ def test_an_offline_action_the_task_no_longer_allows_is_shown_and_dropped(browse
         assert "未能发送「接单」" in text and "无权进行此操作" in text and "you are grid_worker w-001" in text, text
         page.locator("[data-testid=outbox][data-count='0']").wait_for(state="attached", timeout=WAIT_MS)
         assert hub.task(task_id)["assignee"] == "w-002"
-    finally:
-        context.close()
 
 
 def test_the_supervisor_view_lists_an_escalated_task_and_acts_on_it(browser: Any, hub: Hub) -> None:
@@ -381,9 +331,7 @@ def test_the_supervisor_view_lists_an_escalated_task_and_acts_on_it(browser: Any
     hub.escalate(late, 1)
     hub.escalate(returned, 1, assignee="w-002")
     context = phone(browser, hub)
-    page = context.new_page()
-    errors = watch(page)
-    try:
+    with watched_page(context) as (page, errors):
         log_in(page, hub, "w-002")
         assert page.get_by_test_id("title").inner_text().startswith("辖区督办")
         escalated = page.get_by_test_id("group-escalated")
@@ -427,17 +375,13 @@ def test_the_supervisor_view_lists_an_escalated_task_and_acts_on_it(browser: Any
         street.locator(f"[data-testid=group-escalated] [data-task-id='{returned}']").wait_for(timeout=WAIT_MS)
         assert street.get_by_test_id("tab-mine").inner_text() == "我的任务"
         assert errors == []
-    finally:
-        context.close()
 
 
 def test_a_new_critical_task_rings_and_vibrates_while_the_page_is_open(browser: Any, hub: Hub) -> None:
     context = phone(browser, hub)
     context.add_init_script("navigator.vibrate = (p) => { window.__vibrated = (window.__vibrated || 0) + 1;"
                             " return true; };")
-    page = context.new_page()
-    errors = watch(page)
-    try:
+    with watched_page(context) as (page, errors):
         log_in(page, hub, "w-003")
         page.get_by_test_id("live").filter(has_text="实时").wait_for(timeout=WAIT_MS)
         page.mouse.click(5, 300)  # a tap: browsers let a page sound only after one
@@ -450,5 +394,3 @@ def test_a_new_critical_task_rings_and_vibrates_while_the_page_is_open(browser: 
         page.wait_for_timeout(1500)
         assert page.evaluate("document.body.dataset.alarms") == "1"
         assert errors == []
-    finally:
-        context.close()
