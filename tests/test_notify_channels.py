@@ -254,11 +254,10 @@ def test_a_500_is_not_sent_and_is_retried(rig: Rig) -> None:
 
 def test_a_held_request_times_out_and_is_retried_with_the_same_delivery_id(rig: Rig) -> None:
     rig.stand_in.hold()
-    t0 = time.monotonic()
     answer = rig.make(timeout_s=0.5).send(rig.msg)
-    took = time.monotonic() - t0
+    # the channel gave up while the stand-in still held the request unanswered: its own timeout ended the attempt
     assert (answer.ok, answer.retry) == (False, True), answer
-    assert took < 4, f"one attempt took {took:.1f} s"
+    assert len(rig.stand_in.holding) == 1 and not rig.stand_in._held.is_set()
     rig.stand_in.release()
     assert rig.make().send(rig.msg).ok
     got = rig.stand_in.wait_for(2)
