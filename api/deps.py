@@ -84,6 +84,37 @@ async def current_user(
 CurrentUser = Annotated[Principal, Depends(current_user)]
 
 
+def client_address(request: Request) -> str:
+    """The client's address: the peer's, or, when the peer is a configured trusted proxy
+    (GRIDHUB_TRUSTED_PROXIES), the last address in X-Forwarded-For that is not itself a trusted proxy. A client
+    cannot choose its address by sending the header itself: only a trusted proxy's header is read."""
+    import ipaddress
+
+    settings: Settings = request.app.state.settings
+    peer = request.client.host if request.client else "unknown"
+    proxies = settings.proxy_networks
+    if not proxies:
+        return peer
+
+    def trusted(addr: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(ip in net for net in proxies)
+
+    if not trusted(peer):
+        return peer
+    hops = [h.strip() for h in ",".join(request.headers.getlist("x-forwarded-for")).split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not trusted(hop):
+            return hop
+    return peer
+
+
+ClientAddress = Annotated[str, Depends(client_address)]
+
+
 def require_roles(*roles: str) -> Callable[..., Any]:
     """A dependency admitting only the given roles (403 for the others)."""
 

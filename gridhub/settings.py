@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     readings_days: int = Field(default=400, gt=0)
     quarantine_days: int = Field(default=30, gt=0)
     token_ttl_s: int = Field(default=12 * 3600, gt=0)
+    trusted_proxies: str = Field(default="", description="comma-separated addresses or networks of the reverse"
+                                 " proxies whose X-Forwarded-For is believed (log-in throttling, the audit trail);"
+                                 " unset: the peer's own address")
     notify_file: Path | None = Field(default=None, description="notification channels and routes (CONTRACT §6);"
                                      " unset: nothing is sent outside the hub")
     ingest: IngestSettings = Field(default_factory=IngestSettings)
@@ -145,6 +148,26 @@ class Settings(BaseSettings):
         if not v or "#" in v or "+" in v:
             raise ValueError("topic prefix must be a non-empty topic without wildcards")
         return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: str) -> str:
+        import ipaddress
+
+        for part in (p.strip() for p in v.split(",")):
+            if part:
+                try:
+                    ipaddress.ip_network(part, strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"GRIDHUB_TRUSTED_PROXIES: {part!r} is not an address or network"
+                                     " (e.g. 10.0.0.5 or 10.0.0.0/24)") from exc
+        return v
+
+    @property
+    def proxy_networks(self) -> list[Any]:
+        import ipaddress
+
+        return [ipaddress.ip_network(p.strip(), strict=False) for p in self.trusted_proxies.split(",") if p.strip()]
 
     @property
     def tz(self) -> ZoneInfo:
