@@ -1,5 +1,11 @@
 """Broker account secrets shared by the hub's broker files and the simulators: mosquitto's `$7$` password hash
-and password file, and the passwords derived from the hub's secret key."""
+and password file, and the passwords derived from the hub's secret key.
+
+Two derivations (`SCHEMES`), chosen per account by the database (`devices.password_scheme`,
+`workers.broker_password_scheme`): `hkdf`, every new account's, keyed by a key derived from the secret for broker
+passwords only (`gridhub.settings.derive_key`); `legacy`, keyed by the secret itself, kept for the accounts
+deployed before the keys were separated until `gridhub devices rotate` moves them (so an upgrade never locks a
+device out)."""
 
 from __future__ import annotations
 
@@ -45,13 +51,41 @@ def parse_passwd(text: str) -> dict[str, str]:
     return users
 
 
-def derived_password(secret: str, purpose: str, ident: str) -> str:
-    """An account's broker password derived from the hub's secret key: HMAC-SHA256 of `mqtt:<purpose>:<id>`,
-    URL-safe base64, 32 characters; stable across runs and never stored."""
-    mac = hmac.new(secret.encode(), f"mqtt:{purpose}:{ident}".encode(), hashlib.sha256).digest()
+SCHEME_HKDF = "hkdf"
+SCHEME_LEGACY = "legacy"
+SCHEMES = (SCHEME_HKDF, SCHEME_LEGACY)
+
+
+def _password(key: bytes, purpose: str, ident: str) -> str:
+    mac = hmac.new(key, f"mqtt:{purpose}:{ident}".encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac).decode().rstrip("=")[:32]
 
 
+def derived_password(secret: str, purpose: str, ident: str) -> str:
+    """An account's broker password (the `hkdf` scheme, every new account's): HMAC-SHA256 of
+    `mqtt:<purpose>:<id>` under the broker-password key derived from the hub's secret, URL-safe base64, 32
+    characters; stable across runs and never stored."""
+    from gridhub.settings import DEVICE_KEY_INFO, derive_key
+
+    return _password(derive_key(secret, DEVICE_KEY_INFO), purpose, ident)
+
+
+def legacy_derived_password(secret: str, purpose: str, ident: str) -> str:
+    """The `legacy` scheme: the same HMAC keyed by the secret itself, as every account had it before the keys were
+    separated; kept only for accounts that have not been rotated yet."""
+    return _password(secret.encode(), purpose, ident)
+
+
+def account_password(secret: str, scheme: str, purpose: str, ident: str) -> str:
+    """The broker password of an account on `scheme` (one of SCHEMES)."""
+    if scheme == SCHEME_LEGACY:
+        return legacy_derived_password(secret, purpose, ident)
+    if scheme == SCHEME_HKDF:
+        return derived_password(secret, purpose, ident)
+    raise ValueError(f"unknown broker password scheme {scheme!r}: one of {', '.join(SCHEMES)}")
+
+
 def device_password(secret: str, device_id: str) -> str:
-    """A device's broker password as `gridhub devices credentials` writes it."""
+    """A new device's broker password as `gridhub devices credentials` writes it (a device not yet rotated has its
+    legacy one: read device-credentials.csv rather than deriving)."""
     return derived_password(secret, "device", device_id)

@@ -70,19 +70,35 @@ def check_password(stored_hash: str | None, password: str) -> bool:
     return stored_hash is not None
 
 
+def token_key(secret: str) -> bytes:
+    """The key tokens are signed with: derived from the hub's root secret (`Settings.signing_key()`) by HKDF with
+    its own label, never the secret itself, so that device passwords and tokens do not share a key."""
+    from gridhub.settings import TOKEN_KEY_INFO, derive_key
+
+    return derive_key(secret, TOKEN_KEY_INFO)
+
+
 def issue_token(principal_id: str, key: str, ttl_s: int, password_set_at: float | None) -> str:
+    """An access token for a person who has just proved their password; `key` is the root secret, the token is
+    signed with `token_key(key)`. An account that never set a password gets none (`pwd` is the password's time,
+    and `decode_token` refuses a token without one)."""
+    if not password_set_at:
+        raise AuthError(f"{principal_id} has no password: no token for an account without one")
     now = int(time.time())
-    claims = {"sub": principal_id, "iat": now, "exp": now + ttl_s, "pwd": int(password_set_at or 0)}
-    return jwt.encode(claims, key, algorithm=ALGORITHM)
+    claims = {"sub": principal_id, "iat": now, "exp": now + ttl_s, "pwd": int(password_set_at)}
+    return jwt.encode(claims, token_key(key), algorithm=ALGORITHM)
 
 
 def decode_token(token: str, key: str) -> dict[str, Any]:
     try:
-        claims: dict[str, Any] = jwt.decode(token, key, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]})
+        claims: dict[str, Any] = jwt.decode(token, token_key(key), algorithms=[ALGORITHM],
+                                            options={"require": ["sub", "exp", "pwd"]})
     except jwt.ExpiredSignatureError as exc:
         raise AuthError("token expired: log in again") from exc
     except jwt.PyJWTError as exc:
         raise AuthError("invalid token") from exc
+    if not isinstance(claims.get("pwd"), int) or claims["pwd"] <= 0:  # minted for an account without a password
+        raise AuthError("invalid token")
     return claims
 
 

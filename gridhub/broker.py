@@ -3,7 +3,9 @@
 A device may publish only under its own topics and read its own command topic; a worker's app account may
 read only its own tasks topic (and the bureau and admins the alerts topic); the hub's account reads and writes
 everything. Device and app passwords are derived from the hub's secret key, so they are stable across runs
-and never stored in the database.
+and never stored in the database; the database keeps only which derivation each account uses
+(`gridhub.accounts.SCHEMES`). Only active workers and devices that are not retired get an account: a worker
+deactivated by a registry import loses theirs at the next write, which the import triggers for a local broker.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gridhub.accounts import derived_password, mosquitto_hash
+from gridhub.accounts import SCHEME_HKDF, account_password, mosquitto_hash
 from gridhub.mqtt import BrokerAddress
 from gridhub.services.local import apply_broker_accounts
 from gridhub.settings import Settings, get_settings
@@ -32,12 +34,13 @@ class Account:
     subject: str  # device or worker id ('' for the hub)
 
 
-def device_account(secret: str, device_id: str) -> Account:
-    return Account(device_id, derived_password(secret, "device", device_id), "device", device_id)
+def device_account(secret: str, device_id: str, scheme: str = SCHEME_HKDF) -> Account:
+    return Account(device_id, account_password(secret, scheme, "device", device_id), "device", device_id)
 
 
-def worker_account(secret: str, worker_id: str) -> Account:
-    return Account(WORKER_PREFIX + worker_id, derived_password(secret, "worker", worker_id), "worker", worker_id)
+def worker_account(secret: str, worker_id: str, scheme: str = SCHEME_HKDF) -> Account:
+    return Account(WORKER_PREFIX + worker_id, account_password(secret, scheme, "worker", worker_id), "worker",
+                   worker_id)
 
 
 def acl_text(prefix: str, hub_user: str, workers: list[tuple[str, str]]) -> str:
@@ -69,15 +72,18 @@ def acl_text(prefix: str, hub_user: str, workers: list[tuple[str, str]]) -> str:
 
 def build_accounts(conn: Any, settings: Settings) -> tuple[list[Account], list[tuple[str, str]], Account]:
     secret = settings.signing_key()
-    devices = [r[0] for r in conn.execute("SELECT id FROM devices WHERE NOT retired ORDER BY id")]
-    workers = [(r[0], r[1]) for r in conn.execute("SELECT id, role FROM workers WHERE active ORDER BY id")]
+    devices = [(r[0], r[1]) for r in conn.execute(
+        "SELECT id, password_scheme FROM devices WHERE NOT retired ORDER BY id")]
+    rows = conn.execute("SELECT id, role, broker_password_scheme FROM workers WHERE active ORDER BY id").fetchall()
+    workers = [(r[0], r[1]) for r in rows]
     if not settings.mqtt_url:
         raise RuntimeError("GRIDHUB_MQTT_URL is not set: the hub's own broker account is unknown")
     addr = BrokerAddress.parse(settings.mqtt_url)
     if not addr.username or not addr.password:
         raise RuntimeError("GRIDHUB_MQTT_URL has no user and password: the broker needs the hub's account")
     hub = Account(addr.username, addr.password, "hub", "")
-    accounts = [hub] + [device_account(secret, d) for d in devices] + [worker_account(secret, w) for w, _ in workers]
+    accounts = ([hub] + [device_account(secret, d, scheme) for d, scheme in devices]
+                + [worker_account(secret, r[0], r[2]) for r in rows])
     return accounts, workers, hub
 
 
@@ -128,4 +134,42 @@ def credentials_cli(args: argparse.Namespace) -> int:
           f"{res['workers']} worker apps" + ("; the local broker reloaded them" if res["applied_to_local_broker"] else ""))
     if not res["applied_to_local_broker"]:
         print("point your mosquitto's password_file and acl_file at these files and send it SIGHUP", file=sys.stderr)
+    return 0
+
+
+def rotate(conn: Any) -> tuple[list[str], list[str]]:
+    """Move every account still on the legacy derivation to the separated key, in the caller's transaction:
+    (devices, worker apps) that now have a new password and must be re-provisioned; retired devices and inactive
+    workers have no account and are moved silently."""
+    devices = [r[0] for r in conn.execute(
+        "UPDATE devices SET password_scheme = 'hkdf' WHERE password_scheme <> 'hkdf' RETURNING id, retired")
+        if not r[1]]
+    workers = [r[0] for r in conn.execute(
+        "UPDATE workers SET broker_password_scheme = 'hkdf' WHERE broker_password_scheme <> 'hkdf'"
+        " RETURNING id, active") if r[1]]
+    return sorted(devices), sorted(workers)
+
+
+def rotate_cli(args: argparse.Namespace) -> int:
+    """`gridhub devices rotate`: every legacy account to the separated key, the new credentials written (and
+    applied to a local broker), the accounts to re-provision listed."""
+    from gridhub.audit import cli_actor, record
+    from gridhub.db import connect
+    from gridhub.runtime import resolve_services
+
+    settings = resolve_services(get_settings())
+    assert settings.database_url
+    with connect(settings.database_url) as conn, conn.transaction():
+        devices, workers = rotate(conn)
+        actor, address = cli_actor()
+        record(conn, actor, "devices.rotate", address=address, detail={"devices": devices, "workers": workers})
+    res = write_credentials(settings, Path(args.out_dir) if args.out_dir else None, reload=not args.no_reload)
+    print(f"wrote the new credentials to {res['dir']}"
+          + ("; the local broker reloaded them" if res["applied_to_local_broker"] else ""))
+    if not devices and not workers:
+        print("every account already uses the separated key: nothing to re-provision")
+    for d in devices:
+        print(f"re-provision device {d}: its new password is in device-credentials.csv")
+    for w in workers:
+        print(f"re-provision the app of worker {w} (broker user {WORKER_PREFIX}{w})")
     return 0

@@ -8,7 +8,6 @@ loaded, so that `gridhub notify check` and logs print the file as written; names
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import datetime, time, timedelta
 from pathlib import Path
@@ -26,11 +25,12 @@ from pydantic import (
     model_validator,
 )
 
+from gridhub import envref
+
 __all__ = ["ROUTE_LEVELS", "SEVERITIES", "NotifyFile", "NotifyFileError", "expand", "load", "parse"]
 
 SEVERITIES = ("critical", "high", "normal", "low")
 ROUTE_LEVELS = ("assignee", "level1", "level2", "level3")
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class NotifyFileError(ValueError):
@@ -38,18 +38,10 @@ class NotifyFileError(ValueError):
 
 
 def expand(value: str) -> str:
-    """`${NAME}` replaced by the environment's NAME. A missing variable or one of the hub's own settings
-    (`GRIDHUB_…`) is an error that names it, raised when the value is used."""
-
-    def one(m: re.Match[str]) -> str:
-        name = m.group(1)
-        if name.upper().startswith("GRIDHUB_"):
-            raise NotifyFileError(f"${{{name}}}: the hub's own settings cannot be used in the notify file")
-        if name not in os.environ:
-            raise NotifyFileError(f"${{{name}}} is not set in the environment")
-        return os.environ[name]
-
-    return _VAR.sub(one, value)
+    """`${NAME}` replaced by the environment's NAME (`gridhub.envref.expand`, the resolver shared with the camera
+    sources). A missing variable or one of the hub's own settings (`GRIDHUB_…`) is a NotifyFileError that names
+    it, raised when the value is used."""
+    return envref.expand(value, where="the notify file", error=NotifyFileError)
 
 
 class _Strict(BaseModel):

@@ -129,6 +129,8 @@ class Settings(BaseSettings):
                                  " unset: the peer's own address")
     notify_file: Path | None = Field(default=None, description="notification channels and routes (CONTRACT §6);"
                                      " unset: nothing is sent outside the hub")
+    camera_files_dir: Path | None = Field(default=None, description="the folder a camera `source` may name files"
+                                          " under (file:///… or a plain path); unset: no camera reads a file")
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     services: ServicesSettings = Field(default_factory=ServicesSettings)
 
@@ -174,7 +176,8 @@ class Settings(BaseSettings):
         return ZoneInfo(self.timezone)
 
     def signing_key(self) -> str:
-        """The token signing key: GRIDHUB_SECRET_KEY, else generated once into the data directory."""
+        """The hub's root secret: GRIDHUB_SECRET_KEY, else generated once into the data directory. Nothing uses it
+        directly any more: the token key and the device password key are derived from it (`derive_key`)."""
         if self.secret_key:
             return self.secret_key
         path = self.data_dir / "secret_key"
@@ -189,9 +192,54 @@ class Settings(BaseSettings):
             tmp.rename(path) if not path.exists() else tmp.unlink()
         return path.read_text().strip()
 
+    def data_dir_has_state(self) -> bool:
+        """Whether this install has run before: its data directory exists and holds anything (a generated key, the
+        broker's files, the local services)."""
+        try:
+            return self.data_dir.is_dir() and any(self.data_dir.iterdir())
+        except OSError:
+            return False
+
     def client_id(self, part: str) -> str:
         """A stable MQTT client id for one part of this instance (persistent sessions)."""
         return f"gridhub-{part}-{self.instance_id}"[:128]
+
+
+MIN_SECRET_BYTES = 32
+TOKEN_KEY_INFO = "gridhub/v1 token signing"
+DEVICE_KEY_INFO = "gridhub/v1 broker passwords"
+
+
+def derive_key(secret: str, info: str) -> bytes:
+    """A 32-byte key for one purpose (`info`, e.g. TOKEN_KEY_INFO) derived from the root secret by HKDF-SHA256, so
+    that a key leaked from one use (a token key in a log, a device password) says nothing of the others."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info.encode()).derive(secret.encode())
+
+
+class SecretKeyTooShort(ValueError):
+    """GRIDHUB_SECRET_KEY is shorter than MIN_SECRET_BYTES on a new install."""
+
+
+def check_secret_key(settings: Settings, *, existing: bool = False) -> str | None:
+    """Refuse a GRIDHUB_SECRET_KEY shorter than 32 bytes on a new install (SecretKeyTooShort); on an existing one
+    (`existing`: its database already has devices, or its data directory has state) return a warning instead, so
+    that an upgrade never stops a running hub. None: nothing to say (a long key, or the generated one)."""
+    if not settings.secret_key:
+        return None
+    size = len(settings.secret_key.encode())
+    if size >= MIN_SECRET_BYTES:
+        return None
+    advice = ("generate one with `python3 -c 'import secrets; print(secrets.token_urlsafe(48))'`, or unset it and"
+              " the hub generates one in its data directory")
+    if existing or settings.data_dir_has_state():
+        return (f"GRIDHUB_SECRET_KEY is {size} bytes, shorter than {MIN_SECRET_BYTES}: tokens and device passwords"
+                f" derive from it; change it ({advice}), then run `gridhub devices rotate` and re-provision the"
+                " devices it lists")
+    raise SecretKeyTooShort(f"GRIDHUB_SECRET_KEY is {size} bytes: a new install needs at least {MIN_SECRET_BYTES};"
+                            f" {advice}")
 
 
 def explain(exc: ValidationError) -> str:

@@ -56,7 +56,7 @@ def test_every_route_needs_a_valid_token(client: httpx.Client, g1: tuple[str, st
 def tokens_signed_by_someone_else() -> str:
     from gridhub.auth import issue_token
 
-    return issue_token("a-001", "another-key-" + "y" * 40, 3600, None)
+    return issue_token("a-001", "another-key-" + "y" * 40, 3600, 1.0)
 
 
 @pytest.mark.parametrize("wid", ALL_WORKERS)

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gridhub.api.app import create_app
+from gridhub.auth import token_key
 from gridhub.settings import Settings
 
 
@@ -31,7 +32,8 @@ def test_login_gives_a_bearer_token(client, passwords):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["token_type"] == "bearer" and body["expires_in"] > 0
-    claims = jwt.decode(body["access_token"], client.settings.signing_key(), algorithms=["HS256"])
+    # signed with the token key derived from the secret (gridhub.auth.token_key), never with the secret itself
+    claims = jwt.decode(body["access_token"], token_key(client.settings.signing_key()), algorithms=["HS256"])
     assert claims["sub"] == "w-001"
 
 
