@@ -26,6 +26,8 @@ manual acknowledgement, confirmed QoS 1 publishing and the backlog marker are wr
   which it also subscribes to. The broker delivers it after everything it had queued for the session, so when the
   owner has processed a message on that topic for which `is_current_marker(payload)` holds, it has processed the
   backlog of the current connection (a marker of an earlier connection does not count).
+- **TLS.** A `mqtts://` URL connects over TLS, checking the broker's certificate and host name against the system's
+  CAs, or against the CA file the URL names (`mqtts://user:pass@host:8883?cafile=/etc/gridhub/ca.crt`).
 - **Stop.** `stop()` disconnects and ends the loop thread; `end_session=True` also ends a persistent session (MQTT 5:
   session expiry 0 on DISCONNECT; MQTT 3.1.1: one clean-session connection with the same client id).
 
@@ -44,7 +46,9 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -53,12 +57,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from gridhub.protocol import BrokerAddress
+from gridhub.protocol import BrokerAddress, BrokerURLError
 
 __all__ = [
     "AccountRefused", "BrokerAddress", "BrokerError", "BrokerRefused", "BrokerUnreachable", "Connack",
     "MqttConnection", "NoAnswer", "NotConnected", "PublishNotConfirmed", "PublishRejected", "PublishTimeout",
-    "check_broker", "make_client",
+    "check_broker", "make_client", "tls_cafile",
 ]
 
 log = logging.getLogger("gridhub.mqtt")
@@ -134,8 +138,21 @@ def make_client(url: str, client_id: str, *, protocol: int = paho.MQTTv5, clean:
     if addr.username:
         client.username_pw_set(addr.username, addr.password)
     if addr.tls:
-        client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+        client.tls_set(ca_certs=tls_cafile(url), cert_reqs=ssl.CERT_REQUIRED)
     return client
+
+
+def tls_cafile(url: str) -> str | None:
+    """The CA file a `mqtts://` URL names in `?cafile=/path/ca.crt` (the broker's own CA, from `gridhub services
+    certs`), None for the system's CAs. The broker's certificate and its host name are always checked."""
+    values = parse_qs(urlsplit(url).query).get("cafile")
+    if not values:
+        return None
+    cafile = values[-1]
+    if not Path(cafile).is_file():
+        raise BrokerURLError(f"the broker URL's cafile {cafile!r} is not a file: give the path of the CA certificate "
+                             "(ca.crt from `gridhub services certs`)")
+    return cafile
 
 
 def _without_nagle(client: paho.Client, userdata: Any, sock: Any) -> None:

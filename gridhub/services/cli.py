@@ -1,4 +1,5 @@
-"""`gridhub services start [--embedded] | stop | status | env`: the local services from the command line."""
+"""`gridhub services start [--embedded] | stop | status | env | certs`: the local services from the command line,
+and the broker's TLS certificates."""
 
 from __future__ import annotations
 
@@ -19,12 +20,23 @@ def _describe(services: LocalServices) -> list[str]:
     broker = services.broker
     broker_name = "mosquitto" if isinstance(broker, LocalMosquitto) else "amqtt (MQTT 3.1.1 only)"
     broker_state = "running" if broker.is_running() else "stopped"
+    devices = (f"devices on 127.0.0.1:{services.device_port}" if services.device_port != broker.port
+               else "devices on the same port")
     return [
         f"postgres: {pg_state}, {services.postgres_kind} PostgreSQL {flavour} ({pg.bindir}) "
         f"on 127.0.0.1:{pg.port}, data {pg.datadir}",
-        f"mqtt:     {broker_state}, {services.broker_kind} {broker_name} on 127.0.0.1:{broker.port}, "
-        f"files {broker.confdir}",
+        f"mqtt:     {broker_state}, {services.broker_kind} {broker_name}, the hub on 127.0.0.1:{broker.port}, "
+        f"{devices}, files {broker.confdir}",
     ]
+
+
+def _certs(out: Path, hosts: list[str]) -> int:
+    from gridhub.services.certs import make_certs
+
+    files = make_certs(out, hosts)
+    print(f"wrote {files.ca_cert} (give it to devices and the hub), {files.server_cert} and {files.server_key} "
+          f"(the broker's: certfile and keyfile) for {', '.join(hosts)}; keep {files.ca_key} offline")
+    return 0
 
 
 def services_cli(argv: list[str]) -> int:
@@ -38,8 +50,19 @@ def services_cli(argv: list[str]) -> int:
     sub.add_parser("stop", help="stop them")
     sub.add_parser("status", help="show what runs where; exit 3 when not running")
     sub.add_parser("env", help="print GRIDHUB_DATABASE_URL=... and GRIDHUB_MQTT_URL=... for the running services")
+    certs = sub.add_parser("certs", help="write a CA and the broker's TLS server certificate (deploy/README.md)")
+    certs.add_argument("--out", type=Path, required=True, help="directory for ca.crt, ca.key, server.crt, server.key "
+                       "(an existing CA there signs the new server certificate)")
+    certs.add_argument("--host", action="append", required=True,
+                       help="a DNS name or IP address devices and the hub connect to (repeat for several)")
     args = parser.parse_args(argv)
 
+    try:
+        if args.command == "certs":
+            return _certs(args.out, args.host)
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     data_dir = args.data_dir or Settings().data_dir
     try:
         if args.command == "start":

@@ -53,7 +53,14 @@ class LocalServices:
 
     @property
     def mqtt_url(self) -> str:
+        """The hub's URL (its own listener)."""
         return self.broker.url()
+
+    @property
+    def device_port(self) -> int:
+        """Where devices, simulators and worker apps connect: mosquitto's device listener (client id = user
+        name); the embedded broker has one listener and refuses the hub's client ids to other accounts instead."""
+        return self.broker.device_port or self.broker.port
 
     @property
     def has_timescaledb(self) -> bool:
@@ -71,13 +78,20 @@ def _state_file(root: Path) -> Path:
     return root / "services.json"
 
 
-def _build_services(root: Path, postgres_kind: str, broker_kind: str, pg_port: int, mqtt_port: int) -> LocalServices:
+def default_device_port(mqtt_port: int) -> int:
+    """The local mosquitto's device listener: the port after the hub's (GRIDHUB_MQTT_PORT + 1, so 51884)."""
+    return mqtt_port + 1
+
+
+def _build_services(root: Path, postgres_kind: str, broker_kind: str, pg_port: int, mqtt_port: int,
+                    device_port: int | None = None) -> LocalServices:
     postgres = (
         LocalPostgres(root / "postgres", pg_port) if postgres_kind == "system"
         else embedded_postgres(root / "postgres-embedded", pg_port)
     )
     broker: LocalMosquitto | EmbeddedMqttBroker = (
-        LocalMosquitto(root / "mosquitto", mqtt_port) if broker_kind == "system"
+        LocalMosquitto(root / "mosquitto", mqtt_port, device_port=device_port or default_device_port(mqtt_port))
+        if broker_kind == "system"
         else EmbeddedMqttBroker(root / "amqtt", mqtt_port)
     )
     return LocalServices(postgres, broker, postgres_kind, broker_kind)
@@ -108,8 +122,8 @@ def start_local_services(
     data_dir: Path, prefer_embedded: bool = False, *, pg_port: int | None = None, mqtt_port: int | None = None,
 ) -> LocalServices:
     """Start (or find running) the local PostgreSQL and MQTT broker on the private ports
-    (GRIDHUB_PG_PORT, default 55432; GRIDHUB_MQTT_PORT, default 51883): the system programs where
-    installed, else the embedded ones."""
+    (GRIDHUB_PG_PORT, default 55432; GRIDHUB_MQTT_PORT, default 51883, the hub's listener, and the next port for
+    devices): the system programs where installed, else the embedded ones."""
     root = service_root(Path(data_dir))
     ensure_service_root(root)
     configured = services_settings()
@@ -121,7 +135,8 @@ def start_local_services(
     _stop_other_kinds(root, services)
     services.postgres.ensure_started()
     services.broker.ensure_started()
-    state = {"postgres": postgres_kind, "broker": broker_kind, "pg_port": pg_port, "mqtt_port": mqtt_port}
+    state = {"postgres": postgres_kind, "broker": broker_kind, "pg_port": pg_port, "mqtt_port": mqtt_port,
+             "mqtt_device_port": services.device_port}
     write_private(_state_file(root), json.dumps(state, indent=2) + "\n")
     return services
 
@@ -133,7 +148,8 @@ def running_local_services(data_dir: Path) -> LocalServices | None:
         state = json.loads(_state_file(root).read_text())
     except (OSError, ValueError):
         return None
-    return _build_services(root, state["postgres"], state["broker"], int(state["pg_port"]), int(state["mqtt_port"]))
+    return _build_services(root, state["postgres"], state["broker"], int(state["pg_port"]), int(state["mqtt_port"]),
+                           int(state["mqtt_device_port"]) if state.get("mqtt_device_port") else None)
 
 
 def apply_broker_accounts(settings: Any, passwd_text: str, acl_text: str) -> bool:
