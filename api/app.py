@@ -14,10 +14,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gridhub.api import (
     routes_alerts,
+    routes_audit,
     routes_auth,
     routes_devices,
     routes_evidence,
@@ -30,11 +33,68 @@ from gridhub.api import (
     routes_tasks,
 )
 from gridhub.api.commands import CommandPublisher
+from gridhub.api.limits import BodyLimit
 from gridhub.api.pages import mount_pages
 from gridhub.housekeeping import RetentionLoop
 from gridhub.settings import Settings, get_settings
 
 log = logging.getLogger("gridhub.api")
+
+# On every answer (pages set the same two themselves, with their CSP). `no-referrer`: links out of the board or the
+# worker page (a map, a push service) learn nothing of the hub's URLs, which carry task and device ids.
+SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"))
+# Only on answers that went out over TLS (browsers ignore it over plain HTTP anyway). One year, this host only:
+# `includeSubDomains` or `preload` would bind the operator's other hosts, which the hub cannot know about.
+HSTS = (b"strict-transport-security", b"max-age=31536000")
+
+
+def _over_tls(scope: Scope, settings: Settings) -> bool:
+    """The request came over TLS: uvicorn's own TLS (or its proxy-headers rewrite from trusted proxies), or a
+    `X-Forwarded-Proto: https` set by a proxy in GRIDHUB_TRUSTED_PROXIES (the nearest proxy's value, the last)."""
+    if scope.get("scheme") in ("https", "wss"):
+        return True
+    proxies = settings.proxy_networks
+    client = scope.get("client")
+    if not proxies or not client:
+        return False
+    import ipaddress
+
+    try:
+        peer = ipaddress.ip_address(client[0])
+    except ValueError:
+        return False
+    if not any(peer in net for net in proxies):
+        return False
+    values = [v for k, v in scope.get("headers") or () if k.lower() == b"x-forwarded-proto"]
+    if not values:
+        return False
+    last = values[-1].decode("latin-1").split(",")[-1].strip().lower()
+    return last == "https"
+
+
+class SecurityHeaders:
+    """Pure ASGI: adds `SECURITY_HEADERS` (and HSTS over TLS) to every response that does not set them itself.
+    Installed outside Starlette's error middleware (see `create_app`), so that a 500 carries them too."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        tls = _over_tls(scope, self.settings)
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in (*SECURITY_HEADERS, *((HSTS,) if tls else ())):
+                    if name.decode() not in headers:
+                        headers.append(name.decode(), value.decode())
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -109,8 +169,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # evidence before tasks: POST /tasks/{id}/photos must be matched before POST /tasks/{id}/{action}
     for module in (routes_auth, routes_devices, routes_alerts, routes_evidence, routes_tasks, routes_summary,
-                   routes_stream, routes_quarantine, routes_push, routes_people):
+                   routes_stream, routes_quarantine, routes_push, routes_people, routes_audit):
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(routes_system.router)
     mount_pages(app)
+
+    # Limits before work: the body cap sits outside routing, authentication and form parsing (api/limits.py).
+    app.add_middleware(BodyLimit, caps=lambda: (settings.max_body_bytes, settings.max_upload_bytes))
+    # The headers wrap the whole stack, Starlette's error middleware included: every answer has them, a 500 too.
+    build_stack = app.build_middleware_stack
+
+    def build_with_headers() -> ASGIApp:
+        return SecurityHeaders(build_stack(), settings)
+
+    app.build_middleware_stack = build_with_headers  # type: ignore[method-assign]
     return app

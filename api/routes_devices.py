@@ -12,9 +12,10 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import AwareDatetime, BaseModel
 
+from gridhub import audit
 from gridhub.api import schemas
 from gridhub.api.commands import CommandNotDelivered, CommandPublisher
-from gridhub.api.deps import ConnDep, CurrentUser, require_grid_in_scope, require_roles
+from gridhub.api.deps import ClientAddress, ConnDep, CurrentUser, require_grid_in_scope, require_roles
 from gridhub.api.listing import ListOrder, PageDep, fetch_page
 from gridhub.api.schemas import documented
 from gridhub.auth import Principal
@@ -184,8 +185,9 @@ CommandUser = Annotated[Principal, Depends(require_roles("grid_head", "street_of
 @router.post("/devices/{device_id}/commands", status_code=status.HTTP_202_ACCEPTED, response_model=None,
              responses=documented(schemas.CommandSent, 202))
 async def send_command(device_id: str, body: CommandIn, request: Request, conn: ConnDep,
-                       user: CommandUser) -> dict[str, Any]:
-    """Publish a command to the device's `command` topic at QoS 1; 202 once the broker has it."""
+                       user: CommandUser, address: ClientAddress) -> dict[str, Any]:
+    """Publish a command to the device's `command` topic at QoS 1; 202 once the broker has it. Every command
+    handed to the broker is in the audit trail (`device.command`), one it did not take too (`delivered: false`)."""
     row = await scoped_device(conn, user, device_id, "d.id, b.grid_id, d.retired")
     if row["retired"]:
         raise HTTPException(status.HTTP_409_CONFLICT, f"device {device_id} is retired and takes no commands")
@@ -198,5 +200,9 @@ async def send_command(device_id: str, body: CommandIn, request: Request, conn: 
     try:
         await run_in_threadpool(publisher.publish, topic, orjson.dumps(command))
     except CommandNotDelivered as exc:
+        await audit.record_async(conn, user.id, "device.command", target=device_id, address=address,
+                                 detail={"type": body.type, "command_id": command["id"], "delivered": False})
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+    await audit.record_async(conn, user.id, "device.command", target=device_id, address=address,
+                             detail={"type": body.type, "command_id": command["id"], "delivered": True})
     return {**command, "device_id": device_id, "topic": topic, "sent_by": user.id}

@@ -1,7 +1,11 @@
-"""GET /healthz (liveness with dependency checks) and GET /metrics (Prometheus)."""
+"""GET /healthz (liveness with dependency checks) and GET /metrics (Prometheus).
+
+/healthz is unauthenticated, so it says only which dependency is down (`{"ok": false, "error": "unreachable"}`),
+never an exception's text, a host, a port or a URL: those go to the log."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 from fastapi import APIRouter
@@ -14,6 +18,7 @@ from gridhub.metrics import render_counters
 from gridhub.mqtt import check_broker
 
 router = APIRouter(tags=["system"])
+log = logging.getLogger("gridhub.api.health")
 
 
 @router.get("/healthz")
@@ -25,14 +30,17 @@ async def healthz(settings: SettingsDep, pool: PoolDep) -> JSONResponse:
             await conn.execute("SELECT 1")
         checks["database"] = {"ok": True, "ms": round((time.perf_counter() - t0) * 1000, 1)}
     except Exception as exc:  # noqa: BLE001
-        checks["database"] = {"ok": False, "error": str(exc)}
+        log.warning("health: the database is unreachable: %s", exc)
+        checks["database"] = {"ok": False, "error": "unreachable"}
     if settings.mqtt_url:
         t0 = time.perf_counter()
         err = await run_in_threadpool(check_broker, settings.mqtt_url)
-        checks["broker"] = {"ok": err is None, **({"error": err} if err else
+        if err:
+            log.warning("health: the broker is unreachable: %s", err)
+        checks["broker"] = {"ok": err is None, **({"error": "unreachable"} if err else
                                                   {"ms": round((time.perf_counter() - t0) * 1000, 1)})}
     else:
-        checks["broker"] = {"ok": False, "error": "GRIDHUB_MQTT_URL is not set"}
+        checks["broker"] = {"ok": False, "error": "not configured"}
     ok = all(c["ok"] for c in checks.values())
     return JSONResponse({"status": "ok" if ok else "degraded", "checks": checks}, status_code=200 if ok else 503)
 

@@ -14,11 +14,12 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from gridhub import audit
 from gridhub.alerts import changes
 from gridhub.alerts.shapes import TASK_COLUMNS, alert_columns, alert_from_row, task_from_row
 from gridhub.alerts.tasks import ActionForbidden, IllegalTransition, TaskNotFound, apply_action
 from gridhub.api import idempotency, schemas
-from gridhub.api.deps import ConnDep, CurrentUser, SyncPoolDep, require_grid_in_scope
+from gridhub.api.deps import ClientAddress, ConnDep, CurrentUser, SyncPoolDep, require_grid_in_scope
 from gridhub.api.idempotency import OfflineDep
 from gridhub.api.listing import ListOrder, PageDep, fetch_page
 from gridhub.api.schemas import documented
@@ -130,7 +131,7 @@ class TaskActionIn(BaseModel):
 
 @router.post("/tasks/{task_id}/{action}", response_model=None, responses=documented(schemas.Task))
 async def task_action(task_id: str, action: Action, request: Request, conn: ConnDep, user: CurrentUser,
-                      sync_pool: SyncPoolDep, offline: OfflineDep,
+                      sync_pool: SyncPoolDep, offline: OfflineDep, address: ClientAddress,
                       body: Annotated[TaskActionIn | None, Body()] = None) -> dict[str, Any] | JSONResponse:
     """Take a §4.1 action: 403 if your role may not, 409 if the task's state does not allow it, 422 for a bad body.
 
@@ -147,6 +148,9 @@ async def task_action(task_id: str, action: Action, request: Request, conn: Conn
             if key is not None:
                 idempotency.claim(c, user.id, key, "POST", path, fp)
             apply_action(uow, task_id, action, user, payload, client_at=offline.client_at)
+            # in the action's transaction: the row exists exactly when the action took effect
+            audit.record(c, user.id, f"task.{action}", target=task_id, address=address,
+                         detail=audit_detail(payload, offline.client_at))
             with c.cursor(row_factory=dict_row) as cur:
                 row = cur.execute(f"{TASK_SELECT} WHERE t.id = %s", (task_id,)).fetchone()
             assert row is not None  # the action just took it
@@ -173,6 +177,17 @@ async def task_action(task_id: str, action: Action, request: Request, conn: Conn
         if key is not None:
             await run_in_threadpool(store_refusal, sync_pool, user.id, key, path, fp, exc)
         raise
+
+
+def audit_detail(payload: Mapping[str, Any], client_at: datetime | None) -> dict[str, Any]:
+    """What a task action's audit row keeps of its body: the choices made, the note's length only (notes are free
+    text about people and places; the task's history has them for those in scope)."""
+    out: dict[str, Any] = {k: payload[k] for k in ("resolution", "worker_id", "until") if payload.get(k) is not None}
+    if payload.get("note") is not None:
+        out["note_chars"] = len(str(payload["note"]))
+    if client_at is not None:
+        out["client_at"] = client_at.isoformat()
+    return out
 
 
 def store_refusal(sync_pool: ConnectionPool, worker_id: str, key: str, path: str, fp: str,

@@ -36,6 +36,7 @@ import psycopg
 from pydantic import ValidationError
 
 from gridhub.db import connect
+from gridhub.images import FRAME_MAX_PIXELS
 from gridhub.mqtt import Connack, MqttConnection
 from gridhub.protocol import MAX_FRAME, Reason, TopicError, device_topic, parse_topic
 from gridhub.quarantine import quarantine
@@ -45,7 +46,7 @@ from gridhub.settings import Settings
 
 from .config import CameraConfig
 from .evidence import render_evidence
-from .model import ExitDetector, decode_frame
+from .model import ExitDetector, decode_frame, frame_problem
 
 log = logging.getLogger("gridhub.detect")
 
@@ -317,16 +318,24 @@ class DetectService:
             return
         image = frame.image
         if image is None and frame.payload is not None:
-            image = decode_frame(frame.payload)
+            problem = frame_problem(frame.payload)  # from the header: nothing decoded yet
+            image = decode_frame(frame.payload) if problem is None else None
             if image is None:
                 self._quarantine(
                     frame.topic,
                     cam.id,
                     Reason.BAD_FRAME,
-                    f"frame of {len(frame.payload)} bytes is not a decodable image",
+                    f"frame of {len(frame.payload)} bytes is not a decodable image"
+                    + (f": {problem}" if problem else ""),
                     frame.payload,
                 )
                 return
+        elif image is not None and image.shape[0] * image.shape[1] > FRAME_MAX_PIXELS:
+            # a pulled frame, decoded by the source's reader: too large to work on
+            h, w = image.shape[:2]
+            self._quarantine(frame.topic, cam.id, Reason.BAD_FRAME,
+                             f"pulled frame of {w}×{h} pixels is over {FRAME_MAX_PIXELS:,}", b"")
+            return
         if image is None:
             return
         if cam.last_ts is not None and frame.ts_ms <= cam.last_ts:

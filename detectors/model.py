@@ -39,6 +39,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from gridhub.images import FRAME_MAX_PIXELS, REFERENCE_MAX_PIXELS, ImageRefused, check_image
+
 from .background import Background
 from .config import CameraConfig
 from .evidence_track import Evidence
@@ -46,7 +48,10 @@ from .judgement import DetectionEvent, FrameResult, Judgement, View
 from .lighting import Lighting
 from .stage import WORK_WIDTH, Features, Geometry, Tuning
 
-__all__ = ["WORK_WIDTH", "CameraConfig", "DetectionEvent", "ExitDetector", "FrameResult", "Tuning"]
+__all__ = ["WORK_WIDTH", "CameraConfig", "DetectionEvent", "ExitDetector", "FrameResult", "Tuning", "decode_frame",
+           "frame_problem"]
+
+MAX_REFERENCE_BYTES = 64 * 1024 * 1024
 
 
 class ExitDetector:
@@ -69,9 +74,20 @@ class ExitDetector:
     def _read_reference(self) -> np.ndarray | None:
         if self.config.reference is None:
             return None
-        ref = cv2.imread(str(self.config.reference), cv2.IMREAD_COLOR)
+        path = Path(self.config.reference)
+        try:
+            if path.stat().st_size > MAX_REFERENCE_BYTES:
+                raise ValueError(f"reference image {path} is over {MAX_REFERENCE_BYTES // (1024 * 1024)} MiB")
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ValueError(f"reference image {path} cannot be read: {exc.strerror or exc}") from None
+        try:  # its size from the header, before anything is decoded
+            check_image(data, REFERENCE_MAX_PIXELS)
+        except ImageRefused as exc:
+            raise ValueError(f"reference image {path}: {exc}") from None
+        ref = _imdecode(data, cv2.IMREAD_COLOR)
         if ref is None:
-            raise ValueError(f"reference image {self.config.reference} cannot be read as an image")
+            raise ValueError(f"reference image {path} cannot be read as an image")
         return ref
 
     # -- public ---------------------------------------------------------------------------
@@ -236,12 +252,29 @@ def load_frame(path: Path, reduced: bool = True) -> np.ndarray | None:
     return cv2.imread(str(path), flag)
 
 
-def decode_frame(data: bytes, reduced: bool = True) -> np.ndarray | None:
-    """Decode JPEG (or PNG) bytes; ``None`` when they are not an image."""
+def frame_problem(data: bytes) -> str | None:
+    """Why these bytes are not a frame the detector takes, judged from the header alone (no pixel decoded): not a
+    JPEG or PNG, or over ``FRAME_MAX_PIXELS``. ``None``: decode it."""
     if not data:
+        return "an empty frame"
+    try:
+        check_image(data, FRAME_MAX_PIXELS)
+    except ImageRefused as exc:
+        return str(exc)
+    return None
+
+
+def _imdecode(data: bytes, flag: int) -> np.ndarray | None:
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    except cv2.error:  # OpenCV's own pixel cap (gridhub/images.py), or a header it cannot take
         return None
-    flag = cv2.IMREAD_REDUCED_COLOR_2 if reduced else cv2.IMREAD_COLOR
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-    if img is None or img.ndim != 3:
+    return img if img is not None and img.ndim == 3 else None
+
+
+def decode_frame(data: bytes, reduced: bool = True) -> np.ndarray | None:
+    """Decode JPEG (or PNG) bytes; ``None`` when they are not an image or ``frame_problem`` refuses them (its
+    size over ``FRAME_MAX_PIXELS``, read from the header before decoding)."""
+    if frame_problem(data) is not None:
         return None
-    return img
+    return _imdecode(data, cv2.IMREAD_REDUCED_COLOR_2 if reduced else cv2.IMREAD_COLOR)

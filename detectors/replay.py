@@ -17,7 +17,7 @@ from typing import TextIO
 
 from .config import CameraConfigError, load_camera_config
 from .evidence import render_evidence
-from .model import ExitDetector, decode_frame
+from .model import ExitDetector, decode_frame, frame_problem
 
 PROGRESS_EVERY_S = 5.0
 
@@ -78,9 +78,11 @@ def replay(
                 print(f"frame {path.name}: cannot be read ({exc}); skipped", file=log)
                 skipped += 1
                 continue
-            frame = decode_frame(data)
+            problem = frame_problem(data)  # from the header: nothing decoded yet
+            frame = decode_frame(data) if problem is None else None
             if frame is None:
-                print(f"frame {path.name}: not a decodable image; skipped", file=log)
+                print(f"frame {path.name}: not a decodable image{': ' + problem if problem else ''}; skipped",
+                      file=log)
                 skipped += 1
                 continue
             result = detector.process(frame, ts)

@@ -127,6 +127,10 @@ class Settings(BaseSettings):
     trusted_proxies: str = Field(default="", description="comma-separated addresses or networks of the reverse"
                                  " proxies whose X-Forwarded-For is believed (log-in throttling, the audit trail);"
                                  " unset: the peer's own address")
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0, description="the largest request body of the API but"
+                                " photo uploads, in bytes; larger is a 413 before it is read (api/limits.py)")
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="the largest photo upload request"
+                                  " (a photo is at most 8 MiB, plus note and multipart framing), in bytes")
     notify_file: Path | None = Field(default=None, description="notification channels and routes (CONTRACT §6);"
                                      " unset: nothing is sent outside the hub")
     camera_files_dir: Path | None = Field(default=None, description="the folder a camera `source` may name files"
