@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import re
-import string
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -35,12 +34,13 @@ import paho.mqtt.client as paho
 import psycopg
 from pydantic import ValidationError
 
+from gridhub import envref
 from gridhub.db import connect
 from gridhub.images import FRAME_MAX_PIXELS
 from gridhub.mqtt import Connack, MqttConnection
 from gridhub.protocol import MAX_FRAME, Reason, TopicError, device_topic, parse_topic
 from gridhub.quarantine import quarantine
-from gridhub.registry import CameraBlock
+from gridhub.registry import CameraBlock, check_camera_source
 from gridhub.runtime import run_until_signalled
 from gridhub.settings import Settings
 
@@ -95,11 +95,16 @@ class Frame:
 
 
 def expand_source(source: str) -> str:
-    """``${NAME}`` taken from the environment; a missing variable is an error that names it."""
-    missing = [m for m in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", source) if m not in os.environ]
-    if missing:
-        raise KeyError(f"camera source needs the environment variable {missing[0]}")
-    return string.Template(source).substitute(os.environ)
+    """``${NAME}`` taken from the environment (``gridhub.envref``, the resolver of the notify file: never the
+    hub's own ``GRIDHUB_…`` settings); a missing variable is an EnvRefError (a ValueError) that names it."""
+    return envref.expand(source, where="a camera source")
+
+
+def open_source(source: str, files_dir: Path | None) -> str:
+    """The source as the reader opens it: expanded, then checked against the allow-list of the registry
+    (``check_camera_source``: rtsp, rtsps, http, https, files under GRIDHUB_CAMERA_FILES_DIR only) again, since a
+    ``${NAME}`` may have said anything. ValueError says why not."""
+    return check_camera_source(expand_source(source), files_dir)
 
 
 def camera_from_row(device_id: str, block: dict[str, Any], heartbeat_s: int | None) -> Camera:
@@ -434,9 +439,9 @@ class DetectService:
     def _pull(self, cam: Camera) -> None:
         """Read a frame from the camera's source every ``interval_s`` until told to stop."""
         try:
-            url = expand_source(cam.source)
-        except KeyError as exc:
-            log.error("camera %s: %s; not pulling", cam.id, exc.args[0])
+            url = open_source(cam.source, self.settings.camera_files_dir)
+        except ValueError as exc:
+            log.error("camera %s: %s; not pulling", cam.id, exc)
             return
         reader = SourceReader(url)
         failures = 0

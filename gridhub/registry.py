@@ -1,9 +1,18 @@
-"""The registry file of CONTRACT §2: parse with line numbers, validate, upsert idempotently, export."""
+"""The registry file of CONTRACT §2: parse with line numbers, validate, upsert idempotently, export.
+
+A worker leaves by `active: false` or, with `prune`, by no longer being in the file: in the import's transaction
+they are deactivated (log-in and tokens refused at once: `current_user` checks `active`), their push
+subscriptions deleted and their open tasks dispatched again (`gridhub.alerts.revoke`); a worker moved out of a grid
+loses their tasks there the same way. Their broker account goes at the next credentials write (`gridhub.broker`
+gives inactive workers none). A camera's `source` must be one the detectors may open (`check_camera_source`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+import importlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from gridhub import envref
 from gridhub.db import REGISTRY_CHANNEL
 from gridhub.protocol import DEVICE_ID_PATTERN, DeviceKind
 
@@ -83,6 +93,7 @@ class Worker(_Strict):
     grids: list[Id] = []
     street: Id | None = None
     notify: WorkerNotify | None = None
+    active: StrictBool = True  # false: dismissed; log-in, tokens, tasks, push and broker account taken away
 
     @model_validator(mode="after")
     def _scope(self) -> Worker:
@@ -113,6 +124,61 @@ class CameraBlock(CameraScene):
 
     source: StrictStr = "mqtt"
     interval_s: PositiveInt = 5
+
+
+NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https")
+MQTT_SOURCE = "mqtt"
+
+
+class CameraSourceError(ValueError):
+    """A camera source the detectors may not open; the message says why and what is allowed."""
+
+
+def check_camera_source(source: str, files_dir: Path | None) -> str:
+    """The camera `source` as the detectors open it, or CameraSourceError. Allowed: `mqtt` (frames over MQTT, the
+    default), rtsp, rtsps, http and https URLs, and files (a path or file:///path) under `files_dir`
+    (GRIDHUB_CAMERA_FILES_DIR; unset: no files); a relative path is taken under `files_dir` and a file is returned as
+    its absolute resolved path (symbolic links followed). `${NAME}` may stand for any part but never for the hub's
+    own settings (`GRIDHUB_…`); a source still holding references (at registry import) is checked as far as it can
+    be, and again after expansion when the detector opens it."""
+    bad = envref.protected_refs(source)
+    if bad:
+        raise CameraSourceError(f"${{{bad[0]}}}: the hub's own settings cannot be used in a camera source")
+    if source == MQTT_SOURCE:
+        return source
+    has_refs = bool(envref.refs(source))
+    allowed = f"use {', '.join(NETWORK_SCHEMES)}, {MQTT_SOURCE}, or a file under GRIDHUB_CAMERA_FILES_DIR"
+    if "://" in source:
+        scheme = source.split("://", 1)[0]
+        if envref.refs(scheme):
+            return source  # the whole URL from the environment: checked when the detector expands it
+        scheme = scheme.lower()
+        if scheme in NETWORK_SCHEMES:
+            if not source.split("://", 1)[1].split("/", 1)[0]:
+                raise CameraSourceError(f"{scheme} source without a host")
+            return source
+        if scheme != "file":
+            raise CameraSourceError(f"scheme {scheme!r} is not allowed for a camera source: {allowed}")
+        path_text = source.split("://", 1)[1]
+        if path_text.startswith("localhost/"):
+            path_text = path_text.removeprefix("localhost")
+        if not path_text.startswith("/"):
+            raise CameraSourceError("a file:// source needs an absolute path (file:///folder/video.mp4)")
+    elif source.startswith("${") and has_refs:
+        return source  # all of it from the environment: checked when the detector expands it
+    else:
+        path_text = source
+    if files_dir is None:
+        raise CameraSourceError(f"a camera source may not read a file ({source!r}): set GRIDHUB_CAMERA_FILES_DIR to"
+                                " the folder camera files may be read from, or " + allowed.split(", or ")[0])
+    if has_refs:
+        return source
+    base = files_dir.resolve()
+    path = (base / path_text).resolve()
+    if not path.is_relative_to(base):
+        raise CameraSourceError(f"{source!r} is outside GRIDHUB_CAMERA_FILES_DIR ({base}): camera files are read"
+                                " from that folder only")
+    return str(path)
 
 
 class Device(_Strict):
@@ -161,8 +227,9 @@ def _scalar(node: yaml.Node) -> Any:
     return yaml.SafeLoader("").construct_object(node, deep=True) if isinstance(node, yaml.ScalarNode) else None
 
 
-def parse(text: str, source: str = "<registry>") -> RegistryFile:
-    """Parse and validate a registry file; RegistryError names the line and the field of every problem."""
+def parse(text: str, source: str = "<registry>", *, camera_files_dir: Path | None = None) -> RegistryFile:
+    """Parse and validate a registry file; RegistryError names the line and the field of every problem.
+    `camera_files_dir`: where camera sources may read files (GRIDHUB_CAMERA_FILES_DIR; None: nowhere)."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -187,7 +254,7 @@ def parse(text: str, source: str = "<registry>") -> RegistryFile:
                     break
             problems.append((line, _field_path(loc, data), err["msg"]))
         raise RegistryError(source, problems) from None
-    _check_references(reg, lines, source)
+    _check_references(reg, lines, source, camera_files_dir)
     return reg
 
 
@@ -207,7 +274,8 @@ def _field_path(loc: Iterable[Any], data: Any) -> str:
     return ".".join(parts) or "(top)"
 
 
-def _check_references(reg: RegistryFile, lines: dict[tuple[Any, ...], int], source: str) -> None:
+def _check_references(reg: RegistryFile, lines: dict[tuple[Any, ...], int], source: str,
+                      camera_files_dir: Path | None = None) -> None:
     problems: list[tuple[int | None, str, str]] = []
     seen: dict[str, set[str]] = {}
 
@@ -256,16 +324,23 @@ def _check_references(reg: RegistryFile, lines: dict[tuple[Any, ...], int], sour
         if dev.kind == DeviceKind.CAMERA and dev.camera is None:
             problems.append((lines.get(("devices", xi)), f"devices[{xi}]({dev.id}).camera",
                              "a camera needs a camera block with its roi"))
+        if dev.camera is not None:
+            try:
+                check_camera_source(dev.camera.source, camera_files_dir)
+            except CameraSourceError as exc:
+                path = ("devices", xi, "camera", "source")
+                problems.append((lines.get(path, lines.get(path[:-1])), f"devices[{xi}]({dev.id}).camera.source",
+                                 str(exc)))
     if problems:
         raise RegistryError(source, problems)
 
 
-def load_file(path: Path) -> RegistryFile:
+def load_file(path: Path, *, camera_files_dir: Path | None = None) -> RegistryFile:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RegistryError(str(path), [(None, "(file)", f"cannot read: {exc.strerror}")]) from exc
-    return parse(text, str(path))
+    return parse(text, str(path), camera_files_dir=camera_files_dir)
 
 
 # ---------------------------------------------------------------- database
@@ -292,7 +367,8 @@ _STREETS = _Table("streets", ("id", "district_id", "name"))
 _COMMUNITIES = _Table("communities", ("id", "street_id", "name"))
 _GRIDS = _Table("grids", ("id", "community_id", "name"))
 _BUILDINGS = _Table("buildings", ("id", "grid_id", "name", "floors"))
-_WORKERS = _Table("workers", ("id", "name", "phone", "role", "street_id", "wecom_userid", "dingtalk_mobile"))
+_WORKERS = _Table("workers", ("id", "name", "phone", "role", "street_id", "wecom_userid", "dingtalk_mobile",
+                              "active"))
 _DEVICES = _Table(
     "devices",
     ("id", *_DEVICE_FIELDS),
@@ -321,7 +397,8 @@ def _rows(reg: RegistryFile) -> Iterator[tuple[_Table, tuple[Any, ...], _Follow]
                         yield _BUILDINGS, (b.id, g.id, b.name, b.floors), []
     for w in reg.workers:
         notify = w.notify or WorkerNotify()
-        yield _WORKERS, (w.id, w.name, w.phone, w.role, w.street, notify.wecom_userid, notify.dingtalk_mobile), [
+        yield _WORKERS, (w.id, w.name, w.phone, w.role, w.street, notify.wecom_userid, notify.dingtalk_mobile,
+                         w.active), [
             ("DELETE FROM worker_grids WHERE worker_id = %s AND NOT (grid_id = ANY(%s))", (w.id, w.grids)),
             *(("INSERT INTO worker_grids (worker_id, grid_id) VALUES (%s, %s) ON CONFLICT DO NOTHING", (w.id, gid))
               for gid in w.grids),
@@ -334,21 +411,91 @@ def _rows(reg: RegistryFile) -> Iterator[tuple[_Table, tuple[Any, ...], _Follow]
         ]
 
 
-def import_registry(conn: psycopg.Connection[Any], reg: RegistryFile) -> dict[str, int]:
-    """Upsert the registry in one transaction; the same file twice changes nothing.
+# the grids each worker is responsible for: a grid worker's or head's own, a street officer's street's
+_SCOPE_SQL = """
+SELECT wg.worker_id, wg.grid_id FROM worker_grids wg JOIN workers w ON w.id = wg.worker_id
+ WHERE w.active AND w.role IN ('grid_worker', 'grid_head')
+UNION
+SELECT w.id, g.id FROM workers w JOIN communities c ON c.street_id = w.street_id JOIN grids g ON g.community_id = c.id
+ WHERE w.active AND w.role = 'street_officer'
+"""
+
+# (unit of work-less) hook: conn, worker id, now, grids or None for all their tasks -> tasks moved
+Revoker = Callable[[psycopg.Connection[Any], str, datetime, "list[str] | None"], int]
+
+
+def _default_revoker(conn: psycopg.Connection[Any], worker_id: str, now: datetime, grids: list[str] | None) -> int:
+    """Their open tasks dispatched again by the alerts room (`gridhub.alerts.revoke`, loaded when a worker loses
+    access: the one place the core reaches into a room, so that no import can leave tasks with someone gone)."""
+    changes = importlib.import_module("gridhub.alerts.changes")
+    revoke = importlib.import_module("gridhub.alerts.revoke")
+    with changes.UnitOfWork(conn) as uow:
+        return len(revoke.reassign_from(uow, worker_id, now, grids=grids))
+
+
+@dataclass
+class ImportResult:
+    """What an import did: rows upserted by table, workers deactivated, (worker, grid) scopes lost, tasks moved."""
+
+    counts: dict[str, int]
+    deactivated: list[str] = field(default_factory=list)
+    left_grids: dict[str, list[str]] = field(default_factory=dict)
+    tasks_reassigned: int = 0
+
+
+def apply_registry(conn: psycopg.Connection[Any], reg: RegistryFile, *, prune: bool = False,
+                   actor: str = "system", address: str | None = None, source: str | None = None,
+                   now: datetime | None = None, revoke: Revoker | None = None) -> ImportResult:
+    """Upsert the registry in one transaction; the same file twice changes nothing. With `prune`, the active
+    workers the file does not list are deactivated. Every worker who becomes inactive, and every worker who is no
+    longer responsible for a grid, loses their open tasks (there) in the same transaction; the deactivated also
+    their push subscriptions. Audit rows `registry.import` and `worker.deactivated` (by `actor` from `address`).
 
     Parents referenced but absent from the file (a file of devices only, say) must already exist in the
     database, or the foreign keys refuse the import with the missing id named.
     """
-    counts = {t.name: 0 for t in _TABLES}
+    from gridhub.audit import record
+
+    now = now or datetime.now(UTC)
+    revoke = revoke or _default_revoker
+    result = ImportResult({t.name: 0 for t in _TABLES})
     with conn.transaction():
+        was_active = {r[0] for r in conn.execute("SELECT id FROM workers WHERE active")}
+        scope_before = set(conn.execute(_SCOPE_SQL).fetchall())
         for table, row, follow in _rows(reg):
             conn.execute(table.sql, row)
             for sql, params in follow:
                 conn.execute(sql, params)
-            counts[table.name] += 1
+            result.counts[table.name] += 1
+        if prune:
+            listed = [w.id for w in reg.workers]
+            conn.execute("UPDATE workers SET active = false WHERE active AND NOT (id = ANY(%s))", (listed,))
+        now_active = {r[0] for r in conn.execute("SELECT id FROM workers WHERE active")}
+        result.deactivated = sorted(was_active - now_active)
+        lost: dict[str, list[str]] = {}
+        for wid, gid in sorted(scope_before - set(conn.execute(_SCOPE_SQL).fetchall())):
+            if wid in now_active:
+                lost.setdefault(wid, []).append(gid)
+        result.left_grids = lost
+        for wid in result.deactivated:
+            subs = conn.execute("DELETE FROM push_subscriptions WHERE worker_id = %s", (wid,)).rowcount
+            moved = revoke(conn, wid, now, None)
+            result.tasks_reassigned += moved
+            record(conn, actor, "worker.deactivated", target=wid, address=address,
+                   detail={"by": "prune" if prune and wid not in {w.id for w in reg.workers} else "active: false",
+                           "tasks_reassigned": moved, "push_subscriptions_deleted": subs})
+        for wid, grids in lost.items():
+            result.tasks_reassigned += revoke(conn, wid, now, grids)
+        record(conn, actor, "registry.import", target=source, address=address,
+               detail={"counts": result.counts, "prune": prune, "deactivated": result.deactivated,
+                       "left_grids": lost, "tasks_reassigned": result.tasks_reassigned})
         conn.execute("SELECT pg_notify(%s, 'changed')", (REGISTRY_CHANNEL,))
-    return counts
+    return result
+
+
+def import_registry(conn: psycopg.Connection[Any], reg: RegistryFile, *, prune: bool = False) -> dict[str, int]:
+    """`apply_registry`'s rows upserted by table."""
+    return apply_registry(conn, reg, prune=prune).counts
 
 
 def export_registry(conn: psycopg.Connection[Any]) -> dict[str, Any]:
@@ -375,8 +522,8 @@ def export_registry(conn: psycopg.Connection[Any]) -> dict[str, Any]:
             streets.append({"id": sid, "name": sname, "communities": comms})
         districts.append({"id": did, "name": dname, "streets": streets})
     workers = []
-    for wid, name, phone, role, street, wecom_userid, dingtalk_mobile in q(
-        "SELECT id, name, phone, role, street_id, wecom_userid, dingtalk_mobile FROM workers ORDER BY id"
+    for wid, name, phone, role, street, wecom_userid, dingtalk_mobile, active in q(
+        "SELECT id, name, phone, role, street_id, wecom_userid, dingtalk_mobile, active FROM workers ORDER BY id"
     ).fetchall():
         w: dict[str, Any] = {"id": wid, "name": name}
         if phone is not None:
@@ -390,6 +537,8 @@ def export_registry(conn: psycopg.Connection[Any]) -> dict[str, Any]:
         notify = {k: v for k, v in (("wecom_userid", wecom_userid), ("dingtalk_mobile", dingtalk_mobile)) if v}
         if notify:
             w["notify"] = notify
+        if not active:
+            w["active"] = False
         workers.append(w)
     devices = []
     for did, kind, bld, floor, place, hb, camera, retired in q(

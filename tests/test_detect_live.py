@@ -72,7 +72,8 @@ def live(
             )
     monkeypatch.setenv("GH_TEST_VIDEO", str(video))
     listener = EventListener(hub)
-    service = DetectService(hub.with_instance("detect-test"))
+    # the video is a file: camera sources read files under GRIDHUB_CAMERA_FILES_DIR only
+    service = DetectService(hub.with_instance("detect-test").model_copy(update={"camera_files_dir": tmp_path}))
     service.start()
     try:
         yield hub, service, listener, video
