@@ -139,10 +139,20 @@ def cmd_users(args: argparse.Namespace) -> int:
 def cmd_devices(args: argparse.Namespace) -> int:
     from gridhub.broker import credentials_cli, rotate_cli
 
-    _check_secret_key(_need_db(get_settings()))
+    url = _need_db(get_settings())
+    _check_secret_key(url)
     if args.action == "rotate":
         return rotate_cli(args)
-    return credentials_cli(args)
+    code = credentials_cli(args)
+    if code == 0:  # the audit trail: who wrote the broker's accounts (the device passwords among them), from where
+        from gridhub.audit import cli_actor, record
+        from gridhub.db import connect
+
+        actor, address = cli_actor()
+        with connect(url) as conn:
+            record(conn, actor, "devices.credentials", target=args.out_dir, address=address,
+                   detail={"reload": not args.no_reload})
+    return code
 
 
 def cmd_services(args: argparse.Namespace) -> int:
