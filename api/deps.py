@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import psycopg
-from fastapi import Depends, HTTPException, Query, Request, status
+from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordBearer
 from psycopg.rows import dict_row, namedtuple_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
@@ -54,31 +55,55 @@ ConnDep = Annotated[psycopg.AsyncConnection[dict[str, Any]], Depends(get_conn)]
 _UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
-async def current_user(
-    request: Request,
+def unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers=_UNAUTHORIZED)
+
+
+async def load_principal(pool: AsyncConnectionPool, sub: str, pwd: int) -> Principal:
+    """The person a token names, as the registry says now; AuthError when they are gone, deactivated, or their
+    password changed after the token was issued (`pwd`). The stream calls it again while it is open."""
+    async with pool.connection() as conn, conn.cursor(row_factory=namedtuple_row) as cur:
+        # a named tuple: columns by name, here and in gridhub.auth.principal_from_row
+        row: Any = await (await cur.execute(PRINCIPAL_SQL, (sub,))).fetchone()
+    if row is None or not row.active:
+        raise AuthError("invalid token: the user no longer exists or was deactivated")
+    if int(pwd) != int(row.pwd or 0):
+        raise AuthError("token revoked by a password change: log in again")
+    return principal_from_row(row)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A verified caller: who, and until when their log-in holds (the access token's `exp`, epoch seconds)."""
+
+    user: Principal
+    claims: dict[str, Any]
+    expires_at: float
+
+
+async def current_caller(
     settings: SettingsDep,
     pool: PoolDep,
     bearer: Annotated[str | None, Depends(oauth2)],
-    access_token: Annotated[str | None, Query(include_in_schema=False)] = None,
-) -> Principal:
-    token = bearer or access_token
-    if not token:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "not authenticated: send Authorization: Bearer <token>",
-                            headers=_UNAUTHORIZED)
+) -> Caller:
+    """The caller of an ordinary route: `Authorization: Bearer` only. A token in the query string
+    (`?access_token=`) is taken by `/api/v1/stream` alone (CONTRACT §4): elsewhere it is a 401, so that tokens do
+    not travel in URLs that proxies, browsers and access logs keep."""
+    if not bearer:
+        raise unauthorized("not authenticated: send Authorization: Bearer <token>")
     try:
-        claims = decode_token(token, settings.signing_key())
+        claims = decode_token(bearer, settings.signing_key())
+        user = await load_principal(pool, str(claims["sub"]), int(claims.get("pwd", 0)))
     except AuthError as exc:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc), headers=_UNAUTHORIZED) from exc
-    async with pool.connection() as conn, conn.cursor(row_factory=namedtuple_row) as cur:
-        # a named tuple: columns by name, here and in gridhub.auth.principal_from_row
-        row: Any = await (await cur.execute(PRINCIPAL_SQL, (claims["sub"],))).fetchone()
-    if row is None or not row.active:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid token: the user no longer exists",
-                            headers=_UNAUTHORIZED)
-    if int(claims.get("pwd", 0)) != int(row.pwd or 0):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "token revoked by a password change: log in again",
-                            headers=_UNAUTHORIZED)
-    return principal_from_row(row)
+        raise unauthorized(str(exc)) from exc
+    return Caller(user, claims, float(claims["exp"]))
+
+
+CurrentCaller = Annotated[Caller, Depends(current_caller)]
+
+
+async def current_user(caller: CurrentCaller) -> Principal:
+    return caller.user
 
 
 CurrentUser = Annotated[Principal, Depends(current_user)]

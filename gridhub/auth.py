@@ -1,7 +1,14 @@
-"""Users, passwords and tokens: who is calling and which grids they may see."""
+"""Users, passwords and tokens: who is calling and which grids they may see.
+
+Two kinds of signed token share the token key (`token_key`, derived from the root secret): the log-in's access token (`sub`, `exp`, `pwd`: no audience) and the
+stream ticket (`aud: gridhub-stream`, a minute long, carrying the access token's own `exp` as `texp`). Each decoder
+accepts only its own kind: a ticket is refused as a Bearer token (PyJWT refuses an audience nobody asked for), and
+an access token is refused as a ticket.
+"""
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,6 +97,7 @@ def issue_token(principal_id: str, key: str, ttl_s: int, password_set_at: float 
 
 
 def decode_token(token: str, key: str) -> dict[str, Any]:
+    """An access token's claims; a stream ticket (or any token with an audience) is refused."""
     try:
         claims: dict[str, Any] = jwt.decode(token, token_key(key), algorithms=[ALGORITHM],
                                             options={"require": ["sub", "exp", "pwd"]})
@@ -100,6 +108,54 @@ def decode_token(token: str, key: str) -> dict[str, Any]:
     if not isinstance(claims.get("pwd"), int) or claims["pwd"] <= 0:  # minted for an account without a password
         raise AuthError("invalid token")
     return claims
+
+
+STREAM_AUDIENCE = "gridhub-stream"
+TICKET_TTL_S = 60
+
+
+def issue_stream_ticket(claims: dict[str, Any], key: str, ttl_s: int = TICKET_TTL_S) -> tuple[str, int]:
+    """A ticket to open `/api/v1/stream` once, from a verified access token's claims: (ticket, seconds it is good
+    for). It keeps the access token's `pwd` (a password change revokes it) and its expiry as `texp` (the stream it
+    opens ends when the log-in does); it never outlives the access token."""
+    now = int(time.time())
+    token_exp = int(claims["exp"])
+    exp = min(now + ttl_s, token_exp)
+    ticket = jwt.encode({"sub": claims["sub"], "aud": STREAM_AUDIENCE, "iat": now, "exp": exp,
+                         "texp": token_exp, "pwd": int(claims.get("pwd", 0)), "jti": secrets.token_urlsafe(12)},
+                        token_key(key), algorithm=ALGORITHM)
+    return ticket, max(0, exp - now)
+
+
+def decode_stream_ticket(ticket: str, key: str) -> dict[str, Any]:
+    """A stream ticket's claims (an access token is refused here)."""
+    try:
+        claims: dict[str, Any] = jwt.decode(ticket, token_key(key), algorithms=[ALGORITHM], audience=STREAM_AUDIENCE,
+                                            options={"require": ["sub", "exp", "aud", "jti", "texp"]})
+    except jwt.ExpiredSignatureError as exc:
+        raise AuthError("stream ticket expired: ask for a new one (POST /api/v1/stream/ticket)") from exc
+    except jwt.PyJWTError as exc:
+        raise AuthError("invalid stream ticket") from exc
+    return claims
+
+
+class TicketLedger:
+    """The tickets already used in this process, each remembered until it expires: a ticket opens one stream.
+    Per process: with several API processes behind a balancer a ticket could open one stream in each within
+    its minute (it is still bound to its person, their password and their log-in's expiry)."""
+
+    def __init__(self) -> None:
+        self._used: dict[str, float] = {}
+
+    def use(self, jti: str, exp: float) -> bool:
+        """True the first time `jti` is presented, False after."""
+        now = time.time()
+        if len(self._used) > 1024:
+            self._used = {j: e for j, e in self._used.items() if e >= now}
+        if jti in self._used:
+            return False
+        self._used[jti] = exp
+        return True
 
 
 PRINCIPAL_SQL = """

@@ -91,17 +91,49 @@ const GH = (() => {
     if (GH.onLogOut) GH.onLogOut();
   }
 
-  // Live alert and task changes. The browser's EventSource resends Last-Event-ID by itself when it reconnects.
+  // Live alert and task changes. Each connection asks for a one-use stream ticket (POST /api/v1/stream/ticket), so
+  // the log-in token never travels in a URL. A ticket opens one stream, and the hub ends a stream when the log-in
+  // expires, is revoked or the person's scope changes: on any error the source is closed and, 3 s later, reopened
+  // with a new ticket after the last event seen (`last_event_id`). A 401 for the ticket logs out (request does).
+  // Returns { close() }.
   function live(handlers, onStatus) {
-    const source = new EventSource("/api/v1/stream?access_token=" + encodeURIComponent(token()));
-    source.addEventListener("open", () => onStatus && onStatus(true));
-    source.addEventListener("error", () => onStatus && onStatus(false));
-    for (const kind of ["alert", "task"]) {
-      source.addEventListener(kind, (ev) => {
-        try { handlers[kind] && handlers[kind](JSON.parse(ev.data), ev.lastEventId); } catch (e) { console.error(e); }
+    let source = null, timer = null, closed = false, lastId = null;
+    const status = (on) => onStatus && onStatus(on);
+    function again() { if (!closed && !timer) timer = setTimeout(open, 3000); }
+    async function open() {
+      timer = null;
+      let ticket;
+      try {
+        ticket = (await post("/api/v1/stream/ticket")).ticket;
+      } catch (e) {
+        status(false);
+        if (e.status !== 401) again();
+        return;
+      }
+      if (closed) return;
+      const query = new URLSearchParams({ ticket });
+      if (lastId) query.set("last_event_id", lastId);
+      const es = new EventSource("/api/v1/stream?" + query);
+      source = es;
+      es.addEventListener("open", () => status(true));
+      es.addEventListener("error", () => {
+        es.close();
+        if (source !== es) return;
+        source = null;
+        status(false);
+        again();
       });
+      for (const kind of ["alert", "task"]) {
+        es.addEventListener(kind, (ev) => {
+          if (ev.lastEventId) lastId = ev.lastEventId;
+          try { handlers[kind] && handlers[kind](JSON.parse(ev.data), ev.lastEventId); } catch (e) { console.error(e); }
+        });
+      }
     }
-    return source;
+    open();
+    return {
+      close() { closed = true; clearTimeout(timer); timer = null; if (source) source.close(); source = null; },
+    };
   }
 
   function el(tag, attrs, ...children) {
