@@ -20,6 +20,26 @@ def _setup_logging(verbose: bool = False) -> None:
     )
 
 
+def _check_secret_key(url: str) -> None:
+    """A GRIDHUB_SECRET_KEY shorter than 32 bytes stops a new install (exit 2, one line) and is warned about on an
+    existing one (its database has devices, or its data directory has state)."""
+    from gridhub.db import connect
+    from gridhub.settings import SecretKeyTooShort, check_secret_key
+
+    settings = get_settings()
+    if not settings.secret_key:
+        return
+    with connect(url) as conn:
+        row = conn.execute("SELECT EXISTS (SELECT 1 FROM devices)").fetchone()
+    try:
+        warning = check_secret_key(settings, existing=bool(row and row[0]))
+    except SecretKeyTooShort as exc:
+        print(f"gridhub: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if warning:
+        logging.getLogger("gridhub").warning("%s", warning)
+
+
 def _need_db(settings: Settings) -> str:
     if not settings.database_url:
         settings = resolve_services(settings)
@@ -39,27 +59,56 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_registry(args: argparse.Namespace) -> int:
     from gridhub.db import connect, migrate
-    from gridhub.registry import RegistryError, dump_yaml, export_registry, import_registry, load_file
+    from gridhub.registry import RegistryError, apply_registry, dump_yaml, export_registry, load_file
 
     url = _need_db(get_settings())
     migrate(url)
     if args.action == "import":
+        from gridhub.audit import cli_actor
+
+        _check_secret_key(url)
         try:
-            reg = load_file(Path(args.file))
+            reg = load_file(Path(args.file), camera_files_dir=get_settings().camera_files_dir)
         except RegistryError as exc:
             print(exc, file=sys.stderr)
             return 2
+        actor, address = cli_actor()
         with connect(url) as conn:
             try:
-                counts = import_registry(conn, reg)
+                result = apply_registry(conn, reg, prune=args.prune, actor=actor, address=address, source=args.file)
             except Exception as exc:  # a foreign key names the missing parent
                 print(f"registry import refused: {exc}", file=sys.stderr)
                 return 2
-        print("imported " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        print("imported " + ", ".join(f"{v} {k}" for k, v in result.counts.items()))
+        for wid in result.deactivated:
+            print(f"deactivated worker {wid}: log-in, tokens, push subscriptions and broker account taken away")
+        for wid, grids in result.left_grids.items():
+            print(f"worker {wid} no longer works in {', '.join(grids)}")
+        if result.deactivated or result.left_grids:
+            print(f"{result.tasks_reassigned} open task(s) reassigned")
+        _write_credentials_after_import(bool(result.deactivated))
         return 0
     with connect(url) as conn:
         sys.stdout.write(dump_yaml(export_registry(conn)))
     return 0
+
+
+def _write_credentials_after_import(someone_left: bool) -> None:
+    """The broker's accounts follow the registry: written again after every import (a deactivated worker's account
+    is gone) and applied at once to the local broker; another broker reloads the files when told (SIGHUP)."""
+    from gridhub.broker import write_credentials
+
+    settings = get_settings()
+    try:
+        res = write_credentials(settings)
+    except RuntimeError as exc:  # no broker URL with the hub's account: nothing to write
+        if someone_left:
+            print(f"broker accounts not written ({exc}): run `gridhub devices credentials`", file=sys.stderr)
+        return
+    if res["applied_to_local_broker"]:
+        print(f"broker accounts written to {res['dir']} and applied to the local broker")
+    else:
+        print(f"broker accounts written to {res['dir']}: send your mosquitto SIGHUP to apply them", file=sys.stderr)
 
 
 def cmd_users(args: argparse.Namespace) -> int:
@@ -88,9 +137,22 @@ def cmd_users(args: argparse.Namespace) -> int:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    from gridhub.broker import credentials_cli
+    from gridhub.broker import credentials_cli, rotate_cli
 
-    return credentials_cli(args)
+    url = _need_db(get_settings())
+    _check_secret_key(url)
+    if args.action == "rotate":
+        return rotate_cli(args)
+    code = credentials_cli(args)
+    if code == 0:  # the audit trail: who wrote the broker's accounts (the device passwords among them), from where
+        from gridhub.audit import cli_actor, record
+        from gridhub.db import connect
+
+        actor, address = cli_actor()
+        with connect(url) as conn:
+            record(conn, actor, "devices.credentials", target=args.out_dir, address=address,
+                   detail={"reload": not args.no_reload})
+    return code
 
 
 def cmd_services(args: argparse.Namespace) -> int:
@@ -116,6 +178,7 @@ def cmd_part(args: argparse.Namespace) -> int:
 
     assert settings.database_url
     migrate(settings.database_url)
+    _check_secret_key(settings.database_url)
     part = args.command
     if part == "ingest":
         from gridhub.ingest.service import run as run_ingest
@@ -167,6 +230,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     assert settings.database_url
     migrate(settings.database_url)
+    _check_secret_key(settings.database_url)
     parts = args.parts.split(",") if args.parts else list(PARTS)
     return supervise(parts, port=args.port, host=args.host)
 
@@ -231,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     reg_sub = reg.add_subparsers(dest="action", required=True)
     ri = reg_sub.add_parser("import", help="upsert a registry YAML file")
     ri.add_argument("file")
+    ri.add_argument("--prune", action="store_true",
+                    help="deactivate the workers the file no longer lists (without it an import is partial)")
     reg_sub.add_parser("export", help="print the registry as YAML")
     reg.set_defaults(func=cmd_registry)
 
@@ -246,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     cr = dev_sub.add_parser("credentials", help="write mosquitto's password file and ACL from the registry")
     cr.add_argument("--out-dir", help="where to write passwd, acl and device-credentials.csv")
     cr.add_argument("--no-reload", action="store_true", help="do not signal the local broker to reload")
+    ro = dev_sub.add_parser("rotate", help="move every device still on the legacy password to the separated key,"
+                            " write the new credentials and list the devices to re-provision")
+    ro.add_argument("--out-dir", help="where to write passwd, acl and device-credentials.csv")
+    ro.add_argument("--no-reload", action="store_true", help="do not signal the local broker to reload")
     dev.set_defaults(func=cmd_devices)
 
     svc = sub.add_parser("services", help="the project's own PostgreSQL and mosquitto (start|stop|status|env)",
