@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jwt
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
@@ -59,7 +60,17 @@ def test_tampered_token_is_401(client, passwords):
     assert client.get("/api/v1/me").status_code == 401
 
 
-def test_password_change_revokes_old_tokens(client, db_url):
+def test_password_change_revokes_old_tokens(client, db_url, passwords):
+    try:
+        _change_passwords_of_w003(client, db_url)
+    finally:  # the session's other tests log in as w-003 with the session's password
+        from gridhub.auth import set_password
+
+        with psycopg.connect(db_url) as conn:
+            set_password(conn, "w-003", passwords["w-003"])
+
+
+def _change_passwords_of_w003(client, db_url):
     env = {"GRIDHUB_DATABASE_URL": db_url, "GRIDHUB_MQTT_URL": "mqtt://x:y@127.0.0.1:1", "PATH": "/usr/bin:/bin",
            "GRIDHUB_DATA_DIR": str(client.settings.data_dir)}
     set_pw = [sys.executable, "-m", "gridhub.cli", "users", "passwd", "w-003"]
