@@ -1,5 +1,6 @@
 """The amqtt broker as a process of our own (`EmbeddedMqttBroker`), reading the same password and ACL files as
-mosquitto through the plugins in `gridhub.services.amqtt_plugins`.
+mosquitto through the plugins in `gridhub.services.amqtt_plugins`, which also keep other accounts off the hub's
+client ids and check subscriptions against the ACL (amqtt has one listener: devices and the hub share it).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gridhub.services.mosquitto import BrokerFiles
+from gridhub.services.mosquitto import HUB_MQTT_USER, BrokerFiles
 from gridhub.services.process import (
     ServiceError,
     locked,
@@ -34,8 +35,12 @@ def run_broker(config_file: Path) -> int:
     import yaml
     from amqtt.broker import Broker
 
+    from gridhub.services.amqtt_plugins import install_connect_guard
+
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = yaml.safe_load(config_file.read_text())
+    files = config["plugins"]["gridhub.services.amqtt_plugins.MosquittoFileAuth"]
+    install_connect_guard(Path(files["password_file"]), Path(files["acl_file"]), files["hub_user"])
 
     async def serve() -> None:
         broker = Broker(config)
@@ -77,7 +82,7 @@ class EmbeddedMqttBroker(BrokerFiles):
         return self.confdir / "amqtt.log"
 
     def _config(self) -> dict[str, Any]:
-        files = {"password_file": str(self.password_file), "acl_file": str(self.acl_file)}
+        files = {"password_file": str(self.password_file), "acl_file": str(self.acl_file), "hub_user": HUB_MQTT_USER}
         return {
             "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
             "plugins": {
