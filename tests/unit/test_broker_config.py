@@ -144,3 +144,38 @@ def test_the_hub_url_names_its_ca_file(tmp_path: Path) -> None:
     assert tls_cafile("mqtts://gridhub-hub:pw@broker:8883") is None
     with pytest.raises(BrokerURLError, match="cafile"):
         tls_cafile(f"mqtts://gridhub-hub:pw@broker:8883?cafile={tmp_path / 'missing.crt'}")
+
+
+# ------------------------------------------------------------------ the embedded broker's checks (amqtt)
+
+
+def test_embedded_broker_judges_a_subscription_by_every_topic_it_matches() -> None:
+    pytest.importorskip("amqtt", reason="the embedded broker is an extra: pip install -e '.[embedded]'")
+    from gridhub.broker import acl_text
+    from gridhub.services.amqtt_plugins import subscription_allowed
+
+    acl = acl_text("gridhub/v1", "gridhub-hub", [("b-001", "bureau")]) + "user wide\ntopic read a/+\n"
+    ok = lambda user, f: subscription_allowed(acl, user, "c", f)  # noqa: E731
+    assert ok("sa-0001", "gridhub/v1/devices/sa-0001/command")
+    for other in ("gridhub/v1/devices/sa-0002/command", "gridhub/v1/devices/+/command", "gridhub/v1/#", "#",
+                  "gridhub/v1/devices/sa-0001/#", "$share/g/gridhub/v1/devices/+/command"):
+        assert not ok("sa-0001", other), other
+    assert ok("worker.b-001", "gridhub/v1/alerts") and not ok("worker.b-001", "gridhub/v1/+")
+    for anything in ("#", "gridhub/v1/#", "$share/g/gridhub/v1/devices/+/telemetry"):
+        assert ok("gridhub-hub", anything), anything
+    assert ok("wide", "a/+") and not ok("wide", "a/#")  # `a/+` covers one level, not every depth
+
+
+def test_embedded_broker_keeps_the_hubs_client_ids_for_the_hub(tmp_path: Path) -> None:
+    pytest.importorskip("amqtt", reason="the embedded broker is an extra: pip install -e '.[embedded]'")
+    from gridhub.accounts import mosquitto_hash
+    from gridhub.services.amqtt_plugins import AccountFiles, connect_refusal
+
+    (tmp_path / "passwd").write_text(f"gridhub-hub:{mosquitto_hash('h')}\nsa-0001:{mosquitto_hash('d')}\n")
+    (tmp_path / "acl").write_text("")
+    files = AccountFiles(tmp_path / "passwd", tmp_path / "acl")
+    assert connect_refusal(files, "gridhub-hub", "gridhub-hub", "h", "gridhub-ingest-host") is None
+    assert connect_refusal(files, "gridhub-hub", "sa-0001", "d", "sim-sa-0001") is None
+    assert connect_refusal(files, "gridhub-hub", "sa-0001", "d", "gridhub-ingest-host") == 2  # identifier rejected
+    assert connect_refusal(files, "gridhub-hub", "sa-0001", "wrong", "gridhub-ingest-host") == 4
+    assert connect_refusal(files, "gridhub-hub", None, None, "gridhub-ingest-host") == 4
