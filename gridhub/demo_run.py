@@ -132,6 +132,17 @@ def demo_notify_file(data_dir: Path, link_base: str) -> Path:
     return path
 
 
+def _device_broker(settings: Any, mqtt_url: str) -> BrokerAddress:
+    """Where the virtual devices connect: the local mosquitto's device listener (client id = the account's user
+    name, so no device can take the hub's sessions), else the broker the hub was given."""
+    hub = BrokerAddress.parse(mqtt_url)
+    with contextlib.suppress(Exception):
+        local = running_local_services(settings.data_dir)
+        if local is not None and local.is_running() and local.mqtt_url == mqtt_url:
+            return BrokerAddress(hub.host, local.device_port, hub.username, hub.password, hub.tls)
+    return hub
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """Start services, hub parts and simulators; print the board and log-ins; Ctrl-C stops them."""
     started_services = None
@@ -160,6 +171,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     stop_flag = threading.Event()
     loop_box: dict[str, Any] = {}
+    device_broker = _device_broker(settings, mqtt_url)
 
     def simulators() -> None:
         if not _wait_for_board(board, 90, stop_flag) and "api" in parts:
@@ -172,7 +184,7 @@ def run_demo(args: argparse.Namespace) -> int:
             loop_box["loop"], loop_box["stop"] = asyncio.get_running_loop(), stop
             if stop_flag.is_set():
                 return
-            await district_life(BrokerAddress.parse(mqtt_url), DeviceAccounts(secret=settings.signing_key()),
+            await district_life(device_broker, DeviceAccounts(secret=settings.signing_key()),
                                 stop, prefix=settings.topic_prefix, timezone=settings.timezone,
                                 v5=_broker_speaks_v5(settings, args.embedded), board=board, scenarios=scenarios)
 

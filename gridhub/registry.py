@@ -274,6 +274,9 @@ def _field_path(loc: Iterable[Any], data: Any) -> str:
     return ".".join(parts) or "(top)"
 
 
+HUB_CLIENT_PREFIX = "gridhub-"  # Settings.client_id: gridhub-<part>-<instance>
+
+
 def _check_references(reg: RegistryFile, lines: dict[tuple[Any, ...], int], source: str,
                       camera_files_dir: Path | None = None) -> None:
     problems: list[tuple[int | None, str, str]] = []
@@ -304,8 +307,16 @@ def _check_references(reg: RegistryFile, lines: dict[tuple[Any, ...], int], sour
                     for bi, b in enumerate(g.buildings):
                         unique("building", b.id, pg + ("buildings", bi))
                         buildings.add(b.id)
+    def not_the_hubs(kind: str, ident: str, path: tuple[str, int]) -> None:
+        # a broker account's user name is its client id on the device listeners: these are the hub's sessions
+        if ident.lower().startswith(HUB_CLIENT_PREFIX):
+            problems.append((lines.get(path + ("id",)), f"{path[0]}[{path[1]}]({ident}).id",
+                             f"{kind} id {ident!r} starts with {HUB_CLIENT_PREFIX!r}, which names the hub's own MQTT"
+                             " sessions: choose another id"))
+
     for wi, w in enumerate(reg.workers):
         unique("worker", w.id, ("workers", wi))
+        not_the_hubs("worker", w.id, ("workers", wi))
         for gi, gid in enumerate(w.grids):
             if gid not in grids:
                 problems.append((lines.get(("workers", wi, "grids", gi)), f"workers[{wi}]({w.id}).grids",
@@ -315,6 +326,7 @@ def _check_references(reg: RegistryFile, lines: dict[tuple[Any, ...], int], sour
                              f"street {w.street!r} is not defined under districts"))
     for xi, dev in enumerate(reg.devices):
         unique("device", dev.id, ("devices", xi))
+        not_the_hubs("device", dev.id, ("devices", xi))
         if dev.building not in buildings:
             problems.append((lines.get(("devices", xi, "building")), f"devices[{xi}]({dev.id}).building",
                              f"building {dev.building!r} is not defined under districts"))

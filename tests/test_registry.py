@@ -57,6 +57,9 @@ def test_import_twice_changes_nothing(make_database):
         (("building: b-20, floor: -1", "building: b-99, floor: -1"), "devices[3](sp-0201).building", "b-99"),
         (("grids: [g-xg-02]}\n  - {id: w-004", "grids: [g-zz]}\n  - {id: w-004"), "workers[2](w-003).grids", "g-zz"),
         (("[0.98, 0.99]", "[1.5, 0.99]"), "devices[7](cam-0001).camera.roi", "less than or equal to 1"),
+        # the hub's MQTT sessions are gridhub-<part>-<instance>; an account of that name would take them over
+        (("{id: sp-0201,", "{id: gridhub-ingest-h1,"), "devices[3](gridhub-ingest-h1)", "hub's own MQTT"),
+        (("{id: w-003,", "{id: GRIDHUB-alerts-x,"), "workers[2](GRIDHUB-alerts-x)", "hub's own MQTT"),
     ],
 )
 def test_invalid_registry_names_line_and_field(patch, field, words):
