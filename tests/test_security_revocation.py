@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from gridhub.api.app import create_app
 from gridhub.auth import set_password
 from gridhub.broker import build_accounts
-from gridhub.registry import apply_registry, export_registry, parse
+from gridhub.registry import apply_registry, dump_yaml, export_registry, parse
 from gridhub.settings import Settings
 
 DATA = Path(__file__).parent / "data"
@@ -138,3 +138,83 @@ def test_prune_deactivates_the_unlisted_prints_them_and_the_broker_file_loses_th
     again = subprocess.run([*cmd, "--prune", str(DATA / "registry.yaml")], env=env, capture_output=True, text=True)
     assert again.returncode == 0 and "deactivated" not in again.stdout
     assert "worker.w-003:" in passwd.read_text()
+
+
+def test_a_dismissed_workers_live_mqtt_connection_receives_nothing_more(make_registry_database: Any, broker: Any,
+                                                                         tmp_path: Path) -> None:
+    """The worker app's broker account is gone with the credentials write the deactivation triggers: a connection
+    it already had receives no more task messages, and it cannot connect again."""
+    import threading
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from gridhub.broker import acl_text, passwd_text, worker_account
+    from gridhub.mqtt import BrokerAddress
+
+    url = make_registry_database()
+    settings = Settings(database_url=url, mqtt_url=broker.test_url, data_dir=tmp_path, secret_key=SECRET)
+
+    def apply() -> None:
+        with psycopg.connect(url) as conn:
+            accounts, workers, hub_acct = build_accounts(conn, settings)
+        broker.apply_accounts(passwd_text(accounts), acl_text(settings.topic_prefix, hub_acct.username, workers))
+
+    apply()
+    addr = BrokerAddress.parse(broker.test_url)
+    topic = f"{settings.topic_prefix}/workers/w-001/tasks"
+
+    def client(name: str, user: str, password: str) -> tuple[paho.Client, list[bytes], threading.Event]:
+        got: list[bytes] = []
+        ready = threading.Event()
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=paho.MQTTv311)
+        c.username_pw_set(user, password)
+        c.on_connect = lambda cl, u, f, rc, p=None: cl.subscribe(topic, qos=1)
+        c.on_subscribe = lambda cl, u, mid, rcs, p=None: ready.set()
+        c.on_message = lambda cl, u, m: got.append(m.payload)
+        c.connect(addr.host, addr.port)
+        c.loop_start()
+        assert ready.wait(10)
+        return c, got, ready
+
+    app = worker_account(SECRET, "w-001")
+    phone, phone_got, _ = client("w001-phone", app.username, app.password)
+    watcher, watcher_got, _ = client("test-watcher", addr.username or "", addr.password or "")
+    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="test-pub", protocol=paho.MQTTv311)
+    pub.username_pw_set(addr.username, addr.password)
+    pub.connect(addr.host, addr.port)
+    pub.loop_start()
+    try:
+        pub.publish(topic, b"before", qos=1).wait_for_publish(10)
+        for got in (phone_got, watcher_got):
+            deadline = datetime.now(UTC).timestamp() + 10
+            while b"before" not in got and datetime.now(UTC).timestamp() < deadline:
+                threading.Event().wait(0.05)
+        assert phone_got == [b"before"]  # the account worked
+        with psycopg.connect(url) as conn:
+            reg = export_registry(conn)
+            for w in reg["workers"]:
+                if w["id"] == "w-001":
+                    w["active"] = False
+            apply_registry(conn, parse(dump_yaml(reg)))
+        apply()  # the credentials write the import triggers for a local broker
+        threading.Event().wait(1.0)  # mosquitto re-reads its files on SIGHUP
+        pub.publish(topic, b"after", qos=1).wait_for_publish(10)
+        deadline = datetime.now(UTC).timestamp() + 10
+        while b"after" not in watcher_got and datetime.now(UTC).timestamp() < deadline:
+            threading.Event().wait(0.05)
+        assert b"after" in watcher_got  # the message went out; another second for the phone to have had it
+        threading.Event().wait(1.0)
+        assert b"after" not in phone_got
+        again = paho.Client(CallbackAPIVersion.VERSION2, client_id="w001-again", protocol=paho.MQTTv311)
+        again.username_pw_set(app.username, app.password)
+        refused = threading.Event()
+        again.on_connect = lambda cl, u, f, rc, p=None: refused.set() if rc.is_failure else None
+        again.connect(addr.host, addr.port)
+        again.loop_start()
+        assert refused.wait(10)
+        again.loop_stop()
+    finally:
+        for c in (phone, watcher, pub):
+            c.loop_stop()
+            c.disconnect()
