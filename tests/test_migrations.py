@@ -24,10 +24,7 @@ def test_migrations_apply_twice_without_harm(make_database):
 
 def test_latest_values_move_into_device_state(make_database):
     """A database from before the latest values moved into device_state keeps them, readable as before."""
-    from conftest import DATA
-
     from gridhub.db import _ensure_timescaledb
-    from gridhub.registry import import_registry, load_file
 
     url = make_database()
     with psycopg.connect(url, autocommit=True) as conn:
@@ -38,10 +35,18 @@ def test_latest_values_move_into_device_state(make_database):
             if version < "20261127170000":
                 conn.execute(sql.encode())
                 conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
-        # today's importer also writes the workers' notify columns (a later migration adds them IF NOT EXISTS)
-        conn.execute("ALTER TABLE workers ADD COLUMN wecom_userid text, ADD COLUMN dingtalk_mobile text")
     with psycopg.connect(url) as conn:
-        import_registry(conn, load_file(DATA / "registry.yaml"))
+        # the rows an import made then, written as that schema had them (today's importer writes today's columns
+        # and audit rows, which this old schema does not have)
+        conn.execute("INSERT INTO districts (id, name) VALUES ('siming', '思明区')")
+        conn.execute("INSERT INTO streets (id, district_id, name) VALUES ('xiagang', 'siming', '厦港街道')")
+        conn.execute("INSERT INTO communities (id, street_id, name) VALUES ('shapowei', 'xiagang', '沙坡尾社区')")
+        conn.execute("INSERT INTO grids (id, community_id, name) VALUES ('g-xg-01', 'shapowei', '一网格')")
+        conn.execute("INSERT INTO buildings (id, grid_id, name, floors) VALUES ('b-12', 'g-xg-01', '12号楼', 7)")
+        for dev in ("sa-0001", "sa-0002"):
+            conn.execute("INSERT INTO devices (id, kind, building_id, floor) VALUES (%s, 'smoke_alarm', 'b-12', 3)",
+                         (dev,))
+            conn.execute("INSERT INTO device_state (device_id) VALUES (%s)", (dev,))
         conn.execute("DELETE FROM device_state WHERE device_id = 'sa-0002'")
         conn.execute("INSERT INTO latest_readings (device_id, metric, ts, value) VALUES"
                      " ('sa-0001', 'battery_pct', '2026-11-01 08:00:00.123+00', '87'),"
