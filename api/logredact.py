@@ -68,3 +68,11 @@ def uvicorn_log_config() -> dict[str, Any]:
     for logger in config.get("loggers", {}).values():
         logger["filters"] = [*logger.get("filters", []), "redact_secrets"]
     return config
+
+
+def uvicorn_options(trusted_proxies: str) -> dict[str, Any]:
+    """How `gridhub api` runs uvicorn (the tests serve the app the same way): tokens redacted from its logs, and
+    X-Forwarded-For/-Proto believed from GRIDHUB_TRUSTED_PROXIES only, the list api/deps.client_address uses
+    (uvicorn's default would believe any local peer)."""
+    return {"log_config": uvicorn_log_config(), "proxy_headers": bool(trusted_proxies),
+            "forwarded_allow_ips": trusted_proxies or ""}

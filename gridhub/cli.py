@@ -205,8 +205,7 @@ def cmd_part(args: argparse.Namespace) -> int:
         # list api/deps.client_address uses (uvicorn's default would believe any local peer)
         logredact.install()
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info",
-                    log_config=logredact.uvicorn_log_config(), proxy_headers=bool(settings.trusted_proxies),
-                    forwarded_allow_ips=settings.trusted_proxies or "", timeout_graceful_shutdown=3)
+                    timeout_graceful_shutdown=3, **logredact.uvicorn_options(settings.trusted_proxies))
     return 0
 
 

@@ -38,10 +38,15 @@ class RunningApi:
         self.thread.join(timeout=15)
 
 
-def serve(settings: Settings) -> RunningApi:
+def serve(settings: Settings, app: Any = None) -> RunningApi:
+    """The app (default: `create_app(settings)`) under uvicorn in a thread, as `gridhub api` serves it
+    (api/logredact.uvicorn_options: tokens out of the logs, proxy headers from GRIDHUB_TRUSTED_PROXIES only)."""
+    from gridhub.api.logredact import uvicorn_options
+
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
-                            timeout_graceful_shutdown=2, lifespan="on")
+    config = uvicorn.Config(app if app is not None else create_app(settings), host="127.0.0.1", port=port,
+                            log_level="warning", timeout_graceful_shutdown=2, lifespan="on",
+                            **uvicorn_options(settings.trusted_proxies))
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="gridhub-test-api", daemon=True)
     thread.start()

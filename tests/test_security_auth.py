@@ -21,11 +21,9 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-import uvicorn
-from apitools import RunningApi, SseReader, bearer, free_port, make_incident
+from apitools import RunningApi, SseReader, bearer, free_port, make_incident, serve
 
 from gridhub.api import logredact, routes_auth, routes_stream
-from gridhub.api.app import create_app
 from gridhub.auth import issue_token, set_password
 from gridhub.settings import Settings
 
@@ -47,27 +45,6 @@ def sec_db(make_registry_database: Any) -> str:
     return url
 
 
-def serve_like_cli(settings: Settings) -> RunningApi:
-    """The app served as `gridhub api` serves it (cli.cmd_part): uvicorn believes X-Forwarded-For from
-    GRIDHUB_TRUSTED_PROXIES only, and tokens are redacted from its logs."""
-    import threading
-
-    port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
-                            log_config=logredact.uvicorn_log_config(), proxy_headers=bool(settings.trusted_proxies),
-                            forwarded_allow_ips=settings.trusted_proxies or "", timeout_graceful_shutdown=2,
-                            lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="gridhub-security-api", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the API did not start; see the log above")
-        time.sleep(0.05)
-    return RunningApi(f"http://127.0.0.1:{port}", server, thread)
-
-
 def _settings(db: str, data_dir: Path, trusted_proxies: str = "") -> Settings:
     return Settings(database_url=db, mqtt_url=None, data_dir=data_dir, secret_key=SECRET,
                     trusted_proxies=trusted_proxies)
@@ -77,7 +54,7 @@ def _settings(db: str, data_dir: Path, trusted_proxies: str = "") -> Settings:
 def behind_proxy(sec_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApi]:
     """The API behind a reverse proxy on 127.0.0.1 (GRIDHUB_TRUSTED_PROXIES=127.0.0.1): X-Forwarded-For names
     the client."""
-    running = serve_like_cli(_settings(sec_db, tmp_path_factory.mktemp("proxied"), "127.0.0.1"))
+    running = serve(_settings(sec_db, tmp_path_factory.mktemp("proxied"), "127.0.0.1"))
     yield running
     running.stop()
 
@@ -85,7 +62,7 @@ def behind_proxy(sec_db: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture(scope="module")
 def direct(sec_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApi]:
     """The API reached directly (no trusted proxy): X-Forwarded-For is the client's own word and ignored."""
-    running = serve_like_cli(_settings(sec_db, tmp_path_factory.mktemp("direct")))
+    running = serve(_settings(sec_db, tmp_path_factory.mktemp("direct")))
     yield running
     running.stop()
 

@@ -10,7 +10,6 @@ import resource
 import select
 import socket
 import struct
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,8 +20,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-import uvicorn
-from apitools import RunningApi, api, as_, bearer, client, free_port, make_incident, tiny_jpeg, tokens  # noqa: F401
+from apitools import RunningApi, api, as_, bearer, client, free_port, make_incident, serve, tiny_jpeg, tokens  # noqa: F401
 from fastapi import FastAPI
 
 from gridhub import images
@@ -343,28 +341,13 @@ def test_every_answer_has_nosniff_and_a_referrer_policy(client: httpx.Client, to
     assert "default-src" in page.headers["content-security-policy"]
 
 
-def serve_app(app: FastAPI) -> RunningApi:
-    """The app under uvicorn without uvicorn's own proxy-headers rewrite (which `gridhub api` turns on only for
-    GRIDHUB_TRUSTED_PROXIES): what the hub itself decides is what is tested."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                                           proxy_headers=False, timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, name="gridhub-test-api-plain", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the API did not start; see the log above")
-        time.sleep(0.05)
-    return RunningApi(f"http://127.0.0.1:{port}", server, thread)
-
-
 @pytest.fixture
 def running(settings: Settings) -> Iterator[Callable[..., RunningApi]]:
     started: list[RunningApi] = []
 
     def start(app: FastAPI | None = None, **changes: Any) -> RunningApi:
-        one = serve_app(app or create_app(settings.model_copy(update=changes)))
+        changed = settings.model_copy(update=changes)
+        one = serve(changed, app)  # as `gridhub api` serves it: proxy headers only from trusted proxies
         started.append(one)
         return one
 
