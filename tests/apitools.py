@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import queue
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -229,3 +231,26 @@ class SseReader:
         self._stop = True
         self._client.close()
         self._thread.join(timeout=1)  # a read blocked until the next keepalive ends on its own
+
+
+@pytest.fixture(scope="module")
+def command_listener(settings: Settings) -> Iterator[queue.Queue[tuple[str, bytes]]]:
+    """Every command the hub publishes to a device, as (topic, payload), from a subscriber on the hub's account."""
+    import paho.mqtt.client as paho
+
+    from gridhub.mqtt import BrokerAddress, make_client
+
+    assert settings.mqtt_url
+    received: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    sub = make_client(settings.mqtt_url, f"test-cmd-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv311)
+    sub.on_message = lambda c, u, m: received.put((m.topic, bytes(m.payload)))
+    subscribed: queue.Queue[int] = queue.Queue()
+    sub.on_subscribe = lambda c, u, mid, rc, p=None: subscribed.put(mid)
+    addr = BrokerAddress.parse(settings.mqtt_url)
+    sub.connect(addr.host, addr.port)
+    sub.loop_start()
+    sub.subscribe(f"{settings.topic_prefix}/devices/+/command", qos=1)
+    subscribed.get(timeout=10)
+    yield received
+    sub.disconnect()
+    sub.loop_stop()

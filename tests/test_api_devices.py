@@ -10,14 +10,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import paho.mqtt.client as paho
 import psycopg
 import pytest
-from apitools import ALL_WORKERS, all_pages, api, as_, bearer, client, tokens  # noqa: F401
+from apitools import ALL_WORKERS, all_pages, api, as_, bearer, client, command_listener, tokens  # noqa: F401
 from psycopg.rows import namedtuple_row
 
 from gridhub.auth import PRINCIPAL_SQL, principal_from_row
-from gridhub.mqtt import BrokerAddress, make_client
 
 G1_DEVICES = {"sa-0001", "sa-0002", "sl-0001", "sp-0001", "cam-0001", "sa-0099"}
 G2_DEVICES = {"sa-0201", "sp-0201"}
@@ -193,23 +191,6 @@ def test_readings_defaults_and_bad_parameters(client: httpx.Client, tokens: dict
         r = client.get("/api/v1/devices/sp-0201/readings", params=params, **h)
         assert r.status_code == 422, (params, r.text)
         assert isinstance(r.json()["detail"], str) and r.json()["detail"]
-
-
-@pytest.fixture(scope="module")
-def command_listener(settings: Any) -> Any:
-    received: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    sub = make_client(settings.mqtt_url, f"test-cmd-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv311)
-    sub.on_message = lambda c, u, m: received.put((m.topic, bytes(m.payload)))
-    subscribed = queue.Queue[int]()
-    sub.on_subscribe = lambda c, u, mid, rc, p=None: subscribed.put(mid)
-    addr = BrokerAddress.parse(settings.mqtt_url)
-    sub.connect(addr.host, addr.port)
-    sub.loop_start()
-    sub.subscribe(f"{settings.topic_prefix}/devices/+/command", qos=1)
-    subscribed.get(timeout=10)
-    yield received
-    sub.disconnect()
-    sub.loop_stop()
 
 
 @pytest.mark.parametrize("wid", ALL_WORKERS)

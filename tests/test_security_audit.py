@@ -17,14 +17,23 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import paho.mqtt.client as paho
 import psycopg
 import pytest
-from apitools import ALL_WORKERS, all_pages, api, as_, bearer, client, make_incident, tiny_jpeg, tokens  # noqa: F401
+from apitools import (  # noqa: F401
+    ALL_WORKERS,
+    all_pages,
+    api,
+    as_,
+    bearer,
+    client,
+    command_listener,
+    make_incident,
+    tiny_jpeg,
+    tokens,
+)
 from psycopg.rows import dict_row
 
 from gridhub.audit import cli_actor
-from gridhub.mqtt import BrokerAddress, make_client
 from gridhub.settings import Settings
 
 DATA = Path(__file__).parent / "data"
@@ -34,23 +43,6 @@ def audit_rows(db_url: str, **where: Any) -> list[dict[str, Any]]:
     cond = " AND ".join(f"{k} = %s" for k in where) or "true"
     with psycopg.connect(db_url, row_factory=dict_row) as conn:
         return conn.execute(f"SELECT * FROM audit_log WHERE {cond} ORDER BY id", list(where.values())).fetchall()
-
-
-@pytest.fixture(scope="module")
-def command_listener(settings: Settings) -> Any:
-    received: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    sub = make_client(settings.mqtt_url, f"test-audit-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv311)
-    sub.on_message = lambda c, u, m: received.put((m.topic, bytes(m.payload)))
-    subscribed: queue.Queue[int] = queue.Queue()
-    sub.on_subscribe = lambda c, u, mid, rc, p=None: subscribed.put(mid)
-    addr = BrokerAddress.parse(settings.mqtt_url)
-    sub.connect(addr.host, addr.port)
-    sub.loop_start()
-    sub.subscribe(f"{settings.topic_prefix}/devices/+/command", qos=1)
-    subscribed.get(timeout=10)
-    yield received
-    sub.disconnect()
-    sub.loop_stop()
 
 
 def test_a_silence_command_leaves_an_audit_row(client: httpx.Client, tokens: dict[str, str], db_url: str,
