@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import time
 from typing import Annotated, Any
 
@@ -37,7 +36,6 @@ PER_ADDRESS_ACCOUNT = "10/15 minutes"  # failures from one address for one accou
 PER_ADDRESS = "50/15 minutes"  # failures from one address, all accounts (password spraying)
 VERIFY_CONCURRENCY = 4  # argon2id verifications at once per process (64 MiB each)
 VERIFY_WAIT_S = 5.0  # how long a log-in waits for a turn before 503
-STORAGE_ENV = "GRIDHUB_LOGIN_LIMIT_STORAGE"  # a `limits` storage URI; default memory:// (per API process)
 
 
 class Token(BaseModel):
@@ -49,8 +47,8 @@ class Token(BaseModel):
 class LoginGuard:
     """This API process's log-in throttle (a `limits` moving window) and its bound on concurrent password checks."""
 
-    def __init__(self, storage_uri: str | None = None) -> None:
-        uri = storage_uri or os.environ.get(STORAGE_ENV) or "memory://"
+    def __init__(self, storage_uri: str = "memory://") -> None:
+        uri = storage_uri  # GRIDHUB_LOGIN_LIMIT_STORAGE: a `limits` storage URI; memory:// is per API process
         if not uri.startswith("async+"):
             uri = "async+" + uri
         self.limiter = MovingWindowRateLimiter(storage.storage_from_string(uri))
@@ -82,7 +80,7 @@ class LoginGuard:
 def login_guard(request: Request) -> LoginGuard:
     guard: LoginGuard | None = getattr(request.app.state, "login_guard", None)
     if guard is None:  # one per app (per process), made on first use
-        guard = request.app.state.login_guard = LoginGuard()
+        guard = request.app.state.login_guard = LoginGuard(request.app.state.settings.login_limit_storage)
     return guard
 
 

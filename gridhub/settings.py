@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     trusted_proxies: str = Field(default="", description="comma-separated addresses or networks of the reverse"
                                  " proxies whose X-Forwarded-For is believed (log-in throttling, the audit trail);"
                                  " unset: the peer's own address")
+    login_limit_storage: str = Field(default="memory://", description="where log-in throttling counts failures: a"
+                                     " `limits` storage URI such as redis://host:6379; memory:// counts per API"
+                                     " process")
     max_body_bytes: int = Field(default=1024 * 1024, gt=0, description="the largest request body of the API but"
                                 " photo uploads, in bytes; larger is a 413 before it is read (api/limits.py)")
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="the largest photo upload request"
