@@ -139,8 +139,8 @@ def devices_main(argv: list[str]) -> int:
 def _device_accounts(args: argparse.Namespace) -> DeviceAccounts:
     accounts = default_accounts(args.credentials, args.secret)
     if accounts is None:
-        raise FleetError("devices log in with their own accounts: pass --credentials CSV (`gridhub devices "
-                         "credentials`) or --secret, or set GRIDHUB_SECRET_KEY")
+        raise FleetError("devices log in with their own accounts: pass --credentials CSV (the file `gridhub devices "
+                         "credentials` writes)")
     return accounts
 
 

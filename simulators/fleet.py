@@ -151,19 +151,21 @@ class DeviceAccounts:
 
 
 def default_accounts(credentials: str | None, secret: str | None) -> DeviceAccounts | None:
-    """Accounts from the options, else from $GRIDHUB_SECRET_KEY, else from the data directory's
-    `broker/device-credentials.csv` or `secret_key`; None when none is found."""
+    """Accounts from the options, else from the data directory's `broker/device-credentials.csv` (what
+    `gridhub devices credentials` wrote: the passwords the broker has, whichever key each device was given), else
+    derived from $GRIDHUB_SECRET_KEY or the data directory's `secret_key` (right for devices on the current key
+    only); None when none is found."""
     if credentials:
         return DeviceAccounts(table=read_credentials(Path(credentials)))
     if secret:
         return DeviceAccounts(secret=secret)
     settings = Settings()
-    if settings.secret_key:
-        return DeviceAccounts(secret=settings.secret_key)
     data_dir = settings.data_dir
     csv_path = data_dir / "broker" / "device-credentials.csv"
     if csv_path.exists():
         return DeviceAccounts(table=read_credentials(csv_path))
+    if settings.secret_key:
+        return DeviceAccounts(secret=settings.secret_key)
     key = data_dir / "secret_key"
     if key.exists():
         return DeviceAccounts(secret=key.read_text().strip())
