@@ -3,12 +3,14 @@
 
 A route names its order once (`ListOrder`: the key columns, the last one unique, and their cursor types), takes
 `PageQuery` as a dependency and hands its SELECT and filters to `fetch_page`, which adds the cursor's condition,
-the ORDER BY and the LIMIT, and builds the answer."""
+the ORDER BY and the LIMIT, and builds the answer. Filters shared by lists: `TimeRange` (`?start=&end=`, RFC 3339
+with offset) and `choices` (one value or a comma list of known ones)."""
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -66,6 +68,72 @@ def decode_cursor(cursor: str, kinds: tuple[type, ...]) -> tuple[Any, ...]:
     except (ValueError, TypeError, UnicodeDecodeError) as exc:
         raise HTTPException(422,
                             "cursor: not a cursor from this list; pass the `next` value of the previous page") from exc
+
+
+def choices(value: str | None, allowed: tuple[str, ...], name: str) -> list[str] | None:
+    """`?name=` as one value or a comma list, each one of `allowed`; None when absent; 422 naming the known ones."""
+    if value is None:
+        return None
+    out = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in out if v not in allowed]
+    if bad or not out:
+        raise HTTPException(422, f"{name}: {', '.join(bad) or 'empty'} is not one of {', '.join(allowed)}")
+    return out
+
+
+# RFC 3339 date-time (section 5.6); the offset is checked apart so that its absence gets its own answer
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?P<offset>[Zz]|[+-]\d{2}:\d{2})?")
+_OFFSET_LOST = re.compile(r".*\d{2}:\d{2}:\d{2}(?:\.\d+)? \d{2}:\d{2}")
+
+
+def parse_time(name: str, value: str) -> datetime:
+    """A time parameter: RFC 3339 with an offset (CONTRACT §4); 422 saying what is wrong otherwise."""
+    example = "e.g. 2026-12-04T09:00:00+08:00 or 2026-12-04T01:00:00Z"
+    m = _RFC3339.fullmatch(value)
+    if m is None:
+        if _OFFSET_LOST.fullmatch(value):  # `+08:00` sent unencoded reaches us as ` 08:00`
+            raise HTTPException(422, f"{name}: {value!r} lost its offset's '+' (a '+' in a URL means a space:"
+                                     " send it as %2B)")
+        raise HTTPException(422, f"{name}: {value!r} is not an RFC 3339 time with offset, {example}")
+    if m["offset"] is None:
+        raise HTTPException(422, f"{name}: {value!r} has no offset; times are RFC 3339 with offset, {example}")
+    try:
+        return datetime.fromisoformat(value.upper())
+    except ValueError as exc:  # 2026-02-30, 24:00, a leap second
+        raise HTTPException(422, f"{name}: {value!r} is not a valid time ({exc})") from exc
+
+
+_TIME_DOC = {"format": "date-time"}
+StartQuery = Annotated[str | None, Query(max_length=64, json_schema_extra=_TIME_DOC,
+                                         description="RFC 3339 with offset, inclusive")]
+EndQuery = Annotated[str | None, Query(max_length=64, json_schema_extra=_TIME_DOC,
+                                       description="RFC 3339 with offset, exclusive")]
+
+
+class TimeRange:
+    """`?start=` (inclusive) and `?end=` (exclusive), either may be absent; 422 for a time without offset or for
+    `start` not before `end` (a FastAPI dependency: `period: TimeRangeDep`)."""
+
+    def __init__(self, start: StartQuery = None, end: EndQuery = None) -> None:
+        self.start = parse_time("start", start) if start is not None else None
+        self.end = parse_time("end", end) if end is not None else None
+        if self.start is not None and self.end is not None and self.start >= self.end:
+            raise HTTPException(422, f"start ({start}) must be before end ({end})")
+
+    def conditions(self, column: str) -> tuple[list[str], list[Any]]:
+        """The WHERE conditions on `column` (a timestamptz) for this range, with their parameters."""
+        where: list[str] = []
+        args: list[Any] = []
+        if self.start is not None:
+            where.append(f"{column} >= %s")
+            args.append(self.start)
+        if self.end is not None:
+            where.append(f"{column} < %s")
+            args.append(self.end)
+        return where, args
+
+
+TimeRangeDep = Annotated[TimeRange, Depends()]
 
 
 @dataclass(frozen=True)

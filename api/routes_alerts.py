@@ -13,7 +13,7 @@ from gridhub.alerts.records import AlertNotFound, ack_alert
 from gridhub.alerts.shapes import ALERT_COLUMNS, alert_from_row
 from gridhub.api import schemas
 from gridhub.api.deps import ConnDep, CurrentUser, SyncPoolDep, require_grid_in_scope
-from gridhub.api.listing import ListOrder, PageDep, fetch_page
+from gridhub.api.listing import ListOrder, PageDep, TimeRangeDep, choices, fetch_page
 from gridhub.api.schemas import documented
 from gridhub.auth import Principal
 
@@ -23,6 +23,10 @@ Severity = Literal["critical", "high", "normal", "low"]
 AlertState = Literal["active", "cleared"]
 SEVERITY_ORDER = ("critical", "high", "normal", "low")
 ALERT_ORDER = ListOrder(("last_seen", "id"), (datetime, str))
+# CONTRACT §4.2, and noisy_device (gridhub/rules.yaml); a test keeps this in step with the rule book
+ALERT_TYPES = ("fire_alarm", "fire_incident", "sprinkler_critical", "sprinkler_low", "sprinkler_high", "sprinkler_drop",
+               "light_fault", "device_offline", "device_fault", "low_battery", "tamper", "exit_blocked",
+               "camera_obstructed", "noisy_device")
 
 
 async def scoped_alert(conn: ConnDep, user: Principal, alert_id: str) -> dict[str, Any]:
@@ -39,22 +43,28 @@ async def scoped_alert(conn: ConnDep, user: Principal, alert_id: str) -> dict[st
 
 @router.get("/alerts", response_model=None, responses=documented(schemas.AlertPage))
 async def list_alerts(
-    conn: ConnDep, user: CurrentUser, page: PageDep,
+    conn: ConnDep, user: CurrentUser, page: PageDep, first_seen: TimeRangeDep,
     state: AlertState | None = None,
-    type: Annotated[str | None, Query(max_length=64, description="alert type, e.g. fire_alarm")] = None,
+    type: Annotated[str | None, Query(max_length=500, description="an alert type or a comma list, e.g."
+                                                                  " fire_alarm,fire_incident")] = None,
     severity: Severity | None = None,
     device: Annotated[str | None, Query(max_length=64)] = None,
     grid: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
-    """Alerts in the caller's scope, newest activity (`last_seen`) first."""
+    """Alerts in the caller's scope, newest activity (`last_seen`) first; `start` (inclusive) and `end` (exclusive)
+    bound when the alert was first seen (`first_seen`)."""
     require_grid_in_scope(user, grid)
     cond, params = user.grid_filter("grid_id")
     where, args = [cond], list(params)
-    for clause, value in (("state = %s", state), ("type = %s", type), ("severity = %s", severity),
+    types = choices(type, ALERT_TYPES, "type")
+    for clause, value in (("state = %s", state), ("type = ANY(%s)", types), ("severity = %s", severity),
                           ("device_id = %s", device), ("grid_id = %s", grid)):
         if value is not None:
             where.append(clause)
             args.append(value)
+    in_range, range_args = first_seen.conditions("first_seen")  # alerts_first_seen_idx
+    where += in_range
+    args += range_args
     return await fetch_page(conn, f"SELECT {ALERT_COLUMNS} FROM alerts", where, args, ALERT_ORDER, page,
                             alert_from_row)
 

@@ -21,7 +21,8 @@ from gridhub.alerts.tasks import ActionForbidden, IllegalTransition, TaskNotFoun
 from gridhub.api import idempotency, schemas
 from gridhub.api.deps import ClientAddress, ConnDep, CurrentUser, SyncPoolDep, require_grid_in_scope
 from gridhub.api.idempotency import OfflineDep
-from gridhub.api.listing import ListOrder, PageDep, fetch_page
+from gridhub.api.listing import ListOrder, PageDep, TimeRangeDep, choices, fetch_page
+from gridhub.api.routes_alerts import ALERT_TYPES
 from gridhub.api.schemas import documented
 from gridhub.auth import Principal
 
@@ -29,6 +30,8 @@ router = APIRouter(tags=["tasks"])
 
 TASK_STATES = ("open", "accepted", "on_site", "resolved", "closed")
 SEVERITIES = ("critical", "high", "normal", "low")
+# a task raised by an alert has the alert's type; the grid's own work (CONTRACT §7) adds three
+TASK_TYPES = (*ALERT_TYPES, "patrol", "hazard", "recheck")
 Action = Literal["accept", "arrive", "resolve", "close", "reject", "return", "reassign", "extend", "comment"]
 
 # The task in the REST shape (gridhub.alerts.shapes builds it, for the change log too) plus where it is.
@@ -75,35 +78,33 @@ async def scoped_task(conn: ConnDep, user: Principal, task_id: str) -> dict[str,
     return row
 
 
-def _choices(value: str | None, allowed: tuple[str, ...], name: str) -> list[str] | None:
-    if value is None:
-        return None
-    out = [v.strip() for v in value.split(",") if v.strip()]
-    bad = [v for v in out if v not in allowed]
-    if bad or not out:
-        raise HTTPException(422, f"{name}: {', '.join(bad) or 'empty'} is not one of {', '.join(allowed)}")
-    return out
-
-
 @router.get("/tasks", response_model=None, responses=documented(schemas.TaskPage))
 async def list_tasks(
-    conn: ConnDep, user: CurrentUser, page: PageDep,
+    conn: ConnDep, user: CurrentUser, page: PageDep, opened: TimeRangeDep,
     state: Annotated[str | None, Query(max_length=100, description="a state or a comma list, e.g. open,accepted")] = None,
     severity: Annotated[str | None, Query(max_length=100, description="a severity or a comma list")] = None,
     assignee: Annotated[str | None, Query(max_length=64, description="`me` or a worker id")] = None,
     grid: Annotated[str | None, Query(max_length=64)] = None,
+    type: Annotated[str | None, Query(max_length=500, description="a task type or a comma list, e.g."
+                                                                  " fire_alarm,fire_incident")] = None,
 ) -> dict[str, Any]:
-    """Tasks in the caller's scope, newest first."""
+    """Tasks in the caller's scope, newest first; `start` (inclusive) and `end` (exclusive) bound when the task was
+    opened (`opened_at`)."""
     require_grid_in_scope(user, grid)
     cond, params = _scope(user)
     where, args = [cond], list(params)
-    states = _choices(state, TASK_STATES, "state")
-    severities = _choices(severity, SEVERITIES, "severity")
+    states = choices(state, TASK_STATES, "state")
+    severities = choices(severity, SEVERITIES, "severity")
+    types = choices(type, TASK_TYPES, "type")
     for clause, value in (("t.state = ANY(%s)", states), ("t.severity = ANY(%s)", severities),
+                          ("t.type = ANY(%s)", types),
                           ("t.assignee = %s", user.id if assignee == "me" else assignee), ("t.grid_id = %s", grid)):
         if value is not None:
             where.append(clause)
             args.append(value)
+    in_range, range_args = opened.conditions("t.opened_at")  # on tasks_opened_idx, the list's own order
+    where += in_range
+    args += range_args
     return await fetch_page(conn, TASK_SELECT, where, args, TASK_ORDER, page, task_with_place)
 
 
