@@ -25,6 +25,7 @@ from gridhub.api import (
     routes_devices,
     routes_evidence,
     routes_people,
+    routes_places,
     routes_push,
     routes_quarantine,
     routes_stream,
@@ -171,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (routes_auth, routes_devices, routes_alerts, routes_evidence, routes_tasks, routes_summary,
                    routes_stream, routes_quarantine, routes_push, routes_people, routes_audit):
         app.include_router(module.router, prefix="/api/v1")
+    app.include_router(routes_places.router, prefix="/api/v1")  # issue 14: units and facilities
     app.include_router(routes_system.router)
     mount_pages(app)
 

@@ -5,6 +5,10 @@ they are deactivated (log-in and tokens refused at once: `current_user` checks `
 subscriptions deleted and their open tasks dispatched again (`gridhub.alerts.revoke`); a worker moved out of a grid
 loses their tasks there the same way. Their broker account goes at the next credentials write (`gridhub.broker`
 gives inactive workers none). A camera's `source` must be one the detectors may open (`check_camera_source`).
+
+Places (CONTRACT §7): `units:` (in a grid, optionally in one of that grid's buildings), `facilities:` (in a building,
+`expires` a date) and buildings' optional `lat`/`lon` (WGS-84 degrees, both or neither). Like devices they are upserted,
+never deleted by an import; the export lists `units:` and `facilities:` only when there are any.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -29,6 +33,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -45,10 +50,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Latitude = Annotated[StrictFloat, Field(ge=-90, le=90)]  # StrictFloat takes integers too (118 → 118.0), not "118"
+Longitude = Annotated[StrictFloat, Field(ge=-180, le=180)]
+
+
 class Building(_Strict):
     id: Id
     name: StrictStr
     floors: PositiveInt | None = None
+    lat: Latitude | None = None  # WGS-84 degrees (CONTRACT §7), both or neither
+    lon: Longitude | None = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> Building:
+        if (self.lat is None) != (self.lon is None):
+            raise ValueError("a building's position needs both `lat` and `lon` (WGS-84 degrees), or neither")
+        return self
 
 
 class Grid(_Strict):
@@ -192,10 +209,53 @@ class Device(_Strict):
     camera: CameraBlock | None = None
 
 
+UnitClass = Literal["key", "general", "shop", "major_hazard"]  # 重点单位, 一般单位, 个体经营户, 重大危险源
+FacilityKind = Literal["hydrant", "extinguisher", "hose_reel", "emergency_light", "fire_door"]
+
+
+class PlaceUnit(_Strict):
+    """A place a grid patrols (CONTRACT §7 `units:`): in its grid, optionally in one of that grid's buildings."""
+
+    id: Id
+    name: StrictStr
+    class_: UnitClass = Field(alias="class")
+    grid: Id
+    building: Id | None = None
+    contact: StrictStr | None = None
+    phone: StrictStr | None = None
+
+
+class Facility(_Strict):
+    """Fire equipment without a sensor (CONTRACT §7 `facilities:`), in a building; `expires` a calendar date."""
+
+    id: Id
+    kind: FacilityKind
+    building: Id
+    floor: StrictInt | None = None
+    place: StrictStr | None = None
+    expires: date | None = None
+
+    @field_validator("expires", mode="before")
+    @classmethod
+    def _a_date(cls, value: Any) -> Any:
+        # YAML gives `2027-06-30` as a date; a quoted "2027-06-30" is taken too. Not a time, not a number.
+        if value is None or (isinstance(value, date) and not isinstance(value, datetime)):
+            return value
+        if isinstance(value, str):
+            try:
+                if len(value) == 10 and value[4] == value[7] == "-":
+                    return date.fromisoformat(value)
+            except ValueError:
+                pass
+        raise ValueError(f"expires must be a date written YYYY-MM-DD, not {value!r}")
+
+
 class RegistryFile(_Strict):
     districts: list[District] = []
     workers: list[Worker] = []
     devices: list[Device] = []
+    units: list[PlaceUnit] = []
+    facilities: list[Facility] = []
 
 
 class RegistryError(ValueError):
@@ -224,7 +284,12 @@ def _construct(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ..
 
 
 def _scalar(node: yaml.Node) -> Any:
-    return yaml.SafeLoader("").construct_object(node, deep=True) if isinstance(node, yaml.ScalarNode) else None
+    if not isinstance(node, yaml.ScalarNode):
+        return None
+    try:
+        return yaml.SafeLoader("").construct_object(node, deep=True)
+    except ValueError:  # a date-looking value that is no date (2027-02-30): its text, for the field to refuse
+        return node.value
 
 
 def parse(text: str, source: str = "<registry>", *, camera_files_dir: Path | None = None) -> RegistryFile:
@@ -240,7 +305,7 @@ def parse(text: str, source: str = "<registry>", *, camera_files_dir: Path | Non
     lines: dict[tuple[Any, ...], int] = {}
     data = _construct(node, (), lines)
     if not isinstance(data, dict):
-        raise RegistryError(source, [(1, "(top)", "the registry must be a mapping with districts, workers, devices")])
+        raise RegistryError(source, [(1, "(top)", "the registry must be a mapping with districts, workers, devices, units, facilities")])
     try:
         reg = RegistryFile.model_validate(data)
     except ValidationError as exc:
@@ -285,12 +350,14 @@ def _check_references(reg: RegistryFile, lines: dict[tuple[Any, ...], int], sour
     def unique(kind: str, ident: str, path: tuple[Any, ...]) -> None:
         bucket = seen.setdefault(kind, set())
         if ident in bucket:
-            problems.append((lines.get(path + ("id",)), ".".join(map(str, path)) + ".id", f"duplicate {kind} id {ident!r}"))
+            # the field as the other messages name it: units[1](u-001).id
+            where = ".".join(f"{name}[{i}]" for name, i in zip(path[::2], path[1::2], strict=True))
+            problems.append((lines.get(path + ("id",)), f"{where}({ident}).id", f"duplicate {kind} id {ident!r}"))
         bucket.add(ident)
 
     streets: set[str] = set()
     grids: set[str] = set()
-    buildings: set[str] = set()
+    buildings: dict[str, str] = {}  # building id -> its grid
     for di, d in enumerate(reg.districts):
         unique("district", d.id, ("districts", di))
         for si, s in enumerate(d.streets):
@@ -306,7 +373,7 @@ def _check_references(reg: RegistryFile, lines: dict[tuple[Any, ...], int], sour
                     grids.add(g.id)
                     for bi, b in enumerate(g.buildings):
                         unique("building", b.id, pg + ("buildings", bi))
-                        buildings.add(b.id)
+                        buildings[b.id] = g.id
     def not_the_hubs(kind: str, ident: str, path: tuple[str, int]) -> None:
         # a broker account's user name is its client id on the device listeners: these are the hub's sessions
         if ident.lower().startswith(HUB_CLIENT_PREFIX):
@@ -343,6 +410,24 @@ def _check_references(reg: RegistryFile, lines: dict[tuple[Any, ...], int], sour
                 path = ("devices", xi, "camera", "source")
                 problems.append((lines.get(path, lines.get(path[:-1])), f"devices[{xi}]({dev.id}).camera.source",
                                  str(exc)))
+    for ui, u in enumerate(reg.units):
+        unique("unit", u.id, ("units", ui))
+        if u.grid not in grids:
+            problems.append((lines.get(("units", ui, "grid")), f"units[{ui}]({u.id}).grid",
+                             f"grid {u.grid!r} is not defined under districts"))
+        if u.building is not None:
+            where = buildings.get(u.building)
+            if where is None:
+                problems.append((lines.get(("units", ui, "building")), f"units[{ui}]({u.id}).building",
+                                 f"building {u.building!r} is not defined under districts"))
+            elif where != u.grid and u.grid in grids:
+                problems.append((lines.get(("units", ui, "building")), f"units[{ui}]({u.id}).building",
+                                 f"building {u.building!r} is in grid {where!r}, not in the unit's grid {u.grid!r}"))
+    for fi, fac in enumerate(reg.facilities):
+        unique("facility", fac.id, ("facilities", fi))
+        if fac.building not in buildings:
+            problems.append((lines.get(("facilities", fi, "building")), f"facilities[{fi}]({fac.id}).building",
+                             f"building {fac.building!r} is not defined under districts"))
     if problems:
         raise RegistryError(source, problems)
 
@@ -378,7 +463,7 @@ _DISTRICTS = _Table("districts", ("id", "name"))
 _STREETS = _Table("streets", ("id", "district_id", "name"))
 _COMMUNITIES = _Table("communities", ("id", "street_id", "name"))
 _GRIDS = _Table("grids", ("id", "community_id", "name"))
-_BUILDINGS = _Table("buildings", ("id", "grid_id", "name", "floors"))
+_BUILDINGS = _Table("buildings", ("id", "grid_id", "name", "floors", "lat", "lon"))
 _WORKERS = _Table("workers", ("id", "name", "phone", "role", "street_id", "wecom_userid", "dingtalk_mobile",
                               "active"))
 _DEVICES = _Table(
@@ -389,7 +474,9 @@ _DEVICES = _Table(
         old=", ".join(f"devices.{c}" for c in _DEVICE_FIELDS), new=", ".join(f"EXCLUDED.{c}" for c in _DEVICE_FIELDS)
     ),
 )
-_TABLES = (_DISTRICTS, _STREETS, _COMMUNITIES, _GRIDS, _BUILDINGS, _WORKERS, _DEVICES)
+_UNITS = _Table("units", ("id", "name", "class", "grid_id", "building_id", "contact", "phone"))
+_FACILITIES = _Table("facilities", ("id", "kind", "building_id", "floor", "place", "expires"))
+_TABLES = (_DISTRICTS, _STREETS, _COMMUNITIES, _GRIDS, _BUILDINGS, _WORKERS, _DEVICES, _UNITS, _FACILITIES)
 
 _Follow = list[tuple[str, tuple[Any, ...]]]  # statements that go with a row (its link rows)
 
@@ -406,7 +493,7 @@ def _rows(reg: RegistryFile) -> Iterator[tuple[_Table, tuple[Any, ...], _Follow]
                 for g in c.grids:
                     yield _GRIDS, (g.id, c.id, g.name), []
                     for b in g.buildings:
-                        yield _BUILDINGS, (b.id, g.id, b.name, b.floors), []
+                        yield _BUILDINGS, (b.id, g.id, b.name, b.floors, b.lat, b.lon), []
     for w in reg.workers:
         notify = w.notify or WorkerNotify()
         yield _WORKERS, (w.id, w.name, w.phone, w.role, w.street, notify.wecom_userid, notify.dingtalk_mobile,
@@ -421,6 +508,10 @@ def _rows(reg: RegistryFile) -> Iterator[tuple[_Table, tuple[Any, ...], _Follow]
                          Jsonb(camera) if camera is not None else None, dev.retired), [
             ("INSERT INTO device_state (device_id) VALUES (%s) ON CONFLICT DO NOTHING", (dev.id,)),
         ]
+    for u in reg.units:
+        yield _UNITS, (u.id, u.name, u.class_, u.grid, u.building, u.contact, u.phone), []
+    for fac in reg.facilities:
+        yield _FACILITIES, (fac.id, fac.kind, fac.building, fac.floor, fac.place, fac.expires), []
 
 
 # the grids each worker is responsible for: a grid worker's or head's own, a street officer's street's
@@ -522,12 +613,14 @@ def export_registry(conn: psycopg.Connection[Any]) -> dict[str, Any]:
                 grids = []
                 for gid, gname in q("SELECT id, name FROM grids WHERE community_id = %s ORDER BY id", (cid,)).fetchall():
                     blds = []
-                    for bid, bname, floors in q(
-                        "SELECT id, name, floors FROM buildings WHERE grid_id = %s ORDER BY id", (gid,)
+                    for bid, bname, floors, lat, lon in q(
+                        "SELECT id, name, floors, lat, lon FROM buildings WHERE grid_id = %s ORDER BY id", (gid,)
                     ).fetchall():
                         b: dict[str, Any] = {"id": bid, "name": bname}
                         if floors is not None:
                             b["floors"] = floors
+                        if lat is not None:
+                            b["lat"], b["lon"] = lat, lon
                         blds.append(b)
                     grids.append({"id": gid, "name": gname, "buildings": blds})
                 comms.append({"id": cid, "name": cname, "grids": grids})
@@ -568,7 +661,30 @@ def export_registry(conn: psycopg.Connection[Any]) -> dict[str, Any]:
         if retired:
             d["retired"] = True
         devices.append(d)
-    return {"districts": districts, "workers": workers, "devices": devices}
+    units = []
+    for uid, uname, uclass, grid, bld, contact, phone in q(
+        "SELECT id, name, class, grid_id, building_id, contact, phone FROM units ORDER BY id"
+    ).fetchall():
+        u: dict[str, Any] = {"id": uid, "name": uname, "class": uclass, "grid": grid}
+        for key, value in (("building", bld), ("contact", contact), ("phone", phone)):
+            if value is not None:
+                u[key] = value
+        units.append(u)
+    facilities = []
+    for fid, kind, bld, floor, place, expires in q(
+        "SELECT id, kind, building_id, floor, place, expires FROM facilities ORDER BY id"
+    ).fetchall():
+        f: dict[str, Any] = {"id": fid, "kind": kind, "building": bld}
+        for key, value in (("floor", floor), ("place", place), ("expires", expires)):
+            if value is not None:
+                f[key] = value
+        facilities.append(f)
+    out: dict[str, Any] = {"districts": districts, "workers": workers, "devices": devices}
+    if units:
+        out["units"] = units
+    if facilities:
+        out["facilities"] = facilities
+    return out
 
 
 def dump_yaml(data: dict[str, Any]) -> str:
