@@ -140,11 +140,30 @@ def test_prune_deactivates_the_unlisted_prints_them_and_the_broker_file_loses_th
     assert "worker.w-003:" in passwd.read_text()
 
 
-def test_a_dismissed_workers_live_mqtt_connection_receives_nothing_more(make_registry_database: Any, broker: Any,
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Any:
+    """A mosquitto of this test's own: the test rewrites its accounts, which must not touch the session's broker."""
+    import secrets
+
+    from gridhub.accounts import mosquitto_hash
+    from gridhub.broker import acl_text
+    from gridhub.services.mosquitto import start_private_mosquitto
+
+    hub_pw = secrets.token_urlsafe(16)
+    mq = start_private_mosquitto(tmp_path / "mosquitto", passwd_text=f"gridhub-hub:{mosquitto_hash(hub_pw)}\n",
+                                 acl_text=acl_text("gridhub/v1", "gridhub-hub", []))
+    mq.test_url = f"mqtt://gridhub-hub:{hub_pw}@127.0.0.1:{mq.port}"  # type: ignore[attr-defined]
+    yield mq
+    mq.stop()
+
+
+def test_a_dismissed_workers_live_mqtt_connection_receives_nothing_more(make_registry_database: Any, own_broker: Any,
                                                                          tmp_path: Path) -> None:
     """The worker app's broker account is gone with the credentials write the deactivation triggers: a connection
     it already had receives no more task messages, and it cannot connect again."""
     import threading
+
+    broker = own_broker
 
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
