@@ -24,6 +24,7 @@ from gridhub.api import (
     routes_auth,
     routes_devices,
     routes_evidence,
+    routes_ledgers,
     routes_people,
     routes_places,
     routes_push,
@@ -173,6 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    routes_stream, routes_quarantine, routes_push, routes_people, routes_audit):
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(routes_places.router, prefix="/api/v1")  # issue 14: units and facilities
+    app.include_router(routes_ledgers.router, prefix="/api/v1")  # issue 14: ledgers (CONTRACT §7)
     app.include_router(routes_system.router)
     mount_pages(app)
 

@@ -1,0 +1,140 @@
+"""The ledgers' file formats (CONTRACT §7): CSV in UTF-8 with a BOM, formula-looking cells escaped, and XLSX with
+Chinese headers, one sheet, frozen header row and real Excel datetimes in the district's zone.
+
+A ledger is a list of `Column`s (a Chinese header, an English JSON key, a width) and rows of plain values: str, int,
+bool, datetime (aware; written in the district's zone) or None. Writers take rows in batches and write into a
+spooled temporary file (memory up to `SPOOL_BYTES`, disk beyond), so that a year's ledger never sits in memory."""
+
+from __future__ import annotations
+
+import csv
+import io
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import IO, Any
+from zoneinfo import ZoneInfo
+
+XLSX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
+SPOOL_BYTES = 8 * 1024 * 1024
+BOM = "\ufeff"
+# OWASP CSV injection: a cell starting with one of these is read as a formula by Excel, LibreOffice, Sheets
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+TIME_FORMAT = "yyyy-mm-dd hh:mm:ss"
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str  # Chinese, as the bureau files it
+    key: str  # the JSON key
+    width: float  # characters, for XLSX
+
+
+def escape_formula(text: str) -> str:
+    """A text cell that a spreadsheet could read as a formula, with a leading apostrophe (shown as text)."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def csv_cell(value: Any, zone: ZoneInfo) -> str | int:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "是" if value else "否"
+    if isinstance(value, int):
+        return value  # our own numbers (floor, level): a -1 floor stays a number
+    if isinstance(value, datetime):
+        return value.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
+    return escape_formula(str(value))
+
+
+def spooled() -> IO[bytes]:
+    return tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - handed to the response, closed there
+
+
+class CsvLedger:
+    """CSV: UTF-8 with a BOM (Excel then reads the Chinese right), CRLF lines, text cells escaped."""
+
+    def __init__(self, columns: Sequence[Column], zone: ZoneInfo) -> None:
+        self.zone = zone
+        self.file = spooled()
+        self._text = io.TextIOWrapper(self.file, encoding="utf-8", newline="", write_through=True)
+        self._text.write(BOM)
+        self._csv = csv.writer(self._text)
+        self._csv.writerow([c.header for c in columns])
+
+    def add(self, rows: Sequence[Sequence[Any]]) -> None:
+        self._csv.writerows([[csv_cell(v, self.zone) for v in row] for row in rows])
+
+    def finish(self) -> IO[bytes]:
+        self._text.flush()
+        self._text.detach()  # the binary file stays open for the response
+        self.file.seek(0)
+        return self.file
+
+
+class XlsxLedger:
+    """XLSX through openpyxl's write-only workbook (rows go to a temporary file as they come, not into memory):
+    one sheet, bold Chinese headers, the header row frozen, column widths set, times as naive local datetimes.
+
+    Text is always written as a string cell (never a formula, whatever it starts with), with the control characters
+    XML cannot carry removed."""
+
+    def __init__(self, columns: Sequence[Column], zone: ZoneInfo, sheet: str) -> None:
+        from openpyxl import Workbook
+        from openpyxl.cell import WriteOnlyCell
+        from openpyxl.styles import Font
+        from openpyxl.utils import get_column_letter
+
+        self.zone = zone
+        self._cell = WriteOnlyCell
+        self._wb = Workbook(write_only=True)
+        self._ws = self._wb.create_sheet(sheet)
+        for i, col in enumerate(columns, start=1):
+            self._ws.column_dimensions[get_column_letter(i)].width = col.width
+        self._ws.freeze_panes = "A2"
+        bold = Font(bold=True)
+        header = []
+        for col in columns:
+            cell = WriteOnlyCell(self._ws, value=col.header)
+            cell.font = bold
+            header.append(cell)
+        self._ws.append(header)
+
+    def _value(self, value: Any) -> Any:
+        from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            return "是" if value else "否"
+        if isinstance(value, datetime):
+            cell = self._cell(self._ws, value=value.astimezone(self.zone).replace(tzinfo=None))
+            cell.number_format = TIME_FORMAT
+            return cell
+        if isinstance(value, int):
+            return value
+        cell = self._cell(self._ws, value=None)
+        cell.value = ILLEGAL_CHARACTERS_RE.sub("", str(value))
+        cell.data_type = "s"  # openpyxl would take a leading '=' for a formula
+        return cell
+
+    def add(self, rows: Sequence[Sequence[Any]]) -> None:
+        for row in rows:
+            self._ws.append([self._value(v) for v in row])
+
+    def finish(self) -> IO[bytes]:
+        out = spooled()
+        self._wb.save(out)  # type: ignore[arg-type]
+        out.seek(0)
+        return out
+
+
+def chunks(file: IO[bytes], size: int = 64 * 1024) -> Iterator[bytes]:
+    """The file's bytes in chunks, closing it at the end (a response body)."""
+    try:
+        while block := file.read(size):
+            yield block
+    finally:
+        file.close()
