@@ -16,13 +16,14 @@ from datetime import datetime
 from typing import IO, Any
 from zoneinfo import ZoneInfo
 
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE as _ILLEGAL
+
 XLSX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
 SPOOL_BYTES = 8 * 1024 * 1024
 BOM = "\ufeff"
 # OWASP CSV injection: a cell starting with one of these is read as a formula by Excel, LibreOffice, Sheets
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-TIME_FORMAT = "yyyy-mm-dd hh:mm:ss"
 
 
 @dataclass(frozen=True)
@@ -103,21 +104,18 @@ class XlsxLedger:
         self._ws.append(header)
 
     def _value(self, value: Any) -> Any:
-        from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
-
-        if value is None:
-            return None
+        if value is None or isinstance(value, int) and not isinstance(value, bool):
+            return value
         if isinstance(value, bool):
             return "是" if value else "否"
-        if isinstance(value, datetime):
-            cell = self._cell(self._ws, value=value.astimezone(self.zone).replace(tzinfo=None))
-            cell.number_format = TIME_FORMAT
-            return cell
-        if isinstance(value, int):
-            return value
-        cell = self._cell(self._ws, value=None)
-        cell.value = ILLEGAL_CHARACTERS_RE.sub("", str(value))
-        cell.data_type = "s"  # openpyxl would take a leading '=' for a formula
+        if isinstance(value, datetime):  # openpyxl gives a datetime a date format of its own
+            return value.astimezone(self.zone).replace(tzinfo=None)
+        text = _ILLEGAL.sub("", str(value))
+        if not text.startswith("="):
+            return text
+        cell = self._cell(self._ws, value=None)  # a plain value starting with '=' would be written as a formula
+        cell.value = text
+        cell.data_type = "s"
         return cell
 
     def add(self, rows: Sequence[Sequence[Any]]) -> None:
