@@ -147,6 +147,9 @@ def year_after(start: datetime, zone: ZoneInfo) -> datetime:
 def ledger_range(start: str, end: str, zone: ZoneInfo) -> tuple[datetime, datetime]:
     """[start, end): RFC 3339 with offset, start before end, at most a calendar year apart; 422 saying which."""
     t0, t1 = parse_time("start", start), parse_time("end", end)
+    for name, value, t in (("start", start, t0), ("end", end, t1)):
+        if not 1900 < t.year < 9000:  # no task is that old or new; and year 9999 + 1 or year 1 − 8 h overflow
+            raise HTTPException(422, f"{name}: {value!r} is out of range: a ledger covers years 1901 to 8999")
     if t0 >= t1:
         raise HTTPException(422, f"start ({start}) must be before end ({end})")
     if t1 > year_after(t0, zone):

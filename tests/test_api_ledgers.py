@@ -156,6 +156,8 @@ def test_range_errors(client: httpx.Client, tokens: dict[str, str]) -> None:
         ({"start": "2025-03-10", "end": "2025-03-11T00:00:00+08:00"}, "RFC 3339"),
         ({"start": "2025-03-11T00:00:00+08:00", "end": "2025-03-10T00:00:00+08:00"}, "before end"),
         ({**DAY, "format": "pdf"}, "format"),
+        ({"start": "9999-12-31T00:00:00+00:00", "end": "9999-12-31T12:00:00+00:00"}, "out of range"),
+        ({"start": "0001-01-01T00:00:00+14:00", "end": "0001-01-02T00:00:00+14:00"}, "out of range"),
     ):
         r = client.get(url, params=params, **h)
         assert r.status_code == 422 and words in r.json()["detail"], (params, r.text)
