@@ -26,7 +26,7 @@ from gridhub.settings import get_settings
 
 __all__ = ["TaskNotFound", "ActionForbidden", "IllegalTransition", "BadActionBody", "apply_action",
            "task_shape", "alert_shape", "record_history", "open_or_join_task", "escalate", "remind",
-           "ACTIONS", "RESOLUTIONS"]
+           "ACTIONS", "REPORT_ACTIONS", "RESOLUTIONS"]
 
 SYSTEM = "system"
 RESOLUTIONS = ("fixed", "false_alarm", "duplicate", "referred_119")
@@ -66,6 +66,13 @@ ACTIONS: dict[str, ActionRule] = {
     "reassign": ActionRule(OPEN_STATES, "a grid head or street officer in scope, or an admin"),
     "extend": ActionRule(OPEN_STATES, "a grid head or street officer in scope"),
     "comment": ActionRule(("open", "accepted", "on_site", "resolved", "closed"), "anyone in scope"),
+}
+# CONTRACT §7: actions on hazard tasks opened from a report only (alerts/reports.py); kept apart from §4.1's table
+# (tests/unit/test_task_states.py pins ACTIONS to §4.1), looked up together in apply_action
+REPORT_ACTIONS: dict[str, ActionRule] = {
+    "confirm": ActionRule(("open",), "a grid head or street officer in scope"),
+    "dismiss": ActionRule(("open",), "a grid head or street officer in scope"),
+    "refer": ActionRule(OPEN_STATES, "the assignee, or a grid head or street officer in scope"),
 }
 
 
@@ -300,6 +307,9 @@ def _may(action: str, actor: Principal, task: dict[str, Any]) -> bool:
         "reassign": supervisor or actor.role == "admin",
         "extend": supervisor,
         "comment": True,
+        "confirm": supervisor,
+        "dismiss": supervisor,
+        "refer": is_assignee or supervisor,
     }[action]
 
 
@@ -319,9 +329,9 @@ def apply_action(uow: UnitOfWork, task_id: str, action: str, actor: Principal,
     body = body or {}
     if not isinstance(body, dict):
         raise BadActionBody("the body must be a JSON object")
-    rule = ACTIONS.get(action)
+    rule = ACTIONS.get(action) or REPORT_ACTIONS.get(action)
     if rule is None:
-        raise BadActionBody(f"unknown task action {action!r}: one of {', '.join(ACTIONS)}")
+        raise BadActionBody(f"unknown task action {action!r}: one of {', '.join([*ACTIONS, *REPORT_ACTIONS])}")
     rules = rules or default_rules()
     now = _now(now)
     t = _lock_task(conn, task_id)
@@ -332,6 +342,8 @@ def apply_action(uow: UnitOfWork, task_id: str, action: str, actor: Principal,
     if t["state"] not in rule.from_states:
         raise IllegalTransition(
             f"task {task_id} is {t['state']}: {action} needs it {' or '.join(rule.from_states)}")
+    if action in REPORT_ACTIONS or action == "accept":
+        _report_rules(conn, action, task_id, t)
     d = rules.deadlines(t["severity"])
     also: tuple[str, ...] = ()
     said_at = min(client_at, now) if client_at is not None else now
@@ -365,6 +377,10 @@ def apply_action(uow: UnitOfWork, task_id: str, action: str, actor: Principal,
         step("resolve", f"{resolution}: {note}" if note else resolution)
         timers.cancel(conn, "escalate", task_id)
         uow.notify(task_id, "", chain="stop", at=now)
+        if t["type"] == "hazard":  # 整改 → 复查 (alerts/reports.py)
+            from gridhub.alerts.reports import open_recheck
+
+            open_recheck(uow, t, resolution, actor.id, now, rules)
     elif action == "close":
         conn.execute("UPDATE tasks SET state = 'closed', closed_at = %s WHERE id = %s", (now, task_id))
         step("close", _note(body, False))
@@ -420,10 +436,61 @@ def apply_action(uow: UnitOfWork, task_id: str, action: str, actor: Principal,
             timers.schedule(conn, "escalate", task_id, until)
     elif action == "comment":
         step("comment", _note(body, True))
+    elif action in REPORT_ACTIONS:
+        _report_action(uow, task_id, action, actor, body, now, step)
     uow.stage_task(task_id, also_notify=also)
     shape = task_shape(conn, task_id)
     assert shape is not None
     return shape
+
+
+def _report_rules(conn: psycopg.Connection[Any], action: str, task_id: str, t: dict[str, Any]) -> None:
+    """State rules of a reported hazard (409): confirm/dismiss/refer only on one, confirm and dismiss only before
+    it is confirmed, accept only after (立案 first)."""
+    from gridhub.alerts.reports import is_report
+
+    reported, confirmed = is_report(conn, task_id) if t["type"] == "hazard" else (False, False)
+    if action == "accept":
+        if reported and not confirmed:
+            raise IllegalTransition(f"task {task_id} is a reported hazard not yet confirmed: a grid head or street"
+                                    " officer confirms it (立案) before it is accepted")
+        return
+    if not reported:
+        raise IllegalTransition(f"{action} is for hazard tasks opened from a report; task {task_id} is"
+                                f" {'a hazard not opened from a report' if t['type'] == 'hazard' else t['type']}")
+    if action in ("confirm", "dismiss") and confirmed:
+        raise IllegalTransition(f"task {task_id} is already confirmed (立案): {action} is for a report not yet"
+                                " confirmed")
+
+
+def _report_action(uow: UnitOfWork, task_id: str, action: str, actor: Principal, body: dict[str, Any],
+                   now: datetime, step: Any) -> None:
+    conn = uow.conn
+    if action == "confirm":
+        conn.execute("UPDATE tasks SET confirmed_at = %s WHERE id = %s", (now, task_id))
+        note = _note(body, False)
+        step("confirm", "立案" + (f": {note}" if note else ""))
+        uow.notify(task_id, "task.changed", at=now)
+    elif action == "dismiss":
+        note = _note(body, True)
+        conn.execute("UPDATE tasks SET state = 'closed', closed_at = %s WHERE id = %s", (now, task_id))
+        step("dismiss", f"不予立案: {note}")
+        timers.cancel(conn, "escalate", task_id)
+        timers.cancel(conn, "remind", task_id)
+        uow.notify(task_id, "", chain="stop", at=now)
+    else:  # refer
+        from gridhub.alerts.reports import MAX_DEPARTMENT, refer_detail
+
+        department = body.get("department")
+        if not isinstance(department, str) or not department.strip():
+            raise BadActionBody("department is required: who it is handed to (消防救援, 执法中队, 物业…)")
+        department = department.strip()
+        if len(department) > MAX_DEPARTMENT:
+            raise BadActionBody(f"department: at most {MAX_DEPARTMENT} characters")
+        note = _note(body, True)
+        assert note is not None
+        refer_detail(conn, task_id, department, note, actor.id, now)
+        step("refer", f"referred to {department}: {note}")
 
 
 def _reopen(conn: psycopg.Connection[Any], task_id: str, assignee: str, now: datetime, rules: RuleBook,

@@ -29,6 +29,7 @@ from gridhub.api import (
     routes_places,
     routes_push,
     routes_quarantine,
+    routes_reports,
     routes_stream,
     routes_summary,
     routes_system,
@@ -170,6 +171,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = openapi  # type: ignore[method-assign]
 
     # evidence before tasks: POST /tasks/{id}/photos must be matched before POST /tasks/{id}/{action}
+    app.include_router(routes_reports.router, prefix="/api/v1")  # issue 14: reports; /tasks/{id}/confirm|dismiss|refer
     for module in (routes_auth, routes_devices, routes_alerts, routes_evidence, routes_tasks, routes_summary,
                    routes_stream, routes_quarantine, routes_push, routes_people, routes_audit):
         app.include_router(module.router, prefix="/api/v1")

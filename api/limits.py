@@ -14,6 +14,8 @@ authentication or multipart spooling:
 
 Caps: `GRIDHUB_MAX_UPLOAD_BYTES` (default 10 MiB) for `POST /api/v1/tasks/{id}/photos` (a photo is at most 8 MiB,
 plus the note and the multipart framing), `GRIDHUB_MAX_BODY_BYTES` (default 1 MiB) for every other request.
+`POST /api/v1/reports` (a hazard report, CONTRACT §7: up to 5 photos of 8 MiB) has a fixed cap of its own,
+`REPORT_BODY_BYTES`: 5 × 8 MiB + 1 MiB for the fields and framing (this route only).
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodyLimit", "BodyTooLarge", "cap_for"]
+__all__ = ["REPORT_BODY_BYTES", "REPORT_MAX_PHOTOS", "BodyLimit", "BodyTooLarge", "cap_for"]
 
 UPLOAD_ROUTES = (re.compile(r"^/api/v1/tasks/[^/]+/photos/?$"),)
+REPORT_ROUTE = re.compile(r"^/api/v1/reports/?$")
+REPORT_MAX_PHOTOS = 5
+REPORT_BODY_BYTES = REPORT_MAX_PHOTOS * 8 * 1024 * 1024 + 1024 * 1024
 
 
 class BodyTooLarge(HTTPException):
@@ -43,7 +48,10 @@ def _size(n: int) -> str:
 
 
 def cap_for(path: str, body_cap: int, upload_cap: int) -> int:
-    """The body cap of a request path: uploads get `upload_cap`, everything else `body_cap`."""
+    """The body cap of a request path: uploads get `upload_cap`, a hazard report `REPORT_BODY_BYTES`, everything
+    else `body_cap`."""
+    if REPORT_ROUTE.match(path):
+        return REPORT_BODY_BYTES
     return upload_cap if any(r.match(path) for r in UPLOAD_ROUTES) else body_cap
 
 
