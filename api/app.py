@@ -25,6 +25,7 @@ from gridhub.api import (
     routes_devices,
     routes_evidence,
     routes_ledgers,
+    routes_map,
     routes_people,
     routes_places,
     routes_push,
@@ -177,6 +178,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(routes_places.router, prefix="/api/v1")  # issue 14: units and facilities
     app.include_router(routes_ledgers.router, prefix="/api/v1")  # issue 14: ledgers (CONTRACT §7)
+    app.include_router(routes_map.router, prefix="/api/v1")  # issue 14: the board's map of buildings
     app.include_router(routes_system.router)
     mount_pages(app)
 

@@ -5,11 +5,12 @@ reader of the environment: `Settings` with its nested `IngestSettings` (GRIDHUB_
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 import socket
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -138,6 +139,12 @@ class Settings(BaseSettings):
                                      " unset: nothing is sent outside the hub")
     camera_files_dir: Path | None = Field(default=None, description="the folder a camera `source` may name files"
                                           " under (file:///… or a plain path); unset: no camera reads a file")
+    map_tiles: str | None = Field(default=None, description="the board map's tile URL template, http(s) with {x},"
+                                  " {y}, {z} (optional {s}: subdomains a, b, c; {s:1234}: the ones listed); unset:"
+                                  " a plain vector view of the buildings, nothing loaded from elsewhere")
+    map_coords: Literal["wgs84", "gcj02"] = Field(default="wgs84", description="the tile service's datum: gcj02 for"
+                                                  " the Chinese services that use it (AutoNavi, Tencent); buildings"
+                                                  " are stored as WGS-84 and shifted on the map")
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     services: ServicesSettings = Field(default_factory=ServicesSettings)
 
@@ -148,6 +155,19 @@ class Settings(BaseSettings):
             ZoneInfo(v)
         except Exception as exc:  # noqa: BLE001
             raise ValueError(f"unknown time zone {v!r}: use an IANA name such as {DEFAULT_TIMEZONE}") from exc
+        return v
+
+    @field_validator("map_tiles", mode="before")
+    @classmethod
+    def _tile_template(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.strip() or None
+        if v is None:
+            return None
+        if not re.fullmatch(r"https?://[^/\s'\";,]+/[^\s'\";,]*", str(v)) or not all(
+                k in str(v) for k in ("{x}", "{y}", "{z}")):
+            raise ValueError(f"GRIDHUB_MAP_TILES={v!r} is not a tile URL template: http(s)://host/... with {{x}}, {{y}} "
+                             "and {z}, without spaces, quotes, commas or semicolons")
         return v
 
     @field_validator("topic_prefix")

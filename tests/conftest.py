@@ -28,9 +28,10 @@ TEST_SECRET = "test-secret-" + "x" * 40
 # `integration`, on the real services; the test_browser*.py files are also `browser`; the files below, which start processes,
 # play whole scenarios or generate load, are also `slow`. Test files carry no markers of their own.
 UNIT = TESTS / "unit"
-BROWSER_FILES = {"test_browser.py", "test_browser_pwa.py"}
+BROWSER_FILES = {"test_browser.py", "test_browser_pwa.py", "test_browser_map.py"}
 SLOW_FILES = {
-    "test_alerts_restart.py", "test_browser.py", "test_browser_pwa.py", "test_detect_live.py", "test_embedded_up.py",
+    "test_alerts_restart.py", "test_browser.py", "test_browser_pwa.py", "test_browser_map.py", "test_detect_live.py",
+    "test_embedded_up.py",
     "test_ingest_processes.py", "test_localservices.py", "test_scenarios_e2e.py", "test_simulators_demo.py",
     "test_simulators_load.py", "test_notify_processes.py", "test_notify_cli.py",
 }

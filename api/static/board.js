@@ -1,12 +1,16 @@
 // The bureau board: the district's grids coloured by their worst open alert, alerts, the task board, a sprinkler
-// pressure chart, evidence of blocked exits and KPIs per community, kept live by the change stream.
+// pressure chart, evidence of blocked exits and KPIs per community, kept live by the change stream; a map of the
+// buildings (Leaflet, vendored) coloured by their worst open alert, where a click filters the alert and task lists.
 "use strict";
 
 (() => {
   const { el, label } = GH;
   const app = document.getElementById("app");
   const S = { me: null, summary: null, alerts: new Map(), tasks: new Map(), source: null, fresh: new Set(),
-              chart: null, timers: {} };
+              chart: null, timers: {}, buildings: [], building: null, lmap: null, layer: null, fitted: "" };
+  const MAP = { tiles: app.dataset.mapTiles || "", subdomains: app.dataset.mapSubdomains || "abc",
+                coords: app.dataset.mapCoords === "gcj02" ? "gcj02" : "wgs84" };
+  const SEV_COLOURS = { critical: "#e5484d", high: "#f5a623", normal: "#e8d44d", low: "#4ea1f3", none: "#30a46c" };
   const OPEN_TASK_STATES = ["open", "accepted", "on_site", "resolved"];
   const KPI_LABELS = { closure_rate: "结案率", on_time_closure_rate: "按期结案率", on_time_rate: "按期结案率",
                        mean_accept_s: "平均接单用时", mean_time_to_accept_s: "平均接单用时",
@@ -36,6 +40,11 @@
       el("main", {},
         section("totals", "概况", true, el("div", { class: "totals", id: "totals-body" })),
         section("map", "辖区网格（按最严重的未消除告警着色）", false, el("div", { id: "map-body" })),
+        section("bmap", "地图：楼栋与告警（按最严重的未消除告警着色）", true,
+          el("div", { class: "map-legend", id: "bmap-legend" }),
+          el("div", { id: "bmap-canvas", "data-testid": "bmap-canvas", "data-coords": MAP.coords,
+                      "data-tiles": MAP.tiles ? "on" : "off" }),
+          el("div", { id: "bmap-unplaced", "data-testid": "bmap-unplaced" })),
         section("alerts", "活动告警", false, el("div", { class: "alerts", id: "alerts-body" })),
         section("tasks", "任务看板（期限与升级）", true, el("div", { class: "taskboard", id: "tasks-body" })),
         section("chart", "喷淋管网压力", false,
@@ -51,7 +60,8 @@
       liveBadge.className = on ? "live on" : "live";
       liveBadge.textContent = on ? "实时" : "重连中";
     });
-    Promise.all([loadSummary(), loadAlerts(), loadTasks()]).then(renderAll);
+    S.lmap = null; S.layer = null; S.fitted = "";
+    Promise.all([loadSummary(), loadAlerts(), loadTasks(), loadBuildings()]).then(renderAll);
     loadSprinklers();
     loadEvidence();
     loadKpis();
@@ -93,6 +103,7 @@
     renderTotals();
     debounce("summary", loadSummaryAndRender, 300);
     if (alert.type === "exit_blocked") debounce("evidence", loadEvidence, 1500);
+    debounce("buildings", () => loadBuildings().then(renderBuildingMap), 300);
   }
 
   async function onTask(task) {
@@ -109,7 +120,113 @@
     debounce("summary", loadSummaryAndRender, 300);
   }
 
-  function renderAll() { renderTotals(); renderMap(); renderAlerts(); renderTasks(); }
+  function renderAll() { renderTotals(); renderMap(); renderBuildingMap(); renderAlerts(); renderTasks(); }
+
+  // ---------------------------------------------------------------- the map of buildings (issue 14)
+
+  // WGS-84 → GCJ-02, the published public transform (Krasovsky 1940 ellipsoid); gridhub/geo.py is the same formula
+  // and tests/unit/test_geo.py checks it against 天安门. Outside China the point is unchanged.
+  function wgs84ToGcj02(lat, lon) {
+    if (!(lon >= 72.004 && lon <= 137.8347 && lat >= 0.8293 && lat <= 55.8271)) return [lat, lon];
+    const a = 6378245.0, ee = 0.00669342162296594323, PI = Math.PI;
+    const x = lon - 105.0, y = lat - 35.0;
+    let dLat = -100.0 + 2.0 * x + 3.0 * y + 0.2 * y * y + 0.1 * x * y + 0.2 * Math.sqrt(Math.abs(x));
+    dLat += (20.0 * Math.sin(6.0 * x * PI) + 20.0 * Math.sin(2.0 * x * PI)) * 2.0 / 3.0;
+    dLat += (20.0 * Math.sin(y * PI) + 40.0 * Math.sin(y / 3.0 * PI)) * 2.0 / 3.0;
+    dLat += (160.0 * Math.sin(y / 12.0 * PI) + 320.0 * Math.sin(y * PI / 30.0)) * 2.0 / 3.0;
+    let dLon = 300.0 + x + 2.0 * y + 0.1 * x * x + 0.1 * x * y + 0.1 * Math.sqrt(Math.abs(x));
+    dLon += (20.0 * Math.sin(6.0 * x * PI) + 20.0 * Math.sin(2.0 * x * PI)) * 2.0 / 3.0;
+    dLon += (20.0 * Math.sin(x * PI) + 40.0 * Math.sin(x / 3.0 * PI)) * 2.0 / 3.0;
+    dLon += (150.0 * Math.sin(x / 12.0 * PI) + 300.0 * Math.sin(x / 30.0 * PI)) * 2.0 / 3.0;
+    const rad = lat / 180.0 * PI;
+    const magic = 1 - ee * Math.sin(rad) * Math.sin(rad);
+    const sqrtMagic = Math.sqrt(magic);
+    dLat = (dLat * 180.0) / ((a * (1 - ee)) / (magic * sqrtMagic) * PI);
+    dLon = (dLon * 180.0) / (a / sqrtMagic * Math.cos(rad) * PI);
+    return [lat + dLat, lon + dLon];
+  }
+  window.GHMap = { wgs84ToGcj02 };
+
+  function mapPosition(b) { return MAP.coords === "gcj02" ? wgs84ToGcj02(b.lat, b.lon) : [b.lat, b.lon]; }
+
+  async function loadBuildings() {
+    try { S.buildings = (await GH.get("/api/v1/map/buildings")).items; } catch (e) { S.buildings = []; }
+  }
+
+  function setBuildingFilter(b) {
+    S.building = b ? { id: b.id, name: b.name } : null;
+    renderBuildingMap(); renderAlerts(); renderTasks();
+  }
+
+  function filterChip() {
+    if (!S.building) return null;
+    return el("div", { class: "filter-chip", "data-testid": "building-filter", "data-building": S.building.id },
+      el("span", { text: `楼栋：${S.building.name}` }),
+      el("button", { "data-testid": "building-filter-clear", title: "清除楼栋筛选", text: "×",
+                     onclick: () => setBuildingFilter(null) }));
+  }
+
+  function markerTitle(b) {
+    return `${b.name}（${b.grid_name}）· 单位 ${b.units} · 告警 ${b.open_alerts}`
+      + (b.worst ? `（最高：${label("severity", b.worst)}）` : "");
+  }
+
+  function renderBuildingMap() {
+    const canvas = document.getElementById("bmap-canvas");
+    if (!canvas) return;
+    const legend = document.getElementById("bmap-legend");
+    legend.replaceChildren(...["critical", "high", "normal", "low"].map((s) => el("span", { class: "legend-item" },
+      el("i", { style: `background:${SEV_COLOURS[s]}` }), el("span", { text: label("severity", s) }))),
+      el("span", { class: "legend-item" }, el("i", { style: `background:${SEV_COLOURS.none}` }),
+        el("span", { text: "无告警" })),
+      el("span", { class: "muted", text: MAP.tiles ? `底图：已配置（${MAP.coords === "gcj02" ? "GCJ-02" : "WGS-84"}）`
+                                                  : "底图：未配置，矢量视图" }),
+      ...[filterChip()].filter(Boolean));
+    const placed = S.buildings.filter((b) => b.lat !== null && b.lon !== null);
+    const unplaced = S.buildings.filter((b) => b.lat === null || b.lon === null);
+    const unplacedBox = document.getElementById("bmap-unplaced");
+    unplacedBox.replaceChildren(...(unplaced.length ? [el("span", { class: "muted", text: `未登记坐标（${unplaced.length}）：` }),
+      ...unplaced.map((b) => el("button", { class: `unplaced sev-${b.worst || "none"}`, "data-testid": "unplaced-building",
+        "data-building": b.id, title: markerTitle(b), text: `${b.name}${b.open_alerts ? " · 告警" + b.open_alerts : ""}`,
+        onclick: () => setBuildingFilter(b) }))] : []));
+    if (typeof L === "undefined") { canvas.replaceChildren(el("p", { class: "error", text: "地图组件未加载" })); return; }
+    if (!S.lmap) {
+      canvas.replaceChildren();
+      canvas.classList.toggle("vector", !MAP.tiles);
+      S.lmap = L.map(canvas, { zoomControl: true, attributionControl: !!MAP.tiles, preferCanvas: false });
+      if (MAP.tiles) L.tileLayer(MAP.tiles, { subdomains: MAP.subdomains, maxZoom: 18 }).addTo(S.lmap);
+      S.layer = L.layerGroup().addTo(S.lmap);
+    }
+    S.layer.clearLayers();
+    // the view first: a layer added to a map without one waits for it, and its element with it
+    const points = placed.map(mapPosition);
+    const key = points.map((p) => p.join(",")).join(";");
+    if (key !== S.fitted) {
+      S.fitted = key;
+      if (points.length === 1) S.lmap.setView(points[0], 17);
+      else if (points.length) S.lmap.fitBounds(L.latLngBounds(points), { padding: [30, 30], maxZoom: 17 });
+      else S.lmap.setView([0, 0], 1);
+    }
+    placed.forEach((b, i) => {
+      const pos = points[i];
+      const w = b.worst || "none";
+      const selected = S.building && S.building.id === b.id;
+      const marker = L.circleMarker(pos, { radius: selected ? 12 : 9, color: selected ? "#ffffff" : "#0b111a",
+        weight: selected ? 3 : 2, fillColor: SEV_COLOURS[w], fillOpacity: 0.9 });
+      marker.bindTooltip(markerTitle(b), { permanent: !MAP.tiles, direction: "top", offset: [0, -8] });
+      marker.on("click", () => setBuildingFilter(selected ? null : b));
+      marker.addTo(S.layer);
+      const node = marker.getElement();
+      if (node) {
+        node.setAttribute("data-testid", "map-marker");
+        node.setAttribute("data-building", b.id);
+        node.setAttribute("data-worst", w);
+        node.setAttribute("data-lat", String(pos[0]));
+        node.setAttribute("data-lon", String(pos[1]));
+      }
+    });
+    canvas.dataset.markers = String(points.length);
+  }
 
   function worst(counts) {
     for (const s of ["critical", "high", "normal", "low"]) if (counts[s] > 0) return s;
@@ -161,10 +278,14 @@
   function renderAlerts() {
     const box = document.getElementById("alerts-body");
     if (!box) return;
-    const rows = [...S.alerts.values()].sort((a, b) =>
+    const rows = [...S.alerts.values()].filter((a) => !S.building || a.building_id === S.building.id).sort((a, b) =>
       GH.SEVERITY_RANK[a.severity] - GH.SEVERITY_RANK[b.severity] || (a.last_seen < b.last_seen ? 1 : -1));
-    if (!rows.length) { box.replaceChildren(el("p", { class: "muted", text: "暂无活动告警" })); return; }
-    box.replaceChildren(el("table", {},
+    if (!rows.length) {
+      box.replaceChildren(...[filterChip(), el("p", { class: "muted", text: S.building ? "该楼栋暂无活动告警" : "暂无活动告警" })]
+        .filter(Boolean));
+      return;
+    }
+    box.replaceChildren(...[filterChip()].filter(Boolean), el("table", {},
       el("thead", {}, el("tr", {}, ...["级别", "类型", "设备", "楼栋", "最近", "次数", ""].map((t) => el("th", { text: t })))),
       el("tbody", {}, ...rows.map((a) => {
         const tr = el("tr", { "data-testid": "alert-row", "data-alert-id": a.id, "data-type": a.type,
@@ -203,9 +324,11 @@
   function renderTasks() {
     const box = document.getElementById("tasks-body");
     if (!box) return;
-    const tasks = [...S.tasks.values()].sort((a, b) => GH.SEVERITY_RANK[a.severity] - GH.SEVERITY_RANK[b.severity]
+    const tasks = [...S.tasks.values()].filter((t) => !S.building || t.building_id === S.building.id).sort((a, b) => GH.SEVERITY_RANK[a.severity] - GH.SEVERITY_RANK[b.severity]
       || String(GH.dueOf(a) || "9").localeCompare(String(GH.dueOf(b) || "9")));
-    box.replaceChildren(...OPEN_TASK_STATES.map((state) => {
+    const chip = filterChip();
+    box.classList.toggle("filtered", !!chip);
+    box.replaceChildren(...(chip ? [chip] : []), ...OPEN_TASK_STATES.map((state) => {
       const mine = tasks.filter((t) => t.state === state);
       return el("div", { class: "column", "data-testid": `column-${state}` },
         el("h3", { text: `${label("state", state)}（${mine.length}）` }), ...mine.map(taskCard));
