@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Request, status
+from fastapi import APIRouter, Body, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from psycopg.rows import dict_row
@@ -176,7 +176,7 @@ def _with_report(row: Mapping[str, Any]) -> dict[str, Any]:
     detail = dict(row["report_detail"] or {})
     out["report"] = {**detail, "reported_by": row["reported_by"],
                      "confirmed": row["confirmed_at"] is not None,
-                     "photo_urls": [f"/api/v1/evidence/{e}" for e in detail.get("photos", [])]}
+                     "photo_urls": [f"/api/v1/reports/{row['id']}/photos/{e}" for e in detail.get("photos", [])]}
     return out
 
 
@@ -224,6 +224,23 @@ async def get_report(task_id: str, conn: ConnDep, user: CurrentUser) -> dict[str
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"report {task_id} is in grid {row['grid_id']}, outside your"
                                                        " scope, and not yours")
     return _with_report(row)
+
+
+@router.get("/reports/{task_id}/photos/{evidence_id}", response_class=Response,
+            responses={200: {"content": {"image/jpeg": {}}, "description": "the image"}})
+async def get_report_photo(task_id: str, evidence_id: str, conn: ConnDep, user: CurrentUser) -> Response:
+    """A photo of a report (`image/jpeg`), for whoever may read the report (the reporter too, outside their scope;
+    `GET /api/v1/evidence/{id}` serves it to the task's grid)."""
+    cond, params = _report_scope(user)
+    row = await (await conn.execute(
+        f"SELECT ({cond}) AS in_scope, CASE WHEN ({cond}) THEN e.data END AS data FROM evidence e"
+        " JOIN tasks t ON t.id = e.task_id WHERE e.id = %s AND t.id = %s AND t.reported_by IS NOT NULL",
+        [*params, *params, evidence_id, task_id])).fetchone()
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"report {task_id} has no photo {evidence_id}")
+    if not row["in_scope"]:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"report {task_id} is outside your scope and not yours")
+    return Response(bytes(row["data"]), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
 class ReportActionIn(BaseModel):

@@ -65,9 +65,12 @@ def test_a_report_with_two_photos_opens_a_hazard_task_in_the_places_grid(
 
 
 def test_the_reporter_sees_their_task_outside_their_scope(client: httpx.Client, tokens: dict[str, str]) -> None:
-    task = opened(client, tokens, "w-003")
+    task = opened(client, tokens, "w-003", photos=1)
     r = client.get(f"/api/v1/reports/{task['id']}", **as_(tokens, "w-003"))
     assert r.status_code == 200 and r.json()["history"]
+    photo = r.json()["report"]["photo_urls"][0]
+    assert client.get(photo, **as_(tokens, "w-003")).content[:3] == b"\xff\xd8\xff"  # their own photo too
+    assert client.get(photo, **as_(tokens, "w-004")).status_code == 403
     mine = client.get("/api/v1/reports", params={"mine": "true"}, **as_(tokens, "w-003")).json()["items"]
     assert task["id"] in {t["id"] for t in mine}
     # another person of grid 2 did not report it: outside their scope
