@@ -202,3 +202,13 @@ def test_resolving_a_confirmed_hazard_opens_a_recheck_for_the_grid_worker(
     assert act(client, tokens, "w-001", recheck_id, "accept").status_code == 200
     assert act(client, tokens, "w-001", recheck_id, "resolve", resolution="fixed").json()["state"] == "resolved"
     assert act(client, tokens, "w-002", recheck_id, "close").json()["state"] == "closed"
+
+
+def test_a_report_sent_twice_with_one_key_opens_one_task(client: httpx.Client, tokens: dict[str, str]) -> None:
+    headers = {**bearer(tokens["w-001"]), "Idempotency-Key": "report-twice-1"}
+    data = {"category": "gas", "building": "b-14", "description": "燃气味"}
+    files = [("photos", ("p.jpg", tiny_jpeg(), "image/jpeg"))]
+    first = client.post("/api/v1/reports", data=data, files=files, headers=headers)
+    again = client.post("/api/v1/reports", data=data, files=files, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert again.json()["id"] == first.json()["id"] and again.headers.get("Idempotency-Replayed") == "true"
