@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import http.server
 import os
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,6 +23,9 @@ from gridhub.geo import distance_m, wgs84_to_gcj02
 from gridhub.settings import Settings
 
 WAIT_MS = 30_000
+# the map's screenshot: to docs/ with GRIDHUB_UPDATE_SCREENSHOTS=1 (as test_browser.py), else to a temporary folder
+SHOTS = Path(__file__).resolve().parent.parent / "docs" if os.environ.get("GRIDHUB_UPDATE_SCREENSHOTS") == "1" \
+    else Path(tempfile.gettempdir())
 B12 = (24.4461, 118.0873)
 # a 1x1 PNG for the local tile server
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000b49444154789c63600002000005"
@@ -158,6 +163,7 @@ def test_marker_colour_and_a_click_filters_the_lists(browser: Any, hub: Hub) -> 
         page.get_by_test_id("building-filter").first.wait_for(timeout=WAIT_MS)
         ids = {cards.nth(i).get_attribute("data-task-id") for i in range(cards.count())}
         assert task12 in ids and task20 not in ids
+        page.get_by_test_id("bmap").screenshot(path=str(SHOTS / "board-map-filtered.png"))
         alerts = page.locator("[data-testid=alert-row]")
         assert alerts.count() >= 1 and all(
             alerts.nth(i).locator("td").nth(3).inner_text() == "b-12" for i in range(alerts.count()))
