@@ -21,14 +21,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gridhub import audit
 from gridhub.alerts import changes
 from gridhub.alerts.reports import CATEGORIES, MAX_DEPARTMENT, UnknownPlace, open_report, place_of
-from gridhub.alerts.tasks import ActionForbidden, IllegalTransition, TaskNotFound, apply_action, default_rules
+from gridhub.alerts.tasks import TaskNotFound, default_rules
 from gridhub.api import idempotency
 from gridhub.api.deps import ClientAddress, ConnDep, CurrentUser, SyncPoolDep
 from gridhub.api.idempotency import OfflineDep
 from gridhub.api.limits import REPORT_MAX_PHOTOS, BodyTooLarge
 from gridhub.api.listing import PageDep, fetch_page
 from gridhub.api.routes_evidence import MAX_PHOTO, is_jpeg
-from gridhub.api.routes_tasks import TASK_ORDER, TASK_SELECT, audit_detail, store_refusal, task_with_place
+from gridhub.api.routes_tasks import TASK_ORDER, TASK_SELECT, run_action, store_refusal, task_with_place
 from gridhub.auth import Principal
 from gridhub.images import PHOTO_MAX_PIXELS, ImageTooLarge, NotAnImage, check_jpeg
 
@@ -255,47 +255,19 @@ async def _report_action(action: str, task_id: str, request: Request, conn: Conn
                          sync_pool: SyncPoolDep, offline: idempotency.OfflineWrite, address: str,
                          body: ReportActionIn | None) -> dict[str, Any] | JSONResponse:
     payload = body.model_dump(mode="json", exclude_none=True) if body else {}
-    key, path = offline.key, request.url.path
-    fp = idempotency.fingerprint("POST", path, payload)
-    if key is not None and (hit := await idempotency.stored(conn, user.id, key, fp)) is not None:
-        return hit
 
-    def run() -> dict[str, Any]:
-        with sync_pool.connection() as c, changes.UnitOfWork(c) as uow:
-            if key is not None:
-                idempotency.claim(c, user.id, key, "POST", path, fp)
-            apply_action(uow, task_id, action, user, payload, client_at=offline.client_at)
-            detail = audit_detail(payload, offline.client_at)
-            if payload.get("department"):
-                detail["department"] = payload["department"]
-            audit.record(c, user.id, f"task.{action}", target=task_id, address=address, detail=detail)
-            out = _report_out(c, task_id)
-            if key is not None:
-                idempotency.answer(c, user.id, key, 200, out)
-            return out
-
-    try:
+    async def in_scope() -> None:
         cond, params = _report_scope(user)
         row = await (await conn.execute(f"SELECT ({cond}) AS in_scope FROM tasks t WHERE t.id = %s",
                                         [*params, task_id])).fetchone()
         if row is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"task {task_id} does not exist")
-        try:
-            return await run_in_threadpool(run)
-        except idempotency.Replay as replay:
-            return replay.response()
-        except TaskNotFound as exc:  # it exists; outside the grid (a reporter's too: theirs to read, not to act on)
-            raise HTTPException(status.HTTP_403_FORBIDDEN, f"task {task_id} is outside your scope") from exc
-        except ActionForbidden as exc:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from exc
-        except IllegalTransition as exc:
-            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from exc
-    except HTTPException as exc:
-        if key is not None:
-            await run_in_threadpool(store_refusal, sync_pool, user.id, key, path, fp, exc)
-        raise
+
+    def outside(exc: TaskNotFound) -> HTTPException:  # it exists; a reporter's to read, not to act on
+        return HTTPException(status.HTTP_403_FORBIDDEN, f"task {task_id} is outside your scope")
+
+    return await run_action(request, conn, user, sync_pool, offline, address, task_id, action, payload,
+                            in_scope=in_scope, answer=lambda c: _report_out(c, task_id), not_found=outside)
 
 
 @router.post("/tasks/{task_id}/confirm", response_model=None)

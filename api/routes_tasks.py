@@ -3,7 +3,7 @@ engine's state machine (`gridhub.alerts.tasks.apply_action`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -139,6 +139,27 @@ async def task_action(task_id: str, action: Action, request: Request, conn: Conn
     `Idempotency-Key`: the same key again answers the first answer without acting twice (the worker page's
     offline queue); `X-Gridhub-Client-Time`: when you acted, kept in the history step (see api/README.md)."""
     payload = body.model_dump(mode="json", exclude_none=True) if body else {}
+
+    async def in_scope() -> None:
+        await scoped_task(conn, user, task_id)
+
+    def answer(c: Any) -> dict[str, Any]:
+        with c.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(f"{TASK_SELECT} WHERE t.id = %s", (task_id,)).fetchone()
+        assert row is not None  # the action just took it
+        return task_with_place(row)
+
+    return await run_action(request, conn, user, sync_pool, offline, address, task_id, action, payload,
+                            in_scope=in_scope, answer=answer)
+
+
+async def run_action(request: Request, conn: Any, user: Principal, sync_pool: Any, offline: Any, address: str,
+                     task_id: str, action: str, payload: dict[str, Any], *,
+                     in_scope: Callable[[], Awaitable[None]], answer: Callable[[Any], dict[str, Any]],
+                     not_found: Callable[[TaskNotFound], HTTPException] | None = None) -> dict[str, Any] | JSONResponse:
+    """A task action as every action route takes it: `in_scope()` first (raising 404/403), then in one transaction
+    the idempotency claim, `apply_action`, its audit row and the answer (`answer(conn)`); refusals stored under the
+    Idempotency-Key too, so a replay answers the same. `not_found` maps TaskNotFound (default 404)."""
     key, path = offline.key, request.url.path
     fp = idempotency.fingerprint("POST", path, payload)
     if key is not None and (hit := await idempotency.stored(conn, user.id, key, fp)) is not None:
@@ -152,22 +173,19 @@ async def task_action(task_id: str, action: Action, request: Request, conn: Conn
             # in the action's transaction: the row exists exactly when the action took effect
             audit.record(c, user.id, f"task.{action}", target=task_id, address=address,
                          detail=audit_detail(payload, offline.client_at))
-            with c.cursor(row_factory=dict_row) as cur:
-                row = cur.execute(f"{TASK_SELECT} WHERE t.id = %s", (task_id,)).fetchone()
-            assert row is not None  # the action just took it
-            out = task_with_place(row)
+            out = answer(c)
             if key is not None:
                 idempotency.answer(c, user.id, key, 200, out)
             return out
 
     try:
-        await scoped_task(conn, user, task_id)
+        await in_scope()
         try:
             return await run_in_threadpool(run)
         except idempotency.Replay as replay:
             return replay.response()
         except TaskNotFound as exc:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+            raise (not_found(exc) if not_found else HTTPException(status.HTTP_404_NOT_FOUND, str(exc))) from exc
         except ActionForbidden as exc:
             raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from exc
         except IllegalTransition as exc:
@@ -183,7 +201,8 @@ async def task_action(task_id: str, action: Action, request: Request, conn: Conn
 def audit_detail(payload: Mapping[str, Any], client_at: datetime | None) -> dict[str, Any]:
     """What a task action's audit row keeps of its body: the choices made, the note's length only (notes are free
     text about people and places; the task's history has them for those in scope)."""
-    out: dict[str, Any] = {k: payload[k] for k in ("resolution", "worker_id", "until") if payload.get(k) is not None}
+    out: dict[str, Any] = {k: payload[k] for k in ("resolution", "worker_id", "until", "department")
+                           if payload.get(k) is not None}
     if payload.get("note") is not None:
         out["note_chars"] = len(str(payload["note"]))
     if client_at is not None:
