@@ -1,13 +1,14 @@
-"""GET /api/v1/ledgers/tasks: the task ledger (任务台账, CONTRACT §7) as JSON, CSV or XLSX.
+"""GET /api/v1/ledgers/tasks and /ledgers/hazards: the task ledger (任务台账) and the hazard ledger (事故隐患台账,
+CONTRACT §7) as JSON, CSV or XLSX.
 
-Tasks opened in [start, end) (both required, with an offset, at most one calendar year apart), in the caller's grids
+Both: tasks (of type `hazard` for the hazard ledger) opened in [start, end) (both required, with an offset, at most one calendar year apart), in the caller's grids
 (grid head: their grids; street officer: their street; bureau, admin: everything; grid workers have no ledger),
 narrowed by `street`, `community`, `grid`, each of which must lie wholly inside the caller's scope (403 otherwise,
 404 when it does not exist). Rows oldest first (`opened_at`, then id); drills included and marked (演练)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import IO, Annotated, Any, Literal
 from zoneinfo import ZoneInfo
@@ -19,6 +20,7 @@ from psycopg.rows import dict_row
 from pydantic import BaseModel
 
 from gridhub.alerts.notify.text import SEVERITY_NAMES, TYPE_NAMES
+from gridhub.alerts.reports import CATEGORIES
 from gridhub.alerts.shapes import shape_time
 from gridhub.api.deps import ConnDep, SettingsDep, require_roles
 from gridhub.api.ledger_formats import (
@@ -199,16 +201,10 @@ def stamp(t: datetime, zone: ZoneInfo) -> str:
     return local.strftime("%Y%m%d") if local.time() == datetime.min.time() else local.strftime("%Y%m%dT%H%M%S")
 
 
-@router.get("/ledgers/tasks", response_model=None, responses=RESPONSES)
-async def task_ledger(
-    conn: ConnDep, user: LedgerUser, settings: SettingsDep, start: TimeParam, end: TimeParam,
-    street: UnitParam = None, community: UnitParam = None, grid: UnitParam = None,
-    format: Annotated[Literal["json", "csv", "xlsx"], Query(description="json (default), csv or xlsx")] = "json",
-) -> dict[str, Any] | StreamingResponse:
-    """The task ledger (任务台账): tasks opened in [start, end) in your scope, oldest first; grid heads, street
-    officers, bureau and admin. CSV is UTF-8 with a BOM, XLSX has one sheet 任务台账; times in the district's
-    zone."""
-    zone = settings.tz
+async def ledger_where(conn: ConnDep, user: Principal, zone: ZoneInfo, start: str, end: str, street: str | None,
+                       community: str | None, grid: str | None) -> tuple[datetime, datetime, list[str], list[Any]]:
+    """The range, scope and filters every ledger shares: ([start, end), WHERE conditions on `t` (the task), `st`,
+    `c` (its street and community), their arguments). 422 for a bad range, 403 / 404 for a bad filter."""
     t0, t1 = ledger_range(start, end, zone)
     where: list[str] = ["t.opened_at >= %s", "t.opened_at < %s"]
     args: list[Any] = [t0, t1]
@@ -221,29 +217,180 @@ async def task_ledger(
             await check_unit(conn, user, kind, value)
             where.append(f"{column} = %s")
             args.append(value)
-    sql = f"{LEDGER_SQL} WHERE {' AND '.join(where)} ORDER BY t.opened_at, t.id"
+    return t0, t1, where, args
 
+
+async def ledger_answer(
+    conn: ConnDep, *, sql: str, args: Sequence[Any], columns: Sequence[Column], sheet: str, prefix: str,
+    fmt: str, zone: ZoneInfo, t0: datetime, t1: datetime,
+    to_json: Callable[[Mapping[str, Any]], dict[str, Any]], to_cells: Callable[[Mapping[str, Any]], list[Any]],
+) -> dict[str, Any] | StreamingResponse:
+    """Run the ledger's query and answer it as JSON or as a CSV / XLSX attachment `<prefix>-<start>-<end>.<fmt>`."""
     writer: CsvLedger | XlsxLedger | None = None
-    if format == "csv":
-        writer = CsvLedger(TASK_LEDGER, zone)
-    elif format == "xlsx":
-        writer = await run_in_threadpool(XlsxLedger, TASK_LEDGER, zone, SHEET)
+    if fmt == "csv":
+        writer = CsvLedger(columns, zone)
+    elif fmt == "xlsx":
+        writer = await run_in_threadpool(XlsxLedger, columns, zone, sheet)
     items: list[dict[str, Any]] = []
     # a server-side cursor in a transaction: a year's ledger is read in batches, never held whole
-    async with conn.transaction(), conn.cursor(name="task_ledger", row_factory=dict_row) as cur:
+    async with conn.transaction(), conn.cursor(name=f"{prefix}_ledger", row_factory=dict_row) as cur:
         await cur.execute(sql, args)
         while batch := await cur.fetchmany(BATCH):
             if writer is None:
-                items += [json_row(r) for r in batch]
+                items += [to_json(r) for r in batch]
             else:
-                values: Sequence[Sequence[Any]] = [ledger_values(r) for r in batch]
+                values: Sequence[Sequence[Any]] = [to_cells(r) for r in batch]
                 await run_in_threadpool(writer.add, values)
     if writer is None:
         return {"items": items, "start": shape_time(t0), "end": shape_time(t1)}
     body: IO[bytes] = await run_in_threadpool(writer.finish)
-    name = f"tasks-{stamp(t0, zone)}-{stamp(t1, zone)}.{format}"
-    media = CSV_MEDIA_TYPE if format == "csv" else XLSX_MEDIA_TYPE
+    name = f"{prefix}-{stamp(t0, zone)}-{stamp(t1, zone)}.{fmt}"
+    media = CSV_MEDIA_TYPE if fmt == "csv" else XLSX_MEDIA_TYPE
     return StreamingResponse(chunks(body), media_type=media,
                              headers={"Content-Disposition": f'attachment; filename="{name}"',
                                       "Cache-Control": "no-store"})
 
+
+FormatParam = Annotated[Literal["json", "csv", "xlsx"], Query(description="json (default), csv or xlsx")]
+
+
+@router.get("/ledgers/tasks", response_model=None, responses=RESPONSES)
+async def task_ledger(
+    conn: ConnDep, user: LedgerUser, settings: SettingsDep, start: TimeParam, end: TimeParam,
+    street: UnitParam = None, community: UnitParam = None, grid: UnitParam = None, format: FormatParam = "json",
+) -> dict[str, Any] | StreamingResponse:
+    """The task ledger (任务台账): tasks opened in [start, end) in your scope, oldest first; grid heads, street
+    officers, bureau and admin. CSV is UTF-8 with a BOM, XLSX has one sheet 任务台账; times in the district's
+    zone."""
+    zone = settings.tz
+    t0, t1, where, args = await ledger_where(conn, user, zone, start, end, street, community, grid)
+    sql = f"{LEDGER_SQL} WHERE {' AND '.join(where)} ORDER BY t.opened_at, t.id"
+    return await ledger_answer(conn, sql=sql, args=args, columns=TASK_LEDGER, sheet=SHEET, prefix="tasks", fmt=format,
+                               zone=zone, t0=t0, t1=t1, to_json=json_row, to_cells=ledger_values)
+
+
+# --- the hazard ledger (事故隐患台账): hazard tasks, most from residents' and workers' reports (alerts/reports.py) ---
+
+HAZARD_SHEET = "隐患台账"
+HAZARD_LEDGER = (
+    Column("隐患编号", "id", 22), Column("类别", "category", 16), Column("街道", "street", 12),
+    Column("社区", "community", 12), Column("网格", "grid", 10), Column("楼栋", "building", 12),
+    Column("位置", "place", 18), Column("描述", "description", 36), Column("提报人", "reported_by", 10),
+    Column("提报时间", "reported_at", 20), Column("立案时间", "confirmed_at", 20), Column("状态", "state", 9),
+    Column("移交部门", "referrals", 18), Column("整改时间", "resolved_at", 20), Column("处置结果", "resolution", 10),
+    Column("复查任务", "recheck_id", 22), Column("复查结果", "recheck", 14), Column("演练", "drill", 6),
+)
+HAZARD_JSON_IDS = ("street_id", "community_id", "grid_id", "building_id", "reported_by_id", "recheck_state",
+                   "recheck_resolution")
+HAZARD_TIME_KEYS = frozenset(("reported_at", "confirmed_at", "resolved_at"))
+DEPARTMENT_SEPARATOR = "、"
+
+# the place: the report's words, else (a hazard from elsewhere) the device's place; the recheck: the latest one
+HAZARD_SQL = """
+SELECT t.id, t.detail->>'category' AS category, st.id AS street_id, st.name AS street, c.id AS community_id,
+       c.name AS community, t.grid_id, g.name AS grid, t.building_id, b.name AS building,
+       COALESCE(t.detail->>'place', d.place) AS place, t.detail->>'description' AS description,
+       t.reported_by AS reported_by_id, COALESCE(rw.name, t.reported_by) AS reported_by, t.opened_at AS reported_at,
+       t.confirmed_at, t.state, t.resolved_at, t.resolution, t.drill,
+       ARRAY(SELECT r.value->>'department'
+             FROM jsonb_array_elements(CASE WHEN jsonb_typeof(t.detail->'referrals') = 'array'
+                                            THEN t.detail->'referrals' ELSE '[]'::jsonb END)
+                  WITH ORDINALITY AS r(value, n)
+             WHERE r.value->>'department' IS NOT NULL ORDER BY r.n) AS referrals,
+       rc.id AS recheck_id, rc.state AS recheck_state, rc.resolution AS recheck_resolution
+FROM tasks t
+LEFT JOIN grids g ON g.id = t.grid_id
+LEFT JOIN communities c ON c.id = g.community_id
+LEFT JOIN streets st ON st.id = c.street_id
+LEFT JOIN buildings b ON b.id = t.building_id
+LEFT JOIN devices d ON d.id = t.device_id
+LEFT JOIN workers rw ON rw.id = t.reported_by
+LEFT JOIN LATERAL (SELECT r.id, r.state, r.resolution FROM tasks r
+                   WHERE r.source_task_id = t.id AND r.type = 'recheck'
+                   ORDER BY r.opened_at DESC, r.id DESC LIMIT 1) rc ON true
+"""
+
+
+class HazardLedgerRow(BaseModel):
+    id: str
+    category: str | None
+    category_name: str | None
+    street_id: str | None
+    street: str | None
+    community_id: str | None
+    community: str | None
+    grid_id: str | None
+    grid: str | None
+    building_id: str | None
+    building: str | None
+    place: str | None
+    description: str | None
+    reported_by_id: str | None
+    reported_by: str | None
+    reported_at: str
+    confirmed_at: str | None
+    state: str
+    referrals: list[str]
+    resolved_at: str | None
+    resolution: str | None
+    recheck_id: str | None
+    recheck_state: str | None
+    recheck_resolution: str | None
+    drill: bool
+
+
+class HazardLedger(BaseModel):
+    items: list[HazardLedgerRow]
+    start: str
+    end: str
+
+
+HAZARD_RESPONSES: dict[int | str, dict[str, Any]] = {200: {**RESPONSES[200], "model": HazardLedger}}
+
+
+def recheck_text(row: Mapping[str, Any]) -> str | None:
+    """复查结果: the recheck's state, and its resolution once it has one: 已办结（已处置）."""
+    if row["recheck_id"] is None:
+        return None
+    text = STATE_NAMES.get(row["recheck_state"], row["recheck_state"])
+    if row["recheck_resolution"]:
+        text += f"（{RESOLUTION_NAMES.get(row['recheck_resolution'], row['recheck_resolution'])}）"
+    return str(text)
+
+
+def hazard_values(row: Mapping[str, Any]) -> list[Any]:
+    out = dict(row)
+    out["category"] = CATEGORIES.get(row["category"], row["category"]) if row["category"] else None
+    out["state"] = STATE_NAMES.get(row["state"], row["state"])
+    out["resolution"] = RESOLUTION_NAMES.get(row["resolution"], row["resolution"])
+    out["referrals"] = DEPARTMENT_SEPARATOR.join(row["referrals"]) or None
+    out["recheck"] = recheck_text(row)
+    return [out[c.key] for c in HAZARD_LEDGER]
+
+
+def hazard_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for c in HAZARD_LEDGER:
+        if c.key == "recheck":
+            continue
+        out[c.key] = shape_time(row[c.key]) if c.key in HAZARD_TIME_KEYS else row[c.key]
+    out["referrals"] = list(row["referrals"])
+    out["category_name"] = CATEGORIES.get(row["category"], row["category"]) if row["category"] else None
+    out.update({k: row[k] for k in HAZARD_JSON_IDS})
+    return out
+
+
+@router.get("/ledgers/hazards", response_model=None, responses=HAZARD_RESPONSES)
+async def hazard_ledger(
+    conn: ConnDep, user: LedgerUser, settings: SettingsDep, start: TimeParam, end: TimeParam,
+    street: UnitParam = None, community: UnitParam = None, grid: UnitParam = None, format: FormatParam = "json",
+) -> dict[str, Any] | StreamingResponse:
+    """The hazard ledger (事故隐患台账): `hazard` tasks opened in [start, end) in your scope, oldest first, with the
+    report (category, place, description, reporter), 立案, referrals, 整改 and the recheck; the same roles, range,
+    filters and formats as the task ledger; XLSX sheet 隐患台账."""
+    zone = settings.tz
+    t0, t1, where, args = await ledger_where(conn, user, zone, start, end, street, community, grid)
+    where.insert(0, "t.type = 'hazard'")
+    sql = f"{HAZARD_SQL} WHERE {' AND '.join(where)} ORDER BY t.opened_at, t.id"
+    return await ledger_answer(conn, sql=sql, args=args, columns=HAZARD_LEDGER, sheet=HAZARD_SHEET, prefix="hazards",
+                               fmt=format, zone=zone, t0=t0, t1=t1, to_json=hazard_json, to_cells=hazard_values)
