@@ -19,7 +19,6 @@ from fastapi.responses import StreamingResponse
 from psycopg.rows import dict_row
 from pydantic import BaseModel
 
-from gridhub.alerts.notify.text import SEVERITY_NAMES, TYPE_NAMES
 from gridhub.alerts.reports import CATEGORIES
 from gridhub.alerts.shapes import shape_time
 from gridhub.api.deps import ConnDep, SettingsDep, require_roles
@@ -33,13 +32,12 @@ from gridhub.api.ledger_formats import (
 )
 from gridhub.api.listing import parse_time
 from gridhub.auth import Principal
+from gridhub.labels import RESOLUTION_NAMES, SEVERITY_NAMES, STATE_NAMES, TYPE_NAMES
 
 router = APIRouter(tags=["ledgers"])
 
 LedgerUser = Annotated[Principal, Depends(require_roles("grid_head", "street_officer", "bureau", "admin"))]
 
-STATE_NAMES = {"open": "待接单", "accepted": "已接单", "on_site": "已到场", "resolved": "已办结", "closed": "已结案"}
-RESOLUTION_NAMES = {"fixed": "已处置", "false_alarm": "误报", "duplicate": "重复", "referred_119": "已转119"}
 SHEET = "任务台账"
 BATCH = 2000
 

@@ -14,10 +14,10 @@ import pytest
 import yaml
 from apitools import all_pages, api, as_, bearer, client, make_incident, tokens  # noqa: F401
 
-from gridhub.alerts.notify.text import TYPE_NAMES
 from gridhub.alerts.rules import default_rules_text
 from gridhub.api.routes_alerts import ALERT_TYPES
 from gridhub.api.routes_tasks import TASK_TYPES
+from gridhub.labels import TYPE_NAMES
 
 SHANGHAI = timezone(timedelta(hours=8))
 

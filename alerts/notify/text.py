@@ -11,19 +11,11 @@ import psycopg
 from psycopg.rows import dict_row
 
 from gridhub.alerts.notify.message import Person
+from gridhub.labels import SEVERITY_NAMES, TYPE_NAMES
 from gridhub.settings import get_settings
 
 __all__ = ["TYPE_NAMES", "EVENT_NAMES", "place_of_task", "title_and_lines", "rollup_lines", "person"]
 
-TYPE_NAMES = {
-    "fire_alarm": "火警", "fire_incident": "火灾事件", "sprinkler_critical": "喷淋压力危急",
-    "sprinkler_low": "喷淋压力低", "sprinkler_high": "喷淋压力高", "sprinkler_drop": "喷淋压力骤降",
-    "light_fault": "楼道灯故障", "device_offline": "设备离线",
-    "device_fault": "设备故障", "low_battery": "电量低", "tamper": "设备被拆", "exit_blocked": "安全出口堵塞",
-    "camera_obstructed": "摄像头遮挡", "noisy_device": "频繁报警", "patrol": "安全巡查", "hazard": "隐患整改",
-    "recheck": "整改复查",
-}
-SEVERITY_NAMES = {"critical": "紧急", "high": "高", "normal": "一般", "low": "低"}
 EVENT_NAMES = {"task.opened": "新任务", "task.escalated": "任务升级", "task.reminder": "催办",
                "task.changed": "任务变更"}
 LEVEL_NAMES = {"assignee": "", "level1": "网格长", "level2": "街道", "level3": "应急管理局"}

@@ -10,14 +10,14 @@ from typing import Any, Generic, TypeVar
 import httpx
 
 from gridhub.alerts.notify.message import Answer, Message, Person
-from gridhub.alerts.notify.text import TYPE_NAMES
+from gridhub.labels import TYPE_NAMES
 from gridhub.notifyfile import NotifyFileError
 
 DEFAULT_TIMEOUT_S = 5.0
 DETAIL_MAX = 300
 
 # the task types' Chinese names, as the pages show them (api/static/common.js)
-TYPE_ZH = TYPE_NAMES  # one list of the types' Chinese names (alerts/notify/text.py)
+TYPE_ZH = TYPE_NAMES  # one list of the types' Chinese names (gridhub/labels.py)
 _SECRET_QUERY = re.compile(r"(?i)\b(key|access_token|sign|secret|token|signature)=[^&\s\"'<>]*")
 
 
