@@ -21,12 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import psycopg
 from fastapi import Depends, Header, HTTPException
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from psycopg.types.json import Jsonb
 
@@ -149,3 +151,25 @@ def refused(conn: psycopg.Connection[Any], worker_id: str, key: str, method: str
                      " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (worker_id, key) DO NOTHING",
                      (worker_id, key, method, path, fp, exc.status_code, Jsonb({"detail": str(exc.detail)})))
 
+
+
+async def once(conn: psycopg.AsyncConnection[Any], sync_pool: Any, worker_id: str, key: str | None, path: str,
+               fp: str, work: Callable[[], Awaitable[Any]]) -> Any:
+    """A write under an Idempotency-Key, as every route that takes one does it: a stored answer for the key is
+    answered again (`work` not run); `work()` claims the key in its own transaction; a concurrent first use's
+    answer (`Replay`) is answered; a refusal (HTTPException) is stored for the key, then raised."""
+    if key is not None and (hit := await stored(conn, worker_id, key, fp)) is not None:
+        return hit
+    try:
+        return await work()
+    except Replay as replay:
+        return replay.response()
+    except HTTPException as exc:
+        if key is not None:
+            await run_in_threadpool(_store_refusal, sync_pool, worker_id, key, path, fp, exc)
+        raise
+
+
+def _store_refusal(sync_pool: Any, worker_id: str, key: str, path: str, fp: str, exc: HTTPException) -> None:
+    with sync_pool.connection() as c:
+        refused(c, worker_id, key, "POST", path, fp, exc)

@@ -25,7 +25,7 @@ from gridhub.api.deps import ClientAddress, ConnDep, CurrentUser, SyncPoolDep
 from gridhub.api.idempotency import OfflineDep, OfflineWrite
 from gridhub.api.limits import BodyTooLarge
 from gridhub.api.listing import ListOrder, PageDep, fetch_page
-from gridhub.api.routes_tasks import scoped_task, store_refusal
+from gridhub.api.routes_tasks import scoped_task
 from gridhub.api.schemas import documented
 from gridhub.auth import Principal
 from gridhub.images import PHOTO_MAX_PIXELS, ImageTooLarge, NotAnImage, check_jpeg
@@ -100,16 +100,9 @@ async def upload_photo(
     data, note = await read_photo_form(request)
     key, path = offline.key, request.url.path
     fp = idempotency.fingerprint("POST", path, [hashlib.sha256(data).hexdigest(), note])
-    if key is not None and (hit := await idempotency.stored(conn, user.id, key, fp)) is not None:
-        return hit
-    try:
-        return await _store_photo(task_id, conn, user, sync_pool, offline, data, note, path, fp, address)
-    except idempotency.Replay as replay:
-        return replay.response()
-    except HTTPException as exc:
-        if key is not None:
-            await run_in_threadpool(store_refusal, sync_pool, user.id, key, path, fp, exc)
-        raise
+    return await idempotency.once(  # type: ignore[no-any-return]
+        conn, sync_pool, user.id, key, path, fp,
+        lambda: _store_photo(task_id, conn, user, sync_pool, offline, data, note, path, fp, address))
 
 
 async def _store_photo(task_id: str, conn: ConnDep, user: Principal, sync_pool: ConnectionPool,

@@ -28,7 +28,7 @@ from gridhub.api.idempotency import OfflineDep
 from gridhub.api.limits import REPORT_MAX_PHOTOS, BodyTooLarge
 from gridhub.api.listing import PageDep, fetch_page
 from gridhub.api.routes_evidence import MAX_PHOTO, is_jpeg
-from gridhub.api.routes_tasks import TASK_ORDER, TASK_SELECT, run_action, store_refusal, task_with_place
+from gridhub.api.routes_tasks import TASK_ORDER, TASK_SELECT, run_action, task_with_place
 from gridhub.auth import Principal
 from gridhub.images import PHOTO_MAX_PIXELS, ImageTooLarge, NotAnImage, check_jpeg
 
@@ -132,9 +132,8 @@ async def create_report(request: Request, conn: ConnDep, user: CurrentUser, sync
     fields, photos = await read_report(request)
     key, path = offline.key, request.url.path
     fp = idempotency.fingerprint("POST", path, [fields, [hashlib.sha256(p).hexdigest() for p in photos]])
-    if key is not None and (hit := await idempotency.stored(conn, user.id, key, fp)) is not None:
-        return hit
-    try:
+
+    async def work() -> dict[str, Any]:
         metas = await run_in_threadpool(check_photos, photos)
 
         def store() -> dict[str, Any]:
@@ -160,12 +159,8 @@ async def create_report(request: Request, conn: ConnDep, user: CurrentUser, sync
                 return out
 
         return await run_in_threadpool(store)
-    except idempotency.Replay as replay:
-        return replay.response()
-    except HTTPException as exc:
-        if key is not None:
-            await run_in_threadpool(store_refusal, sync_pool, user.id, key, path, fp, exc)
-        raise
+
+    return await idempotency.once(conn, sync_pool, user.id, key, path, fp, work)  # type: ignore[no-any-return]
 
 
 REPORT_COLUMNS = "t.reported_by, t.detail AS report_detail, t.confirmed_at"

@@ -11,7 +11,6 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from gridhub import audit
@@ -162,8 +161,6 @@ async def run_action(request: Request, conn: Any, user: Principal, sync_pool: An
     Idempotency-Key too, so a replay answers the same. `not_found` maps TaskNotFound (default 404)."""
     key, path = offline.key, request.url.path
     fp = idempotency.fingerprint("POST", path, payload)
-    if key is not None and (hit := await idempotency.stored(conn, user.id, key, fp)) is not None:
-        return hit
 
     def run() -> dict[str, Any]:
         with sync_pool.connection() as c, changes.UnitOfWork(c) as uow:
@@ -178,12 +175,10 @@ async def run_action(request: Request, conn: Any, user: Principal, sync_pool: An
                 idempotency.answer(c, user.id, key, 200, out)
             return out
 
-    try:
+    async def work() -> dict[str, Any]:
         await in_scope()
         try:
             return await run_in_threadpool(run)
-        except idempotency.Replay as replay:
-            return replay.response()
         except TaskNotFound as exc:
             raise (not_found(exc) if not_found else HTTPException(status.HTTP_404_NOT_FOUND, str(exc))) from exc
         except ActionForbidden as exc:
@@ -192,10 +187,8 @@ async def run_action(request: Request, conn: Any, user: Principal, sync_pool: An
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from exc
-    except HTTPException as exc:
-        if key is not None:
-            await run_in_threadpool(store_refusal, sync_pool, user.id, key, path, fp, exc)
-        raise
+
+    return await idempotency.once(conn, sync_pool, user.id, key, path, fp, work)  # type: ignore[no-any-return]
 
 
 def audit_detail(payload: Mapping[str, Any], client_at: datetime | None) -> dict[str, Any]:
@@ -210,8 +203,3 @@ def audit_detail(payload: Mapping[str, Any], client_at: datetime | None) -> dict
     return out
 
 
-def store_refusal(sync_pool: ConnectionPool, worker_id: str, key: str, path: str, fp: str,
-                  exc: HTTPException) -> None:
-    """A refused write's answer, stored for its idempotency key (see api/idempotency.py)."""
-    with sync_pool.connection() as c:
-        idempotency.refused(c, worker_id, key, "POST", path, fp, exc)
