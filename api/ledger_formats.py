@@ -1,8 +1,9 @@
 """The ledgers' file formats (CONTRACT §7): CSV in UTF-8 with a BOM, formula-looking cells escaped, and XLSX with
-Chinese headers, one sheet, frozen header row and real Excel datetimes in the district's zone.
+Chinese headers, frozen header rows and real Excel datetimes in the district's zone; one sheet per ledger (an API
+answer has one, the monthly report's workbook several: `XlsxBook`).
 
 A ledger is a list of `Column`s (a Chinese header, an English JSON key, a width) and rows of plain values: str, int,
-bool, datetime (aware; written in the district's zone) or None. Writers take rows in batches and write into a
+bool, datetime (aware; written in the district's zone), date or None. Writers take rows in batches and write into a
 spooled temporary file (memory up to `SPOOL_BYTES`, disk beyond), so that a year's ledger never sits in memory."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import io
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import IO, Any
 from zoneinfo import ZoneInfo
 
@@ -47,6 +48,8 @@ def csv_cell(value: Any, zone: ZoneInfo) -> str | int:
         return value  # our own numbers (floor, level): a -1 floor stays a number
     if isinstance(value, datetime):
         return value.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, date):
+        return value.isoformat()
     return escape_formula(str(value))
 
 
@@ -75,33 +78,54 @@ class CsvLedger:
         return self.file
 
 
-class XlsxLedger:
-    """XLSX through openpyxl's write-only workbook (rows go to a temporary file as they come, not into memory):
-    one sheet, bold Chinese headers, the header row frozen, column widths set, times as naive local datetimes.
+class XlsxBook:
+    """An XLSX workbook through openpyxl's write-only mode (rows go to a temporary file as they come, not into
+    memory), one `sheet()` per ledger, in the order they are made."""
+
+    def __init__(self, zone: ZoneInfo) -> None:
+        from openpyxl import Workbook
+
+        self.zone = zone
+        self._wb = Workbook(write_only=True)
+
+    def sheet(self, columns: Sequence[Column], name: str) -> XlsxSheet:
+        return XlsxSheet(self._wb.create_sheet(name), columns, self.zone)
+
+    def save(self, file: IO[bytes]) -> None:
+        self._wb.save(file)  # type: ignore[arg-type]
+
+    def finish(self) -> IO[bytes]:
+        out = spooled()
+        self.save(out)
+        out.seek(0)
+        return out
+
+
+class XlsxSheet:
+    """One sheet: bold Chinese headers, the header row frozen, column widths set, times as naive local datetimes
+    and dates as Excel dates.
 
     Text is always written as a string cell (never a formula, whatever it starts with), with the control characters
     XML cannot carry removed."""
 
-    def __init__(self, columns: Sequence[Column], zone: ZoneInfo, sheet: str) -> None:
-        from openpyxl import Workbook
+    def __init__(self, ws: Any, columns: Sequence[Column], zone: ZoneInfo) -> None:
         from openpyxl.cell import WriteOnlyCell
         from openpyxl.styles import Font
         from openpyxl.utils import get_column_letter
 
         self.zone = zone
         self._cell = WriteOnlyCell
-        self._wb = Workbook(write_only=True)
-        self._ws = self._wb.create_sheet(sheet)
+        self._ws = ws
         for i, col in enumerate(columns, start=1):
-            self._ws.column_dimensions[get_column_letter(i)].width = col.width
-        self._ws.freeze_panes = "A2"
+            ws.column_dimensions[get_column_letter(i)].width = col.width
+        ws.freeze_panes = "A2"
         bold = Font(bold=True)
         header = []
         for col in columns:
-            cell = WriteOnlyCell(self._ws, value=col.header)
+            cell = WriteOnlyCell(ws, value=col.header)
             cell.font = bold
             header.append(cell)
-        self._ws.append(header)
+        ws.append(header)
 
     def _value(self, value: Any) -> Any:
         if value is None or isinstance(value, int) and not isinstance(value, bool):
@@ -110,6 +134,8 @@ class XlsxLedger:
             return "是" if value else "否"
         if isinstance(value, datetime):  # openpyxl gives a datetime a date format of its own
             return value.astimezone(self.zone).replace(tzinfo=None)
+        if isinstance(value, date):
+            return value
         text = _ILLEGAL.sub("", str(value))
         if not text.startswith("="):
             return text
@@ -122,11 +148,19 @@ class XlsxLedger:
         for row in rows:
             self._ws.append([self._value(v) for v in row])
 
+
+class XlsxLedger:
+    """A workbook of one sheet: the ledger an API request asks for."""
+
+    def __init__(self, columns: Sequence[Column], zone: ZoneInfo, sheet: str) -> None:
+        self._book = XlsxBook(zone)
+        self._sheet = self._book.sheet(columns, sheet)
+
+    def add(self, rows: Sequence[Sequence[Any]]) -> None:
+        self._sheet.add(rows)
+
     def finish(self) -> IO[bytes]:
-        out = spooled()
-        self._wb.save(out)  # type: ignore[arg-type]
-        out.seek(0)
-        return out
+        return self._book.finish()
 
 
 def chunks(file: IO[bytes], size: int = 64 * 1024) -> Iterator[bytes]:
