@@ -1,8 +1,12 @@
-"""`gridhub demo`: the whole hub with the demo district, its devices alive, and a scenario every few minutes.
+"""`gridhub demo`: the whole hub with the demo district, its devices alive, a scenario every few minutes, and its
+grid workers doing their patrols.
 
 This module sets the hub up (services, schema, registry, passwords, broker accounts, the hub's parts as
-processes under `supervise()`); the devices are the simulators' (`gridhub.simulators.demo.district_life`),
-which speak only the protocol.
+processes under `supervise()`); the devices and the workers are the simulators'
+(`gridhub.simulators.demo.district_life`), which speak only the protocol and the public REST API.
+
+The demo district's facility dates are written as of `DEMO_DATES_AS_OF`; `demo_registry()` moves them by the days
+since, so that whenever the demo runs the same few extinguishers are expired or expire within its first days.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import threading
 import time
 import urllib.request
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +30,16 @@ from gridhub.services.local import running_local_services
 from gridhub.settings import get_settings
 from gridhub.simulators.demo import SCENARIO_CYCLE, district_life
 from gridhub.simulators.fleet import DeviceAccounts, demo_district_path
+from gridhub.simulators.workers import WorkerOptions
 
 log = logging.getLogger("gridhub.demo")
 
 DEMO_PASSWORD_PREFIX = "demo-"
 # one of each role that logs in; the bureau and one grid worker are printed first
 DEMO_LOGINS = ("b-001", "w-001", "h-001", "s-001", "a-001")
+# gridhub/demo/district.yaml's facility dates are written as of this day (its header says so)
+DEMO_DATES_AS_OF = date(2026, 12, 7)
+DEMO_WORKERS_PER_MINUTE = 6.0  # the simulated workers' actions a minute, all together
 
 
 def demo_password(worker_id: str) -> str:
@@ -61,20 +70,43 @@ def _broker_speaks_v5(settings: Any, embedded: bool) -> bool:
     return not (services.broker_kind == "embedded" and target.port == services.broker.port)
 
 
+def demo_registry(today: date) -> Any:
+    """The demo district as `gridhub demo` imports it: the file, with every facility's `expires` moved by the days
+    from `DEMO_DATES_AS_OF` to `today` (the district's date)."""
+    from gridhub.registry import load_file
+
+    registry = load_file(demo_district_path())
+    shift = timedelta(days=(today - DEMO_DATES_AS_OF).days)
+    if not shift:
+        return registry
+    moved = [f.model_copy(update={"expires": f.expires + shift}) if f.expires else f for f in registry.facilities]
+    return registry.model_copy(update={"facilities": moved})
+
+
+def simulated_people(registry: Any) -> tuple[list[str], list[str]]:
+    """The grid workers who patrol and the grid heads who confirm reports in the demo (they get demo passwords):
+    all but the printed log-ins (w-001, h-001), whose patrols and reports are left for the person trying the demo."""
+    workers = [w.id for w in registry.workers if w.active and w.role == "grid_worker" and w.id not in DEMO_LOGINS]
+    heads = [w.id for w in registry.workers if w.active and w.role == "grid_head" and w.id not in DEMO_LOGINS]
+    return workers, heads
+
+
 def prepare(settings: Any) -> dict[str, str]:
-    """Schema, the demo district, demo passwords and the broker's accounts; returns worker id → name."""
+    """Schema, the demo district, demo passwords (the printed log-ins and every simulated grid worker and head) and
+    the broker's accounts; returns worker id → name."""
     from gridhub.auth import set_password
     from gridhub.broker import write_credentials
     from gridhub.db import connect, migrate
-    from gridhub.registry import import_registry, load_file
+    from gridhub.registry import import_registry
 
     assert settings.database_url
     migrate(settings.database_url)
-    registry = load_file(demo_district_path())
+    registry = demo_registry(datetime.now(settings.tz).date())
     people = {w.id for w in registry.workers}
+    workers, heads = simulated_people(registry)
     with connect(settings.database_url) as conn:
         counts = import_registry(conn, registry)
-        for wid in DEMO_LOGINS:
+        for wid in dict.fromkeys([*DEMO_LOGINS, *workers, *heads]):
             if wid in people:
                 set_password(conn, wid, demo_password(wid))
     log.info("demo district imported: %s", ", ".join(f"{v} {k}" for k, v in counts.items()))
@@ -103,6 +135,8 @@ def _print_logins(board: str, names: dict[str, str]) -> None:
     for wid in (w for w in DEMO_LOGINS if w in names):
         lines.append(f"  {roles[wid]:24} {wid} / {demo_password(wid)}  ({names.get(wid, '')})")
     lines.append(f"  the grid worker's page: {board}worker (install it on a phone; 订阅推送通知 turns on Web Push)")
+    lines.append("  the other grid workers and heads (w-002…, h-002…) are simulated: they do their patrols, find"
+                 " hazards and fix them; w-001's and h-001's are left to you")
     lines.append("Ctrl-C stops everything the demo started.")
     print("\n".join(lines), flush=True)
 
@@ -172,6 +206,9 @@ def run_demo(args: argparse.Namespace) -> int:
     stop_flag = threading.Event()
     loop_box: dict[str, Any] = {}
     device_broker = _device_broker(settings, mqtt_url)
+    workers, heads = simulated_people(demo_registry(datetime.now(settings.tz).date()))
+    people = WorkerOptions(api=board, workers=tuple(workers), heads=tuple(heads), password=demo_password("{id}"),
+                           per_minute=DEMO_WORKERS_PER_MINUTE) if "api" in parts else None
 
     def simulators() -> None:
         if not _wait_for_board(board, 90, stop_flag) and "api" in parts:
@@ -186,7 +223,8 @@ def run_demo(args: argparse.Namespace) -> int:
                 return
             await district_life(device_broker, DeviceAccounts(secret=settings.signing_key()),
                                 stop, prefix=settings.topic_prefix, timezone=settings.timezone,
-                                v5=_broker_speaks_v5(settings, args.embedded), board=board, scenarios=scenarios)
+                                v5=_broker_speaks_v5(settings, args.embedded), board=board, scenarios=scenarios,
+                                workers=people)
 
         asyncio.run(main())
         log.info("virtual devices stopped")

@@ -26,7 +26,8 @@ log = logging.getLogger("gridhub.simulators")
 USAGE = """gridhub simulate --devices N --rate R --duration S [options]   load: telemetry at R msgs/s in total
 gridhub simulate devices [--registry FILE | --district SIZE]      virtual devices of every kind, live
 gridhub simulate scenario NAME [NAME ...] [--speed X] [--drill]   play scenarios (`scenario --list`)
-gridhub simulate district small|medium|large                      print a generated registry file"""
+gridhub simulate district small|medium|large                      print a generated registry file
+gridhub simulate workers --api URL [--registry FILE] [--seed N]   grid workers doing patrols over the REST API"""
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -189,6 +190,64 @@ def district_main(argv: list[str]) -> int:
     return 0
 
 
+def workers_main(argv: list[str]) -> int:
+    from gridhub.simulators.fleet import demo_district_path
+    from gridhub.simulators.workers import DEMO_PASSWORD, WorkerOptions, WorkerSim, roster
+
+    p = argparse.ArgumentParser(
+        prog="gridhub simulate workers",
+        description="Simulated grid workers on the hub's REST API: they log in, do some of their patrols (a hazard "
+                    "on about one in five), leave the rest to go overdue, fix hazards so that re-checks open, do the "
+                    "re-checks, and now and then file a resident's report; grid heads confirm reports (立案). Paced, "
+                    "reproducible from --seed; a JSON summary on stdout at the end.")
+    p.add_argument("--api", default="http://127.0.0.1:8000", help="the hub's base URL (default %(default)s)")
+    p.add_argument("--registry", help="registry YAML naming the workers (default: the demo district)")
+    p.add_argument("--workers", help="comma-separated grid worker ids (default: every grid worker in the registry)")
+    p.add_argument("--heads", help="comma-separated grid head ids who confirm reports (default: every grid head "
+                                   "in the registry; '' for none)")
+    p.add_argument("--grids", help="only the workers and heads of these comma-separated grids")
+    p.add_argument("--password", default=DEMO_PASSWORD,
+                   help="each log-in's password, {id} standing for the worker id (default: the demo's, "
+                        "%(default)s; set them with `gridhub users passwd ID --password ...`)")
+    p.add_argument("--seed", type=int, default=0, help="the choices, reproducibly")
+    p.add_argument("--per-minute", type=float, default=4.0, help="actions a minute, all workers together "
+                                                                 "(default %(default)s; 0: no pause)")
+    p.add_argument("--done", type=float, default=0.75, help="share of patrols done (default %(default)s)")
+    p.add_argument("--hazards", type=float, default=0.2, help="share of patrols finding a hazard (default %(default)s)")
+    p.add_argument("--fix", type=float, default=0.7, help="share of hazards rectified (default %(default)s)")
+    p.add_argument("--report-every", type=int, default=20,
+                   help="a resident's report after this many actions (default %(default)s; 0: none)")
+    p.add_argument("--duration", type=float, help="seconds to run (default: until Ctrl-C)")
+    p.add_argument("--until-idle", action="store_true", help="stop when nobody has anything left to do")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    _logging(args.verbose)
+    grids = args.grids.split(",") if args.grids else None
+    listed_workers, listed_heads = roster(Path(args.registry) if args.registry else demo_district_path(), grids=grids)
+    workers = tuple(w for w in args.workers.split(",") if w) if args.workers is not None else tuple(listed_workers)
+    heads = tuple(h for h in args.heads.split(",") if h) if args.heads is not None else tuple(listed_heads)
+    if not workers and not heads:
+        raise FleetError("no grid workers or grid heads to play: pass --workers or a --registry that lists some")
+    for name in ("done", "hazards", "fix"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise FleetError(f"--{name} is a share between 0 and 1")
+    options = WorkerOptions(api=args.api, workers=workers, heads=heads, password=args.password, seed=args.seed,
+                            per_minute=args.per_minute, done_share=args.done, hazard_share=args.hazards,
+                            fix_share=args.fix, report_every=args.report_every)
+
+    async def run() -> dict[str, int]:
+        stop = asyncio.Event()
+        if args.duration:
+            asyncio.get_running_loop().call_later(args.duration, stop.set)
+        return await WorkerSim(options).run(stop, until_idle=args.until_idle)
+
+    log.info("%d grid workers and %d grid heads at work on %s", len(workers), len(heads), args.api)
+    import json
+
+    print(json.dumps(asyncio.run(run()), sort_keys=True))
+    return 0
+
+
 def _logging(verbose: bool) -> None:
     logging.getLogger("gridhub").setLevel(logging.DEBUG if verbose else logging.INFO)
     if not logging.getLogger().handlers:
@@ -196,7 +255,8 @@ def _logging(verbose: bool) -> None:
                             format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
-COMMANDS = {"devices": devices_main, "scenario": scenario_main, "district": district_main, "load": load_main}
+COMMANDS = {"devices": devices_main, "scenario": scenario_main, "district": district_main, "load": load_main,
+            "workers": workers_main}
 
 
 def main(argv: list[str]) -> int:

@@ -1,7 +1,8 @@
-"""The demo district's life on the broker: its devices report as usual and a scenario plays every few minutes.
+"""The demo district's life: its devices report as usual on the broker, a scenario plays every few minutes, and its
+grid workers do their patrols over the REST API (`gridhub.simulators.workers`).
 
 `gridhub demo` (gridhub/demo_run.py) sets the hub up and calls `district_life()`; like every simulator, this module
-speaks only the device protocol.
+speaks only the device protocol and the public API.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from gridhub.protocol import BrokerAddress
 from gridhub.simulators.devices import DevicePool, run_life
 from gridhub.simulators.fleet import DeviceAccounts, demo_district_path, load_fleet
 from gridhub.simulators.scenario import ScenarioError, load_scenario, play
+from gridhub.simulators.workers import WorkerOptions, WorkerSim
 
 log = logging.getLogger("gridhub.demo")
 
@@ -24,9 +26,11 @@ SCENARIO_EVERY_S = 240.0
 
 
 async def district_life(target: BrokerAddress, accounts: DeviceAccounts, stop: asyncio.Event, *, prefix: str,
-                        timezone: str, v5: bool, board: str, scenarios: tuple[str, ...]) -> None:
+                        timezone: str, v5: bool, board: str, scenarios: tuple[str, ...],
+                        workers: WorkerOptions | None = None) -> None:
     """The demo district's devices live their normal lives on the broker at `target`; every few minutes the next
-    of `scenarios` plays on some of them, announced with the `board` to watch."""
+    of `scenarios` plays on some of them, announced with the `board` to watch; with `workers`, simulated grid
+    workers do their patrols on the API (call this once the API answers)."""
     fleet = load_fleet(demo_district_path())
     pool = DevicePool(target, accounts, prefix=prefix, v5=v5)
     life = asyncio.create_task(run_life(pool, fleet.active, stop, timezone=timezone))
@@ -56,7 +60,11 @@ async def district_life(target: BrokerAddress, accounts: DeviceAccounts, stop: a
                 log.warning("scenario %s not played: %s", name, exc)
 
     runner = asyncio.create_task(scenario_loop())
+    people = None
+    if workers is not None:
+        people = asyncio.create_task(WorkerSim(workers).run(stop))
+        log.info("%d simulated grid workers are doing their patrols on %s", len(workers.workers), workers.api)
     await stop.wait()
     runner.cancel()
-    await asyncio.gather(life, *playing, return_exceptions=True)
+    await asyncio.gather(life, *playing, *([people] if people else []), return_exceptions=True)
     await pool.close_all(say_offline=False)
