@@ -73,7 +73,8 @@ def place_of(conn: psycopg.Connection[Any], building: str | None, unit: str | No
 
 def _new_task(uow: UnitOfWork, *, task_type: str, severity: str, place_grid: str, building_id: str | None,
               now: datetime, rules: RuleBook, reported_by: str | None, detail: dict[str, Any],
-              source_task_id: str | None, assignee: str | None) -> tuple[str, datetime]:
+              source_task_id: str | None, assignee: str | None, unit_id: str | None = None,
+              incident_key: str | None = None) -> tuple[str, datetime]:
     from gridhub.alerts.tasks import new_id
 
     d = rules.deadlines(severity)
@@ -81,11 +82,11 @@ def _new_task(uow: UnitOfWork, *, task_type: str, severity: str, place_grid: str
     accept_due = now + timedelta(seconds=d.accept_s)
     uow.conn.execute(
         "INSERT INTO tasks (id, type, severity, state, grid_id, building_id, assignee, accept_due, resolve_due,"
-        " opened_at, last_seen, incident_key, reported_by, detail, source_task_id)"
-        " VALUES (%s, %s, %s, 'open', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        " opened_at, last_seen, incident_key, reported_by, detail, source_task_id, unit_id)"
+        " VALUES (%s, %s, %s, 'open', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (task_id, task_type, severity, place_grid, building_id, assignee, accept_due,
-         now + timedelta(seconds=d.resolve_s), now, now, f"{task_type}:{task_id}", reported_by, Jsonb(detail),
-         source_task_id))
+         now + timedelta(seconds=d.resolve_s), now, now, incident_key or f"{task_type}:{task_id}", reported_by,
+         Jsonb(detail), source_task_id, unit_id))
     return task_id, accept_due
 
 
@@ -165,11 +166,12 @@ def open_recheck(uow: UnitOfWork, hazard: dict[str, Any], resolution: str, actor
         return None
     grid_id = hazard["grid_id"]
     assignee = grid_people(conn, grid_id, "grid_worker") or choose_assignee(conn, grid_id)
-    building = conn.execute("SELECT building_id FROM tasks WHERE id = %s", (hazard["id"],)).fetchone()
+    building = conn.execute("SELECT building_id, unit_id FROM tasks WHERE id = %s", (hazard["id"],)).fetchone()
     task_id, accept_due = _new_task(uow, task_type="recheck", severity=RECHECK_SEVERITY, place_grid=grid_id,
                                     building_id=building[0] if building else None, now=now, rules=rules,
                                     reported_by=None, detail={"source": "hazard", "hazard": hazard["id"]},
-                                    source_task_id=hazard["id"], assignee=assignee)
+                                    source_task_id=hazard["id"], assignee=assignee,
+                                    unit_id=building[1] if building else None)
     who = f"assigned to {assignee}" if assignee else "no one in the grid or street to assign"
     add_history(conn, task_id, now, SYSTEM, "open",
                 f"复查: re-check hazard {hazard['id']} (resolved {resolution} by {actor}); {who}")

@@ -81,6 +81,45 @@ class Deadlines(_Strict):
     max_escalation: int = Field(ge=0, le=3)
 
 
+Frequency = Literal["weekly", "monthly", "quarterly", "half_yearly", "yearly"]
+UNIT_CLASSES = ("key", "general", "shop", "major_hazard")
+HAZARD_CATEGORIES = ("escape_route", "fire_equipment", "electrical", "gas", "ebike", "other")
+
+
+class ChecklistItem(_Strict):
+    label: str = Field(min_length=1, max_length=100)
+    category: Literal["escape_route", "fire_equipment", "electrical", "gas", "ebike", "other"]
+
+
+class PatrolRules(_Strict):
+    """Patrol plans (CONTRACT §7): a frequency and a checklist per unit class, and the classes an alert patrols."""
+
+    frequency: dict[Literal["key", "general", "shop", "major_hazard"], Frequency]
+    on_alert: tuple[Literal["key", "general", "shop", "major_hazard"], ...] = ()
+    items: dict[str, ChecklistItem]
+    checklists: dict[Literal["key", "general", "shop", "major_hazard"], tuple[str, ...]]
+
+    @model_validator(mode="after")
+    def _complete(self) -> PatrolRules:
+        for cls in UNIT_CLASSES:
+            if cls not in self.frequency:
+                raise ValueError(f"patrols.frequency: no frequency for unit class {cls}")
+            items = self.checklists.get(cls)  # type: ignore[call-overload]
+            if not items:
+                raise ValueError(f"patrols.checklists: no checklist for unit class {cls}")
+            unknown = [i for i in items if i not in self.items]
+            if unknown:
+                raise ValueError(f"patrols.checklists.{cls}: unknown item {', '.join(unknown)}: define it under"
+                                 " patrols.items")
+            if len(set(items)) != len(items):
+                raise ValueError(f"patrols.checklists.{cls}: an item appears twice")
+        return self
+
+    def checklist(self, unit_class: str) -> list[dict[str, str]]:
+        return [{"id": i, "label": self.items[i].label}
+                for i in self.checklists[unit_class]]  # type: ignore[index]
+
+
 class RuleBook(_Strict):
     thresholds: dict[str, dict[str, Threshold]]
     sprinkler_drop: DropRule = DropRule()
@@ -90,6 +129,7 @@ class RuleBook(_Strict):
     severity: dict[str, Severity]
     tasks: dict[Severity, Deadlines]
     devices: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    patrols: PatrolRules
 
     @model_validator(mode="after")
     def _complete(self) -> RuleBook:

@@ -35,7 +35,7 @@ import paho.mqtt.client as paho
 import psycopg
 from pydantic import ValidationError
 
-from gridhub.alerts import changes, offline, publish, records, shards, tasks, telemetry, timers
+from gridhub.alerts import changes, offline, patrols, publish, records, shards, tasks, telemetry, timers
 from gridhub.alerts.devices import DeviceBook
 from gridhub.alerts.evaluate import acceptable, event_findings
 from gridhub.alerts.rules import RuleBook, load_rules
@@ -106,6 +106,7 @@ class AlertService:
         self.timer_actions: dict[str, timers.TimerAction] = {
             **tasks.timer_actions(self.rules),
             **offline.timer_actions(self.rules),
+            **patrols.timer_actions(self.rules),
             "offline": self._offline_due,
             "noisy": lambda uow, key, payload, now: records.noisy_check(uow, key, now, self.rules),
         }
@@ -117,6 +118,9 @@ class AlertService:
         with connect(self.db_url, autocommit=True) as conn:
             self.book.load(conn)
             self._keep_leases(conn)
+            plans, expiries = patrols.sync_plans(conn, self.clock.now())  # units and facilities imported while away
+            if plans or expiries:
+                log.info("patrol plans: %d new units, %d facility expiry dates", plans, expiries)
         self.lane = self.ctx.Process(
             target=telemetry.run_lane, name=f"{self.instance}-telemetry", daemon=True,
             args=(telemetry.LaneArgs(self.settings, self.rules, self.clock, self.instance,

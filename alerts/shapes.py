@@ -30,14 +30,21 @@ ALERT_COLUMNS = alert_columns()
 TASK_COLUMNS = """
        t.id, t.type, t.severity, t.state, t.grid_id, t.building_id, t.device_id, t.assignee, t.escalation_level,
        t.accept_due, t.resolve_due, t.opened_at, t.accepted_at, t.resolved_at, t.closed_at, t.resolution, t.count,
-       t.last_seen, t.drill,
+       t.last_seen, t.drill, t.unit_id, t.source_task_id,
+       (SELECT jsonb_build_object('unit_id', p.unit_id, 'unit_name', u.name, 'class', p.class, 'kind', p.kind,
+                                  'frequency', p.frequency, 'period_start', extract(epoch FROM p.period_start),
+                                  'period_end', extract(epoch FROM p.period_end), 'planned_for', p.planned_for,
+                                  'checklist', p.checklist, 'results', p.results, 'note', p.note,
+                                  'done_at', extract(epoch FROM p.done_at), 'done_by', p.done_by,
+                                  'hazards', p.hazards, 'overdue', p.done_at IS NULL AND p.period_end <= now())
+        FROM patrols p JOIN units u ON u.id = p.unit_id WHERE p.task_id = t.id) AS patrol,
        ARRAY(SELECT ta.alert_id FROM task_alerts ta JOIN alerts a ON a.id = ta.alert_id
              WHERE ta.task_id = t.id ORDER BY a.first_seen, a.id) AS alert_ids,
        ARRAY(SELECT jsonb_build_object('at', extract(epoch FROM h.at), 'actor', h.actor, 'action', h.action,
                                        'note', h.note, 'received_at', extract(epoch FROM h.received_at))
              FROM task_history h WHERE h.task_id = t.id ORDER BY h.id) AS history"""
 TASK_PLAIN_FIELDS = ("id", "type", "severity", "state", "grid_id", "building_id", "device_id", "assignee",
-                     "escalation_level", "count", "resolution", "drill")
+                     "escalation_level", "count", "resolution", "drill", "unit_id", "source_task_id")
 TASK_TIME_FIELDS = ("accept_due", "resolve_due", "opened_at", "accepted_at", "resolved_at", "closed_at", "last_seen")
 
 
@@ -68,6 +75,20 @@ def task_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
     out.update({k: shape_time(row[k]) for k in TASK_TIME_FIELDS})
     out["alert_ids"] = list(row["alert_ids"])
     out["history"] = [_step(h) for h in row["history"]]
+    if row["patrol"] is not None:
+        out["patrol"] = _patrol(row["patrol"])
+    return out
+
+
+def _epoch_time(value: Any) -> str | None:
+    return None if value is None else shape_time(datetime.fromtimestamp(float(value), UTC))
+
+
+def _patrol(p: Mapping[str, Any]) -> dict[str, Any]:
+    """The `patrol` object of a patrol task (CONTRACT §7): its unit, plan period, checklist and results."""
+    out = dict(p)
+    for k in ("period_start", "period_end", "done_at"):
+        out[k] = _epoch_time(p[k])
     return out
 
 

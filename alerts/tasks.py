@@ -179,6 +179,10 @@ def open_or_join_task(uow: UnitOfWork, *, alert_id: str, alert_type: str, severi
         add_history(conn, task_id, now, SYSTEM, "open", f"{note}; {who}")
         _schedule_accept(conn, task_id, accept_due, now, rules, severity)
         uow.notify(task_id, "task.opened", chain="start", at=now)
+        if not drill:  # 重大危险源 "at any time": an alert in the building patrols its major hazard units
+            from gridhub.alerts.patrols import on_alert
+
+            on_alert(uow, building_id, alert_type, now, rules)
     else:
         add_history(conn, task_id, now, SYSTEM, "alert", note)
     uow.stage_task(task_id)
@@ -368,13 +372,26 @@ def apply_action(uow: UnitOfWork, task_id: str, action: str, actor: Principal,
         conn.execute("UPDATE tasks SET state = 'on_site' WHERE id = %s", (task_id,))
         step("arrive", _note(body, False))
     elif action == "resolve":
-        resolution = body.get("resolution")
-        if resolution not in RESOLUTIONS:
-            raise BadActionBody(f"resolution must be one of {', '.join(RESOLUTIONS)}, not {resolution!r}")
-        note = _note(body, False)
+        if t["type"] == "patrol":  # CONTRACT §7: the checklist's results; each hazard item opens a hazard task
+            from gridhub.alerts.patrols import BadChecklist, record_results
+
+            try:
+                text, _ = record_results(uow, t, body, actor.id, now, rules)
+            except BadChecklist as exc:
+                raise BadActionBody(str(exc)) from exc
+            resolution: Any = "done"
+            say = text
+        else:
+            if "checklist" in body:
+                raise BadActionBody(f"checklist is for patrol tasks; task {task_id} is {t['type']}")
+            resolution = body.get("resolution")
+            if resolution not in RESOLUTIONS:
+                raise BadActionBody(f"resolution must be one of {', '.join(RESOLUTIONS)}, not {resolution!r}")
+            note = _note(body, False)
+            say = f"{resolution}: {note}" if note else resolution
         conn.execute("UPDATE tasks SET state = 'resolved', resolved_at = %s, resolution = %s WHERE id = %s",
                      (now, resolution, task_id))
-        step("resolve", f"{resolution}: {note}" if note else resolution)
+        step("resolve", say)
         timers.cancel(conn, "escalate", task_id)
         uow.notify(task_id, "", chain="stop", at=now)
         if t["type"] == "hazard":  # 整改 → 复查 (alerts/reports.py)

@@ -119,12 +119,24 @@ async def get_task(task_id: str, conn: ConnDep, user: CurrentUser) -> dict[str, 
     return out
 
 
+class ChecklistAnswer(BaseModel):
+    """One checklist item of a patrol (CONTRACT §7): `ok`, `hazard` (with a note or a photo) or `n/a`."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(max_length=64)
+    result: Literal["ok", "hazard", "n/a"]
+    note: str | None = Field(default=None, max_length=2000)
+    photos: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=10)
+
+
 class TaskActionIn(BaseModel):
-    """The body of a task action (CONTRACT §4.1); which fields an action needs is checked by the state machine."""
+    """The body of a task action (CONTRACT §4.1); which fields an action needs is checked by the state machine.
+    A patrol is resolved with `checklist` (every item answered once) and no `resolution`."""
 
     model_config = ConfigDict(extra="forbid")
     note: str | None = Field(default=None, max_length=2000)
     resolution: Literal["fixed", "false_alarm", "duplicate", "referred_119"] | None = None
+    checklist: list[ChecklistAnswer] | None = Field(default=None, max_length=50)
     worker_id: str | None = Field(default=None, max_length=64)
     until: AwareDatetime | None = None
 
@@ -198,6 +210,9 @@ def audit_detail(payload: Mapping[str, Any], client_at: datetime | None) -> dict
                            if payload.get(k) is not None}
     if payload.get("note") is not None:
         out["note_chars"] = len(str(payload["note"]))
+    if isinstance(payload.get("checklist"), list):  # a patrol: how many items of each result
+        results = [str(i.get("result")) for i in payload["checklist"] if isinstance(i, Mapping)]
+        out["checklist"] = {r: results.count(r) for r in sorted(set(results))}
     if client_at is not None:
         out["client_at"] = client_at.isoformat()
     return out

@@ -3,7 +3,7 @@ the schema test checks that what they send matches these)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -143,6 +143,37 @@ class TaskLocation(BaseModel):
     device_kind: str | None
 
 
+class ChecklistItem(BaseModel):
+    id: str
+    label: str
+
+
+class ChecklistResult(ChecklistItem):
+    result: Literal["ok", "hazard", "n/a"]
+    note: str | None
+    photos: list[str]
+
+
+class Patrol(BaseModel):
+    """A patrol task's plan and results (CONTRACT §7)."""
+
+    unit_id: str
+    unit_name: str
+    class_: Literal["key", "general", "shop", "major_hazard"] = Field(alias="class")
+    kind: Literal["plan", "alert"]
+    frequency: str
+    period_start: datetime
+    period_end: datetime
+    planned_for: date
+    checklist: list[ChecklistItem]
+    results: list[ChecklistResult] | None
+    note: str | None
+    done_at: datetime | None
+    done_by: str | None
+    hazards: int
+    overdue: bool
+
+
 class Task(BaseModel):
     id: str
     type: str
@@ -166,6 +197,9 @@ class Task(BaseModel):
     alert_ids: list[str]
     history: list[HistoryStep]
     location: TaskLocation
+    unit_id: str | None = None
+    source_task_id: str | None = None
+    patrol: Patrol | None = Field(default=None, description="on patrol tasks only")
 
 
 class TaskDetail(Task):

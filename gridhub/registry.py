@@ -592,6 +592,9 @@ def apply_registry(conn: psycopg.Connection[Any], reg: RegistryFile, *, prune: b
         record(conn, actor, "registry.import", target=source, address=address,
                detail={"counts": result.counts, "prune": prune, "deactivated": result.deactivated,
                        "left_grids": lost, "tasks_reassigned": result.tasks_reassigned})
+        from gridhub.alerts.patrols import sync_plans
+
+        sync_plans(conn, now)  # new units get their patrol plan timer, facilities their expiry timer
         conn.execute("SELECT pg_notify(%s, 'changed')", (REGISTRY_CHANNEL,))
     return result
 
