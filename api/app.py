@@ -24,6 +24,7 @@ from gridhub.api import (
     routes_auth,
     routes_devices,
     routes_evidence,
+    routes_kpis,
     routes_ledgers,
     routes_map,
     routes_people,
@@ -178,6 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(routes_places.router, prefix="/api/v1")  # issue 14: units and facilities
     app.include_router(routes_ledgers.router, prefix="/api/v1")  # issue 14: ledgers (CONTRACT §7)
+    app.include_router(routes_kpis.router, prefix="/api/v1")  # issue 14: patrol plan statistics (CONTRACT §7)
     app.include_router(routes_map.router, prefix="/api/v1")  # issue 14: the board's map of buildings
     app.include_router(routes_system.router)
     mount_pages(app)
