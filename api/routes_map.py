@@ -12,13 +12,13 @@ Status, worst first (one value per place):
 - `normal`, `low`: a normal or low open alert;
 - `clear`: none of these.
 
-The spec ranks "high alert / open hazard task" together; the map breaks the tie towards the alert (a live sensor
-event) and keeps `hazard` a value of its own, so that the board can colour it apart. An open alert is an `active`
-one (as in /summary). A building counts the alerts in it, and the hazard tasks and overdue patrols whose task names
-the building (`tasks.building_id`, the unit's building). A unit counts the hazard tasks and overdue patrols about it
-(`tasks.unit_id`, `patrols.unit_id`) only: alerts belong to devices in buildings, not to units, and colour the
-building's marker. A unit is drawn at its building's position; a unit without a building (or whose building has none)
-is listed with null lat/lon and no marker.
+Drill tasks (演练) count for neither, as in /summary. The spec ranks "high alert / open hazard task" together; the map
+breaks the tie towards the alert (a live sensor event) and keeps `hazard` a value of its own, so that the board can
+colour it apart. An open alert is an `active` one (as in /summary). A building counts the alerts in it, and the hazard
+tasks and overdue patrols whose task names the building (`tasks.building_id`, the unit's building). A unit counts the
+hazard tasks and overdue patrols about it (`tasks.unit_id`, `patrols.unit_id`) only: alerts belong to devices in
+buildings, not to units, and colour the building's marker. A unit is drawn at its building's position; a unit without
+a building (or whose building has none) is listed with null lat/lon and no marker.
 
 Scope by grid: admin and bureau everything, a street officer their street, grid roles their grids: a building by its
 grid, a unit by its own grid. One query, one answer without paging, ordered by id: a district's buildings and units
@@ -88,9 +88,9 @@ MAP_SQL = """
 WITH overdue AS (
     SELECT p.unit_id, t.building_id
     FROM patrols p JOIN tasks t ON t.id = p.task_id
-    WHERE p.done_at IS NULL AND p.period_end <= now() AND t.state <> 'closed'
+    WHERE p.done_at IS NULL AND p.period_end <= now() AND t.state <> 'closed' AND NOT t.drill
 ), hazard AS (
-    SELECT t.unit_id, t.building_id FROM tasks t WHERE t.type = 'hazard' AND t.state <> 'closed'
+    SELECT t.unit_id, t.building_id FROM tasks t WHERE t.type = 'hazard' AND t.state <> 'closed' AND NOT t.drill
 ), per_building AS (
     SELECT building_id, sum(h) AS hazards, sum(o) AS overdue_patrols FROM (
         SELECT building_id, 1 AS h, 0 AS o FROM hazard UNION ALL SELECT building_id, 0, 1 FROM overdue) x

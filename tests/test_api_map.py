@@ -240,6 +240,11 @@ def test_an_open_hazard_task_ranks_between_high_alerts_and_overdue_patrols(clien
     place.clear(critical)
     place.clear(high)
     assert snapshot(client, tokens, "w-004")[0][place.building]["status"] == "hazard"
+    # a drill's hazard task does not count (as in /summary)
+    drill = place.hazard(place.loose)
+    with psycopg.connect(place.db_url) as conn:
+        conn.execute("UPDATE tasks SET drill = true WHERE id = %s", (drill,))
+    assert snapshot(client, tokens, "a-001")[1][place.loose]["status"] == "clear"
     # a closed hazard task no longer counts (dismissed, or rectified and checked)
     place.close(hazard)
     place.close(second)

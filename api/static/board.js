@@ -1,16 +1,41 @@
 // The bureau board: the district's grids coloured by their worst open alert, alerts, the task board, a sprinkler
 // pressure chart, evidence of blocked exits and KPIs per community, kept live by the change stream; a map of the
-// buildings (Leaflet, vendored) coloured by their worst open alert, where a click filters the alert and task lists.
+// buildings and units (Leaflet, vendored) coloured by their status from GET /api/v1/map/buildings (critical > high
+// alert > open hazard task > overdue patrol > normal/low alert > clear), where a click filters the alert and task
+// lists; the year's patrol progress per grid (GET /api/v1/kpis/patrols) beside the task board. Task changes on the
+// stream reload the map's statuses and the patrol progress.
 "use strict";
 
 (() => {
   const { el, label } = GH;
   const app = document.getElementById("app");
   const S = { me: null, summary: null, alerts: new Map(), tasks: new Map(), source: null, fresh: new Set(),
-              chart: null, timers: {}, buildings: [], building: null, lmap: null, layer: null, fitted: "" };
+              chart: null, timers: {}, buildings: [], units: [], filter: null, lmap: null, layer: null, fitted: "",
+              patrols: null };
   const MAP = { tiles: app.dataset.mapTiles || "", subdomains: app.dataset.mapSubdomains || "abc",
                 coords: app.dataset.mapCoords === "gcj02" ? "gcj02" : "wgs84" };
   const SEV_COLOURS = { critical: "#e5484d", high: "#f5a623", normal: "#e8d44d", low: "#4ea1f3", none: "#30a46c" };
+  // a marker's status (routes_map.py), worst first, with its colour and its label
+  const STATUS_ORDER = ["critical", "high", "hazard", "overdue", "normal", "low", "clear"];
+  const STATUS_COLOURS = { critical: "#e5484d", high: "#f5a623", hazard: "#d6409f", overdue: "#8e6cf0",
+                           normal: "#e8d44d", low: "#4ea1f3", clear: "#30a46c" };
+  const STATUS_LABELS = { critical: "紧急告警", high: "高级告警", hazard: "隐患未整改", overdue: "巡查逾期",
+                          normal: "一般告警", low: "低级告警", clear: "正常" };
+  const UNIT_CLASSES = { key: "重点单位", general: "一般单位", shop: "个体经营户", major_hazard: "重大危险源" };
+  // the grid's own work (CONTRACT §7), until common.js labels it
+  const MORE_TYPES = { patrol: "安全巡查", hazard: "事故隐患", recheck: "整改复查" };
+  const typeLabel = (t) => MORE_TYPES[t] && label("type", t) === t ? MORE_TYPES[t] : label("type", t);
+  const resolutionLabel = (r) => r === "done" && label("resolution", r) === r ? "已完成" : label("resolution", r);
+  const PATROL_TYPES = ["patrol", "hazard", "recheck"];
+  // the district's time zone (GRIDHUB_TIMEZONE) when the page names it, else the default one
+  const ZONE = (() => {
+    const z = document.documentElement.dataset.timezone;
+    return z && !z.includes("{") ? z : "Asia/Shanghai";
+  })();
+  function districtYear() {
+    try { return Number(new Intl.DateTimeFormat("en-CA", { timeZone: ZONE, year: "numeric" }).format(new Date())); }
+    catch (e) { return new Date().getFullYear(); }
+  }
   const OPEN_TASK_STATES = ["open", "accepted", "on_site", "resolved"];
   const KPI_LABELS = { closure_rate: "结案率", on_time_closure_rate: "按期结案率", on_time_rate: "按期结案率",
                        mean_accept_s: "平均接单用时", mean_time_to_accept_s: "平均接单用时",
@@ -40,13 +65,15 @@
       el("main", {},
         section("totals", "概况", true, el("div", { class: "totals", id: "totals-body" })),
         section("map", "辖区网格（按最严重的未消除告警着色）", false, el("div", { id: "map-body" })),
-        section("bmap", "地图：楼栋与告警（按最严重的未消除告警着色）", true,
+        section("alerts", "活动告警", false, el("div", { class: "alerts", id: "alerts-body" })),
+        section("bmap", "地图：楼栋与单位（按告警、隐患和逾期巡查着色）", true,
           el("div", { class: "map-legend", id: "bmap-legend" }),
           el("div", { id: "bmap-canvas", "data-testid": "bmap-canvas", "data-coords": MAP.coords,
                       "data-tiles": MAP.tiles ? "on" : "off" }),
           el("div", { id: "bmap-unplaced", "data-testid": "bmap-unplaced" })),
-        section("alerts", "活动告警", false, el("div", { class: "alerts", id: "alerts-body" })),
-        section("tasks", "任务看板（期限与升级）", true, el("div", { class: "taskboard", id: "tasks-body" })),
+        section("tasks", "任务看板（期限与升级）", false, el("div", { class: "taskboard", id: "tasks-body" })),
+        section("patrols", `巡查进度（${districtYear()}年，按网格）`, false,
+          el("div", { id: "patrols-body", "data-testid": "patrols-body" })),
         section("chart", "喷淋管网压力", false,
           el("div", { class: "chart-controls" },
             el("select", { id: "sprinkler", "data-testid": "sprinkler-select", onchange: drawChart }),
@@ -62,6 +89,7 @@
     });
     S.lmap = null; S.layer = null; S.fitted = "";
     Promise.all([loadSummary(), loadAlerts(), loadTasks(), loadBuildings()]).then(renderAll);
+    loadPatrols();
     loadSprinklers();
     loadEvidence();
     loadKpis();
@@ -69,6 +97,9 @@
     S.timers.tick = setInterval(tick, 1000);
     clearInterval(S.timers.summary);
     S.timers.summary = setInterval(loadSummaryAndRender, 30000);
+    // a patrol becomes overdue when its period ends, whether or not a change says so
+    clearInterval(S.timers.slow);
+    S.timers.slow = setInterval(() => { reloadBuildings(); loadPatrols(); }, 60000);
   }
 
   async function loadSummary() {
@@ -103,8 +134,10 @@
     renderTotals();
     debounce("summary", loadSummaryAndRender, 300);
     if (alert.type === "exit_blocked") debounce("evidence", loadEvidence, 1500);
-    debounce("buildings", () => loadBuildings().then(renderBuildingMap), 300);
+    debounce("buildings", reloadBuildings, 300);
   }
+
+  function reloadBuildings() { return loadBuildings().then(renderBuildingMap); }
 
   async function onTask(task) {
     // the stream carries the engine's task shape; the list shape adds where the task is
@@ -118,6 +151,10 @@
     }
     renderTasks();
     debounce("summary", loadSummaryAndRender, 300);
+    // a task change may open or close a hazard or finish an overdue patrol: the markers' status, and the patrol
+    // progress for the grid's own work
+    debounce("buildings", reloadBuildings, 300);
+    if (!task.type || PATROL_TYPES.includes(task.type)) debounce("patrols", loadPatrols, 500);
   }
 
   function renderAll() { renderTotals(); renderMap(); renderBuildingMap(); renderAlerts(); renderTasks(); }
@@ -150,45 +187,106 @@
   function mapPosition(b) { return MAP.coords === "gcj02" ? wgs84ToGcj02(b.lat, b.lon) : [b.lat, b.lon]; }
 
   async function loadBuildings() {
-    try { S.buildings = (await GH.get("/api/v1/map/buildings")).items; } catch (e) { S.buildings = []; }
+    try {
+      const body = await GH.get("/api/v1/map/buildings");
+      S.buildings = body.items;
+      S.units = body.units || [];
+    } catch (e) { S.buildings = []; S.units = []; }
   }
 
-  function setBuildingFilter(b) {
-    S.building = b ? { id: b.id, name: b.name } : null;
+  // The lists' filter: a building (its alerts and tasks), or a unit (the tasks about it, and the alerts of its
+  // building: alerts come from devices, which are in buildings, not units). Null: everything in scope.
+  function setFilter(f) {
+    S.filter = f;
     renderBuildingMap(); renderAlerts(); renderTasks();
   }
 
+  function buildingFilter(b) { return { kind: "building", id: b.id, name: b.name, building: b.id }; }
+
+  function unitFilter(u) {
+    return { kind: "unit", id: u.id, name: u.name, building: u.building_id, building_name: u.building_name };
+  }
+
+  function toggle(f) { setFilter(S.filter && S.filter.kind === f.kind && S.filter.id === f.id ? null : f); }
+
+  function taskUnit(t) {
+    return t.unit_id || (t.patrol && t.patrol.unit_id) || (t.detail && t.detail.unit) || null;
+  }
+
+  function taskMatches(t) {
+    if (!S.filter) return true;
+    if (S.filter.kind === "unit") return taskUnit(t) === S.filter.id;
+    return t.building_id === S.filter.building;
+  }
+
+  function alertMatches(a) {
+    if (!S.filter) return true;
+    return !!S.filter.building && a.building_id === S.filter.building;
+  }
+
   function filterChip() {
-    if (!S.building) return null;
-    return el("div", { class: "filter-chip", "data-testid": "building-filter", "data-building": S.building.id },
-      el("span", { text: `楼栋：${S.building.name}` }),
-      el("button", { "data-testid": "building-filter-clear", title: "清除楼栋筛选", text: "×",
-                     onclick: () => setBuildingFilter(null) }));
+    const f = S.filter;
+    if (!f) return null;
+    const text = f.kind === "unit"
+      ? `单位：${f.name}${f.building_name ? "（" + f.building_name + "）" : "（未登记楼栋）"}`
+      : `楼栋：${f.name}`;
+    return el("div", { class: "filter-chip", "data-testid": "building-filter", "data-kind": f.kind,
+                       "data-building": f.building || "", "data-unit": f.kind === "unit" ? f.id : null },
+      el("span", { text: `已筛选 ${text}` }),
+      el("button", { "data-testid": "building-filter-clear", title: "清除筛选，显示全部", text: "× 清除筛选",
+                     onclick: () => setFilter(null) }));
+  }
+
+  function statusCounts(p) {
+    const parts = [];
+    if (p.open_alerts) parts.push(`告警 ${p.open_alerts}`);
+    if (p.hazards) parts.push(`隐患 ${p.hazards}`);
+    if (p.overdue_patrols) parts.push(`逾期巡查 ${p.overdue_patrols}`);
+    return parts.join(" · ");
   }
 
   function markerTitle(b) {
-    return `${b.name}（${b.grid_name}）· 单位 ${b.units} · 告警 ${b.open_alerts}`
-      + (b.worst ? `（最高：${label("severity", b.worst)}）` : "");
+    const counts = statusCounts(b);
+    return `${b.name}（${b.grid_name}）· 单位 ${b.units}${counts ? " · " + counts : ""}`
+      + `（${STATUS_LABELS[b.status] || "正常"}）`;
   }
+
+  function unitTitle(u) {
+    const counts = statusCounts(u);
+    return `${u.name}（${UNIT_CLASSES[u.class] || u.class}，${u.building_name || "未登记楼栋"}）`
+      + `${counts ? " · " + counts : ""}（${STATUS_LABELS[u.status] || "正常"}）`;
+  }
+
+  const statusOf = (p) => (STATUS_COLOURS[p.status] ? p.status : (p.worst || "clear"));
 
   function renderBuildingMap() {
     const canvas = document.getElementById("bmap-canvas");
     if (!canvas) return;
     const legend = document.getElementById("bmap-legend");
-    legend.replaceChildren(...["critical", "high", "normal", "low"].map((s) => el("span", { class: "legend-item" },
-      el("i", { style: `background:${SEV_COLOURS[s]}` }), el("span", { text: label("severity", s) }))),
-      el("span", { class: "legend-item" }, el("i", { style: `background:${SEV_COLOURS.none}` }),
-        el("span", { text: "无告警" })),
+    legend.replaceChildren(...STATUS_ORDER.map((s) => el("span", { class: "legend-item", "data-status": s },
+      el("i", { class: `st-${s}` }), el("span", { text: STATUS_LABELS[s] }))),
+      el("span", { class: "legend-item" }, el("i", { class: "unit-swatch" }), el("span", { text: "方块：单位" })),
       el("span", { class: "muted", text: MAP.tiles ? `底图：已配置（${MAP.coords === "gcj02" ? "GCJ-02" : "WGS-84"}）`
                                                   : "底图：未配置，矢量视图" }),
       ...[filterChip()].filter(Boolean));
     const placed = S.buildings.filter((b) => b.lat !== null && b.lon !== null);
     const unplaced = S.buildings.filter((b) => b.lat === null || b.lon === null);
+    const unplacedUnits = S.units.filter((u) => u.lat === null || u.lon === null);
     const unplacedBox = document.getElementById("bmap-unplaced");
-    unplacedBox.replaceChildren(...(unplaced.length ? [el("span", { class: "muted", text: `未登记坐标（${unplaced.length}）：` }),
-      ...unplaced.map((b) => el("button", { class: `unplaced sev-${b.worst || "none"}`, "data-testid": "unplaced-building",
-        "data-building": b.id, title: markerTitle(b), text: `${b.name}${b.open_alerts ? " · 告警" + b.open_alerts : ""}`,
-        onclick: () => setBuildingFilter(b) }))] : []));
+    const isOn = (kind, id) => S.filter && S.filter.kind === kind && S.filter.id === id;
+    unplacedBox.replaceChildren(
+      ...(unplaced.length ? [el("span", { class: "muted", text: `未登记坐标的楼栋（${unplaced.length}）：` }),
+        ...unplaced.map((b) => el("button", { class: `unplaced sev-${b.worst || "none"} st-${statusOf(b)}`
+          + (isOn("building", b.id) ? " selected" : ""), "data-testid": "unplaced-building",
+          "data-building": b.id, "data-status": statusOf(b), title: markerTitle(b),
+          text: `${b.name}${statusCounts(b) ? " · " + statusCounts(b) : ""}`,
+          onclick: () => toggle(buildingFilter(b)) }))] : []),
+      ...(unplacedUnits.length ? [el("span", { class: "muted", text: `无坐标的单位（${unplacedUnits.length}）：` }),
+        ...unplacedUnits.map((u) => el("button", { class: `unplaced unit st-${statusOf(u)}`
+          + (isOn("unit", u.id) ? " selected" : ""), "data-testid": "unplaced-unit", "data-unit": u.id,
+          "data-building": u.building_id || "", "data-status": statusOf(u), title: unitTitle(u),
+          text: `${u.name}${statusCounts(u) ? " · " + statusCounts(u) : ""}`,
+          onclick: () => toggle(unitFilter(u)) }))] : []));
     if (typeof L === "undefined") { canvas.replaceChildren(el("p", { class: "error", text: "地图组件未加载" })); return; }
     if (!S.lmap) {
       canvas.replaceChildren();
@@ -210,22 +308,116 @@
     placed.forEach((b, i) => {
       const pos = points[i];
       const w = b.worst || "none";
-      const selected = S.building && S.building.id === b.id;
+      const st = statusOf(b);
+      const selected = isOn("building", b.id);
       const marker = L.circleMarker(pos, { radius: selected ? 12 : 9, color: selected ? "#ffffff" : "#0b111a",
-        weight: selected ? 3 : 2, fillColor: SEV_COLOURS[w], fillOpacity: 0.9 });
+        weight: selected ? 3 : 2, fillColor: STATUS_COLOURS[st], fillOpacity: 0.9 });
       marker.bindTooltip(markerTitle(b), { permanent: !MAP.tiles, direction: "top", offset: [0, -8] });
-      marker.on("click", () => setBuildingFilter(selected ? null : b));
+      marker.on("click", () => toggle(buildingFilter(b)));
       marker.addTo(S.layer);
       const node = marker.getElement();
       if (node) {
         node.setAttribute("data-testid", "map-marker");
         node.setAttribute("data-building", b.id);
         node.setAttribute("data-worst", w);
+        node.setAttribute("data-status", st);
+        node.setAttribute("data-colour", STATUS_COLOURS[st]);
         node.setAttribute("data-lat", String(pos[0]));
         node.setAttribute("data-lon", String(pos[1]));
       }
     });
+    // units at their building's position, as small squares in a row to the right of the building's marker
+    const byBuilding = new Map();
+    for (const u of S.units) {
+      if (u.lat === null || u.lon === null) continue;
+      if (!byBuilding.has(u.building_id)) byBuilding.set(u.building_id, []);
+      byBuilding.get(u.building_id).push(u);
+    }
+    let unitMarkers = 0;
+    for (const units of byBuilding.values()) {
+      units.forEach((u, i) => {
+        const pos = mapPosition(u);
+        const st = statusOf(u);
+        const selected = isOn("unit", u.id);
+        const size = selected ? 16 : 12;
+        const icon = L.divIcon({ className: `unit-marker st-${st}${selected ? " selected" : ""}`, html: "",
+                                 iconSize: [size, size], iconAnchor: [-12 - i * 16, size / 2] });
+        const marker = L.marker(pos, { icon, keyboard: true, title: unitTitle(u), riseOnHover: true });
+        marker.on("click", () => toggle(unitFilter(u)));
+        marker.addTo(S.layer);
+        const node = marker.getElement();
+        if (node) {
+          node.setAttribute("data-testid", "unit-marker");
+          node.setAttribute("data-unit", u.id);
+          node.setAttribute("data-building", u.building_id || "");
+          node.setAttribute("data-status", st);
+          node.setAttribute("data-colour", STATUS_COLOURS[st]);
+          node.setAttribute("data-lat", String(pos[0]));
+          node.setAttribute("data-lon", String(pos[1]));
+        }
+        unitMarkers += 1;
+      });
+    }
     canvas.dataset.markers = String(points.length);
+    canvas.dataset.unitMarkers = String(unitMarkers);
+  }
+
+  // ---------------------------------------------------------------- patrol progress per grid (issue 14)
+
+  async function loadPatrols() {
+    const box = document.getElementById("patrols-body");
+    if (!box) return;
+    const year = districtYear();
+    try {
+      S.patrols = await GH.get(`/api/v1/kpis/patrols?level=grid&year=${year}`);
+      S.patrols.error = null;
+    } catch (e) {
+      S.patrols = { error: e.status === 403 ? "巡查统计不对该角色开放"
+                           : e.status === 404 ? "巡查统计暂不可用" : (e.message || "巡查统计加载失败") };
+    }
+    renderPatrols();
+  }
+
+  const PATROL_FIELDS = [["planned", "计划"], ["done", "已完成"], ["done_on_time", "按期完成"], ["overdue", "逾期"],
+                         ["hazards_found", "发现隐患"], ["hazards_rectified", "已整改"]];
+
+  function patrolRow(r, total) {
+    const planned = Number(r.planned) || 0, done = Number(r.done) || 0, overdue = Number(r.overdue) || 0;
+    const pct = planned ? Math.min(100, Math.round((done / planned) * 100)) : 0;
+    const bar = el("div", { class: "pbar", title: `完成 ${done} / 计划 ${planned}` },
+      el("span", { class: "pbar-done", "data-pct": String(pct) }));
+    bar.firstChild.style.width = `${pct}%`;
+    return el("tr", { "data-testid": total ? "patrol-total" : "patrol-row", "data-grid": total ? null : r.id,
+                      "data-overdue": String(overdue), class: `${total ? "total-row" : ""}${overdue ? " has-overdue" : ""}` },
+      el("td", { text: total ? "合计" : (r.name || r.id) }),
+      ...PATROL_FIELDS.map(([k]) => el("td", { "data-field": k, text: r[k] === undefined || r[k] === null ? "—" : String(r[k]),
+        class: k === "overdue" && overdue ? "overdue-hot" : null })),
+      el("td", { class: "pcell" }, bar, el("small", { text: planned ? `${pct}%` : "—" })));
+  }
+
+  function renderPatrols() {
+    const box = document.getElementById("patrols-body");
+    if (!box) return;
+    const body = S.patrols;
+    if (!body) { box.replaceChildren(el("p", { class: "muted", text: "加载中…" })); return; }
+    if (body.error) { box.replaceChildren(el("p", { class: "muted", "data-testid": "patrols-error", text: body.error })); return; }
+    const rows = body.rows || [];
+    const period = body.month ? `${body.year}年${body.month}月` : `${body.year || districtYear()}年`;
+    if (!rows.length) {
+      box.replaceChildren(el("p", { class: "muted", "data-testid": "patrols-empty", text: `${period}暂无巡查计划` }));
+      return;
+    }
+    const overdue = Number(body.total && body.total.overdue) || rows.reduce((n, r) => n + (Number(r.overdue) || 0), 0);
+    box.replaceChildren(
+      el("div", { class: `patrol-summary${overdue ? " has-overdue" : ""}`, "data-testid": "patrols-summary" },
+        overdue ? el("span", { class: "badge critical", text: `逾期 ${overdue}` })
+                : el("span", { class: "badge ok", text: "无逾期" }),
+        el("span", { class: "muted", text: ` ${period} · 计划/已完成/逾期 按网格统计` })),
+      el("table", { class: "patrol-table", "data-testid": "patrol-progress", "data-year": String(body.year || "") },
+        el("thead", {}, el("tr", {}, el("th", { text: "网格" }), ...PATROL_FIELDS.map(([, t]) => el("th", { text: t })),
+          el("th", { text: "完成率" }))),
+        el("tbody", {}, ...rows.map((r) => patrolRow(r, false))),
+        body.total ? el("tfoot", {}, patrolRow(body.total, true)) : null));
   }
 
   function worst(counts) {
@@ -278,11 +470,11 @@
   function renderAlerts() {
     const box = document.getElementById("alerts-body");
     if (!box) return;
-    const rows = [...S.alerts.values()].filter((a) => !S.building || a.building_id === S.building.id).sort((a, b) =>
+    const rows = [...S.alerts.values()].filter(alertMatches).sort((a, b) =>
       GH.SEVERITY_RANK[a.severity] - GH.SEVERITY_RANK[b.severity] || (a.last_seen < b.last_seen ? 1 : -1));
     if (!rows.length) {
-      box.replaceChildren(...[filterChip(), el("p", { class: "muted", text: S.building ? "该楼栋暂无活动告警" : "暂无活动告警" })]
-        .filter(Boolean));
+      const empty = !S.filter ? "暂无活动告警" : S.filter.building ? "所在楼栋暂无活动告警" : "该单位未登记楼栋，无设备告警";
+      box.replaceChildren(...[filterChip(), el("p", { class: "muted", text: empty })].filter(Boolean));
       return;
     }
     box.replaceChildren(...[filterChip()].filter(Boolean), el("table", {},
@@ -310,21 +502,24 @@
       .filter(Boolean).join(" ");
     return el("div", { class: `task ${t.severity}`, "data-testid": "task-card", "data-task-id": t.id, "data-state": t.state },
       el("div", {}, el("span", { class: `badge ${t.severity}`, text: label("severity", t.severity) }),
-        el("b", { text: label("type", t.type) }), t.count > 1 ? el("span", { class: "muted", text: ` ×${t.count}` }) : null,
+        el("b", { text: typeLabel(t.type) }), t.count > 1 ? el("span", { class: "muted", text: ` ×${t.count}` }) : null,
+        t.patrol && t.patrol.overdue ? el("span", { class: "badge overdue", "data-testid": "patrol-overdue",
+                                                    text: "巡查逾期" }) : null,
         t.escalation_level > 0 ? el("span", { class: "badge esc", "data-testid": "escalated",
                                               text: ` 已升级 L${t.escalation_level}` }) : null),
-      el("div", { class: "muted", text: `${loc.grid || t.grid_id || ""} · ${where || t.device_id || ""}` }),
+      el("div", { class: "muted", text: `${loc.grid || t.grid_id || ""} · ${where || t.device_id || ""}`
+        + (t.patrol && t.patrol.unit_name ? ` · ${t.patrol.unit_name}` : "") }),
       el("div", { class: "muted", text: `负责人：${t.assignee_name || t.assignee || "未指派"}` }),
       due ? el("div", { class: `due${cd.late ? " late" : ""}`, "data-due": due,
                         "data-prefix": t.state === "open" ? "接单" : "办结",
                         text: `${t.state === "open" ? "接单" : "办结"}${cd.text}` })
-          : el("div", { class: "muted", text: t.resolution ? `办结：${label("resolution", t.resolution)}` : "" }));
+          : el("div", { class: "muted", text: t.resolution ? `办结：${resolutionLabel(t.resolution)}` : "" }));
   }
 
   function renderTasks() {
     const box = document.getElementById("tasks-body");
     if (!box) return;
-    const tasks = [...S.tasks.values()].filter((t) => !S.building || t.building_id === S.building.id).sort((a, b) => GH.SEVERITY_RANK[a.severity] - GH.SEVERITY_RANK[b.severity]
+    const tasks = [...S.tasks.values()].filter(taskMatches).sort((a, b) => GH.SEVERITY_RANK[a.severity] - GH.SEVERITY_RANK[b.severity]
       || String(GH.dueOf(a) || "9").localeCompare(String(GH.dueOf(b) || "9")));
     const chip = filterChip();
     box.classList.toggle("filtered", !!chip);
