@@ -38,7 +38,14 @@ from gridhub.api.ledger_formats import (
 )
 from gridhub.api.listing import parse_time
 from gridhub.auth import Principal
-from gridhub.labels import RESOLUTION_NAMES, SEVERITY_NAMES, STATE_NAMES, TYPE_NAMES
+from gridhub.labels import (
+    FREQUENCY_NAMES,
+    RESOLUTION_NAMES,
+    SEVERITY_NAMES,
+    STATE_NAMES,
+    TYPE_NAMES,
+    UNIT_CLASSES,
+)
 
 router = APIRouter(tags=["ledgers"])
 
@@ -454,10 +461,7 @@ async def hazard_ledger(
 # --- the patrol ledger (安全巡查台账): patrol tasks with their plan period and results (alerts/patrols.py) ---
 
 PATROL_SHEET = "巡查台账"
-CLASS_NAMES = {"key": "重点单位", "general": "一般单位", "shop": "个体经营户", "major_hazard": "重大危险源"}
-KIND_NAMES = {"plan": "计划巡查", "alert": "警情巡查"}
-FREQUENCY_NAMES = {"weekly": "每周", "monthly": "每月", "quarterly": "每季度", "half_yearly": "每半年", "yearly": "每年",
-                   "alert": "随时"}
+KIND_NAMES = {"plan": "计划巡查", "alert": "告警触发巡查"}
 # 完成情况: done by the end of the period, done after it, not done and past it, not done and not yet due
 PATROL_STATUS_NAMES = {"done_on_time": "按期完成", "done_late": "逾期完成", "overdue": "已逾期", "pending": "待巡查"}
 FINDING_SEPARATOR = "；"
@@ -582,7 +586,7 @@ def patrol_values(row: Mapping[str, Any], zone: ZoneInfo) -> list[Any]:
     code = patrol_status(row)
     done = row["done_at"] is not None
     out = dict(row)
-    out["class"] = CLASS_NAMES.get(row["class"], row["class"])
+    out["class"] = UNIT_CLASSES.get(row["class"], row["class"])
     out["kind"] = KIND_NAMES.get(row["kind"], row["kind"])
     out["frequency"] = FREQUENCY_NAMES.get(row["frequency"], row["frequency"])
     out["period_first_day"] = row["period_start"].astimezone(zone).date()
@@ -604,7 +608,7 @@ def patrol_json(row: Mapping[str, Any], zone: ZoneInfo | None = None) -> dict[st
                                "assignee", "done_by", "items_total", "hazards", "photos", "note", "state",
                                "overdue", *PATROL_JSON_IDS)}
     out.update({
-        "class": row["class"], "class_name": CLASS_NAMES.get(row["class"], row["class"]),
+        "class": row["class"], "class_name": UNIT_CLASSES.get(row["class"], row["class"]),
         "period_start": shape_time(row["period_start"]), "period_end": shape_time(row["period_end"]),
         "planned_for": row["planned_for"].isoformat(), "done_at": shape_time(row["done_at"]),
         "items_checked": row["items_checked"] if row["done_at"] is not None else None,
