@@ -88,6 +88,10 @@ class XlsxBook:
         self.zone = zone
         self._wb = Workbook(write_only=True)
 
+    def title(self, text: str) -> None:
+        """The workbook's title (File → Properties)."""
+        self._wb.properties.title = text
+
     def sheet(self, columns: Sequence[Column], name: str) -> XlsxSheet:
         return XlsxSheet(self._wb.create_sheet(name), columns, self.zone)
 

@@ -246,6 +246,30 @@ def cmd_notify(args: argparse.Namespace) -> int:
     return int(notify_main(args, get_settings()))
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """`gridhub report monthly`: a street's month in one workbook (gridhub/report_monthly.py); exit 2 with one line
+    for an unknown street, a bad month or an output directory that does not exist."""
+    from gridhub.db import migrate
+    from gridhub.report_monthly import ReportError, parse_month, run, summary
+
+    settings = get_settings()
+    try:  # the arguments first: a bad month needs no database
+        parse_month(args.month)
+    except ReportError as exc:
+        print(f"gridhub report: {exc}", file=sys.stderr)
+        return 2
+    url = _need_db(settings)
+    migrate(url)
+    try:
+        result = run(url, street=args.street, month=args.month, out=Path(args.out), zone=settings.tz,
+                     show_progress=not args.quiet)
+    except ReportError as exc:
+        print(f"gridhub report: {exc}", file=sys.stderr)
+        return 2
+    print(summary(result))
+    return 0
+
+
 def cmd_retention(args: argparse.Namespace) -> int:
     from gridhub.db import apply_retention
 
@@ -332,6 +356,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_notify_parser(sub)
     sub.choices["notify"].set_defaults(func=cmd_notify)
+
+    rep = sub.add_parser("report", help="reports as the bureau files them (report monthly: one workbook)")
+    rep_sub = rep.add_subparsers(dest="report", required=True)
+    monthly = rep_sub.add_parser("monthly", help="a street's month: the patrol plan's statistics and the patrol,"
+                                 " hazard and task ledgers, one sheet each (XLSX)")
+    monthly.add_argument("--street", required=True, help="the street's registry id, e.g. xiagang")
+    monthly.add_argument("--month", required=True, help="YYYY-MM, in the district's time zone (GRIDHUB_TIMEZONE)")
+    monthly.add_argument("--out", required=True, help="the workbook to write (.xlsx; its directory must exist)")
+    monthly.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    rep.set_defaults(func=cmd_report)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
     sub.add_parser("retention", help="drop data past its retention").set_defaults(func=cmd_retention)
