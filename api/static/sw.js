@@ -1,14 +1,17 @@
 // The worker app's service worker (served at /sw.js, scope /worker): the app shell for offline use, the last
-// task lists for reading them without signal, and Web Push notifications that open the task when tapped.
+// task and patrol lists for reading them without signal (v2: patrols and the report form's places), and Web Push
+// notifications that open the task when tapped.
 "use strict";
 
-const VERSION = "gridhub-worker-v1";
+const VERSION = "gridhub-worker-v2";
 const SHELL = `${VERSION}-shell`;
 const API = `${VERSION}-api`;
 const SHELL_FILES = ["/worker", "/static/common.js", "/static/outbox.js", "/static/worker.js", "/static/worker.css",
                      "/static/manifest.webmanifest", "/static/icons/icon-192.png", "/static/icons/icon-512.png"];
-// GET answers kept for reading offline (the newest wins); the stream and images are never cached.
-const API_CACHED = [/^\/api\/v1\/me$/, /^\/api\/v1\/tasks(\/[^/]+)?$/];
+// GET answers kept for reading offline (the newest wins): the person, the task and patrol lists and tasks, and the
+// places the hazard report form offers (buildings, units); the stream and images are never cached.
+const API_CACHED = [/^\/api\/v1\/me$/, /^\/api\/v1\/tasks(\/[^/]+)?$/, /^\/api\/v1\/map\/buildings$/,
+                    /^\/api\/v1\/units$/, /^\/api\/v1\/reports$/];
 
 self.addEventListener("install", (event) => {
   event.waitUntil(caches.open(SHELL).then((c) => c.addAll(SHELL_FILES)).then(() => self.skipWaiting()));
