@@ -221,3 +221,37 @@ def test_xlsx_headers_and_local_times(client: httpx.Client, tokens: dict[str, st
     done = by_id[patrols["done"]]
     assert done["备注"].value == EVIL_NOTE and done["备注"].data_type == "s"
     assert date(2024, 5, 15) == done["计划日期"].value.date()
+
+
+def test_a_patrol_done_through_the_api_is_in_the_ledger(client: httpx.Client, tokens: dict[str, str],
+                                                        db_url: str) -> None:
+    """A 2021 patrol (a year no other test uses) done today by its worker with the §4.1 actions: accept, a photo,
+    resolve with the checklist (a hazard item opens a hazard task). Its ledger row is what the worker recorded."""
+    from apitools import tiny_jpeg
+
+    with psycopg.connect(db_url) as conn:
+        tid = insert_patrol(conn, "u-002", "2021-03-01T00:00:00+08:00", "2021-04-01T00:00:00+08:00",
+                            assignee="w-001", frequency="monthly", planned_for="2021-03-15")
+        conn.commit()
+    h = as_(tokens, "w-001")
+    assert client.post(f"/api/v1/tasks/{tid}/accept", json={}, **h).status_code == 200
+    r = client.post(f"/api/v1/tasks/{tid}/photos", files={"photo": ("p.jpg", tiny_jpeg(), "image/jpeg")}, **h)
+    assert r.status_code == 201, r.text
+    ev = r.json()["id"]
+    checklist = [{"id": "escape_route", "result": "ok"},
+                 {"id": "ebike", "result": "hazard", "note": "门厅停放电动车", "photos": [ev]},
+                 {"id": "gas", "result": "n/a"}]
+    r = client.post(f"/api/v1/tasks/{tid}/resolve", json={"checklist": checklist, "note": "店主在场"}, **h)
+    assert r.status_code == 200, r.text
+    row = ledger(client, tokens, "w-001", start="2021-01-01T00:00:00+08:00", end="2022-01-01T00:00:00+08:00")
+    [item] = row.json()["items"]
+    hazards = [t["id"] for t in client.get("/api/v1/tasks", params={"type": "hazard", "limit": 1000}, **h).json()[
+        "items"] if t["source_task_id"] == tid]
+    assert len(hazards) == 1 and item["hazard_tasks"] == hazards
+    assert (item["id"], item["done_by_id"], item["done_by"], item["state"]) == (tid, "w-001", "张三", "resolved")
+    assert (item["items_checked"], item["hazards"], item["photos"], item["note"]) == (2, 1, 1, "店主在场")
+    assert item["findings"] == [{"id": "ebike", "label": "电动自行车未在楼道、门厅停放或充电", "note": "门厅停放电动车"}]
+    assert (item["status"], item["on_time"]) == ("done_late", False)  # done now, for a month of 2021
+    kpi = client.get("/api/v1/kpis/patrols", params={"year": 2021}, **h).json()
+    assert kpi["total"] == {"planned": 1, "done": 1, "done_on_time": 0, "overdue": 0, "hazards_found": 0,
+                            "hazards_rectified": 0}  # its hazard task was opened today, not in 2021
