@@ -170,13 +170,18 @@ class WorkerSim:
         return did
 
     async def _chores(self) -> list[_Chore]:
+        """What everyone would do next: the heads' confirmations first, then the workers' tasks taken in turns
+        (one of each worker's, oldest first, then the next), so that the whole district is seen at work."""
         out: list[_Chore] = []
         for head in self.options.heads:
             for report in await self._pages(head, "/api/v1/reports", {}):
                 if report.get("state") == "open" and not (report.get("report") or {}).get("confirmed") \
                         and report["id"] not in self._set_aside:
                     out.append(_Chore(head, report, "confirm"))
+        queues: list[list[_Chore]] = []
         for worker in self.options.workers:
+            mine: list[_Chore] = []
+            queues.append(mine)
             tasks = await self._pages(worker, "/api/v1/tasks",
                                       {"type": "patrol,hazard,recheck", "assignee": "me", "state": OPEN})
             waiting: set[str] = set()  # reports not yet confirmed (立案): the grid head's first
@@ -193,7 +198,9 @@ class WorkerSim:
                 if kind == "hazard" and not self._chance(task, "fix", self.options.fix_share):
                     self._leave(task, "hazards_left")
                     continue
-                out.append(_Chore(worker, task, kind))
+                mine.append(_Chore(worker, task, kind))
+        for turn in range(max((len(q) for q in queues), default=0)):
+            out += [q[turn] for q in queues if turn < len(q)]
         return out
 
     def _leave(self, task: dict[str, Any], counter: str) -> None:
