@@ -177,6 +177,7 @@ def test_a_worker_completes_a_patrol_with_a_photo_and_the_map_marker_changes(bro
             assert shop.get_attribute("data-overdue") == "false"
             assert f"{later.month}月{later.day}日" in shop.get_by_test_id("planned").inner_text()
             assert page.get_by_test_id("tab-patrols").get_attribute("data-count") == ("2" if later == day else "1")
+            page.screenshot(path=str(Path(tempfile.gettempdir()) / "worker-patrol-list.png"))
 
             card.get_by_test_id("patrol-line").click()
             view = page.locator(f"[data-testid=patrol-view][data-task-id='{late}']")
@@ -215,7 +216,7 @@ def test_a_worker_completes_a_patrol_with_a_photo_and_the_map_marker_changes(bro
             hazard_item.get_by_test_id("item-note").fill("楼道内电动车充电")
             page.get_by_test_id("patrol-note").fill("整体良好")
             assert page.get_by_test_id("patrol-progress").get_attribute("data-answered") == str(len(checklist))
-            hazard_item.scroll_into_view_if_needed()
+            page.evaluate("window.scrollTo(0, document.querySelector('[data-testid=patrol-view]').offsetTop - 56)")
             page.screenshot(path=str(SHOTS / "worker-patrol.png"), full_page=False)
             page.get_by_test_id("patrol-submit").click()
             page.get_by_test_id("notice").filter(has_text="巡查已提交").wait_for(timeout=WAIT_MS)
@@ -288,6 +289,7 @@ def test_the_hazard_report_form_submits_a_report_with_a_photo(browser: Any, hub:
         page.get_by_test_id("report-photo").set_input_files(files=[{
             "name": "ebike.jpg", "mimeType": "image/jpeg", "buffer": tiny_jpeg()}])
         assert page.get_by_test_id("report-photo-count").inner_text().startswith("照片 1/5")
+        page.screenshot(path=str(Path(tempfile.gettempdir()) / "worker-report.png"), full_page=True)
         page.get_by_test_id("report-submit").click()
         page.get_by_test_id("notice").filter(has_text="隐患已上报").wait_for(timeout=WAIT_MS)
         mine = hub.get("/api/v1/reports", who="w-001", mine="true")["items"]

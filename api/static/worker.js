@@ -577,7 +577,8 @@
     if (!tab) return;
     const n = patrolGroups().today.filter((t) => S.patrolPending.get(t.id) !== "submit").length;
     tab.dataset.count = String(n);
-    tab.replaceChildren(el("span", { text: "巡查" }), n ? el("span", { class: "count", text: String(n) }) : null);
+    tab.replaceChildren(...[el("span", { text: "巡查" }), n ? el("span", { class: "count", text: String(n) }) : null]
+      .filter(Boolean));
   }
 
   function renderPatrols() {
@@ -593,12 +594,12 @@
       ...(folded ? [] : items.length ? items.map(patrolCard)
         : [el("p", { class: "empty small", text: id === "today" ? "今日无待巡查单位" : "本周无其他巡查" })]));
     const [monday, sunday] = weekOf(dayOf());
-    list.replaceChildren(
+    list.replaceChildren(...[
       el("p", { class: "muted range", "data-testid": "patrol-week",
                 text: `今天 ${dayText(dayOf())} · 本周 ${dayText(monday)} 至 ${dayText(sunday)}` }),
       section("today", "今日巡查", groups.today),
       section("week", "本周巡查", groups.week),
-      groups.later.length ? section("later", "以后", groups.later, !S.showLater) : null);
+      groups.later.length ? section("later", "以后", groups.later, !S.showLater) : null].filter(Boolean));
   }
 
   function patrolCard(t) {
@@ -762,20 +763,23 @@
                              oninput: (ev) => { r.note = ev.currentTarget.value; saveDraft(); } })
           : null;
         if (note) note.value = r.note || "";
-        li.replaceChildren(
+        li.replaceChildren(...[
           el("div", { class: "check-label" }, el("span", { class: "n", text: `${index + 1}` }),
              el("span", { "data-testid": "item-label", text: item.label })),
           el("div", { class: "seg", role: "group" }, ...RESULTS.map(([value, text]) => el("button", {
             type: "button", class: `seg-${value === "n/a" ? "na" : value}${result === value ? " on" : ""}`,
             "aria-pressed": result === value ? "true" : "false", "data-testid": RESULT_TESTID[value], text,
-            onclick: () => { r.result = value; fill(); updateProgress(); saveDraft(true); error.textContent = ""; } }))),
-          el("div", { class: "photos" },
+            onclick: () => { r.result = value; fill(); updateProgress(); saveDraft(true); error.textContent = ""; } })),
+            photos.length < ITEM_MAX_PHOTOS
+              ? el("label", { class: "filebtn cam", title: "拍照" }, photos.length ? `拍照 ${photos.length}` : "拍照", input)
+              : el("span", { class: "cam full", text: `照片 ${photos.length}` })),
+          photos.length ? el("div", { class: "photos" },
             ...photos.map((ph) => el("span", { class: "thumb", "data-testid": "item-thumb" },
               el("img", { src: thumb(ph.blob), alt: ph.name || "照片" }),
               el("button", { type: "button", class: "x", "data-testid": "photo-remove", title: "删除照片", text: "×",
-                             onclick: () => { draft.photos.splice(draft.photos.indexOf(ph), 1); fill(); saveDraft(true); } }))),
-            photos.length < ITEM_MAX_PHOTOS ? el("label", { class: "filebtn small" }, "拍照", input) : null),
-          note);
+                             onclick: () => { draft.photos.splice(draft.photos.indexOf(ph), 1); fill(); saveDraft(true); } }))))
+            : null,
+          note].filter(Boolean));
       }
       function addPhoto(input) {
         const file = input.files[0];
