@@ -90,10 +90,13 @@ def test_up_without_urls_runs_on_embedded_services(embedded_env):
             ("telemetry", {"seq": 1, "metrics": {"battery_pct": 88}}), "the reading being stored")
         assert dev["latest"] == {"battery_pct": 88} and dev["online"] is True
         tasks = publish_until(
-            lambda: httpx.get(f"{base}/api/v1/tasks", headers=auth).json()["items"],
+            lambda: httpx.get(f"{base}/api/v1/tasks", params={"type": "fire_alarm"}, headers=auth).json()["items"],
             ("event", {"seq": 2, "type": "alarm"}), "the fire alarm becoming a task")
         assert len(tasks) == 1
         assert tasks[0]["type"] == "fire_alarm" and tasks[0]["assignee"] == "w-001"
+        # the alerts part made the registry's units their patrols of this period when it started
+        patrols = httpx.get(f"{base}/api/v1/tasks", params={"type": "patrol"}, headers=auth).json()["items"]
+        assert "u-001" in {t["unit_id"] for t in patrols}
         device.loop_stop()
         device.disconnect()
     finally:
