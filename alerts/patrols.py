@@ -298,6 +298,13 @@ def _open_found_hazard(uow: UnitOfWork, patrol: dict[str, Any], unit_id: str, un
     from gridhub.alerts.tasks import SYSTEM, _in_grid, add_history, choose_assignee
 
     conn = uow.conn
+    again = conn.execute("SELECT id FROM tasks WHERE source_task_id = %s AND type = 'hazard' AND detail->>'item' = %s"
+                         " AND state <> 'closed'", (patrol["id"], item["id"])).fetchone()
+    if again is not None:  # the patrol was rejected and is resolved again: the item's hazard is already open
+        add_history(conn, str(again[0]), now, actor_id, "found", f"巡查再次确认: {item['label']}"
+                    + (f": {item['note']}" if item["note"] else "") + f" (patrol {patrol['id']})")
+        uow.stage_task(str(again[0]))
+        return str(again[0])
     category = rules.patrols.items[item["id"]].category if item["id"] in rules.patrols.items else "other"
     _, responsible = _in_grid(conn, actor_id, patrol["grid_id"])
     assignee = actor_id if responsible else choose_assignee(conn, patrol["grid_id"])

@@ -408,6 +408,8 @@ def apply_action(uow: UnitOfWork, task_id: str, action: str, actor: Principal,
         note = _note(body, True)
         conn.execute("UPDATE tasks SET state = 'accepted', resolved_at = NULL, resolution = NULL WHERE id = %s",
                      (task_id,))
+        if t["type"] == "patrol":  # not done until it is resolved again (its results stay until then)
+            conn.execute("UPDATE patrols SET done_at = NULL, done_by = NULL WHERE task_id = %s", (task_id,))
         step("reject", note)
         timers.schedule(conn, "escalate", task_id, max(t["resolve_due"] or now, now))
         uow.notify(task_id, "task.changed", at=now)

@@ -320,3 +320,23 @@ def test_a_patrol_replayed_from_the_offline_queue_is_done_once(client: httpx.Cli
     with psycopg.connect(db_url) as conn:
         row = conn.execute("SELECT count(*) FROM tasks WHERE source_task_id = %s", (task_id,)).fetchone()
     assert row is not None and row[0] == 1
+
+
+def test_a_rejected_patrol_is_not_done_and_resolving_it_again_opens_no_second_hazard(
+        client: httpx.Client, tokens: dict[str, str], db_url: str) -> None:
+    task_id = new_patrol(db_url)
+    act(client, tokens, "w-001", task_id, "accept")
+    task = client.get(f"/api/v1/tasks/{task_id}", **as_(tokens, "w-001")).json()
+    body = {"checklist": answers(task, ebike={"result": "hazard", "note": "门厅停放三辆"})}
+    assert act(client, tokens, "w-001", task_id, "resolve", body).status_code == 200
+    r = act(client, tokens, "w-002", task_id, "reject", {"note": "灭火器也要看有效期"})
+    assert r.status_code == 200 and r.json()["state"] == "accepted"
+    assert r.json()["patrol"]["done_at"] is None  # not counted as done while it is being redone
+    body["checklist"] = answers(task, ebike={"result": "hazard", "note": "门厅停放三辆"},
+                                extinguisher={"result": "hazard", "note": "过期"})
+    again = act(client, tokens, "w-001", task_id, "resolve", body)
+    assert again.status_code == 200 and again.json()["patrol"]["hazards"] == 2
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute("SELECT detail->>'item', count(*) FROM tasks WHERE source_task_id = %s GROUP BY 1"
+                            " ORDER BY 1", (task_id,)).fetchall()
+    assert rows == [("ebike", 1), ("extinguisher", 1)]
