@@ -139,8 +139,9 @@ def demo_api(make_database: Callable[[], str], broker: Any, tmp_path: Path) -> I
 
 def _options(api: str, **kw: Any) -> WorkerOptions:
     workers, heads = roster(demo_district_path(), grids=GRIDS)
+    # shares that make a mix all but certain whatever the period (a patrol's choices hang on its unit and period)
     base: dict[str, Any] = {"api": api, "workers": tuple(workers), "heads": tuple(heads), "seed": 3,
-                            "per_minute": 0, "hazard_share": 0.5, "report_every": 10}
+                            "per_minute": 0, "done_share": 0.6, "hazard_share": 0.6, "report_every": 10}
     return WorkerOptions(**{**base, **kw})
 
 
@@ -166,7 +167,7 @@ def test_simulated_workers_do_patrols_find_and_fix_hazards_and_report(
 
     stats = asyncio.run(WorkerSim(_options(running.url)).run(until_idle=True, max_actions=400))
     assert stats.get("refused", 0) == 0 and stats.get("api_down", 0) == 0, stats
-    assert stats["patrols_done"] >= 5 and stats["patrols_left"] >= 1, stats
+    assert stats["patrols_done"] >= 3 and stats["patrols_left"] >= 1, stats
     assert stats["patrols_done"] + stats["patrols_left"] == 13, stats
     assert stats["hazards_found"] >= 1 and stats["hazards_fixed"] >= 1 and stats["rechecks_done"] >= 1, stats
     assert stats["reports_filed"] >= 1 and stats["photos"] >= stats["hazards_found"] // 2, stats
@@ -188,8 +189,8 @@ def test_simulated_workers_do_patrols_find_and_fix_hazards_and_report(
         photos = conn.execute("SELECT count(*) FROM evidence e JOIN patrols p ON p.task_id = e.task_id").fetchone()
     assert done == (stats["patrols_done"],) and left == (stats["patrols_left"],)
     assert found == (stats["hazards_found"], stats["hazards_found"]) and per_patrol == (stats["hazards_found"],)
-    assert rechecks is not None and rechecks[0] >= stats["hazards_fixed"] - stats["reports_filed"] > 0
-    assert rechecks[1] == stats["rechecks_done"] == rechecks[0], rechecks
+    # every hazard fixed opened its re-check (those from reports once confirmed), and every re-check was done
+    assert rechecks == (stats["hazards_fixed"], stats["rechecks_done"]) and rechecks[0] == rechecks[1], rechecks
     assert reports is not None and reports[0] == stats["reports_filed"]
     assert reports[1] == stats.get("reports_confirmed", 0)
     assert photos == (stats["photos"],)
