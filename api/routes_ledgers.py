@@ -96,12 +96,9 @@ UNIT_GRIDS = {
 }
 
 
-class TaskLedgerRow(BaseModel):
-    id: str
-    type: str
-    type_name: str
-    severity: str
-    state: str
+class LedgerPlace(BaseModel):
+    """Where a ledger row is: its street, community, grid and building, ids and names."""
+
     street_id: str | None
     street: str | None
     community_id: str | None
@@ -110,6 +107,14 @@ class TaskLedgerRow(BaseModel):
     grid: str | None
     building_id: str | None
     building: str | None
+
+
+class TaskLedgerRow(LedgerPlace):
+    id: str
+    type: str
+    type_name: str
+    severity: str
+    state: str
     floor: int | None
     place: str | None
     device_id: str | None
@@ -372,18 +377,10 @@ LEFT JOIN LATERAL (SELECT r.id, r.state, r.resolution FROM tasks r
 """
 
 
-class HazardLedgerRow(BaseModel):
+class HazardLedgerRow(LedgerPlace):
     id: str
     category: str | None
     category_name: str | None
-    street_id: str | None
-    street: str | None
-    community_id: str | None
-    community: str | None
-    grid_id: str | None
-    grid: str | None
-    building_id: str | None
-    building: str | None
     place: str | None
     description: str | None
     reported_by_id: str | None
@@ -520,7 +517,7 @@ class PatrolFinding(BaseModel):
     note: str | None
 
 
-class PatrolLedgerRow(BaseModel):
+class PatrolLedgerRow(LedgerPlace):
     id: str
     unit_id: str
     unit: str | None
@@ -531,14 +528,6 @@ class PatrolLedgerRow(BaseModel):
     period_start: str
     period_end: str
     planned_for: str
-    street_id: str | None
-    street: str | None
-    community_id: str | None
-    community: str | None
-    grid_id: str | None
-    grid: str | None
-    building_id: str | None
-    building: str | None
     assignee_id: str | None
     assignee: str | None
     done_at: str | None
