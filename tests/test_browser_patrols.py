@@ -5,7 +5,8 @@ checklist with the page's own checks, a hazard item with a photo, the draft kept
 shows the patrol resolved with its results and a hazard task opened, and the board's map marker of the building turns
 from 逾期巡查 to 隐患; the hazard report form with a photo (the page's size check, the server's 422 shown); and a patrol
 done without signal, queued as one submission (photos, then the resolve carrying their evidence ids) and landing in
-order once back online.
+order once back online, also after the page was closed and opened again without signal; a hazard report sent
+without signal likewise.
 
 Patrols are made here as the migration's rows (tasks + patrols, with the rules' checklist of the unit's class), so
 that their periods (overdue, this week) do not depend on the day the tests run."""
@@ -302,6 +303,25 @@ def test_the_hazard_report_form_submits_a_report_with_a_photo(browser: Any, hub:
         # the form is empty again, and lists the report
         page.locator(f"[data-testid=my-report][data-task-id='{mine[0]['id']}']").wait_for(timeout=WAIT_MS)
         assert page.get_by_test_id("report-description").input_value() == ""
+        # without signal the report waits in the outbox (待发送) with its photo, and lands once back online
+        context.set_offline(True)
+        until(page, "navigator.onLine === false")
+        page.get_by_test_id("report-category").select_option("escape_route")
+        page.get_by_test_id("report-building").select_option("b-14")
+        page.get_by_test_id("report-description").fill("14号楼安全出口被杂物堵塞")
+        page.get_by_test_id("report-photo").set_input_files(files=[{
+            "name": "exit.jpg", "mimeType": "image/jpeg", "buffer": tiny_jpeg()}])
+        page.get_by_test_id("report-submit").click()
+        page.get_by_test_id("outbox").filter(has_text="待发送 (1)").wait_for(timeout=WAIT_MS)
+        assert "无网络" in page.get_by_test_id("notice").inner_text()
+        page.get_by_test_id("outbox").click()
+        assert "隐患上报" in page.get_by_test_id("outbox-item").first.inner_text()
+        assert len(hub.get("/api/v1/reports", who="w-001", mine="true")["items"]) == 1
+        context.set_offline(False)
+        page.locator("[data-testid=outbox][data-count='0']").wait_for(state="attached", timeout=WAIT_MS)
+        mine = hub.get("/api/v1/reports", who="w-001", mine="true")["items"]
+        assert len(mine) == 2 and mine[0]["report"]["building"] == "b-14" and len(mine[0]["report"]["photos"]) == 1
+        assert mine[0]["report"]["category"] == "escape_route"
         assert errors == []
 
 
@@ -315,6 +335,11 @@ def test_a_patrol_done_offline_is_queued_and_lands_once_back_online(browser: Any
     with watched_page(context) as (page, errors):
         log_in(page, hub, "w-003", f"/worker#patrol={patrol}")
         view = page.locator(f"[data-testid=patrol-view][data-task-id='{patrol}']")
+        view.get_by_test_id("patrol-accept").wait_for(timeout=WAIT_MS)
+        # once the service worker has the page, what the page reads is kept for reading it without signal
+        page.evaluate("navigator.serviceWorker.ready.then(() => true)")
+        until(page, "navigator.serviceWorker.controller !== null")
+        page.reload()
         view.get_by_test_id("patrol-accept").wait_for(timeout=WAIT_MS)
         context.set_offline(True)
         until(page, "navigator.onLine === false")
@@ -337,6 +362,11 @@ def test_a_patrol_done_offline_is_queued_and_lands_once_back_online(browser: Any
         assert queued.count() == 2
         assert "接单" in queued.nth(0).inner_text() and "巡查提交" in queued.nth(1).inner_text()
         assert "照片 0/1" in queued.nth(1).inner_text()
+        # closed and opened again without signal (the service worker's copy of the page): still waiting, as sent
+        page.reload()
+        page.locator(f"[data-testid=patrol-view][data-task-id='{patrol}'][data-pending=submit]").wait_for(
+            timeout=WAIT_MS)
+        page.locator("[data-testid=outbox][data-count='2']").wait_for(state="attached", timeout=WAIT_MS)
         # in the list, shown as sent
         page.get_by_test_id("patrol-back").click()
         listed = page.locator(f"[data-testid=patrol-card][data-task-id='{patrol}']")
