@@ -11,7 +11,8 @@ Like the virtual devices speak only MQTT, these speak only the documented REST A
 - about `hazard_share` of the patrols done find a hazard (one checklist item, sometimes two, with a note and, when
   a photo was taken, that photo);
 - about `fix_share` of the hazards are rectified (`fixed`), which opens a re-check, which is done;
-- every `report_every` actions one worker files a resident-style report (社区提报) with a photo.
+- every `report_every` actions one worker files a resident-style report (社区提报) with a photo, and when nobody has
+  anything to do, one every time `report_every` actions would take at the pace, so that a long demo stays alive.
 
 Actions are paced (`per_minute`, all workers together); a 4xx is logged with its detail and the task set aside;
 while the API is down (connection refused, 5xx) the simulator waits and tries again.
@@ -23,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable
@@ -113,6 +115,7 @@ class WorkerSim:
     _set_aside: set[str] = field(default_factory=set)   # tasks left (overdue on purpose) or refused
     _actions: int = 0
     _reports: int = 0
+    _last_report: float = field(default_factory=time.monotonic)
 
     # ---------------------------------------------------------------- the loop
 
@@ -147,8 +150,18 @@ class WorkerSim:
                 if not did:
                     if until_idle:
                         break
+                    if self._quiet_for_a_report():  # nothing else to do: the district stays alive with reports
+                        with contextlib.suppress(ApiDown):  # the next sweep finds it down and waits
+                            await self._report(stop)
+                        continue
                     await _sleep(stop, self.options.idle_s)
         return dict(self.stats)
+
+    def _quiet_for_a_report(self) -> bool:
+        """As long as `report_every` actions would take at the pace since the last report (paced runs only)."""
+        o = self.options
+        return bool(o.report_every and o.per_minute > 0
+                    and time.monotonic() - self._last_report >= o.report_every * 60.0 / o.per_minute)
 
     async def _sweep(self, stop: asyncio.Event, max_actions: int | None) -> bool:
         """One pass over every worker's open tasks; True if anything was done."""
@@ -273,6 +286,7 @@ class WorkerSim:
     async def _report(self, stop: asyncio.Event) -> None:
         """A resident's report, relayed by a worker (社区提报): a unit of the worker's grid, a photo."""
         self._reports += 1
+        self._last_report = time.monotonic()
         if not self.options.workers:
             return
         rng = random.Random(f"{self.options.seed}:report:{self._reports}")

@@ -243,3 +243,21 @@ def test_a_generated_photo_is_a_small_jpeg() -> None:
     assert data[:3] == b"\xff\xd8\xff" and len(data) < 40_000
     assert check_jpeg(data, 10_000_000) == (320, 240)
     assert photo_jpeg(1) == data != photo_jpeg(2)
+
+
+def test_a_quiet_district_still_gets_reports_now_and_then(demo_api: tuple[str, RunningApi]) -> None:
+    url, running = demo_api
+
+    async def go() -> dict[str, int]:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(4.0, stop.set)
+        # 1,000 actions between reports at 60,000 a minute: a report when nothing else was to do for a second
+        options = _options(running.url, per_minute=60_000, report_every=1000, idle_s=0.1)
+        return await WorkerSim(options).run(stop)
+
+    stats = asyncio.run(go())
+    assert stats["patrols_done"] >= 3 and sum(v for k, v in stats.items() if k.startswith("action_")) < 1000
+    assert stats["reports_filed"] >= 1, stats
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM tasks WHERE reported_by IS NOT NULL").fetchone() == (
+            stats["reports_filed"],)
