@@ -137,7 +137,7 @@
     debounce("buildings", reloadBuildings, 300);
   }
 
-  function reloadBuildings() { return loadBuildings().then(renderBuildingMap); }
+  function reloadBuildings() { return loadBuildings().then(() => { renderBuildingMap(); renderPatrols(); }); }
 
   async function onTask(task) {
     // the stream carries the engine's task shape; the list shape adds where the task is
@@ -157,7 +157,7 @@
     if (!task.type || PATROL_TYPES.includes(task.type)) debounce("patrols", loadPatrols, 500);
   }
 
-  function renderAll() { renderTotals(); renderMap(); renderBuildingMap(); renderAlerts(); renderTasks(); }
+  function renderAll() { renderTotals(); renderMap(); renderBuildingMap(); renderAlerts(); renderTasks(); if (S.patrols) renderPatrols(); }
 
   // ---------------------------------------------------------------- the map of buildings (issue 14)
 
@@ -291,7 +291,9 @@
     if (!S.lmap) {
       canvas.replaceChildren();
       canvas.classList.toggle("vector", !MAP.tiles);
-      S.lmap = L.map(canvas, { zoomControl: true, attributionControl: !!MAP.tiles, preferCanvas: false });
+      // the vector view fits the district in quarter steps; tiles stay at whole zoom levels (sharp)
+      S.lmap = L.map(canvas, { zoomControl: true, attributionControl: !!MAP.tiles, preferCanvas: false,
+                               zoomSnap: MAP.tiles ? 1 : 0.25 });
       if (MAP.tiles) L.tileLayer(MAP.tiles, { subdomains: MAP.subdomains, maxZoom: 18 }).addTo(S.lmap);
       S.layer = L.layerGroup().addTo(S.lmap);
     }
@@ -312,7 +314,10 @@
       const selected = isOn("building", b.id);
       const marker = L.circleMarker(pos, { radius: selected ? 12 : 9, color: selected ? "#ffffff" : "#0b111a",
         weight: selected ? 3 : 2, fillColor: STATUS_COLOURS[st], fillOpacity: 0.9 });
-      marker.bindTooltip(markerTitle(b), { permanent: !MAP.tiles, direction: "top", offset: [0, -8] });
+      // without tiles the places that need attention keep a short label; every marker tells all on hover
+      const labelled = !MAP.tiles && st !== "clear";
+      marker.bindTooltip(labelled ? `${b.name} · ${STATUS_LABELS[st]}` : markerTitle(b),
+                         { permanent: labelled, direction: "top", offset: [0, -8], className: `tip st-${st}` });
       marker.on("click", () => toggle(buildingFilter(b)));
       marker.addTo(S.layer);
       const node = marker.getElement();
@@ -324,6 +329,11 @@
         node.setAttribute("data-colour", STATUS_COLOURS[st]);
         node.setAttribute("data-lat", String(pos[0]));
         node.setAttribute("data-lon", String(pos[1]));
+        if (labelled) {
+          const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+          title.textContent = markerTitle(b);
+          node.append(title);
+        }
       }
     });
     // units at their building's position, as small squares in a row to the right of the building's marker
@@ -381,6 +391,12 @@
   const PATROL_FIELDS = [["planned", "计划"], ["done", "已完成"], ["done_on_time", "按期完成"], ["overdue", "逾期"],
                          ["hazards_found", "发现隐患"], ["hazards_rectified", "已整改"]];
 
+  // "沙坡尾社区 一网格": grid names repeat across communities; the map's places say which community a grid is in
+  function gridName(r) {
+    const place = S.buildings.find((b) => b.grid_id === r.id) || S.units.find((u) => u.grid_id === r.id);
+    return place ? `${place.community.name} ${r.name || r.id}` : (r.name || r.id);
+  }
+
   function patrolRow(r, total) {
     const planned = Number(r.planned) || 0, done = Number(r.done) || 0, overdue = Number(r.overdue) || 0;
     const pct = planned ? Math.min(100, Math.round((done / planned) * 100)) : 0;
@@ -389,7 +405,7 @@
     bar.firstChild.style.width = `${pct}%`;
     return el("tr", { "data-testid": total ? "patrol-total" : "patrol-row", "data-grid": total ? null : r.id,
                       "data-overdue": String(overdue), class: `${total ? "total-row" : ""}${overdue ? " has-overdue" : ""}` },
-      el("td", { text: total ? "合计" : (r.name || r.id) }),
+      el("td", { class: "pgrid", text: total ? "合计" : gridName(r) }),
       ...PATROL_FIELDS.map(([k]) => el("td", { "data-field": k, text: r[k] === undefined || r[k] === null ? "—" : String(r[k]),
         class: k === "overdue" && overdue ? "overdue-hot" : null })),
       el("td", { class: "pcell" }, bar, el("small", { text: planned ? `${pct}%` : "—" })));
@@ -494,6 +510,13 @@
     S.fresh.clear();
   }
 
+  function unitName(t) {
+    if (t.patrol && t.patrol.unit_name) return t.patrol.unit_name;
+    const id = taskUnit(t);
+    const unit = id && S.units.find((u) => u.id === id);
+    return unit ? unit.name : id || "";
+  }
+
   function taskCard(t) {
     const due = GH.dueOf(t);
     const cd = GH.countdown(due);
@@ -507,8 +530,8 @@
                                                     text: "巡查逾期" }) : null,
         t.escalation_level > 0 ? el("span", { class: "badge esc", "data-testid": "escalated",
                                               text: ` 已升级 L${t.escalation_level}` }) : null),
-      el("div", { class: "muted", text: `${loc.grid || t.grid_id || ""} · ${where || t.device_id || ""}`
-        + (t.patrol && t.patrol.unit_name ? ` · ${t.patrol.unit_name}` : "") }),
+      el("div", { class: "muted", text: [loc.grid || t.grid_id, where || t.device_id, unitName(t)].filter(Boolean)
+        .join(" · ") }),
       el("div", { class: "muted", text: `负责人：${t.assignee_name || t.assignee || "未指派"}` }),
       due ? el("div", { class: `due${cd.late ? " late" : ""}`, "data-due": due,
                         "data-prefix": t.state === "open" ? "接单" : "办结",
