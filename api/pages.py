@@ -59,14 +59,14 @@ def tile_origins(template: str | None) -> list[str]:
 
 
 @lru_cache(maxsize=8)
-def board_page(tiles: str | None, coords: str) -> tuple[str, dict[str, str]]:
+def board_page(tiles: str | None, coords: str, timezone: str) -> tuple[str, dict[str, str]]:
     """The board with its map settings in data attributes (`data-map-tiles`, `data-map-subdomains`,
-    `data-map-coords`), and its headers: the CSP's img-src names the tile server's origins only when tiles are
+    `data-map-coords`) and the district's time zone (`data-timezone`), and its headers: the CSP's img-src names the tile server's origins only when tiles are
     configured."""
     text = (STATIC / "board.html").read_text(encoding="utf-8")
     template = SUBDOMAINS.sub("{s}", tiles) if tiles else ""
     for key, value in (("map_tiles", template), ("map_subdomains", tile_subdomains(tiles or "")),
-                       ("map_coords", coords)):
+                       ("map_coords", coords), ("timezone", timezone)):
         text = text.replace("{{" + key + "}}", html.escape(value, quote=True))
     origins = tile_origins(tiles)
     headers = {**PAGE_HEADERS, "Content-Security-Policy": CSP_TEMPLATE.format(
@@ -80,7 +80,7 @@ def mount_pages(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     async def board(request: Request) -> HTMLResponse:
         settings = request.app.state.settings
-        text, headers = board_page(settings.map_tiles, settings.map_coords)
+        text, headers = board_page(settings.map_tiles, settings.map_coords, settings.timezone)
         return HTMLResponse(text, headers=headers)
 
     @app.get("/worker", include_in_schema=False)

@@ -45,9 +45,11 @@ def test_tile_origins_per_subdomain_and_the_board_csp() -> None:
     assert tile_origins("https://{s}.tile.example.org/{z}/{x}/{y}.png") == [
         "https://a.tile.example.org", "https://b.tile.example.org", "https://c.tile.example.org"]
     assert tile_origins("http://127.0.0.1:8081/t/{z}/{x}/{y}.png") == ["http://127.0.0.1:8081"]
-    text, headers = board_page(None, "wgs84")
+    text, headers = board_page(None, "wgs84", "Asia/Shanghai")
     assert headers["Content-Security-Policy"] == CSP and 'data-map-tiles=""' in text
-    text, headers = board_page(AUTONAVI, "gcj02")
+    assert 'data-timezone="Asia/Shanghai"' in text  # the board's year and times are the district's
+    text, headers = board_page(AUTONAVI, "gcj02", "Asia/Urumqi")
+    assert 'data-timezone="Asia/Urumqi"' in text
     csp = headers["Content-Security-Policy"]
     assert "img-src 'self' blob: data: https://webrd01.is.autonavi.com https://webrd02.is.autonavi.com" in csp
     assert "connect-src 'self';" in csp and "default-src 'self';" in csp and "script-src 'self';" in csp
