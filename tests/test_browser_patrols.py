@@ -239,6 +239,25 @@ def test_a_worker_completes_a_patrol_with_a_photo_and_the_map_marker_changes(bro
             page.get_by_test_id("patrol-back").click()
             shop.wait_for(timeout=WAIT_MS)
             assert page.locator(f"[data-testid=patrol-card][data-task-id='{late}']").count() == 0
+            # the grid head sends it back (返工): it is listed again, the recorded answers filled in, sent again as is
+            r = httpx.post(f"{hub.api.url}/api/v1/tasks/{late}/reject", json={"note": "请补拍灭火器照片"},
+                           headers={"Authorization": f"Bearer {hub.token('w-002')}"})
+            assert r.status_code == 200, r.text
+            card.wait_for(timeout=WAIT_MS)
+            card.get_by_test_id("patrol-line").click()
+            view.get_by_test_id("patrol-rework").wait_for(timeout=WAIT_MS)
+            assert "请补拍灭火器照片" in view.get_by_test_id("patrol-rework").inner_text()
+            page.locator("[data-testid=check-item][data-result=hazard]").wait_for(timeout=WAIT_MS)
+            hazard_item = page.locator(f"[data-testid=check-item][data-item='{hazard_id}']")
+            assert hazard_item.get_by_test_id("item-note").input_value() == "楼道内电动车充电"
+            assert hazard_item.get_by_test_id("item-thumb").count() == 1
+            page.get_by_test_id("patrol-submit").click()
+            page.locator(f"[data-testid=patrol-view][data-state=resolved]").wait_for(timeout=WAIT_MS)
+            again = hub.task(late)
+            assert again["state"] == "resolved"
+            assert {r["id"]: r for r in again["patrol"]["results"]}[hazard_id]["photos"] == results[hazard_id]["photos"]
+            assert len([t for t in hub.get("/api/v1/tasks", type="hazard", limit=1000)["items"]
+                        if t.get("source_task_id") == late]) == 1
             assert errors == []
         # the board's map: b-12 was coloured by its overdue patrol, now by the open hazard
         board.locator("[data-testid=map-marker][data-building=b-12][data-status=hazard]").wait_for(timeout=WAIT_MS)

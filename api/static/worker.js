@@ -641,6 +641,7 @@
       if (S.patrolId !== id) return;
       S.patrolTask = t;
       if (t.assignee === S.me.id && LIVE_STATES.includes(t.state)) S.patrols.set(t.id, t);
+      reworkDraft(t);
     } catch (e) {
       if (!S.patrolTask && !e.network) problem(`巡查 ${id}：${e.message}`);
     }
@@ -649,12 +650,27 @@
     render();
   }
 
+  // A patrol the grid head sent back (返工) starts from its recorded results: the photos already on the hub are
+  // named by their evidence ids and not sent again.
+  function reworkDraft(t) {
+    const results = patrolOf(t).results;
+    const draft = S.patrolDraft;
+    if (!draft || !results || !LIVE_STATES.includes(t.state) || Object.values(draft.results).some((r) => r && r.result)) return;
+    for (const r of results) {
+      draft.results[r.id] = { result: r.result, note: r.note || "" };
+      for (const ev of r.photos || []) draft.photos.push({ ref: Outbox.newKey(), item: r.id, blob: null, name: ev, evidence: ev });
+    }
+  }
+
   let draftTimer = null;
   function saveDraft(now) {
     const id = S.patrolId, draft = S.patrolDraft;
     if (!id || !draft) return;
     clearTimeout(draftTimer);
-    const save = () => Outbox.saveDraft(S.me.id, id, draft).catch((e) => console.warn("draft", e));
+    const save = () => {
+      if (S.patrolDraft !== draft || S.patrolId !== id) return;  // sent (and deleted) or left meanwhile
+      Outbox.saveDraft(S.me.id, id, draft).catch((e) => console.warn("draft", e));
+    };
     if (now) save(); else draftTimer = setTimeout(save, 400);
   }
 
@@ -717,6 +733,8 @@
             catch (e) { error.textContent = `${REFUSALS[e.status] || "失败"}：${e.message}`; ev.currentTarget.disabled = false; }
           } })), error);
     } else {
+      const rework = [...(t.history || [])].reverse().find((h) => h.action === "reject");
+      if (rework) view.append(el("p", { class: "rework", "data-testid": "patrol-rework", text: `返工：${rework.note || ""}` }));
       view.append(checklist(t, error));
     }
     list.replaceChildren(view);
@@ -775,7 +793,8 @@
               : el("span", { class: "cam full", text: `照片 ${photos.length}` })),
           photos.length ? el("div", { class: "photos" },
             ...photos.map((ph) => el("span", { class: "thumb", "data-testid": "item-thumb" },
-              el("img", { src: thumb(ph.blob), alt: ph.name || "照片" }),
+              ph.blob ? el("img", { src: thumb(ph.blob), alt: ph.name || "照片" })
+                : el("span", { class: "sent", title: ph.evidence, text: "已上传" }),
               el("button", { type: "button", class: "x", "data-testid": "photo-remove", title: "删除照片", text: "×",
                              onclick: () => { draft.photos.splice(draft.photos.indexOf(ph), 1); fill(); saveDraft(true); } }))))
             : null,
@@ -826,6 +845,7 @@
     const draft = S.patrolDraft;
     const problemText = checkPatrol(t, draft);
     if (problemText) { error.textContent = problemText; return; }
+    saveDraft(true);  // kept as it is sent, until the hub has it
     const items = patrolOf(t).checklist || [];
     const answers = items.map((i) => {
       const r = draft.results[i.id];
@@ -862,6 +882,7 @@
   }
 
   async function patrolDone(item, answer) {
+    if (S.patrolId === item.task_id) clearTimeout(draftTimer);
     try { await Outbox.deleteDraft(S.me.id, item.task_id); } catch (e) { /* gone */ }
     S.patrolPending.delete(item.task_id);
     S.patrols.delete(item.task_id);
@@ -1150,7 +1171,12 @@
     const who = S.me.id;
     let dropped = 0;
     const sent = await Outbox.flush(who, {
-      onSent: async (item, answer) => { await refreshOutbox(); await applied(item, answer); },
+      onSent: async (item, answer) => {
+        await refreshOutbox();
+        await applied(item, answer);
+        await applyPending();  // what still waits, on the hub's answer
+        render();
+      },
       onProgress: async () => { await refreshOutbox(); },
       onDropped: async (item, e) => {
         dropped += 1;
@@ -1163,9 +1189,9 @@
     });
     await refreshOutbox();
     if ((sent || dropped) && S.me && S.me.id === who) {  // the hub's state, now that all is in
-      await loadPatrols();
       if (S.view === "team" || S.view === "mine") await load();
-      else { S.patrolShown = null; render(); }
+      await loadPatrols();
+      render();
     }
   }
 
