@@ -40,7 +40,7 @@
   for (const [group, names] of Object.entries({
     type: { patrol: "安全巡查", hazard: "隐患整改", recheck: "隐患复查" },
     action: { confirm: "立案", dismiss: "不予立案", refer: "移交", report: "社区提报", patrol: "巡查提交" },
-    resolution: {},
+    resolution: { done: "已巡查" },
   })) {
     for (const [k, v] of Object.entries(names)) if (!GH.LABELS[group][k]) GH.LABELS[group][k] = v;
   }
