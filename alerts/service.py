@@ -9,6 +9,11 @@ right after commit; the notifier, woken by NOTIFY (then 0.1 s later), publishes 
 and catches up on anything a crash left unpublished (`publish.py`: once per change). The timer loop sleeps until
 the next due timer or a NOTIFY; the lease keeper renews shard leases for both processes.
 
+A database outage stops nothing: every thread that loses its connection waits with backoff and runs again on new
+connections (`gridhub.waiting.run_through_outages`), the telemetry process does the same and says so on its report
+queue, a message whose transaction failed is kept (first in line) and acknowledged only after its commit, and the
+part's health endpoint answers 503 "waiting for database" meanwhile (`gridhub.waiting.WAITS`).
+
 After (re)connecting, the broker first hands over what it queued for our session; a marker published to
 ourselves comes after that backlog, and offline deadlines stay held back until the markers of both sessions have
 been processed plus a margin (silence during our own absence is no evidence). A retained `offline` status,
@@ -27,6 +32,8 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,7 +49,9 @@ from gridhub.alerts.rules import RuleBook, load_rules
 from gridhub.db import connect
 from gridhub.mqtt import Connack, MqttConnection
 from gridhub.protocol import Event, ms_to_dt
+from gridhub.runtime import serve_part_health
 from gridhub.settings import Settings
+from gridhub.waiting import DATABASE, DATABASE_ERRORS, WAITS, GaveUp, keep_trying, run_through_outages
 
 log = logging.getLogger("gridhub.alerts")
 
@@ -93,6 +102,7 @@ class AlertService:
         self.ready = threading.Event()
         self.lane_subscribed = threading.Event()
         self.priority: queue.Queue[Inbound] = queue.Queue()
+        self.retry: deque[Inbound] = deque()  # messages whose transaction failed: first again, still unacknowledged
         self.fresh: queue.Queue[Fresh] = queue.Queue()
         self.subscribed: set[str] = set()
         self.drained: set[str] = set()
@@ -115,12 +125,18 @@ class AlertService:
 
     def start(self) -> None:
         sys.setswitchinterval(0.0005)  # hand the interpreter over quickly when an alarm's database reply arrives
-        with connect(self.db_url, autocommit=True) as conn:
-            self.book.load(conn)
-            self._keep_leases(conn)
-            plans, expiries = patrols.sync_plans(conn, self.clock.now())  # units and facilities imported while away
-            if plans or expiries:
-                log.info("patrol plans: %d new units, %d facility expiry dates", plans, expiries)
+
+        def load() -> None:
+            with connect(self.db_url, autocommit=True) as conn:
+                self.book.load(conn)
+                self._keep_leases(conn)
+                plans, expiries = patrols.sync_plans(conn, self.clock.now())  # units and facilities imported while away
+                if plans or expiries:
+                    log.info("patrol plans: %d new units, %d facility expiry dates", plans, expiries)
+
+        if keep_trying(load, waiter="alerts-start", stopping=self.stopping, grace_s=None,
+                       url=self.db_url) is GaveUp.STOPPING:
+            return
         self.lane = self.ctx.Process(
             target=telemetry.run_lane, name=f"{self.instance}-telemetry", daemon=True,
             args=(telemetry.LaneArgs(self.settings, self.rules, self.clock, self.instance,
@@ -161,8 +177,10 @@ class AlertService:
                 self.lane.terminate()
                 self.lane.join(timeout=5)
         try:
-            with connect(self.db_url, autocommit=True) as conn:
+            with connect(self.db_url, autocommit=True, connect_timeout=5) as conn:
                 shards.release(conn, self.instance)
+        except DATABASE_ERRORS:
+            log.warning("could not release shard leases (the database is away); they expire in %s s", shards.LEASE_S)
         except Exception:  # noqa: BLE001 - the leases expire on their own
             log.exception("could not release shard leases; they expire in %s s", shards.LEASE_S)
 
@@ -174,8 +192,27 @@ class AlertService:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        self.start()
-        log.info("alerts instance %s running", self.instance)
+        health = serve_part_health("alerts")
+        failed: list[BaseException] = []
+
+        def start() -> None:
+            try:
+                self.start()
+            except BaseException as exc:  # noqa: BLE001 - raised again in the main thread
+                failed.append(exc)
+
+        starting = threading.Thread(target=start, name="alerts-start", daemon=True)
+        starting.start()  # waits for the database if it is away; a signal meanwhile still stops us
+        while starting.is_alive() and not done.wait(0.5):
+            pass
+        if done.is_set():
+            self.stopping.set()
+            starting.join(10)
+        if failed:
+            self.stop()
+            raise failed[0]
+        if not done.is_set():
+            log.info("alerts instance %s running", self.instance)
         while not done.wait(1.0):
             if not all(t.is_alive() for t in self.threads):
                 log.error("an alerts thread died; stopping so that the supervisor restarts us")
@@ -185,14 +222,19 @@ class AlertService:
                           self.lane.exitcode)
                 break
         self.stop()
+        if health is not None:
+            health.stop()
 
-    def _guarded(self, target: Any) -> None:
+    def _guarded(self, target: Callable[[Callable[[], None]], None]) -> None:
+        """Run a thread's loop; through database outages it waits and runs again on new connections
+        (`target(connected)` calls `connected()` once its connections answer), after any other failure in 1 s."""
+        name = threading.current_thread().name
         while not self.stopping.is_set():
             try:
-                target()
+                run_through_outages(target, waiter=name, stopping=self.stopping, url=self.db_url)
                 return
             except Exception:  # noqa: BLE001 - a lane restarts on a fresh connection after a failure
-                log.exception("%s failed; restarting it in 1 s", threading.current_thread().name)
+                log.exception("%s failed; restarting it in 1 s", name)
                 self.stopping.wait(1.0)
 
     # ------------------------------------------------------------------ MQTT, backlog markers
@@ -242,15 +284,20 @@ class AlertService:
             self.grace_until = self.clock.now() + timedelta(seconds=self.rules.offline.grace_margin_s)
             log.info("backlog drained; offline deadlines resume at %s", self.grace_until.isoformat())
 
-    def _lane_reports(self) -> None:
-        """What the telemetry process tells us about its session."""
+    def _lane_reports(self, connected: Callable[[], None]) -> None:
+        """What the telemetry process tells us about its session and its database connection."""
         while not self.stopping.is_set():
             try:
-                what, _ = self.lane_reports.get(timeout=0.5)
+                what, detail = self.lane_reports.get(timeout=0.5)
             except queue.Empty:
                 continue
-            {"connected": self._lane_connected, "subscribed": self._lane_subscribed,
-             "drained": self._lane_drained}[what]("telemetry")
+            if what == "waiting":
+                WAITS.begin(DATABASE, "telemetry-lane", detail)
+            elif what == "back":
+                WAITS.end(DATABASE, "telemetry-lane")
+            else:
+                {"connected": self._lane_connected, "subscribed": self._lane_subscribed,
+                 "drained": self._lane_drained}[what]("telemetry")
 
     # ------------------------------------------------------------------ shards
 
@@ -352,29 +399,34 @@ class AlertService:
 
     # ------------------------------------------------------------------ threads
 
-    def _priority_lane(self) -> None:
+    def _priority_lane(self, connected: Callable[[], None]) -> None:
         with connect(self.db_url, autocommit=True) as conn:
+            connected()
             while not self.stopping.is_set():
-                try:
-                    item = self.priority.get(timeout=0.5)
-                except queue.Empty:
-                    continue
+                if self.retry:
+                    item = self.retry.popleft()
+                else:
+                    try:
+                        item = self.priority.get(timeout=0.5)
+                    except queue.Empty:
+                        continue
                 started = time.perf_counter()
                 try:
                     ids = self._handle_priority(conn, item)
                 except Exception:  # the unit of work rolled back and forgot its changes
                     self.book.forget_states()
-                    self.priority.put(item)  # not acknowledged: try again on a fresh connection
+                    self.retry.appendleft(item)  # not acknowledged: first again, on a fresh connection
                     raise
                 if ids:
                     self.fresh.put(Fresh(ids, item.device_id, item.channel, item.received, started,
                                          time.perf_counter()))
                 self._ack(item.mid, item.qos)
 
-    def _fresh_publisher(self) -> None:
+    def _fresh_publisher(self, connected: Callable[[], None]) -> None:
         """Publishes what the priority lane committed, at once and while the lane goes on with the next message
         (the notifier is the fallback); logs where each message's time went."""
         with publish.connect_publisher(self.db_url) as conn:
+            connected()
             while not self.stopping.is_set():
                 try:
                     batch = [self.fresh.get(timeout=0.5)]
@@ -390,6 +442,10 @@ class AlertService:
                 if mqtt is not None and mqtt.is_connected():
                     try:
                         publish.publish_rows(conn, mqtt.client, self.prefix, ids)
+                    except DATABASE_ERRORS:  # committed: the notifier publishes them; we wait for a new connection
+                        if conn.broken or conn.closed:
+                            raise
+                        log.exception("could not publish changes %s directly; the notifier will", ids)
                     except Exception:  # noqa: BLE001 - committed; the notifier publishes what is still unpublished
                         log.exception("could not publish changes %s directly; the notifier will", ids)
                 done = time.perf_counter()
@@ -402,9 +458,10 @@ class AlertService:
         g = self.grace_until
         return ("offline",) if g is None or self.clock.now() < g else ()
 
-    def _timer_loop(self) -> None:
+    def _timer_loop(self, connected: Callable[[], None]) -> None:
         with connect(self.db_url, autocommit=True) as conn, connect(self.db_url, autocommit=True) as listen:
             listen.execute(f"LISTEN {timers.CHANNEL}")
+            connected()
             while not self.stopping.is_set():
                 held_back = self._held_back()
                 timers.fire_due(conn, self.clock.now(), self.timer_actions, shards=self.book.held, held_back=held_back)
@@ -421,12 +478,13 @@ class AlertService:
                     if not notes or any(timers.wakes_earlier(n.payload, wake_at) for n in notes):
                         break  # due now, or a timer due before we would wake (else: sleep on, no queries)
 
-    def _notifier(self) -> None:
+    def _notifier(self, connected: Callable[[], None]) -> None:
         """Publish every change not yet published, woken at once by NOTIFY (a commit, or rows left for us);
         the 1 s timeout is the fallback for a lost wake-up."""
         with publish.connect_publisher(self.db_url) as conn, connect(self.db_url, autocommit=True) as listen:
             listen.execute(f"LISTEN {changes.CHANNEL}")
             listen.execute(f"LISTEN {publish.WAKE_CHANNEL}")
+            connected()
             while not self.stopping.is_set():
                 mqtt = self.mqtt
                 out = publish.Outcome(0, 0)
@@ -443,8 +501,10 @@ class AlertService:
                 if woken:  # the priority lane publishes its own rows meanwhile; this wakes for the others
                     self.stopping.wait(NOTIFIER_DELAY_S)
 
-    def _lease_keeper(self) -> None:
+    def _lease_keeper(self, connected: Callable[[], None]) -> None:
         with connect(self.db_url, autocommit=True) as conn:
+            self._keep_leases(conn)  # at once after an outage: the leases may have expired meanwhile
+            connected()
             last_registry = time.monotonic()
             last_prune = 0.0
             while not self.stopping.wait(5.0):

@@ -3,7 +3,9 @@ with fire alarms: its own persistent MQTT session (`<instance>-telemetry`), read
 memory, what they change written in one transaction, every message acknowledged after that commit.
 
 It evaluates the devices of the shards its instance holds (the priority process keeps the leases) and reports
-to that process on a queue: connected (offline deadlines wait again), subscribed, and the drain marker seen.
+to that process on a queue: connected (offline deadlines wait again), subscribed, the drain marker seen, and
+waiting for the database / back (the parent's health says so). Through a database outage it keeps its batch (first
+again, unacknowledged) and reconnects with backoff (`gridhub.waiting.keep_trying`); it never exits for it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from gridhub.db import connect
 from gridhub.mqtt import Connack, MqttConnection
 from gridhub.protocol import Reading
 from gridhub.settings import Settings
+from gridhub.waiting import DATABASE_ERRORS, GaveUp, Waits, keep_trying
 
 log = logging.getLogger("gridhub.alerts.telemetry")
 
@@ -62,22 +65,48 @@ class LaneArgs:
     parent_pid: int  # the priority process: the lane stops when it is gone (even if killed with SIGKILL)
 
 
+class _Stopping:
+    """Set when the parent says stop or is gone (even killed with SIGKILL): what the lane's waits watch."""
+
+    def __init__(self, stop: ProcessEvent, parent_pid: int) -> None:
+        self._stop, self._parent = stop, parent_pid
+
+    def is_set(self) -> bool:
+        return self._stop.is_set() or os.getppid() != self._parent
+
+    def wait(self, timeout: float | None = None) -> bool:
+        end = time.monotonic() + (timeout if timeout is not None else 1e9)
+        while not self.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            self._stop.wait(min(left, 0.5))
+        return True
+
+
 def run_lane(args: LaneArgs, reports: ProcessQueue[tuple[str, str]], stop: ProcessEvent) -> None:
     """The child process's entry point: run until `stop` is set or the parent process is gone."""
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if os.getppid() != args.parent_pid:
         return  # the parent died while this process was starting
     os.nice(NICE)
-    lane = TelemetryLane(args, reports)
+    stopping = _Stopping(stop, args.parent_pid)
+    lane = TelemetryLane(args, reports, stopping)
+    if not lane.reconnect_db():
+        return
     lane.start()
     try:
-        while not stop.is_set() and os.getppid() == args.parent_pid:
+        while not stopping.is_set():
             try:
                 lane.run_once()
+            except DATABASE_ERRORS:  # the batch is kept for the next connection
+                if not lane.reconnect_db():
+                    return
             except Exception:  # noqa: BLE001 - the lane goes on with a fresh connection; messages were requeued
                 log.exception("telemetry lane failed; going on in 1 s on a fresh connection")
-                lane.reconnect_db()
                 time.sleep(1.0)
+                if not lane.reconnect_db():
+                    return
     finally:
         lane.stop()
 
@@ -85,7 +114,7 @@ def run_lane(args: LaneArgs, reports: ProcessQueue[tuple[str, str]], stop: Proce
 class TelemetryLane:
     """Readings of the instance's devices: held thresholds, drop window, signs of life."""
 
-    def __init__(self, args: LaneArgs, reports: ProcessQueue[tuple[str, str]]) -> None:
+    def __init__(self, args: LaneArgs, reports: ProcessQueue[tuple[str, str]], stopping: _Stopping) -> None:
         self.settings = args.settings
         self.db_url = args.settings.database_url or ""
         self.prefix = args.settings.topic_prefix
@@ -95,12 +124,14 @@ class TelemetryLane:
         self.reports = reports
         self.book = DeviceBook(args.instance, args.rules, args.clock)
         self.inbox: queue.Queue[Inbound] = queue.Queue()
+        self.retry: list[Inbound] = []  # a batch whose transaction failed: first again, still unacknowledged
+        self.stopping = stopping
+        self.waits = Waits("alerts", log_changes=False)  # the parent logs and answers health for the part
         self.conn: psycopg.Connection[Any] | None = None
         self.shards_read = 0.0
         self.mqtt: MqttConnection | None = None
 
     def start(self) -> None:
-        self.reconnect_db()
         self.mqtt = MqttConnection(
             self.settings.mqtt_url or "", f"{self.instance}-telemetry", protocol=paho.MQTTv311, persistent=True,
             manual_ack=True, keepalive=30, reconnect_delay=(1, 5), max_inflight=100,
@@ -116,13 +147,36 @@ class TelemetryLane:
         if self.conn is not None:
             self.conn.close()
 
-    def reconnect_db(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-        self.conn = connect(self.db_url, autocommit=True)
-        self.book.load(self.conn)
-        self.book.refresh_shards(self.conn)
-        self.shards_read = time.monotonic()
+    def reconnect_db(self) -> bool:
+        """A new connection with the registry and shards read again, waiting through outages (and telling the
+        parent once that we wait and once that we are back); False when stopping first."""
+        told = False
+
+        def attempt() -> None:
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+            conn = connect(self.db_url, autocommit=True)
+            try:
+                self.book.load(conn)
+                self.book.refresh_shards(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self.conn = conn
+            self.shards_read = time.monotonic()
+
+        def waiting(exc: BaseException) -> None:
+            nonlocal told
+            if not told:
+                self.reports.put(("waiting", type(exc).__name__))
+                told = True
+
+        result = keep_trying(attempt, waiter="telemetry-lane", stopping=self.stopping, on_error=waiting,
+                             grace_s=None, waits=self.waits, url=self.db_url)
+        if told:
+            self.reports.put(("back", ""))
+        return result is not GaveUp.STOPPING
 
     # ------------------------------------------------------------------ MQTT (paho's network thread)
 
@@ -147,10 +201,12 @@ class TelemetryLane:
     # ------------------------------------------------------------------ the lane
 
     def run_once(self) -> None:
-        try:
-            batch = [self.inbox.get(timeout=0.5)]
-        except queue.Empty:
-            return
+        batch, self.retry = self.retry, []
+        if not batch:
+            try:
+                batch = [self.inbox.get(timeout=0.5)]
+            except queue.Empty:
+                return
         while len(batch) < BATCH:
             try:
                 batch.append(self.inbox.get_nowait())
@@ -158,15 +214,14 @@ class TelemetryLane:
                 break
         conn = self.conn
         assert conn is not None
-        if time.monotonic() - self.shards_read > SHARD_REFRESH_S:
-            self.book.refresh_shards(conn)
-            self.shards_read = time.monotonic()
         try:
+            if time.monotonic() - self.shards_read > SHARD_REFRESH_S:
+                self.book.refresh_shards(conn)
+                self.shards_read = time.monotonic()
             self._evaluate(conn, batch)
         except Exception:  # the unit of work rolled back and forgot its changes
             self.book.forget_states()
-            for item in batch:
-                self.inbox.put(item)
+            self.retry = batch  # not acknowledged: first again, in order, on a fresh connection
             raise
         mqtt = self.mqtt
         assert mqtt is not None

@@ -13,6 +13,11 @@ it comes back). Undecodable frames are quarantined as ``bad_frame``, frames over
 
 Each camera is run by one instance: instances lease cameras in ``detector_leases`` and renew
 the leases; a camera whose lease has expired is taken over by another instance.
+
+A frame received over MQTT is acknowledged only once it has been judged (its evidence stored, or it was
+quarantined). Through a database outage every database round trip of the worker waits and tries again
+(``gridhub.waiting.keep_trying``) rather than failing: frames stay in order, unacknowledged, and are judged
+when the database is back; the part's health endpoint says it is waiting for the database meanwhile.
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -35,7 +41,7 @@ import psycopg
 from pydantic import ValidationError
 
 from gridhub import envref
-from gridhub.db import connect
+from gridhub.db import DatabaseUnavailable, LazyConnection
 from gridhub.images import FRAME_MAX_PIXELS
 from gridhub.mqtt import Connack, MqttConnection
 from gridhub.protocol import MAX_FRAME, Reason, TopicError, device_topic, parse_topic
@@ -43,6 +49,7 @@ from gridhub.quarantine import quarantine
 from gridhub.registry import CameraBlock, check_camera_source
 from gridhub.runtime import run_until_signalled
 from gridhub.settings import Settings
+from gridhub.waiting import GaveUp, keep_trying
 
 from .config import CameraConfig
 from .evidence import render_evidence
@@ -56,6 +63,9 @@ REGISTRY_REFRESH_S = 30.0
 DEFAULT_HEARTBEAT_S = 60
 VIDEO_LOSS_AFTER = 3  # failed pulls in a row
 SCENE_SAVE_S = 600.0  # the clear scene is kept at least this often (frame time), and on each change
+RECEIVE_MAXIMUM = 32  # frames the broker may send before we acknowledge (each up to 2 MiB)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -92,6 +102,9 @@ class Frame:
     image: np.ndarray | None = None  # a pulled frame, already decoded
     topic: str = ""
     reject: tuple[Reason, str] | None = None  # quarantine it: reason and detail
+    mid: int = 0  # MQTT: acknowledged once judged
+    qos: int = 0
+    generation: int = 0  # the connection it came on: an old packet id is not acknowledged on a new one
 
 
 def expand_source(source: str) -> str:
@@ -140,7 +153,7 @@ class DetectService:
         self.pullers: dict[str, threading.Thread] = {}
         self.stop_event = threading.Event()
         self.failed = threading.Event()
-        self.conn: psycopg.Connection[Any] | None = None
+        self.db = LazyConnection(settings.database_url, application_name="gridhub-detect", autocommit=True)
         self.mqtt: MqttConnection | None = None
         self.worker: threading.Thread | None = None
         self.processed = 0
@@ -149,11 +162,12 @@ class DetectService:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Connect to the broker and start the worker, which reads the registry first (waiting for the database if
+        it is away); frames wait unacknowledged until then."""
         assert self.settings.database_url and self.settings.mqtt_url
-        self.conn = connect(self.settings.database_url, autocommit=True)
-        self._refresh()
         mqtt = MqttConnection(
             self.settings.mqtt_url, self.instance, protocol=paho.MQTTv5, keepalive=30, reconnect_delay=(1, 120),
+            manual_ack=True, receive_maximum=RECEIVE_MAXIMUM,
             subscriptions=[(f"{self.prefix}/devices/+/frame", 1), (f"{self.prefix}/devices/+/frame/+", 1)],
             on_connected=self._on_connected, on_message=self._on_message, on_refused=self._on_refused,
         )
@@ -172,12 +186,17 @@ class DetectService:
             t.join(timeout=5)
         if self.mqtt is not None:
             self.mqtt.stop()
-        if self.conn is not None:
-            try:
-                self.conn.execute("DELETE FROM detector_leases WHERE holder = %s", (self.instance,))
-            except psycopg.Error:
-                log.warning("could not release camera leases; they expire in %s s", LEASE_S)
-            self.conn.close()
+        try:
+            self.db.forget_if_broken()
+            self.db.get().execute("DELETE FROM detector_leases WHERE holder = %s", (self.instance,))
+        except (psycopg.Error, DatabaseUnavailable):
+            log.warning("could not release camera leases; they expire in %s s", LEASE_S)
+        self.db.close()
+
+    def _with_db(self, what: Callable[[psycopg.Connection[Any]], T]) -> T | GaveUp:
+        """`what(connection)`, waiting through database outages (GaveUp.STOPPING when stopping first)."""
+        return keep_trying(lambda: what(self.db.get()), waiter="detect-worker", stopping=self.stop_event,
+                           on_error=self.db.forget_if_broken, grace_s=None, url=self.db.url)
 
     # -- MQTT in ---------------------------------------------------------------------------
 
@@ -204,20 +223,32 @@ class DetectService:
             for key, value in getattr(msg.properties, "UserProperty", None) or []:
                 if key == "ts" and str(value).isdigit():
                     ts = int(value)
-        self._enqueue(Frame(topic.device_id, ts, bytes(msg.payload), topic=msg.topic))
+        self._enqueue(Frame(topic.device_id, ts, bytes(msg.payload), topic=msg.topic, mid=msg.mid, qos=msg.qos,
+                            generation=self._generation()))
+
+    def _generation(self) -> int:
+        return self.mqtt.generation if self.mqtt is not None else 0
 
     def _enqueue(self, frame: Frame) -> None:
         try:
             self.frames.put_nowait(frame)
         except queue.Full:
             log.warning("detect: frame queue full, frame of %s at %s dropped", frame.camera_id, frame.ts_ms)
+            self._ack(frame)
+
+    def _ack(self, frame: Frame) -> None:
+        """Acknowledge an MQTT frame once judged (a pulled frame has nothing to acknowledge)."""
+        mqtt = self.mqtt
+        if mqtt is not None and frame.qos > 0 and frame.generation == mqtt.generation:
+            mqtt.ack(frame.mid, frame.qos)
 
     # -- the worker: registry, leases, frames ------------------------------------------------
 
     def _work(self) -> None:
-        next_refresh = time.monotonic() + REGISTRY_REFRESH_S
-        next_renew = time.monotonic() + RENEW_S
         try:
+            self._refresh()
+            next_refresh = time.monotonic() + REGISTRY_REFRESH_S
+            next_renew = time.monotonic() + RENEW_S
             while not self.stop_event.is_set():
                 try:
                     item = self.frames.get(timeout=0.5)
@@ -225,9 +256,10 @@ class DetectService:
                     item = None
                 if item is not None and item.reject is not None:
                     reason, detail = item.reject
-                    self._quarantine(item.topic, item.camera_id or None, reason, detail, item.payload or b"")
-                elif item is not None:
-                    self._handle(item)
+                    if self._quarantine(item.topic, item.camera_id or None, reason, detail, item.payload or b""):
+                        self._ack(item)
+                elif item is not None and self._handle(item):
+                    self._ack(item)
                 now = time.monotonic()
                 if now >= next_refresh:
                     self._refresh()
@@ -242,10 +274,11 @@ class DetectService:
 
     def _refresh(self) -> None:
         """Reload the cameras from the registry, take free camera leases, start pulling sources."""
-        assert self.conn is not None
-        rows = self.conn.execute(
+        rows = self._with_db(lambda conn: conn.execute(
             "SELECT id, camera, heartbeat_s FROM devices WHERE kind = 'camera' AND NOT retired"
-        ).fetchall()
+        ).fetchall())
+        if rows is GaveUp.STOPPING:
+            return
         seen: set[str] = set()
         for device_id, block, heartbeat_s in rows:
             seen.add(device_id)
@@ -268,19 +301,20 @@ class DetectService:
         self._renew()
 
     def _renew(self) -> None:
-        assert self.conn is not None
         ids = sorted(self.cameras)
         if not ids:
             self.held = set()
             return
-        rows = self.conn.execute(
+        rows = self._with_db(lambda conn: conn.execute(
             "INSERT INTO detector_leases AS l (camera_id, holder, expires_at)"
             " SELECT unnest(%s::text[]), %s, now() + make_interval(secs => %s)"
             " ON CONFLICT (camera_id) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at"
             " WHERE l.holder = EXCLUDED.holder OR l.expires_at < now()"
             " RETURNING camera_id",
             (ids, self.instance, LEASE_S),
-        ).fetchall()
+        ).fetchall())
+        if rows is GaveUp.STOPPING:
+            return
         held = {r[0] for r in rows}
         for lost in self.held - held:
             cam = self.cameras.get(lost)
@@ -297,11 +331,12 @@ class DetectService:
                 self.pullers[cid] = t
                 t.start()
 
-    def _handle(self, frame: Frame) -> None:
+    def _handle(self, frame: Frame) -> bool:
+        """Judge one frame (or quarantine it); False only when stopping before the database let us."""
         cam = self.cameras.get(frame.camera_id)
         if cam is None:
             if frame.payload is not None:
-                self._quarantine(
+                return self._quarantine(
                     frame.topic,
                     frame.camera_id,
                     Reason.UNREGISTERED_DEVICE,
@@ -309,24 +344,23 @@ class DetectService:
                     "gridhub registry import",
                     frame.payload,
                 )
-            return
+            return True
         if cam.id not in self.held:
-            return  # another instance runs this camera
+            return True  # another instance runs this camera
         if frame.payload is not None and len(frame.payload) > MAX_FRAME:
-            self._quarantine(
+            return self._quarantine(
                 frame.topic,
                 cam.id,
                 Reason.OVERSIZE,
                 f"frame of {len(frame.payload)} bytes is over the 2 MiB limit",
                 frame.payload,
             )
-            return
         image = frame.image
         if image is None and frame.payload is not None:
             problem = frame_problem(frame.payload)  # from the header: nothing decoded yet
             image = decode_frame(frame.payload) if problem is None else None
             if image is None:
-                self._quarantine(
+                return self._quarantine(
                     frame.topic,
                     cam.id,
                     Reason.BAD_FRAME,
@@ -334,20 +368,21 @@ class DetectService:
                     + (f": {problem}" if problem else ""),
                     frame.payload,
                 )
-                return
         elif image is not None and image.shape[0] * image.shape[1] > FRAME_MAX_PIXELS:
             # a pulled frame, decoded by the source's reader: too large to work on
             h, w = image.shape[:2]
-            self._quarantine(frame.topic, cam.id, Reason.BAD_FRAME,
-                             f"pulled frame of {w}×{h} pixels is over {FRAME_MAX_PIXELS:,}", b"")
-            return
+            return self._quarantine(frame.topic, cam.id, Reason.BAD_FRAME,
+                                    f"pulled frame of {w}×{h} pixels is over {FRAME_MAX_PIXELS:,}", b"")
         if image is None:
-            return
+            return True
         if cam.last_ts is not None and frame.ts_ms <= cam.last_ts:
             log.info("camera %s: frame at %s is not newer than %s; skipped", cam.id, frame.ts_ms, cam.last_ts)
-            return
+            return True
         if cam.detector is None:
-            cam.detector = self._new_detector(cam)
+            detector = self._new_detector(cam)
+            if detector is None:
+                return False
+            cam.detector = detector
         result = cam.detector.process(image, frame.ts_ms)
         self._keep_scene(cam, frame.ts_ms)
         cam.last_ts = frame.ts_ms
@@ -361,13 +396,17 @@ class DetectService:
         if cam.last_heartbeat_ms is None or frame.ts_ms - cam.last_heartbeat_ms >= cam.heartbeat_s * 500:
             self._publish(cam, frame.ts_ms, "heartbeat", {"source": "pulled" if cam.pulled else "mqtt"})
             cam.last_heartbeat_ms = frame.ts_ms
+        return True
 
     # -- the learned clear scene, kept across restarts -------------------------------------------
 
-    def _new_detector(self, cam: Camera) -> ExitDetector:
-        assert self.conn is not None
+    def _new_detector(self, cam: Camera) -> ExitDetector | None:
+        """The camera's detector with its kept clear scene; None when stopping before the database answered."""
         detector = ExitDetector(cam.config)
-        row = self.conn.execute("SELECT data FROM detector_scenes WHERE camera_id = %s", (cam.id,)).fetchone()
+        row = self._with_db(lambda conn: conn.execute("SELECT data FROM detector_scenes WHERE camera_id = %s",
+                                                      (cam.id,)).fetchone())
+        if row is GaveUp.STOPPING:
+            return None
         if row is not None:
             detector.restore_scene(bytes(row[0]))
         cam.saved_version = 0
@@ -376,7 +415,7 @@ class DetectService:
 
     def _keep_scene(self, cam: Camera, ts_ms: int) -> None:
         det = cam.detector
-        assert self.conn is not None and det is not None
+        assert det is not None
         if det.scene_version == 0:
             return
         if det.scene_version == cam.saved_version and ts_ms - cam.saved_ms < SCENE_SAVE_S * 1000:
@@ -387,12 +426,12 @@ class DetectService:
         if data is None or fingerprint is None:
             return
         try:
-            self.conn.execute(
+            self._with_db(lambda conn: conn.execute(
                 "INSERT INTO detector_scenes (camera_id, fingerprint, data) VALUES (%s, %s, %s)"
                 " ON CONFLICT (camera_id) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,"
                 " data = EXCLUDED.data, saved_at = now()",
                 (cam.id, fingerprint, data),
-            )
+            ))
         except psycopg.Error as exc:
             log.error("camera %s: clear scene not kept (%s); a restart would learn it again", cam.id, exc)
 
@@ -410,29 +449,30 @@ class DetectService:
     def _store_evidence(
         self, cam: Camera, frame: Frame, image: np.ndarray, boxes: list[Any], type_: str
     ) -> str | None:
-        assert self.conn is not None
         full = decode_frame(frame.payload, reduced=False) if frame.payload is not None else image
         if full is None:
             full = image
         jpeg = render_evidence(full, cam.config.roi, boxes, label=f"{cam.id} {type_}")
         evidence_id = f"ev-{uuid.uuid4().hex}"
         try:
-            self.conn.execute(
+            stored = self._with_db(lambda conn: conn.execute(
                 "INSERT INTO evidence (id, device_id, kind, content_type, data, created_by)"
                 " VALUES (%s, %s, 'detection', 'image/jpeg', %s, 'detector')",
                 (evidence_id, cam.id, jpeg),
-            )
+            ))
         except psycopg.Error as exc:
             log.error("camera %s: evidence not stored (%s); the event goes out without it", cam.id, exc)
             return None
-        return evidence_id
+        return None if stored is GaveUp.STOPPING else evidence_id
 
     def _quarantine(
         self, topic: str, device_id: str | None, reason: Reason, detail: str, payload: bytes
-    ) -> None:
-        assert self.conn is not None
-        quarantine(self.conn, topic, device_id, reason, detail, payload)
+    ) -> bool:
+        """Keep a refused frame in the quarantine; False when stopping before the database let us."""
+        if self._with_db(lambda conn: quarantine(conn, topic, device_id, reason, detail, payload)) is GaveUp.STOPPING:
+            return False
         log.warning("quarantined a frame on %s: %s (%s)", topic, reason.value, detail)
+        return True
 
     # -- pulled sources ----------------------------------------------------------------------
 

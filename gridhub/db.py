@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
@@ -37,6 +38,37 @@ def connect(url: str, *, autocommit: bool = False, **kw: Any) -> psycopg.Connect
             f"cannot connect to PostgreSQL at {redact(url)}: {exc}. "
             "Set GRIDHUB_DATABASE_URL, or unset it to let gridhub run its own local services."
         ) from exc
+
+
+class LazyConnection:
+    """One connection of a long-running part, opened on first use and again after it broke (`forget_if_broken()`
+    after an error); with `gridhub.waiting.keep_trying` this is how a part rides out a database outage."""
+
+    def __init__(self, url: str, *, application_name: str, autocommit: bool = False,
+                 on_open: Callable[[psycopg.Connection[Any]], None] | None = None) -> None:
+        self.url = url
+        self._kw: dict[str, Any] = {"connect_timeout": 10, "application_name": application_name,
+                                    "autocommit": autocommit}
+        self._on_open = on_open
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def get(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.url, **self._kw)
+            if self._on_open is not None:
+                self._on_open(self._conn)
+        return self._conn
+
+    def forget_if_broken(self, exc: BaseException | None = None) -> None:
+        """Drop the connection if it broke (the next `get()` opens a new one); a mere failed statement keeps it."""
+        if self._conn is not None and (self._conn.closed or self._conn.broken):
+            self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def redact(url: str) -> str:

@@ -1,6 +1,8 @@
 """Running the hub: `resolve_services()` fills in the database and broker URLs (starting the local services
 when none are configured), `supervise()` runs parts as processes, restarting any that dies, and
-`run_until_signalled()` runs one part in the foreground; SIGINT or SIGTERM stops either (`stop_on_signal()`)."""
+`run_until_signalled()` runs one part in the foreground with its health endpoint (`gridhub/waiting.py`); SIGINT or
+SIGTERM stops either (`stop_on_signal()`). A part never exits because the database went away (it waits, and its
+health says so), so a restart by the supervisor means a bug or a signal, not an outage."""
 
 from __future__ import annotations
 
@@ -19,6 +21,23 @@ from gridhub.settings import Settings, get_settings
 log = logging.getLogger("gridhub")
 
 PARTS = ("ingest", "alerts", "detect", "notify", "api")
+HEALTH_PARTS = ("ingest", "alerts", "detect", "notify")  # the api has its own /healthz
+
+
+def health_port(part: str, *, base: int | None, api_port: int) -> int | None:
+    """The health port `gridhub up` gives a part: `base` (GRIDHUB_HEALTH_PORT, else the api's port + 1) plus its
+    place in HEALTH_PARTS; None for the api."""
+    if part not in HEALTH_PARTS:
+        return None
+    return (base if base is not None else api_port + 1) + HEALTH_PARTS.index(part)
+
+
+def serve_part_health(name: str) -> Any:
+    """This process's health endpoint (`gridhub.waiting.serve_health`) on GRIDHUB_HEALTH_PORT, if set."""
+    from gridhub.waiting import serve_health
+
+    settings = get_settings()
+    return serve_health(name, settings.health_host, settings.health_port)
 
 
 def resolve_services(settings: Settings, *, embedded: bool = False) -> Settings:
@@ -68,6 +87,7 @@ def run_until_signalled(part: Part, name: str, *, report: Callable[[float], None
     SIGINT; raise when the part says it failed, so that the supervisor restarts it."""
     part_log = log or logging.getLogger(f"gridhub.{name}")
     stop, previous = stop_on_signal(lambda signum: part_log.info("signal %d: stopping %s", signum, name))
+    health = serve_part_health(name)
     try:
         part.start()
         last = time.monotonic()
@@ -79,14 +99,18 @@ def run_until_signalled(part: Part, name: str, *, report: Callable[[float], None
                 last = time.monotonic()
     finally:
         part.stop()
+        if health is not None:
+            health.stop()
         for s, h in previous.items():
             signal.signal(s, h)
 
 
 def supervise(parts: list[str], *, port: int, host: str, extra: dict[str, list[str]] | None = None) -> int:
-    """Every part in `parts` as its own `python -m gridhub.cli PART` process: a part that dies is restarted
-    (after 3 s when it lived less than 30 s); SIGINT or SIGTERM stops them all."""
+    """Every part in `parts` as its own `python -m gridhub.cli PART` process, each with its health endpoint
+    (`health_port`): a part that dies is restarted (after 3 s when it lived less than 30 s); SIGINT or SIGTERM stops
+    them all."""
     env = dict(os.environ)
+    base, health_host = get_settings().health_port, get_settings().health_host
     procs: dict[str, subprocess.Popen[bytes]] = {}
     starts: dict[str, float] = {}
 
@@ -95,7 +119,9 @@ def supervise(parts: list[str], *, port: int, host: str, extra: dict[str, list[s
         if part == "api":
             cmd += ["--port", str(port), "--host", host]
         cmd += (extra or {}).get(part, [])
-        procs[part] = subprocess.Popen(cmd, env=env)
+        hp = health_port(part, base=base, api_port=port)
+        part_env = {**env, "GRIDHUB_HEALTH_PORT": str(hp)} if hp is not None else env
+        procs[part] = subprocess.Popen(cmd, env=part_env)
         starts[part] = time.monotonic()
 
     stopping, _ = stop_on_signal()
@@ -103,6 +129,9 @@ def supervise(parts: list[str], *, port: int, host: str, extra: dict[str, list[s
         spawn(part)
     if "api" in parts:
         print(f"gridhub is up: board at http://{host if host != '0.0.0.0' else '127.0.0.1'}:{port}/", flush=True)
+    for part in parts:
+        if (hp := health_port(part, base=base, api_port=port)) is not None:
+            log.info("part %s: health at http://%s:%d/healthz", part, health_host, hp)
     try:
         while not stopping.is_set():
             time.sleep(0.5)

@@ -125,6 +125,10 @@ class Settings(BaseSettings):
     readings_days: int = Field(default=400, gt=0)
     quarantine_days: int = Field(default=30, gt=0)
     token_ttl_s: int = Field(default=12 * 3600, gt=0)
+    health_port: int | None = Field(default=None, gt=0, lt=65536, description="the port of this part's own"
+                                    " /healthz and /metrics (what it waits for); unset: none. `gridhub up` gives"
+                                    " ingest, alerts, detect and notify this port + 0..3 (unset: --port + 1..4)")
+    health_host: str = Field(default="127.0.0.1", description="the address the parts' health endpoints listen on")
     trusted_proxies: str = Field(default="", description="comma-separated addresses or networks of the reverse"
                                  " proxies whose X-Forwarded-For is believed (log-in throttling, the audit trail);"
                                  " unset: the peer's own address")

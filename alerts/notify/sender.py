@@ -13,6 +13,11 @@ channel in any 60 s (counted from the rows sent, so the limit holds across resta
 beyond that waits for the window and then goes as ONE roll-up ("12号楼 23 台设备离线"); several rows due at once
 for one person and channel beyond the remaining budget are rolled up at once. Critical rows never wait and are
 never rolled up.
+
+A database outage stops nothing: the loop waits with backoff and starts again on new connections
+(`gridhub.waiting.run_through_outages`), logging once when it starts waiting and once when it is back; the part's
+health endpoint says it is waiting for the database meanwhile. A row whose outcome could not be recorded stays
+`sending` until its lease runs out, then goes again with the same delivery id (as after a crash).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from gridhub.alerts.tasks import SYSTEM, add_history
 from gridhub.db import connect
 from gridhub.notifyfile import NotifyFile
 from gridhub.protocol import rfc3339
+from gridhub.waiting import DATABASE, WAITS, run_through_outages
 
 __all__ = ["Sender", "build_channels", "backoff_s"]
 
@@ -98,7 +104,6 @@ class Sender:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: psycopg.Connection[Any] | None = None
-        self.waiting_for: str | None = None  # what the loop waits for (the database), for health checks
 
     # ------------------------------------------------------------------ the loop
 
@@ -114,34 +119,32 @@ class Sender:
         if self._conn is not None:
             self._conn.close()
 
+    @property
+    def waiting_for(self) -> str | None:
+        """What the sender waits for ("database"), or None."""
+        return DATABASE if DATABASE in WAITS.waiting() else None
+
     def _loop(self) -> None:
-        delay = 1.0
-        listener: psycopg.Connection[Any] | None = None
-        while not self._stop.is_set():
-            try:
-                if listener is None or listener.closed:
-                    listener = connect(self.url, autocommit=True)
-                    listener.execute(f"LISTEN {DELIVERIES_CHANNEL}")
-                self.waiting_for = None
-                sent = self.run_once()
-                delay = 1.0
-                if sent:
+        try:
+            run_through_outages(self._serve, waiter="notify-sender", stopping=self._stop, url=self.url)
+        except Exception:
+            log.exception("notify sender failed")
+            self.failed.set()
+
+    def _serve(self, connected: Callable[[], None]) -> None:
+        """Send what is due, woken by NOTIFY; raises when the database goes away (the caller waits and calls again)."""
+        if self._conn is not None:  # the previous connection, broken or not
+            self._conn.close()
+            self._conn = None
+        with connect(self.url, autocommit=True) as listener:
+            listener.execute(f"LISTEN {DELIVERIES_CHANNEL}")
+            self._db()
+            connected()
+            while not self._stop.is_set():
+                if self.run_once():
                     continue
                 for _ in listener.notifies(timeout=self._wait_s(), stop_after=1):
                     pass
-            except psycopg.OperationalError as exc:
-                self.waiting_for = "database"
-                log.warning("notify sender: database unavailable (%s); retrying in %.0f s", exc, delay)
-                for c in (listener, self._conn):
-                    if c is not None:
-                        c.close()
-                listener, self._conn = None, None
-                self._stop.wait(delay)
-                delay = min(delay * 2, 30.0)
-            except Exception:
-                log.exception("notify sender failed")
-                self.failed.set()
-                return
 
     def _wait_s(self) -> float:
         conn = self._db()
