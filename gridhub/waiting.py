@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -135,9 +136,9 @@ class Waits:
         """The health answer: 503 and what is waited for since when, or 200."""
         waiting = self.waiting()
         if not waiting:
-            return 200, {"status": "ok", "part": self.part}
+            return 200, {"status": "ok", "part": self.part, "pid": os.getpid()}
         first = min(waiting, key=lambda d: waiting[d])
-        return 503, {"status": "waiting", "part": self.part, "waiting_for": first,
+        return 503, {"status": "waiting", "part": self.part, "pid": os.getpid(), "waiting_for": first,
                      "since": waiting[first].isoformat(timespec="seconds"),
                      "waiting": {d: s.isoformat(timespec="seconds") for d, s in sorted(waiting.items())}}
 

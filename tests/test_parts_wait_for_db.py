@@ -1,0 +1,243 @@
+"""The parts ride out a database outage (issue 15): `gridhub up` with alerts, detect and notify, their database
+behind a TCP proxy this test cuts for about 20 s (a proxy of the real PostgreSQL, not a stand-in for it). Every
+part stays up (same pid, the supervisor restarts nothing), its own health endpoint answers 503 "waiting for
+database" meanwhile, says it once in the log and once that it is back; a fire alarm published during the outage
+becomes exactly one task afterwards, and a frame sent to the detector during the outage is judged afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import paho.mqtt.client as paho
+import psycopg
+import pytest
+from alerts_support import Device, add_devices
+from polling import wait_for
+
+from gridhub.mqtt import make_client
+from gridhub.settings import Settings
+
+GRID = "g-xg-02"
+PARTS = ("alerts", "detect", "notify")  # health ports: base + 1, 2, 3 (HEALTH_PARTS order: ingest alerts detect notify)
+
+
+class DbProxy:
+    """A TCP relay to PostgreSQL on a port of its own; `cut()` closes every relayed connection and stops listening
+    (new connections are refused), `restore()` listens again on the same port."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lst.bind(("127.0.0.1", self.port))
+        lst.listen(64)
+        self.port = lst.getsockname()[1]
+        self._listener = lst
+        threading.Thread(target=self._accept, args=(lst,), daemon=True).start()
+
+    def _accept(self, lst: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = lst.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._socks += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def url(self, db_url: str) -> str:
+        parts = urlsplit(db_url)
+        creds = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+        return urlunsplit(parts._replace(netloc=f"{creds}127.0.0.1:{self.port}"))
+
+
+def free_ports(n: int) -> int:
+    """The first of `n` consecutive free ports."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n >= 65535:
+            continue
+        try:
+            held = []
+            for p in range(base, base + n):
+                s = socket.socket()
+                held.append(s)
+                s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+        return base
+    raise AssertionError("no run of free ports")
+
+
+def health(port: int) -> tuple[int, dict[str, Any]] | None:
+    """(status, body) of a part's /healthz, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=3) as r:  # noqa: S310 - local
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+    except OSError:
+        return None
+
+
+def metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as r:  # noqa: S310 - local
+        return str(r.read().decode())
+
+
+@pytest.fixture
+def proxy(db_url: str) -> Iterator[DbProxy]:
+    target = urlsplit(db_url)
+    p = DbProxy((target.hostname or "127.0.0.1", target.port or 5432))
+    yield p
+    p.cut()
+
+
+@pytest.fixture
+def fleet(db_url: str, settings: Settings, broker: Any) -> None:
+    add_devices(db_url, settings, broker, "wb-1", GRID, [("wd-sa-1", "smoke_alarm", None)])
+
+
+def test_parts_under_gridhub_up_wait_through_a_database_outage(
+        db_url: str, settings: Settings, broker: Any, proxy: DbProxy, fleet: None, tmp_path: Path) -> None:
+    with psycopg.connect(db_url, autocommit=True) as db:
+        # earlier tests' instances are gone: their shards are free for this one at once
+        db.execute("UPDATE alert_shards SET holder = NULL, expires_at = NULL")
+        db.execute("DELETE FROM alert_instances")
+    nfile = tmp_path / "notify.yaml"
+    nfile.write_text("channels:\n  city: {type: webhook, url: \"http://127.0.0.1:9/hook\", secret: \"s3cret-hook\"}\n"
+                     "routes:\n  critical: {assignee: [city]}\n  normal: {assignee: [city]}\n", encoding="utf-8")
+    base = free_ports(4)
+    ports = {part: base + 1 + i for i, part in enumerate(PARTS)}
+    env = {**os.environ, "GRIDHUB_DATABASE_URL": proxy.url(db_url), "GRIDHUB_MQTT_URL": settings.mqtt_url or "",
+           "GRIDHUB_SECRET_KEY": settings.secret_key or "", "GRIDHUB_DATA_DIR": str(tmp_path),
+           "GRIDHUB_INSTANCE_ID": "waitdb", "GRIDHUB_NOTIFY_FILE": str(nfile), "GRIDHUB_HEALTH_PORT": str(base)}
+    log_path = tmp_path / "up.log"
+    with log_path.open("ab") as out:
+        up = subprocess.Popen([sys.executable, "-m", "gridhub.cli", "up", "--parts", ",".join(PARTS),
+                               "--port", str(free_ports(1))], env=env, stdout=out, stderr=subprocess.STDOUT)
+    frames = make_client(settings.mqtt_url or "", "waitdb-test-frames", protocol=paho.MQTTv311)
+    dev: Device | None = None
+    try:
+        pids = {}
+        for part, port in ports.items():
+            ok = wait_for(lambda port=port: (h := health(port)) is not None and h[0] == 200 and h, 60,
+                          f"{part}'s health endpoint to answer 200")
+            pids[part] = ok[1]["pid"]
+        with psycopg.connect(db_url, autocommit=True) as db:
+            dev = Device(settings, "wd-sa-1")
+
+            def heard() -> bool:
+                assert dev is not None
+                dev.event("heartbeat")
+                return db.execute("SELECT 1 FROM rule_events WHERE device_id = 'wd-sa-1'").fetchone() is not None
+
+            wait_for(heard, 60, "the alerts part to evaluate the device's events", interval=0.5)
+
+            proxy.cut()
+            outage = time.monotonic()
+            dev.event("alarm")  # the broker holds it: the alerts part cannot store what it causes
+            addr = urlsplit(settings.mqtt_url or "")
+            frames.connect(addr.hostname or "127.0.0.1", addr.port or 1883)
+            frames.loop_start()
+            info = frames.publish(f"{settings.topic_prefix}/devices/wd-cam-9/frame", b"not a camera of ours", qos=1)
+            info.wait_for_publish(10)
+            for part, port in ports.items():
+                h = wait_for(lambda port=port: (r := health(port)) is not None and r[0] == 503 and r, 60,
+                             f"{part}'s health to say it waits for the database")
+                body = h[1]
+                assert body["status"] == "waiting" and body["waiting_for"] == "database" and body["since"]
+                assert body["pid"] == pids[part]
+                text = json.dumps(body)
+                assert "postgresql" not in text and str(proxy.port) not in text and "password" not in text
+                assert f'gridhub_part_waiting{{dependency="database",part="{part}"}} 1.0' in metrics(port)
+            assert fire_tasks(db) == 0
+            while time.monotonic() - outage < 20:  # the outage lasts about 20 s: long enough for many retries
+                time.sleep(0.5)
+                assert up.poll() is None
+            proxy.restore()
+
+            wait_for(lambda: fire_tasks(db) == 1, 60, "the alarm published during the outage to become a task")
+            wait_for(lambda: db.execute("SELECT count(*) FROM quarantine WHERE device_id = 'wd-cam-9'"
+                                        " AND reason = 'unregistered_device'").fetchone() == (1,), 60,
+                     "the frame sent during the outage to be judged (quarantined: not a registered camera)")
+            for part, port in ports.items():
+                h = wait_for(lambda port=port: (r := health(port)) is not None and r[0] == 200 and r, 60,
+                             f"{part}'s health to be well again")
+                assert h[1]["pid"] == pids[part], f"{part} was restarted"
+                assert f'gridhub_part_waiting{{dependency="database",part="{part}"}} 0.0' in metrics(port)
+            time.sleep(2)
+            assert fire_tasks(db) == 1
+        assert up.poll() is None
+    finally:
+        frames.loop_stop()
+        frames.disconnect()
+        if dev is not None:
+            dev.close()
+        up.terminate()
+        up.wait(30)
+        print(log_path.read_text()[-6000:])
+    log = log_path.read_text()
+    assert "exited with" not in log and "restarting" not in log  # the supervisor restarted nothing
+    for part in PARTS:
+        assert log.count(f"{part}: waiting for the database") == 1, part
+        assert log.count(f"{part}: the database is back after") == 1, part
+
+
+def fire_tasks(db: psycopg.Connection[Any]) -> int:
+    row = db.execute("SELECT count(*) FROM tasks WHERE device_id = 'wd-sa-1' AND type = 'fire_alarm'").fetchone()
+    return int(row[0]) if row else 0
