@@ -252,7 +252,7 @@ def test_a_worker_completes_a_patrol_with_a_photo_and_the_map_marker_changes(bro
             assert hazard_item.get_by_test_id("item-note").input_value() == "楼道内电动车充电"
             assert hazard_item.get_by_test_id("item-thumb").count() == 1
             page.get_by_test_id("patrol-submit").click()
-            page.locator(f"[data-testid=patrol-view][data-state=resolved]").wait_for(timeout=WAIT_MS)
+            page.locator("[data-testid=patrol-view][data-state=resolved]").wait_for(timeout=WAIT_MS)
             again = hub.task(late)
             assert again["state"] == "resolved"
             assert {r["id"]: r for r in again["patrol"]["results"]}[hazard_id]["photos"] == results[hazard_id]["photos"]
@@ -374,7 +374,7 @@ def test_a_patrol_done_offline_is_queued_and_lands_once_back_online(browser: Any
         items.nth(0).get_by_test_id("item-thumb").wait_for(timeout=WAIT_MS)
         page.get_by_test_id("patrol-submit").click()
         page.get_by_test_id("outbox").filter(has_text="待发送 (2)").wait_for(timeout=WAIT_MS)
-        page.locator(f"[data-testid=patrol-view][data-pending=submit]").wait_for(timeout=WAIT_MS)
+        page.locator("[data-testid=patrol-view][data-pending=submit]").wait_for(timeout=WAIT_MS)
         assert "待发送" in page.get_by_test_id("patrol-summary").inner_text()
         page.get_by_test_id("outbox").click()
         queued = page.get_by_test_id("outbox-item")
