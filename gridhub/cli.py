@@ -174,12 +174,22 @@ def _check_notify_file() -> None:
 def cmd_part(args: argparse.Namespace) -> int:
     _check_notify_file()
     settings = resolve_services(get_settings(), embedded=getattr(args, "embedded", False))
+    import threading
+
     from gridhub.db import migrate
+    from gridhub.waiting import keep_trying
 
     assert settings.database_url
-    migrate(settings.database_url)
-    _check_secret_key(settings.database_url)
+    url = settings.database_url
     part = args.command
+
+    def prepare() -> None:
+        migrate(url)
+        _check_secret_key(url)
+
+    # a part started (or restarted by its supervisor) while the database is away waits for it, as a running part
+    # does, instead of exiting in a loop; a signal stops it as usual (nothing is in hand yet)
+    keep_trying(prepare, waiter=f"{part}-start", stopping=threading.Event(), url=url)
     if part == "ingest":
         from gridhub.ingest.service import run as run_ingest
 

@@ -241,3 +241,31 @@ def test_parts_under_gridhub_up_wait_through_a_database_outage(
 def fire_tasks(db: psycopg.Connection[Any]) -> int:
     row = db.execute("SELECT count(*) FROM tasks WHERE device_id = 'wd-sa-1' AND type = 'fire_alarm'").fetchone()
     return int(row[0]) if row else 0
+
+
+def test_a_part_started_while_the_database_is_away_waits_for_it(
+        db_url: str, settings: Settings, broker: Any, proxy: DbProxy, tmp_path: Path) -> None:
+    """`gridhub alerts` started (or restarted by its supervisor) during an outage waits at start-up instead of
+    exiting in a loop, then runs once the database answers."""
+    proxy.cut()
+    port = free_ports(1)
+    env = {**os.environ, "GRIDHUB_DATABASE_URL": proxy.url(db_url), "GRIDHUB_MQTT_URL": settings.mqtt_url or "",
+           "GRIDHUB_SECRET_KEY": settings.secret_key or "", "GRIDHUB_DATA_DIR": str(tmp_path),
+           "GRIDHUB_INSTANCE_ID": "waitdb-start", "GRIDHUB_HEALTH_PORT": str(port)}
+    log_path = tmp_path / "alerts.log"
+    with log_path.open("ab") as out:
+        part = subprocess.Popen([sys.executable, "-m", "gridhub.cli", "alerts"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "waiting for the database" in log_path.read_text(), 60, "the part to say it waits")
+        deadline = time.monotonic() + 8  # several back-off rounds: still the same process, still waiting
+        while time.monotonic() < deadline:
+            assert part.poll() is None, log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        proxy.restore()
+        wait_for(lambda: (h := health(port)) is not None and h[0] == 200, 90, "the part to start once it can")
+        assert part.poll() is None
+    finally:
+        part.terminate()
+        part.wait(30)
+    assert "database is back" in log_path.read_text()
