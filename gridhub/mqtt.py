@@ -219,6 +219,7 @@ class MqttConnection:
         self.generation = 0  # successful connections so far
         self.marker = ""  # the backlog marker token of the current connection
         self._connected = threading.Event()
+        self._ack_lock = threading.Lock()  # acknowledgements against a connection going away (ack_many)
         self._answered = threading.Event()  # a CONNACK, or the connection closed, while connect() waits
         self._waiting = False
         self._answer: ReasonCode | None = None
@@ -307,10 +308,31 @@ class MqttConnection:
         """Whether a message on `marker_topic` is this connection's marker (so the backlog before it is done)."""
         return bool(self.marker) and payload == self.marker.encode()
 
-    def ack(self, mid: int, qos: int) -> None:
-        """Acknowledge a received message (with `manual_ack`); nothing to do at QoS 0."""
+    def ack(self, mid: int, qos: int, generation: int | None = None) -> None:
+        """Acknowledge a received message (with `manual_ack`); nothing to do at QoS 0. With `generation` (the
+        connection the message came on), nothing is sent unless that connection is still the current one: see
+        `ack_many`."""
         if qos > 0:
-            self._client.ack(mid, qos)
+            if generation is None:
+                self._client.ack(mid, qos)
+            else:
+                self.ack_many([mid], generation)
+
+    def ack_many(self, mids: Sequence[int], generation: int) -> bool:
+        """Acknowledge QoS 1 messages received on connection `generation`, in this order, as one write (see
+        `gridhub.mqtt_fastpath.queue_pubacks`). Nothing is sent, and False returned, once that connection is gone: a
+        packet id belongs to the connection it came on, and the old connection's id written on the new one would
+        acknowledge whatever the broker sends there under that id (and paho queues writes made between the loss
+        and the next CONNACK behind the new CONNECT). The broker redelivers what was not acknowledged."""
+        from gridhub.mqtt_fastpath import queue_pubacks  # the fast path imports nothing of ours
+
+        with self._ack_lock:
+            if generation != self.generation or not self._connected.is_set():
+                return False
+            if not queue_pubacks(self._client, list(mids)):
+                for mid in mids:
+                    self._client.ack(mid, 1)
+            return True
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, *, retain: bool = False,
                 properties: Properties | None = None) -> paho.MQTTMessageInfo:
@@ -388,11 +410,12 @@ class MqttConnection:
                 log.error("the broker at %s refused %s (%s); retrying", self.where, self.client_id, rc)
             return
         self.marker = uuid.uuid4().hex
-        self.generation += 1
         connack = Connack(bool(getattr(flags, "session_present", False)),
                           props if self.protocol == paho.MQTTv5 else None)
         self._connack = connack
-        self._connected.set()
+        with self._ack_lock:
+            self.generation += 1
+            self._connected.set()
         if self.on_connected is not None:
             self.on_connected(connack)
         if self.subscriptions:
@@ -418,7 +441,8 @@ class MqttConnection:
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, rc: ReasonCode,
                        props: Any = None) -> None:
-        self._connected.clear()
+        with self._ack_lock:  # from here on, no acknowledgement of this connection's packet ids is queued
+            self._connected.clear()
         if self._waiting and not self._answered.is_set():
             self._closed = rc
             self._answered.set()

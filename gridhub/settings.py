@@ -36,6 +36,9 @@ class IngestSettings(BaseSettings):
     read_gather_ms: float = Field(default=2.0, description="pause after a socket read that found little, in ms")
     mqtt5: bool = Field(default=True, description="ask the broker over MQTT 5 whether it has shared subscriptions; "
                                                   "off: plain subscriptions, for a broker without MQTT 5")
+    shared: bool = Field(default=False, description="share the stream with other ingest instances ($share/ingest); "
+                                                    "off: a plain subscription, which mosquitto keeps across its "
+                                                    "restart (it drops shared ones: ingest/README.md)")
 
     @field_validator("window", "batch")
     @classmethod

@@ -38,7 +38,7 @@ from gridhub.ingest.store import (
 )
 from gridhub.ingest.validate import Rejected, Validator, quarantine_payload
 from gridhub.mqtt import BrokerError, Connack, MqttConnection
-from gridhub.mqtt_fastpath import buffer_reads, queue_pubacks, raw_topic, receive_directly
+from gridhub.mqtt_fastpath import buffer_reads, raw_topic, receive_directly
 from gridhub.protocol import Reason
 from gridhub.runtime import run_until_signalled
 from gridhub.settings import IngestSettings, Settings
@@ -143,12 +143,12 @@ class IngestService:
 
     def _connect(self) -> MqttConnection:
         """The consumer's own connection: MQTT 3.1.1 (paho builds MQTT 5 properties for every message it
-        receives), with a shared subscription when the broker has them (mosquitto takes $share from 3.1.1
-        clients); clean session off, so the broker keeps the session's unacknowledged messages (for as long as
+        receives), with a plain subscription, or a shared one when asked for (GRIDHUB_INGEST_SHARED) and the broker
+        has them (mosquitto takes $share from 3.1.1 clients, but forgets them when it restarts); clean session off, so the broker keeps the session's unacknowledged messages (for as long as
         its `persistent_client_expiration` says) and sends at most its `max_inflight_messages` of them. A broker
         that refuses or does not answer is a `gridhub.mqtt.BrokerError` that says what to do."""
         assert self.settings.mqtt_url
-        self.shared = self.tuning.mqtt5 and self._broker_has_shared_subscriptions()
+        self.shared = self.tuning.shared and self.tuning.mqtt5 and self._broker_has_shared_subscriptions()
         share = f"$share/{SHARE_GROUP}/" if self.shared else ""
         prefix = self.settings.topic_prefix
         conn = MqttConnection(self.settings.mqtt_url, self.client_id, protocol=paho.MQTTv311, persistent=True,
@@ -378,15 +378,17 @@ class IngestService:
         self.batches += 1
 
     def _ack(self, batch: list[_Inbound]) -> None:
+        """The batch's PUBACKs (in arrival order) as one write, each on the connection its message came on: a
+        message of a connection that is gone is not acknowledged (its packet id means something else, or nothing,
+        on the next one); the broker redelivers it to the session and the store drops the duplicate."""
         mqtt = self._mqtt
         assert mqtt is not None
-        generation = self._generation
-        # after a reconnect the broker redelivers what was unacknowledged; an old packet id is not ours
-        mids = [i.mid for i in batch if i.qos == 1 and i.generation == generation]
-        # the batch's PUBACKs (in arrival order) as one write instead of one syscall and one segment each
-        if not queue_pubacks(mqtt.client, mids):  # a paho without the packet queue: one by one
-            for mid in mids:
-                mqtt.ack(mid, 1)
+        by_generation: dict[int, list[int]] = {}
+        for i in batch:
+            if i.qos == 1:
+                by_generation.setdefault(i.generation, []).append(i.mid)
+        for generation, mids in by_generation.items():
+            mqtt.ack_many(mids, generation)
 
     # ------------------------------------------------------------------ stop
 

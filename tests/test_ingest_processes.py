@@ -101,7 +101,8 @@ def test_nothing_lost_when_ingest_is_killed_mid_stream(hub: Hub, tmp_path: Path)
 
 def test_latest_is_newest_under_two_ingest_processes(hub: Hub, tmp_path: Path) -> None:
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
-    procs = [start_ingest_process(hub, f"latest-{n}", lg) for n, lg in zip("ab", logs, strict=True)]
+    procs = [start_ingest_process(hub, f"latest-{n}", lg, GRIDHUB_INGEST_SHARED="1")
+             for n, lg in zip("ab", logs, strict=True)]
     try:
         for lg in logs:
             wait_connected(lg)
