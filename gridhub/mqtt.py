@@ -19,7 +19,8 @@ manual acknowledgement, confirmed QoS 1 publishing and the backlog marker are wr
   expiry (`session_expiry_s`) on MQTT 5. The client id names the session.
 - **Manual acknowledgement** (`manual_ack=True`): paho acknowledges nothing; the owner calls `ack(mid, qos)` once
   the message's work is done (after a reconnect, the broker redelivers what was not acknowledged; `generation`
-  tells an old packet id from a new one).
+  tells an old packet id from a new one). Pass the message's `generation` to `ack` (or use `ack_many`): then an
+  old connection's packet id is never written on a new connection, where it would acknowledge another message.
 - **Confirmed publish.** `publish_confirmed()` publishes at QoS 1 and returns only after the broker's PUBACK, or
   raises a `PublishNotConfirmed` that says why (`NotConnected`, `PublishRejected`, `PublishTimeout`).
 - **Backlog marker** (`marker_topic`): after subscribing, the connection publishes a fresh token to that topic,
