@@ -48,6 +48,8 @@ def insert_patrol(conn: psycopg.Connection[Any], unit: str, period_start: str, p
         " VALUES (%s, 'patrol', 'normal', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (tid, "resolved" if done else "open", grid, building, unit, assignee, period_end, period_end, period_start,
          done_at, done_at, "done" if done else None, period_start, f"patrol:{tid}"))
+    labels = {c["id"]: c["label"] for c in CHECKLIST}  # each result in the shape record_results writes it
+    results = [{"label": labels.get(r["id"], r["id"]), "note": None, "photos": [], **r} for r in results or ()] or None
     hazards = sum(1 for r in results or () if r["result"] == "hazard")
     conn.execute(
         "INSERT INTO patrols (task_id, unit_id, class, kind, frequency, period_start, period_end, planned_for,"

@@ -184,8 +184,9 @@ def test_garbage_frame_is_quarantined_by_the_detector(hub: tuple[Hub, Path], con
     h, registry = hub
     _play(h, registry, "garbage", "--speed", "4", "--cast", "pump=sp-0006", "--cast", "alarm=sa-0031",
           "--cast", "camera=cam-0002")
+    # the previous test's garbage left cam-0001's bad frame: wait for this camera's own
     rows = _wait_rows(conn, "SELECT reason, device_id FROM quarantine WHERE reason = 'bad_frame'", (),
-                      lambda rs: len(rs) >= 1, timeout=60)
+                      lambda rs: ("bad_frame", "cam-0002") in rs, timeout=60)
     assert ("bad_frame", "cam-0002") in rows
 
 

@@ -330,7 +330,7 @@
         node.setAttribute("data-lat", String(pos[0]));
         node.setAttribute("data-lon", String(pos[1]));
         if (labelled) {
-          const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+          const title = document.createElementNS(node.namespaceURI, "title");
           title.textContent = markerTitle(b);
           node.append(title);
         }
