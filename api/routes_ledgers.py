@@ -69,7 +69,13 @@ TASK_LEDGER = (
 JSON_IDS = ("street_id", "community_id", "grid_id", "building_id", "device_id", "assignee_id")
 TIME_KEYS = frozenset(("opened_at", "accepted_at", "resolved_at", "closed_at", "accept_due", "resolve_due"))
 
-LEDGER_SQL = """
+# where a ledger row is (LedgerPlace's columns): the task's grid, community, street and building
+PLACE_JOINS = """LEFT JOIN grids g ON g.id = t.grid_id
+LEFT JOIN communities c ON c.id = g.community_id
+LEFT JOIN streets st ON st.id = c.street_id
+LEFT JOIN buildings b ON b.id = t.building_id"""
+
+LEDGER_SQL = f"""
 SELECT t.id, t.type, t.severity, t.state, st.id AS street_id, st.name AS street, c.id AS community_id,
        c.name AS community, t.grid_id, g.name AS grid, t.building_id, b.name AS building, d.floor, d.place,
        t.device_id, t.assignee AS assignee_id, w.name AS assignee, t.opened_at, t.accepted_at, t.resolved_at,
@@ -79,10 +85,7 @@ SELECT t.id, t.type, t.severity, t.state, st.id AS street_id, st.name AS street,
        (SELECT h.note FROM task_history h WHERE h.task_id = t.id AND h.action = 'resolve'
         ORDER BY h.id DESC LIMIT 1) AS resolve_note
 FROM tasks t
-LEFT JOIN grids g ON g.id = t.grid_id
-LEFT JOIN communities c ON c.id = g.community_id
-LEFT JOIN streets st ON st.id = c.street_id
-LEFT JOIN buildings b ON b.id = t.building_id
+{PLACE_JOINS}
 LEFT JOIN devices d ON d.id = t.device_id
 LEFT JOIN workers w ON w.id = t.assignee
 """
@@ -352,7 +355,7 @@ HAZARD_TIME_KEYS = frozenset(("reported_at", "confirmed_at", "resolved_at"))
 DEPARTMENT_SEPARATOR = "、"
 
 # the place: the report's words, else (a hazard from elsewhere) the device's place; the recheck: the latest one
-HAZARD_SQL = """
+HAZARD_SQL = f"""
 SELECT t.id, t.detail->>'category' AS category, st.id AS street_id, st.name AS street, c.id AS community_id,
        c.name AS community, t.grid_id, g.name AS grid, t.building_id, b.name AS building,
        COALESCE(t.detail->>'place', d.place) AS place, t.detail->>'description' AS description,
@@ -365,10 +368,7 @@ SELECT t.id, t.detail->>'category' AS category, st.id AS street_id, st.name AS s
              WHERE r.value->>'department' IS NOT NULL ORDER BY r.n) AS referrals,
        rc.id AS recheck_id, rc.state AS recheck_state, rc.resolution AS recheck_resolution
 FROM tasks t
-LEFT JOIN grids g ON g.id = t.grid_id
-LEFT JOIN communities c ON c.id = g.community_id
-LEFT JOIN streets st ON st.id = c.street_id
-LEFT JOIN buildings b ON b.id = t.building_id
+{PLACE_JOINS}
 LEFT JOIN devices d ON d.id = t.device_id
 LEFT JOIN workers rw ON rw.id = t.reported_by
 LEFT JOIN LATERAL (SELECT r.id, r.state, r.resolution FROM tasks r
@@ -478,7 +478,7 @@ PATROL_JSON_IDS = ("unit_id", "street_id", "community_id", "grid_id", "building_
 
 # items checked: answered ok or hazard (n/a is not a check); findings: the hazard items in checklist order, labelled
 # by the result or else by the checklist; photos: the photos taken on the patrol task (POST /tasks/{id}/photos)
-PATROL_SQL = """
+PATROL_SQL = f"""
 SELECT t.id, p.unit_id, u.name AS unit, p.class, p.kind, p.frequency, p.period_start, p.period_end, p.planned_for,
        st.id AS street_id, st.name AS street, c.id AS community_id, c.name AS community, t.grid_id, g.name AS grid,
        t.building_id, b.name AS building, t.assignee AS assignee_id, w.name AS assignee, t.state, p.done_at,
@@ -491,10 +491,7 @@ SELECT t.id, p.unit_id, u.name AS unit, p.class, p.kind, p.frequency, p.period_s
 FROM tasks t
 JOIN patrols p ON p.task_id = t.id
 LEFT JOIN units u ON u.id = p.unit_id
-LEFT JOIN grids g ON g.id = t.grid_id
-LEFT JOIN communities c ON c.id = g.community_id
-LEFT JOIN streets st ON st.id = c.street_id
-LEFT JOIN buildings b ON b.id = t.building_id
+{PLACE_JOINS}
 LEFT JOIN workers w ON w.id = t.assignee
 LEFT JOIN workers dw ON dw.id = p.done_by
 LEFT JOIN LATERAL (
