@@ -91,6 +91,8 @@ def fire_due(conn: psycopg.Connection[Any], now: datetime, actions: dict[str, Ti
             try:
                 with changes.UnitOfWork(conn) as uow:  # a savepoint: flushed before the timer's transaction commits
                     actions[kind](uow, key, payload or {}, now)
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                raise  # the database went away: the transaction fails and the timer stays (gridhub/waiting.py waits)
             except Exception:  # noqa: BLE001 - one broken timer must not stop the others; it is logged
                 log.exception("timer %s/%s failed; dropped", kind, key)
         fired += 1
