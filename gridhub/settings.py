@@ -152,6 +152,11 @@ class Settings(BaseSettings):
     map_coords: Literal["wgs84", "gcj02"] = Field(default="wgs84", description="the tile service's datum: gcj02 for"
                                                   " the Chinese services that use it (AutoNavi, Tencent); buildings"
                                                   " are stored as WGS-84 and shifted on the map")
+    # partitions held by lease (gridhub/leases.py, CONTRACT §8): every instance of a part must use the same number
+    partitions: int = Field(default=1, ge=1, le=1024, description="partitions of the device stream each part's"
+                            " instances share by lease (GRIDHUB_PARTITIONS); 1 on mosquitto")
+    lease_s: float = Field(default=15.0, gt=0, le=600, description="how long a partition's lease lasts unless"
+                           " renewed, in seconds (GRIDHUB_LEASE_S): how soon a standby takes over a dead holder's")
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     services: ServicesSettings = Field(default_factory=ServicesSettings)
 
