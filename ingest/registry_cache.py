@@ -6,15 +6,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
-from gridhub.db import REGISTRY_CHANNEL, redact
+from gridhub.db import REGISTRY_CHANNEL
 from gridhub.ingest.validate import Device
 from gridhub.protocol import DeviceKind
+from gridhub.waiting import DATABASE_ERRORS, run_through_outages
 
 log = logging.getLogger("gridhub.ingest.registry")
 
@@ -79,20 +80,24 @@ class RegistryCache(Mapping[str, Device]):
             self._thread.join(timeout=5)
 
     def _follow(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with psycopg.connect(self.url, autocommit=True, connect_timeout=10, application_name="gridhub-ingest") as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    self.reload()
-                    while not self._stop.is_set():
-                        changed = False
-                        for _ in conn.notifies(timeout=min(self.refresh_s, 1.0)):
-                            changed = True
-                        if changed:
-                            self.reload()
-                            log.info("registry changed: %d devices known", len(self._devices))
-                        elif time.monotonic() - self._loaded_at >= self.refresh_s:
-                            self.reload()
-            except psycopg.Error as exc:
-                log.warning("registry cache cannot follow %s (%s); retrying in 5 s", redact(self.url), exc)
-                self._stop.wait(5)
+        """LISTEN for registry imports and reload, through database outages (`gridhub.waiting.run_through_outages`:
+        ingest says once that it waits for the database, and once that it is back)."""
+
+        def follow(connected: Callable[[], None]) -> None:
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=10, application_name="gridhub-ingest") as conn:
+                conn.execute(f"LISTEN {CHANNEL}")
+                self.reload()
+                connected()
+                while not self._stop.is_set():
+                    changed = False
+                    for _ in conn.notifies(timeout=min(self.refresh_s, 1.0)):
+                        changed = True
+                    if changed:
+                        self.reload()
+                        log.info("registry changed: %d devices known", len(self._devices))
+                    elif time.monotonic() - self._loaded_at >= self.refresh_s:
+                        self.reload()
+
+        # any psycopg error, as before: the follower retries rather than dies (a stale cache is still looked up)
+        run_through_outages(follow, waiter="ingest-registry", stopping=self._stop, url=self.url,
+                            errors=(psycopg.Error, *DATABASE_ERRORS))

@@ -7,8 +7,9 @@ receive path of gridhub/mqtt_fastpath.py; a preparer thread takes a batch (up to
 `linger_s` after the first), classifies it and prepares its rows while the writer thread commits the batch
 before; then the writer commits it and acknowledges its messages in arrival order. The broker's in-flight window
 bounds the unacknowledged messages, so a batch is at most half the window: the next half arrives while one is
-committed. A database outage stalls the writer (and the preparer's device look-ups), which retry with backoff
-(`_with_retries`) and acknowledge nothing meanwhile; the broker keeps the rest in the session. The settings are `IngestSettings` (GRIDHUB_INGEST_*, gridhub/settings.py).
+committed. A database outage stalls the writer (and the preparer's device look-ups), which wait and retry
+(`_with_retries`: `gridhub.waiting.keep_trying`, the hub's one way of waiting for the database; the part's health
+says `waiting_for: database` meanwhile) and acknowledge nothing meanwhile; the broker keeps the rest in the session. The settings are `IngestSettings` (GRIDHUB_INGEST_*, gridhub/settings.py).
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from enum import Enum
 from typing import Any, Literal, NamedTuple, TypeVar
 
 import paho.mqtt.client as paho
 import psycopg
 
-from gridhub.db import redact
+from gridhub.db import LazyConnection
 from gridhub.ingest.registry_cache import RegistryCache
 from gridhub.ingest.store import (
     BatchCounts,
@@ -42,6 +42,7 @@ from gridhub.mqtt_fastpath import buffer_reads, raw_topic, receive_directly
 from gridhub.protocol import Reason
 from gridhub.runtime import run_until_signalled
 from gridhub.settings import IngestSettings, Settings
+from gridhub.waiting import STOP_GRACE_S, GaveUp, keep_trying
 
 log = logging.getLogger("gridhub.ingest")
 
@@ -51,19 +52,11 @@ APPLICATION_NAME = "gridhub-ingest"
 CONNECT_TIMEOUT_S = 10.0
 GATHER_S = 0.005  # how long the writer sleeps while a batch fills
 TOPIC_CACHE = 100_000  # distinct topics decoded and parsed once each (a few per device)
-RETRY_FIRST_S, RETRY_MAX_S = 0.2, 5.0  # the wait before trying the database again, doubling
-STOP_GRACE_S = 10.0  # how long a stopping consumer keeps retrying before it leaves a batch to the broker
 LOOKUP_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
 STORE_ERRORS: tuple[type[Exception], ...] = (*LOOKUP_ERRORS, psycopg.errors.DeadlockDetected,
                                              psycopg.errors.SerializationFailure)
 
 T = TypeVar("T")
-
-
-class GaveUp(Enum):
-    """What `_with_retries` returns when the consumer stopped before the database came back."""
-
-    STOPPING = "stopping"
 
 
 class _Inbound(NamedTuple):
@@ -74,30 +67,6 @@ class _Inbound(NamedTuple):
     retain: bool
     received: float
     generation: int
-
-
-class _Database:
-    """One database connection of the consumer, opened on first use and again after it broke."""
-
-    def __init__(self, url: str, on_open: Callable[[psycopg.Connection[Any]], None] | None = None) -> None:
-        self.url = url
-        self._on_open = on_open
-        self._conn: psycopg.Connection[Any] | None = None
-
-    def get(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.url, connect_timeout=10, application_name=APPLICATION_NAME)
-            if self._on_open is not None:
-                self._on_open(self._conn)
-        return self._conn
-
-    def forget_if_broken(self) -> None:
-        if self._conn is not None and (self._conn.closed or self._conn.broken):
-            self._conn = None
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
 
 
 class IngestService:
@@ -119,8 +88,8 @@ class IngestService:
         self._writer: threading.Thread | None = None
         self._preparer: threading.Thread | None = None
         self._prepared: queue.Queue[tuple[list[_Inbound], PreparedBatch] | None] = queue.Queue(maxsize=1)
-        self._store_db = _Database(settings.database_url, on_open=prepare)
-        self._lookup_db = _Database(settings.database_url)
+        self._store_db = LazyConnection(settings.database_url, application_name=APPLICATION_NAME, on_open=prepare)
+        self._lookup_db = LazyConnection(settings.database_url, application_name=APPLICATION_NAME)
         self._mqtt: MqttConnection | None = None
         self._client: paho.Client | None = None  # the connection's paho client, for the fast path and the acks
         self._session_present = False
@@ -297,29 +266,18 @@ class IngestService:
             items.append(Item(outcome, inbound.received, topic, payload))
         return items
 
-    def _with_retries(self, db: _Database, attempt: Callable[[psycopg.Connection[Any]], T],
+    def _with_retries(self, db: LazyConnection, attempt: Callable[[psycopg.Connection[Any]], T],
                       errors: tuple[type[Exception], ...], *, doing: str, left: str) -> T | Literal[GaveUp.STOPPING]:
-        """`attempt` on the connection until it succeeds, through database outages: on one of `errors`, wait
-        (RETRY_FIRST_S, doubling up to RETRY_MAX_S, on a new connection when this one broke) and try again,
-        acknowledging nothing meanwhile. Once the consumer is stopping it gives up after STOP_GRACE_S, leaving
-        `left` to the broker, which redelivers what is unacknowledged."""
-        delay = RETRY_FIRST_S
-        give_up_at: float | None = None
-        while True:
-            try:
-                return attempt(db.get())
-            except errors as exc:
-                db.forget_if_broken()
-                if self._stopping.is_set():
-                    give_up_at = give_up_at or time.monotonic() + STOP_GRACE_S
-                    if time.monotonic() > give_up_at:
-                        log.error("stopping with %s: the broker redelivers it", left)
-                        return GaveUp.STOPPING
-                reason = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
-                log.warning("cannot %s in %s (%s); retrying in %.1f s, nothing is acknowledged", doing,
-                            redact(db.url), reason, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+        """`attempt` on the connection until it succeeds, through database outages (`gridhub.waiting.keep_trying`:
+        once more at once, then capped jittered backoff, a new connection when this one broke, one log line when
+        ingest starts waiting and one when it is back, its health 503 `waiting_for: database` meanwhile),
+        acknowledging nothing meanwhile. Once the consumer is stopping it gives up after waiting.STOP_GRACE_S,
+        leaving `left` to the broker, which redelivers what is unacknowledged."""
+        result = keep_trying(lambda: attempt(db.get()), waiter=f"ingest-{doing}", stopping=self._stopping,
+                             on_error=db.forget_if_broken, errors=errors, grace_s=STOP_GRACE_S, url=db.url)
+        if result is GaveUp.STOPPING:
+            log.error("stopping with %s: the broker redelivers it", left)
+        return result
 
     def _prepare(self, batch: list[_Inbound]) -> PreparedBatch | None:
         """Classify a batch (looking up devices the registry cache has not seen, through database outages) and

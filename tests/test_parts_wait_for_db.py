@@ -1,8 +1,9 @@
-"""The parts ride out a database outage (issue 15): `gridhub up` with alerts, detect and notify, their database
-behind a TCP proxy this test cuts for about 20 s (a proxy of the real PostgreSQL, not a stand-in for it). Every
-part stays up (same pid, the supervisor restarts nothing), its own health endpoint answers 503 "waiting for
-database" meanwhile, says it once in the log and once that it is back; a fire alarm published during the outage
-becomes exactly one task afterwards, and a frame sent to the detector during the outage is judged afterwards."""
+"""The parts ride out a database outage (issue 15): `gridhub up` with ingest, alerts, detect and notify, their
+database behind a TCP proxy this test cuts for about 20 s (a proxy of the real PostgreSQL, not a stand-in for it).
+Every part stays up (same pid, the supervisor restarts nothing), its own health endpoint answers 503 "waiting for
+database" meanwhile, says it once in the log and once that it is back; a reading published during the outage is
+stored exactly once afterwards (ingest), a fire alarm published during the outage becomes exactly one task
+afterwards, and a frame sent to the detector during the outage is judged afterwards."""
 
 from __future__ import annotations
 
@@ -28,10 +29,11 @@ from alerts_support import Device, add_devices
 from polling import wait_for
 
 from gridhub.mqtt import make_client
+from gridhub.runtime import health_port
 from gridhub.settings import Settings
 
 GRID = "g-xg-02"
-PARTS = ("alerts", "detect", "notify")  # health ports: base + 1, 2, 3 (HEALTH_PARTS order: ingest alerts detect notify)
+PARTS = ("ingest", "alerts", "detect", "notify")  # health ports: base + 0..3 (gridhub.runtime.health_port)
 
 
 class DbProxy:
@@ -162,7 +164,7 @@ def test_parts_under_gridhub_up_wait_through_a_database_outage(
     nfile.write_text("channels:\n  city: {type: webhook, url: \"http://127.0.0.1:9/hook\", secret: \"s3cret-hook\"}\n"
                      "routes:\n  critical: {assignee: [city]}\n  normal: {assignee: [city]}\n", encoding="utf-8")
     base = free_ports(4)
-    ports = {part: base + 1 + i for i, part in enumerate(PARTS)}
+    ports = {part: health_port(part, base=base, api_port=0) for part in PARTS}
     env = {**os.environ, "GRIDHUB_DATABASE_URL": proxy.url(db_url), "GRIDHUB_MQTT_URL": settings.mqtt_url or "",
            "GRIDHUB_SECRET_KEY": settings.secret_key or "", "GRIDHUB_DATA_DIR": str(tmp_path),
            "GRIDHUB_INSTANCE_ID": "waitdb", "GRIDHUB_NOTIFY_FILE": str(nfile), "GRIDHUB_HEALTH_PORT": str(base)}
@@ -187,10 +189,15 @@ def test_parts_under_gridhub_up_wait_through_a_database_outage(
                 return db.execute("SELECT 1 FROM rule_events WHERE device_id = 'wd-sa-1'").fetchone() is not None
 
             wait_for(heard, 60, "the alerts part to evaluate the device's events", interval=0.5)
+            wait_for(lambda: db.execute("SELECT 1 FROM events WHERE device_id = 'wd-sa-1' AND type = 'heartbeat'")
+                     .fetchone() is not None, 60, "ingest to store the device's events")
 
             proxy.cut()
             outage = time.monotonic()
             dev.event("alarm")  # the broker holds it: the alerts part cannot store what it causes
+            reading_ts = int(time.time() * 1000)
+            dev.reading(reading_ts, battery_pct=77)  # the broker holds it too: ingest cannot store it
+            reading_seq = dev.seq
             addr = urlsplit(settings.mqtt_url or "")
             frames.connect(addr.hostname or "127.0.0.1", addr.port or 1883)
             frames.loop_start()
@@ -212,6 +219,8 @@ def test_parts_under_gridhub_up_wait_through_a_database_outage(
             proxy.restore()
 
             wait_for(lambda: fire_tasks(db) == 1, 60, "the alarm published during the outage to become a task")
+            wait_for(lambda: stored_reading(db, reading_ts, reading_seq) == 1, 60,
+                     "ingest to store the reading published during the outage")
             wait_for(lambda: db.execute("SELECT count(*) FROM quarantine WHERE device_id = 'wd-cam-9'"
                                         " AND reason = 'unregistered_device'").fetchone() == (1,), 60,
                      "the frame sent during the outage to be judged (quarantined: not a registered camera)")
@@ -222,6 +231,9 @@ def test_parts_under_gridhub_up_wait_through_a_database_outage(
                 assert f'gridhub_part_waiting{{dependency="database",part="{part}"}} 0.0' in metrics(port)
             time.sleep(2)
             assert fire_tasks(db) == 1
+            assert stored_reading(db, reading_ts, reading_seq) == 1
+            assert db.execute("SELECT count(*) FROM events WHERE device_id = 'wd-sa-1' AND type = 'alarm'"
+                              " AND seq = %s", (reading_seq - 1,)).fetchone() == (1,)
         assert up.poll() is None
     finally:
         frames.loop_stop()
@@ -236,6 +248,13 @@ def test_parts_under_gridhub_up_wait_through_a_database_outage(
     for part in PARTS:
         assert log.count(f"{part}: waiting for the database") == 1, part
         assert log.count(f"{part}: the database is back after") == 1, part
+
+
+def stored_reading(db: psycopg.Connection[Any], ts_ms: int, seq: int) -> int:
+    """How many rows the reading (device wd-sa-1, battery_pct, at `ts_ms` with `seq`) has in `readings`."""
+    row = db.execute("SELECT count(*) FROM readings WHERE device_id = 'wd-sa-1' AND metric = 'battery_pct'"
+                     " AND seq = %s AND ts = 'epoch'::timestamptz + %s * interval '1 millisecond'", (seq, ts_ms)).fetchone()
+    return int(row[0]) if row else 0
 
 
 def fire_tasks(db: psycopg.Connection[Any]) -> int:
