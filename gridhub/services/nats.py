@@ -1,0 +1,479 @@
+"""A 3-node NATS JetStream cluster with the MQTT gateway on loopback ports (`NatsCluster`), and its accounts from
+the registry (`accounts_conf`, `gridhub devices credentials --broker nats`).
+
+The invariant: every device message lands on exactly one partition's subjects, chosen by NATS's own
+`partition(P, 1)` hash of the device id, so one persistent MQTT session per partition sees all of one device's
+messages in order; devices live in the DEVICES account and the hub's clients in HUB, so that no device account can
+take a hub client id (MQTT client ids and sessions are per account). Each node is one `nats-server` process with a
+pid file; `stop()` ends exactly the processes those files name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gridhub.services.process import (
+    ServiceError,
+    free_port,
+    locked,
+    pid_alive,
+    port_open,
+    read_pid,
+    tail,
+    wait_until,
+    write_private,
+)
+
+# CONTRACT §1: a frame is at most 2 MiB. NATS checks an MQTT PUBLISH's payload against max_payload, and the message
+# it stores carries the topic and NATS headers besides: 4 MiB leaves room. nats-server refuses more than 64 MiB
+# (MAX_PAYLOAD_MAX_SIZE) and warns above 8 MiB, since every client buffers whole messages.
+MAX_PAYLOAD = 4 * 1024 * 1024
+# Provisional until measured (issue 15 item 2: each partition's persistent session is a replicated consumer).
+DEFAULT_PARTITIONS = 4
+MAX_PARTITIONS = 1024
+REPLICAS = 3
+DEVICES_ACCOUNT = "DEVICES"
+HUB_ACCOUNT = "HUB"
+SYSTEM_ACCOUNT = "SYS"
+# the partitioned subjects: <prefix>/part/<k>/devices/<id>/<kind>[/<ts>]
+PARTITION_LEVEL = "part"
+DEVICE_KINDS = ("telemetry", "event", "status", "frame")
+SERVER_PROGRAM = "nats-server"
+ACCOUNTS_FILE = "accounts.conf"
+MQTT_DELIVERY = "$MQTT.sub.>"
+
+
+def find_nats_server() -> Path | None:
+    """The nats-server program (Debian's package puts it in /usr/sbin), None when not installed."""
+    found = shutil.which(SERVER_PROGRAM)
+    if found:
+        return Path(found)
+    for candidate in (Path("/usr/sbin/nats-server"), Path("/usr/local/bin/nats-server")):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def server_version(program: Path) -> str:
+    out = subprocess.run([str(program), "--version"], capture_output=True, text=True, check=False).stdout
+    m = re.search(r"v(\d+\.\d+\.\d+)", out)
+    return m.group(1) if m else "unknown"
+
+
+# --- subjects ---------------------------------------------------------------------------------------------------
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+
+
+def subject_prefix(topic_prefix: str) -> str:
+    """The NATS subject of an MQTT topic prefix (`gridhub/v1` -> `gridhub.v1`): NATS's MQTT gateway turns each `/`
+    into a `.`, so a prefix level holding `.`, a wildcard or a space has no subject and is refused."""
+    if not _PREFIX_RE.match(topic_prefix):
+        raise ServiceError(f"topic prefix {topic_prefix!r} cannot be used on NATS: its levels may hold only "
+                           "letters, digits, '_' and '-' (set GRIDHUB_TOPIC_PREFIX)")
+    return topic_prefix.replace("/", ".")
+
+
+def check_partitions(partitions: int) -> int:
+    if not 1 <= partitions <= MAX_PARTITIONS:
+        raise ServiceError(f"{partitions} partitions: choose between 1 and {MAX_PARTITIONS}")
+    return partitions
+
+
+def partition_topic(topic_prefix: str, partition: int) -> str:
+    """The MQTT topic filter of one partition's device messages, for the hub's session that holds it."""
+    return f"{topic_prefix}/{PARTITION_LEVEL}/{partition}/devices/#"
+
+
+def contract_topic(topic_prefix: str, topic: str) -> str:
+    """A partitioned topic back as the device published it (CONTRACT §1): `<prefix>/part/<k>/devices/...` ->
+    `<prefix>/devices/...`; any other topic unchanged."""
+    head = f"{topic_prefix}/{PARTITION_LEVEL}/"
+    if not topic.startswith(head):
+        return topic
+    rest = topic[len(head):]
+    _, _, tail_ = rest.partition("/")
+    return f"{topic_prefix}/{tail_}"
+
+
+def device_mappings(topic_prefix: str, partitions: int) -> dict[str, str]:
+    """The DEVICES account's subject mappings: each device message onto its partition's subjects, by
+    `partition(P, 1)` of the device id (the first wildcard), so every kind of one device lands on one partition.
+    Command topics are not mapped."""
+    s = subject_prefix(topic_prefix)
+    p = check_partitions(partitions)
+    part = f"{s}.{PARTITION_LEVEL}.{{{{partition({p},1)}}}}.devices.{{{{wildcard(1)}}}}"
+    out = {f"{s}.devices.*.{kind}": f"{part}.{kind}" for kind in DEVICE_KINDS}
+    out[f"{s}.devices.*.frame.*"] = f"{part}.frame.{{{{wildcard(2)}}}}"
+    return out
+
+
+def device_partition(device_id: str, partitions: int) -> int:
+    """The partition NATS's `partition(P, 1)` mapping puts a device on: FNV-1a (32 bits) of the id, modulo P, as
+    nats-server computes it (checked against the server by tests/test_nats_cluster.py)."""
+    h = 0x811C9DC5
+    for byte in device_id.encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h % check_partitions(partitions)
+
+
+def device_permissions(topic_prefix: str, device_id: str, partitions: int) -> dict[str, Any]:
+    """A device publishes only its own topics and subscribes only to its own command topic. nats-server 2.9
+    checks a publish's permission on the subject after the account's mapping, so the allowed subjects are the
+    device's own partition's (a device publishing straight onto them lands where the mapping would put it)."""
+    s = subject_prefix(topic_prefix)
+    mapped = f"{s}.{PARTITION_LEVEL}.{device_partition(device_id, partitions)}.devices.{device_id}"
+    return {
+        "publish": {"allow": [f"{mapped}.{kind}" for kind in DEVICE_KINDS] + [f"{mapped}.frame.*"]},
+        # the gateway delivers a QoS 1 subscription's messages on $MQTT.sub.<nuid>: without it, SUBACK succeeds
+        # and nothing is delivered ("Unable to create subscription for JetStream consumer" in the log)
+        "subscribe": {"allow": [f"{s}.devices.{device_id}.command", MQTT_DELIVERY]},
+    }
+
+
+# --- configuration files ----------------------------------------------------------------------------------------
+
+
+def _q(value: str) -> str:
+    """A NATS configuration string: JSON's double-quoted form (NATS expands no `$VAR` inside quotes)."""
+    return json.dumps(value)
+
+
+def _block(value: Any, indent: int = 0) -> str:
+    pad = "  " * indent
+    if isinstance(value, dict):
+        inner = "\n".join(f"{pad}  {_q(k)}: {_block(v, indent + 1)}" for k, v in value.items())
+        return "{\n" + inner + f"\n{pad}}}"
+    if isinstance(value, list):
+        if not value:
+            return "[]"
+        inner = ",\n".join(f"{pad}  {_block(v, indent + 1)}" for v in value)
+        return "[\n" + inner + f"\n{pad}]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return _q(str(value))
+
+
+@dataclass(frozen=True)
+class NatsUser:
+    user: str
+    password: str
+    permissions: dict[str, Any] | None = None
+
+
+def status_reader(hub: NatsUser) -> NatsUser:
+    """The hub's read-only user in DEVICES, for the retained status messages: nats-server keeps retained messages
+    per account (`$MQTT_rmsgs`), so HUB's sessions never see the devices' retained status. It may subscribe to
+    the partitioned subjects and publish nothing; use it with a clean session and an unguessable client id (a
+    device in DEVICES could otherwise take that client id)."""
+    return NatsUser(f"{hub.user}-status", hub.password)
+
+
+def accounts_conf(topic_prefix: str, partitions: int, hub: list[NatsUser], devices: list[NatsUser],
+                  system: NatsUser) -> str:
+    """The `accounts` block every node includes: DEVICES (devices, their mappings and permissions) exports the
+    partitioned subjects, HUB (the hub's clients) imports them; commands go the other way. The first hub user
+    also gets its status reader in DEVICES (`status_reader`)."""
+    s = subject_prefix(topic_prefix)
+    part_subjects = f"{s}.{PARTITION_LEVEL}.>"
+    command_subjects = f"{s}.devices.*.command"
+    dev_users = []
+    for d in devices:
+        entry: dict[str, Any] = {"user": d.user, "password": d.password}
+        entry["permissions"] = d.permissions or device_permissions(topic_prefix, d.user, partitions)
+        dev_users.append(entry)
+    if hub:
+        reader = status_reader(hub[0])
+        dev_users.append({"user": reader.user, "password": reader.password,
+                          "permissions": {"publish": {"deny": [">"]}, "subscribe": {"allow": [part_subjects, MQTT_DELIVERY]}}})
+    accounts: dict[str, Any] = {
+        DEVICES_ACCOUNT: {
+            "jetstream": "enabled",
+            "users": dev_users,
+            "mappings": device_mappings(topic_prefix, partitions),
+            "exports": [{"stream": part_subjects}, {"stream": f"$MQTT.msgs.{part_subjects}"}],
+            "imports": [
+                {"stream": {"account": HUB_ACCOUNT, "subject": command_subjects}},
+                {"stream": {"account": HUB_ACCOUNT, "subject": f"$MQTT.msgs.{command_subjects}"}},
+            ],
+        },
+        HUB_ACCOUNT: {
+            "jetstream": "enabled",
+            "users": [{"user": h.user, "password": h.password} for h in hub],
+            "exports": [{"stream": command_subjects}, {"stream": f"$MQTT.msgs.{command_subjects}"}],
+            "imports": [
+                {"stream": {"account": DEVICES_ACCOUNT, "subject": part_subjects}},
+                {"stream": {"account": DEVICES_ACCOUNT, "subject": f"$MQTT.msgs.{part_subjects}"}},
+            ],
+        },
+        SYSTEM_ACCOUNT: {"users": [{"user": system.user, "password": system.password}]},
+    }
+    header = ("# Written by gridhub (gridhub/services/nats.py) from the registry; edits are overwritten.\n"
+              f"# {len(devices)} devices, {partitions} partitions, topic prefix {topic_prefix}\n")
+    return header + f"accounts: {_block(accounts)}\nsystem_account: {_q(SYSTEM_ACCOUNT)}\n"
+
+
+@dataclass(frozen=True)
+class NatsNode:
+    name: str
+    client_port: int
+    cluster_port: int
+    mqtt_port: int
+    http_port: int
+
+
+def default_layout(base: int = 54222) -> list[NatsNode]:
+    """Three nodes on fixed loopback ports: client base+i, cluster base+10+i, MQTT base+20+i, monitoring
+    base+30+i (i = 0, 1, 2)."""
+    return [NatsNode(f"n{i + 1}", base + i, base + 10 + i, base + 20 + i, base + 30 + i) for i in range(3)]
+
+
+def free_layout() -> list[NatsNode]:
+    """Three nodes on ports that are free now (for tests)."""
+    return [NatsNode(f"n{i + 1}", free_port(), free_port(), free_port(), free_port()) for i in range(3)]
+
+
+def node_conf(node: NatsNode, nodes: list[NatsNode], store_dir: Path, cluster_name: str = "gridhub") -> str:
+    routes = [f"nats-route://127.0.0.1:{n.cluster_port}" for n in nodes if n.name != node.name]
+    return "\n".join([
+        "# Written by gridhub (gridhub/services/nats.py); edits are overwritten.",
+        f"server_name: {_q(node.name)}",
+        "host: 127.0.0.1",
+        f"port: {node.client_port}",
+        "http: " + _q(f"127.0.0.1:{node.http_port}"),
+        f"max_payload: {MAX_PAYLOAD}",
+        f"jetstream {{ store_dir: {_q(str(store_dir))} }}",
+        f"cluster {{ name: {_q(cluster_name)}, host: 127.0.0.1, port: {node.cluster_port},"
+        f" routes: [{', '.join(_q(r) for r in routes)}] }}",
+        # stream_replicas: the gateway otherwise counts configured routes, not nodes (SERVICES.md): with 2 replicas
+        # one dead node made every CONNECT fail.
+        f"mqtt {{ host: 127.0.0.1, port: {node.mqtt_port}, stream_replicas: {REPLICAS} }}",
+        f"include {_q(ACCOUNTS_FILE)}",
+        "",
+    ])
+
+
+# --- the cluster's processes ------------------------------------------------------------------------------------
+
+
+class NatsCluster:
+    """Three nats-server processes under `root`: `<root>/<node>.conf`, `<root>/<node>.pid`, `<root>/<node>.log`,
+    JetStream data in `<root>/data/<node>`, the accounts (from the registry) in `<root>/accounts.conf`."""
+
+    def __init__(self, root: Path, nodes: list[NatsNode] | None = None) -> None:
+        self.root = Path(root).absolute()
+        layout_file = self.root / "layout.json"
+        if nodes is None and layout_file.exists():
+            nodes = [NatsNode(**n) for n in json.loads(layout_file.read_text())]
+        self.nodes = nodes or default_layout()
+        if len(self.nodes) != 3:
+            raise ServiceError("the NATS cluster has three nodes: one can die and two still elect a leader")
+
+    # paths
+    def conf(self, node: NatsNode) -> Path:
+        return self.root / f"{node.name}.conf"
+
+    def pid_file(self, node: NatsNode) -> Path:
+        return self.root / f"{node.name}.pid"
+
+    def log_file(self, node: NatsNode) -> Path:
+        return self.root / f"{node.name}.log"
+
+    def node(self, name: str) -> NatsNode:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise ServiceError(f"no NATS node {name!r}: the nodes are {', '.join(n.name for n in self.nodes)}")
+
+    def write_config(self, accounts_text: str) -> None:
+        """Each node's file and the shared accounts file (0600: it holds passwords)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "layout.json").write_text(json.dumps([n.__dict__ for n in self.nodes]))
+        write_private(self.root / ACCOUNTS_FILE, accounts_text)
+        for n in self.nodes:
+            store = self.root / "data" / n.name
+            store.mkdir(parents=True, exist_ok=True)
+            write_private(self.conf(n), node_conf(n, self.nodes, store))
+
+    def pid(self, node: NatsNode) -> int | None:
+        pid = read_pid(self.pid_file(node))
+        return pid if pid is not None and pid_alive(pid, SERVER_PROGRAM) else None
+
+    def start_node(self, node: NatsNode) -> int:
+        program = find_nats_server()
+        if program is None:
+            raise ServiceError("nats-server is not installed: run `make services-install` as root "
+                               "(apt-get install nats-server)")
+        running = self.pid(node)
+        if running is not None:
+            return running
+        for port, what in ((node.client_port, "client"), (node.cluster_port, "cluster"), (node.mqtt_port, "MQTT"),
+                           (node.http_port, "monitoring")):
+            if port_open(port):
+                raise ServiceError(f"127.0.0.1:{port} (node {node.name}'s {what} port) is taken by another "
+                                   "program: stop it or choose another layout")
+        with self.log_file(node).open("ab") as log:
+            proc = subprocess.Popen([str(program), "-c", str(self.conf(node))], cwd=self.root, stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid_file(node).write_text(f"{proc.pid}\n")
+        return proc.pid
+
+    def start(self, timeout: float = 30) -> None:
+        """Start every node that is not running and wait until each answers /healthz (JetStream up, streams
+        current): a cluster whose nodes cannot see each other never gets there."""
+        with locked(self.root / ".lock"):
+            for n in self.nodes:
+                self.start_node(n)
+            for n in self.nodes:
+                self.wait_healthy(n, timeout)
+
+    def healthy(self, node: NatsNode) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/healthz", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def wait_healthy(self, node: NatsNode, timeout: float = 30) -> None:
+        if not wait_until(lambda: self.healthy(node) and port_open(node.mqtt_port), timeout, 0.2):
+            pid = self.pid(node)
+            raise ServiceError(f"NATS node {node.name} is not healthy after {timeout:.0f} s"
+                               f" ({'running' if pid else 'not running'}); its log {self.log_file(node)}:\n"
+                               + tail(self.log_file(node)))
+
+    def signal_node(self, node: NatsNode, sig: int) -> int | None:
+        pid = self.pid(node)
+        if pid is not None:
+            os.kill(pid, sig)
+        return pid
+
+    def stop_node(self, node: NatsNode, timeout: float = 15) -> None:
+        pid = self.pid(node)
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            if not wait_until(lambda: not pid_alive(pid), timeout, 0.1):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                wait_until(lambda: not pid_alive(pid), 5, 0.05)
+        self.pid_file(node).unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        """Stop exactly the processes the pid files name (and that still run nats-server)."""
+        for n in self.nodes:
+            self.stop_node(n)
+
+    def reload(self) -> int:
+        """SIGHUP every running node (accounts changed): the number signalled."""
+        return sum(self.signal_node(n, signal.SIGHUP) is not None for n in self.nodes)
+
+    def status(self) -> dict[str, Any]:
+        return {n.name: {"pid": self.pid(n), "healthy": self.healthy(n), "client_port": n.client_port,
+                         "mqtt_port": n.mqtt_port, "cluster_port": n.cluster_port, "http_port": n.http_port}
+                for n in self.nodes}
+
+    def monitor(self, node: NatsNode, path: str) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}{path}", timeout=5) as resp:
+            data: dict[str, Any] = json.loads(resp.read())
+        return data
+
+    def stream_leaders(self, account: str = HUB_ACCOUNT) -> dict[str, str]:
+        """Stream name -> the node leading it, for one account's streams (the MQTT gateway's are `$MQTT_*`), as
+        the monitoring endpoint /jsz tells it; asks the nodes in turn until one answers."""
+        for n in self.nodes:
+            if self.pid(n) is None:
+                continue
+            try:
+                jsz = self.monitor(n, f"/jsz?acc={account}&streams=true")
+            except OSError:
+                continue
+            out: dict[str, str] = {}
+            for acc in jsz.get("account_details") or []:
+                for st in acc.get("stream_detail") or []:
+                    leader = (st.get("cluster") or {}).get("leader")
+                    if leader:
+                        out[st["name"]] = leader
+            if out:
+                return out
+        return {}
+
+
+def wait_for(check: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll `check()` until it returns something truthy; a `ServiceError` naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise ServiceError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+# --- accounts from the registry ---------------------------------------------------------------------------------
+
+
+def registry_users(conn: Any, settings: Any, partitions: int) -> tuple[list[NatsUser], list[NatsUser], list[tuple[str, str, str]]]:
+    """(hub users, device users, the CSV rows kind/id/user/password) from the registry: the hub's account from
+    GRIDHUB_MQTT_URL, every device that is not retired with its derived password."""
+    from gridhub.broker import build_accounts
+
+    accounts, _workers, hub = build_accounts(conn, settings)
+    devices = [NatsUser(a.username, a.password, device_permissions(settings.topic_prefix, a.subject, partitions))
+               for a in accounts if a.kind == "device"]
+    rows = [(a.kind, a.subject, a.username, a.password) for a in accounts if a.kind == "device"]
+    return [NatsUser(hub.username, hub.password)], devices, rows
+
+
+def credentials_cli(args: argparse.Namespace) -> int:
+    """`gridhub devices credentials --broker nats`: accounts.conf (and device-credentials.csv) from the registry,
+    into --out-dir or the local cluster's directory, and SIGHUP to the cluster's running nodes."""
+    import secrets
+
+    from gridhub.db import connect
+    from gridhub.runtime import resolve_services
+    from gridhub.settings import get_settings
+
+    settings = resolve_services(get_settings())
+    assert settings.database_url
+    partitions = check_partitions(int(args.partitions))
+    with connect(settings.database_url) as conn:
+        hub, devices, rows = registry_users(conn, settings, partitions)
+    cluster_dir = Path(args.nats_dir) if getattr(args, "nats_dir", None) else settings.data_dir / "nats"
+    out = Path(args.out_dir) if args.out_dir else cluster_dir
+    out.mkdir(parents=True, exist_ok=True)
+    sys_file = out / "system-password"
+    if not sys_file.exists():
+        write_private(sys_file, secrets.token_urlsafe(24))
+    system = NatsUser("sys", sys_file.read_text().strip())
+    write_private(out / ACCOUNTS_FILE, accounts_conf(settings.topic_prefix, partitions, hub, devices, system))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["kind", "id", "username", "password"])
+    w.writerows(rows)
+    write_private(out / "device-credentials.csv", buf.getvalue())
+    reloaded = 0
+    if not args.no_reload and (cluster_dir / "layout.json").exists() and out == cluster_dir:
+        reloaded = NatsCluster(cluster_dir).reload()
+    print(f"wrote {ACCOUNTS_FILE} and device-credentials.csv to {out}: {len(devices)} devices in account "
+          f"{DEVICES_ACCOUNT}, {partitions} partitions" + (f"; {reloaded} NATS nodes reloaded" if reloaded else ""))
+    if not reloaded:
+        print(f"include {out / ACCOUNTS_FILE} in every node's configuration and send each nats-server SIGHUP",
+              file=sys.stderr)
+    return 0
