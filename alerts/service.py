@@ -70,6 +70,7 @@ class Inbound:
     qos: int
     mid: int
     retain: bool
+    generation: int  # the connection it came on (MqttConnection.generation): acknowledged on that one only
     received: float = field(default_factory=time.perf_counter, compare=False)
 
 
@@ -251,19 +252,27 @@ class AlertService:
         self._lane_subscribed("events")
 
     def _on_message(self, msg: paho.MQTTMessage) -> None:
+        """On paho's network thread: the message with the connection it came on (its `generation`)."""
+        assert self.mqtt is not None
+        generation = self.mqtt.generation
         topic = msg.topic
         if topic == telemetry.marker_topic(self.prefix, self.instance, "events"):
-            self.priority.put(Inbound(topic, "", "marker", bytes(msg.payload), msg.qos, msg.mid, msg.retain))
+            self.priority.put(Inbound(topic, "", "marker", bytes(msg.payload), msg.qos, msg.mid, msg.retain,
+                                      generation))
             return
         parts = topic.rsplit("/", 2)
         if len(parts) != 3:
-            self._ack(msg.mid, msg.qos)
+            self._ack(msg.mid, msg.qos, generation)
             return
-        self.priority.put(Inbound(topic, parts[1], parts[2], bytes(msg.payload), msg.qos, msg.mid, msg.retain))
+        self.priority.put(Inbound(topic, parts[1], parts[2], bytes(msg.payload), msg.qos, msg.mid, msg.retain,
+                                  generation))
 
-    def _ack(self, mid: int, qos: int) -> None:
+    def _ack(self, mid: int, qos: int, generation: int) -> None:
+        """Acknowledge on the connection the message came on, or not at all: a packet id of a connection that is
+        gone would acknowledge another message on the new one; the broker redelivers the message instead (the
+        priority lane's work is idempotent: rule_events keeps one row per event)."""
         if self.mqtt is not None:
-            self.mqtt.ack(mid, qos)
+            self.mqtt.ack(mid, qos, generation)
 
     def _lane_connected(self, lane: str) -> None:
         """A session (re)connected: offline deadlines wait for its backlog again."""
@@ -420,7 +429,7 @@ class AlertService:
                 if ids:
                     self.fresh.put(Fresh(ids, item.device_id, item.channel, item.received, started,
                                          time.perf_counter()))
-                self._ack(item.mid, item.qos)
+                self._ack(item.mid, item.qos, item.generation)
 
     def _fresh_publisher(self, connected: Callable[[], None]) -> None:
         """Publishes what the priority lane committed, at once and while the lane goes on with the next message

@@ -52,6 +52,7 @@ class Inbound:
     payload: bytes
     qos: int
     mid: int
+    generation: int  # the connection it came on (MqttConnection.generation): acknowledged on that one only
     marker: bool = False
 
 
@@ -192,11 +193,14 @@ class TelemetryLane:
         self.reports.put(("subscribed", ""))
 
     def _on_message(self, msg: paho.MQTTMessage) -> None:
+        assert self.mqtt is not None
+        generation = self.mqtt.generation  # paho's network thread: the connection this message came on
         if msg.topic == marker_topic(self.prefix, self.instance, "telemetry"):
-            self.inbox.put(Inbound("", bytes(msg.payload), msg.qos, msg.mid, marker=True))
+            self.inbox.put(Inbound("", bytes(msg.payload), msg.qos, msg.mid, generation, marker=True))
             return
         parts = msg.topic.rsplit("/", 2)
-        self.inbox.put(Inbound(parts[1] if len(parts) == 3 else "", bytes(msg.payload), msg.qos, msg.mid))
+        self.inbox.put(Inbound(parts[1] if len(parts) == 3 else "", bytes(msg.payload), msg.qos, msg.mid,
+                               generation))
 
     # ------------------------------------------------------------------ the lane
 
@@ -223,10 +227,21 @@ class TelemetryLane:
             self.book.forget_states()
             self.retry = batch  # not acknowledged: first again, in order, on a fresh connection
             raise
+        self._ack(batch)
+
+    def _ack(self, batch: list[Inbound]) -> None:
+        """The batch's PUBACKs, in arrival order, each on the connection its message came on (one write per
+        connection): a message of a connection that is gone is not acknowledged (its packet id means another
+        message, or nothing, on the next one); the broker redelivers it and it is evaluated again (at least once, as
+        after any reconnect)."""
         mqtt = self.mqtt
         assert mqtt is not None
+        by_generation: dict[int, list[int]] = {}
         for item in batch:
-            mqtt.ack(item.mid, item.qos)
+            if item.qos == 1:  # the subscription's QoS: nothing arrives above it
+                by_generation.setdefault(item.generation, []).append(item.mid)
+        for generation, mids in by_generation.items():
+            mqtt.ack_many(mids, generation)
 
     def _evaluate(self, conn: psycopg.Connection[Any], batch: list[Inbound]) -> None:
         """Evaluate a batch of readings in memory and write what they changed in one transaction."""

@@ -274,3 +274,57 @@ def test_tcp_nodelay_is_set_on_the_socket(broker: Any) -> None:
     finally:
         conn.stop()
         plain.stop()
+
+
+def _drop(conn: MqttConnection) -> None:
+    """Cut the connection under paho (as a network failure would): paho reconnects on its own."""
+    sock = conn.client.socket()
+    assert isinstance(sock, socket.socket)
+    sock.shutdown(socket.SHUT_RDWR)
+
+
+def test_an_old_connections_packet_id_is_never_acknowledged_on_the_new_one(broker: Any) -> None:
+    """A message received on connection 1 and acknowledged (with its generation) only once connection 2 is up: the
+    acknowledgement is refused, not written on connection 2, so the broker still holds the message and delivers it
+    again after the next drop; acknowledged with the current generation, it is not delivered any more."""
+    topic = _topic("generation")
+    inbox = Inbox()
+    generations: list[int] = []
+    conn = MqttConnection(broker.test_url, _cid("generation"), persistent=True, manual_ack=True,
+                          subscriptions=[(topic, 1)], reconnect_delay=(1, 2), on_subscribed=lambda: generations.append(
+                              conn.generation),
+                          on_message=lambda msg: inbox.q.put((msg.topic, bytes(msg.payload), msg.mid, msg.qos,
+                                                              bool(msg.dup))))
+    pub = MqttConnection(broker.test_url, _cid("pub"))
+    conn.connect()
+    pub.connect()
+    try:
+        wait_for(lambda: generations == [1], 10, "the first subscription")
+        pub.publish_confirmed(topic, b"once", timeout_s=10)
+        (_, payload, mid, qos, dup), = inbox.take(1)
+        assert (payload, qos, dup) == (b"once", 1, False)
+        received_on = conn.generation
+
+        _drop(conn)  # lost before its acknowledgement
+        wait_for(lambda: generations == [1, 2], 30, "the connection to come back")
+        again = inbox.take(1)[0]
+        assert again[1] == b"once" and again[4]  # the broker delivers it again (DUP)
+        assert conn.ack_many([mid], received_on) is False  # the old connection's packet id: not written
+        conn.ack(mid, qos, received_on)  # nor through ack()
+        conn.publish_confirmed(_topic("flush"), b"", timeout_s=10)  # had a PUBACK gone out, the broker has it now
+        assert inbox.nothing_more(0.5)
+
+        _drop(conn)
+        wait_for(lambda: generations == [1, 2, 3], 30, "the connection to come back once more")
+        third = inbox.take(1)[0]  # still unacknowledged: delivered once more
+        assert third[1] == b"once" and third[4]
+        assert conn.ack_many([third[2]], conn.generation) is True
+        # a confirmed publish on the same connection after it: the broker has read the PUBACK once it answers
+        conn.publish_confirmed(_topic("flush"), b"", timeout_s=10)
+
+        _drop(conn)
+        wait_for(lambda: generations == [1, 2, 3, 4], 30, "the connection to come back a third time")
+        assert inbox.nothing_more(1.0)  # acknowledged on its own connection: done
+    finally:
+        pub.stop()
+        conn.stop(end_session=True)
