@@ -20,13 +20,16 @@ it is live, and reshapes the partitions once none is.
 from __future__ import annotations
 
 import math
+import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
-__all__ = ["LEASE_S", "Lease", "PartitionLeases", "PartitionMismatch", "Round", "holder_name"]
+from gridhub.settings import DEFAULT_TOPIC_PREFIX
+
+__all__ = ["LEASE_S", "Lease", "PartitionLeases", "PartitionMismatch", "Round", "holder_name", "session_client_id"]
 
 LEASE_S = 15.0  # how long a lease lasts unless renewed; `GRIDHUB_LEASE_S` (Settings.lease_s)
 
@@ -62,6 +65,18 @@ def holder_name(instance_id: str) -> str:
     restarted under the same instance id is a new holder and waits for the old lease to expire rather than take it
     from a stalled twin."""
     return f"{instance_id}/{secrets.token_hex(4)}"
+
+
+def session_client_id(part: str, partition: int, topic_prefix: str = DEFAULT_TOPIC_PREFIX) -> str:
+    """The MQTT client id of one partition's persistent session, named by the part and the partition and never by
+    the process, so that whichever instance holds the partition resumes the same session: `gridhub-ingest-p0`.
+    It starts with `gridhub-` like every hub client id (on the embedded broker only the hub's account may use
+    those; on mosquitto's device listener a client id is the user name); a hub on another topic prefix adds it,
+    so that two hubs sharing a broker do not share sessions."""
+    name = f"gridhub-{part}-p{partition}"
+    if topic_prefix.strip("/") != DEFAULT_TOPIC_PREFIX:
+        name += "-" + re.sub(r"[^A-Za-z0-9]+", "-", topic_prefix).strip("-")
+    return name[:128]
 
 
 @dataclass

@@ -9,7 +9,10 @@ before; then the writer commits it and acknowledges its messages in arrival orde
 bounds the unacknowledged messages, so a batch is at most half the window: the next half arrives while one is
 committed. A database outage stalls the writer (and the preparer's device look-ups), which wait and retry
 (`_with_retries`: `gridhub.waiting.keep_trying`, the hub's one way of waiting for the database; the part's health
-says `waiting_for: database` meanwhile) and acknowledge nothing meanwhile; the broker keeps the rest in the session. The settings are `IngestSettings` (GRIDHUB_INGEST_*, gridhub/settings.py).
+says `waiting_for: database` meanwhile) and acknowledge nothing meanwhile; the broker keeps the rest in the session. Several instances take turns by lease
+(ingest/slot.py): the holder of partition 0 consumes the session named by the partition, `gridhub-ingest-p0`, and
+confirms its lease (with its epoch, by the database's clock) before every acknowledgement batch and before paho may
+reconnect; the others stand by and take the partition, and its session, over from a holder that stops or dies. The settings are `IngestSettings` (GRIDHUB_INGEST_*, gridhub/settings.py).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import psycopg
 
 from gridhub.db import LazyConnection
 from gridhub.ingest.registry_cache import RegistryCache
+from gridhub.ingest.slot import PARTITION, SlotKeeper, describe
 from gridhub.ingest.store import (
     BatchCounts,
     Item,
@@ -37,6 +41,7 @@ from gridhub.ingest.store import (
     write_prepared,
 )
 from gridhub.ingest.validate import Rejected, Validator, quarantine_payload
+from gridhub.leases import Lease, session_client_id
 from gridhub.mqtt import BrokerError, Connack, MqttConnection
 from gridhub.mqtt_fastpath import buffer_reads, raw_topic, receive_directly
 from gridhub.protocol import Reason
@@ -77,7 +82,15 @@ class IngestService:
             raise ValueError("ingest needs GRIDHUB_DATABASE_URL and GRIDHUB_MQTT_URL (or run it through gridhub up)")
         self.settings = settings
         self.tuning = tuning or settings.ingest
-        self.client_id = settings.client_id("ingest")
+        # the leased slot (ingest/slot.py): one session named by the partition, whichever instance holds it; with
+        # GRIDHUB_INGEST_SHARED=1 every process keeps a session of its own instead
+        self.slot = None if self.tuning.shared else SlotKeeper(settings, self._reconcile, self._fail)
+        self.client_id = (settings.client_id("ingest") if self.slot is None
+                          else session_client_id("ingest", PARTITION, settings.topic_prefix))
+        self._lease: Lease | None = None  # the lease the connection runs under (leased slot)
+        self._slot_lock = threading.Lock()  # taking and leaving the slot against each other
+        self._paused = False  # the connection was lost and not resumed: the lease could not be confirmed then
+        self._refusing = False  # acknowledgements refused under the current lease (logged once)
         self.registry = RegistryCache(settings.database_url)
         self.validator = Validator(settings.topic_prefix, self.registry, settings.readings_days)
         self._queue: queue.SimpleQueue[_Inbound] = queue.SimpleQueue()
@@ -100,22 +113,35 @@ class IngestService:
         self.batches = 0
         self.failed = threading.Event()
 
+    def _fail(self) -> None:
+        self.failed.set()
+
     # ------------------------------------------------------------------ broker
 
     def start(self) -> None:
         self.registry.start()
-        self._mqtt = self._connect()
+        if self.slot is None:
+            self._mqtt = self._connect()
+        else:
+            lease = self.slot.first_round(self._stopping)
+            if isinstance(lease, Lease):
+                with self._slot_lock:
+                    self._take(lease, wait=True)
+            else:
+                self._stand_by()
+            self.slot.start()
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
         self._writer.start()
         self._preparer = threading.Thread(target=self._prepare_loop, name="ingest-preparer", daemon=True)
         self._preparer.start()
 
-    def _connect(self) -> MqttConnection:
+    def _connect(self, *, wait: bool = True) -> MqttConnection:
         """The consumer's own connection: MQTT 3.1.1 (paho builds MQTT 5 properties for every message it
         receives), with a plain subscription, or a shared one when asked for (GRIDHUB_INGEST_SHARED) and the broker
         has them (mosquitto takes $share from 3.1.1 clients, but forgets them when it restarts); clean session off, so the broker keeps the session's unacknowledged messages (for as long as
         its `persistent_client_expiration` says) and sends at most its `max_inflight_messages` of them. A broker
-        that refuses or does not answer is a `gridhub.mqtt.BrokerError` that says what to do."""
+        that refuses or does not answer is a `gridhub.mqtt.BrokerError` that says what to do (unless not `wait`:
+        then paho connects in the background and retries)."""
         assert self.settings.mqtt_url
         self.shared = self.tuning.shared and self.tuning.mqtt5 and self._broker_has_shared_subscriptions()
         share = f"$share/{SHARE_GROUP}/" if self.shared else ""
@@ -129,8 +155,74 @@ class IngestService:
         # QoS 2, and everything where this paho has no fast path, still comes through on_message
         self.direct_receive = receive_directly(conn.client, self._on_publish)
         self.protocol = paho.MQTTv311
-        conn.connect(wait_s=CONNECT_TIMEOUT_S)
+        if wait:
+            conn.connect(wait_s=CONNECT_TIMEOUT_S)
+        else:
+            conn.start()
         return conn
+
+    # ------------------------------------------------------------------ the leased slot
+
+    def _stand_by(self) -> None:
+        assert self.slot is not None
+        log.info("ingest standby (%s): partition %d is held by another instance; taking it over if that one stops "
+                 "or its lease expires (GRIDHUB_LEASE_S=%g)", self.slot.holder, PARTITION, self.settings.lease_s)
+
+    def _reconcile(self, lease: Lease | None) -> None:
+        """After every lease round, on the lease keeper's thread: leave a lease lost (or replaced by a new epoch),
+        connect under one gained, and resume a connection held back while the lease could not be confirmed."""
+        with self._slot_lock:
+            current = self._lease
+            if current is not None and (lease is None or lease.epoch != current.epoch):
+                self._leave(current)
+                if lease is None:
+                    self._stand_by()
+            if lease is None or self._stopping.is_set():
+                return
+            if self._lease is None:
+                self._take(lease, wait=False)
+            elif self._paused and self._mqtt is not None:
+                self._paused = False
+                log.info("ingest %s: the lease on %s is confirmed; reconnecting", self.client_id, describe(lease))
+                self._mqtt.stop()
+                self._mqtt.start()
+
+    def _take(self, lease: Lease, *, wait: bool) -> None:
+        """Connect as the partition's session under `lease` (synchronously at start, so that a broker that refuses
+        us says so; in the background on a takeover)."""
+        self._lease, self._paused, self._refusing = lease, False, False
+        log.info("ingest %s holds %s: connecting as %s", self.slot.holder if self.slot else "", describe(lease),
+                 self.client_id)
+        if self._mqtt is None:
+            self._mqtt = self._connect(wait=wait)
+        elif wait:
+            self._mqtt.connect(wait_s=CONNECT_TIMEOUT_S)
+        else:
+            self._mqtt.start()
+
+    def _leave(self, lease: Lease) -> None:
+        """A lease lost (another instance took the partition, or it expired while this process stalled): acknowledge
+        nothing more, disconnect, and do not reconnect under the partition's client id (the holder has it)."""
+        log.warning("ingest %s lost %s: another instance holds it now, or its lease ran out (this process stalled, "
+                    "or could not renew it); acknowledging nothing more and leaving the session %s to the holder",
+                    self.slot.holder if self.slot else "", describe(lease), self.client_id)
+        self._lease, self._paused = None, False
+        self.connected.clear()
+        if self._mqtt is not None:
+            self._mqtt.stop()
+        while True:  # what came on that connection is the holder's now (the broker redelivers it there)
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+
+    def _lease_confirmed(self) -> bool:
+        """Whether the connection's lease is still ours with its epoch (before acknowledging, before reconnecting);
+        True without a slot."""
+        if self.slot is None:
+            return True
+        lease = self._lease
+        return lease is not None and self.slot.confirm(lease)
 
     def _broker_has_shared_subscriptions(self) -> bool:
         """Ask the broker with a throwaway MQTT 5 connection: one that speaks MQTT 5 says whether it has shared
@@ -153,14 +245,28 @@ class IngestService:
         buffer_reads(self._mqtt.client, self.tuning.read_gather_s, self._on_publish if self.direct_receive else None)
 
     def _on_subscribed(self) -> None:
-        log.info("ingest %s connected (MQTT 3.1.1, %s subscription, session %s)", self.client_id,
-                 "shared" if self.shared else "plain", "resumed" if self._session_present else "new")
+        lease = self._lease
+        log.info("ingest %s connected (MQTT 3.1.1, %s subscription, session %s%s)", self.client_id,
+                 "shared" if self.shared else "plain", "resumed" if self._session_present else "new",
+                 f", {describe(lease)}" if lease is not None else "")
         self.connected.set()
 
     def _on_disconnected(self, rc: Any) -> None:
+        """On paho's thread, before paho reconnects: under a lease that cannot be confirmed, no reconnect (the
+        lease keeper resumes the connection if the lease is still ours, or leaves it to the new holder)."""
         was_connected = self.connected.is_set()
         self.connected.clear()
-        if was_connected and not self._stopping.is_set():
+        mqtt = self._mqtt
+        if self._stopping.is_set() or mqtt is None or mqtt.stopping:
+            return
+        if self.slot is not None and not self._lease_confirmed():
+            self._paused = True
+            mqtt.client.disconnect()  # paho does not reconnect after this callback
+            log.warning("broker connection lost (%s); not reconnecting as %s until the lease on partition %d is "
+                        "confirmed", rc, self.client_id, PARTITION)
+            self.slot.wake()
+            return
+        if was_connected:
             log.warning("broker connection lost (%s); reconnecting, unacknowledged messages stay in the session", rc)
 
     def _on_message(self, msg: paho.MQTTMessage) -> None:
@@ -341,6 +447,15 @@ class IngestService:
         on the next one); the broker redelivers it to the session and the store drops the duplicate."""
         mqtt = self._mqtt
         assert mqtt is not None
+        if not self._lease_confirmed():
+            if not self._refusing:
+                log.warning("ingest %s: not acknowledging a batch of %d, the lease on partition %d is not confirmed "
+                            "(the broker redelivers it to the partition's holder)", self.client_id, len(batch),
+                            PARTITION)
+            self._refusing = True
+            if self.slot is not None:
+                self.slot.wake()
+            return
         by_generation: dict[int, list[int]] = {}
         for i in batch:
             if i.qos == 1:
@@ -351,8 +466,9 @@ class IngestService:
     # ------------------------------------------------------------------ stop
 
     def stop(self, timeout: float = 30.0, *, end_session: bool = False) -> None:
-        """Store and acknowledge what was received, then disconnect; the session keeps the rest for the next
-        start with the same instance id. `end_session` (MQTT 5) ends the session instead, dropping what the
+        """Store and acknowledge what was received, disconnect, and release the slot's lease (a standby takes the
+        partition over at its next round); the session keeps the rest for the next holder (or, with
+        GRIDHUB_INGEST_SHARED, for the next start with the same instance id). `end_session` (MQTT 5) ends the session instead, dropping what the
         broker still holds for it: for tests, and for an instance removed for good while others share the load."""
         self._stopping.set()
         deadline = time.monotonic() + timeout
@@ -360,11 +476,17 @@ class IngestService:
             self._preparer.join(timeout)
         if self._writer:
             self._writer.join(max(0.1, deadline - time.monotonic()))
+        if self.slot is not None:
+            self.slot.stop()  # no more rounds: the lease stays ours until released below
+        with self._slot_lock:
+            holding = self.slot is None or self._lease is not None
         if self._mqtt:
-            try:
-                self._mqtt.stop(end_session=end_session)
+            try:  # a session is ended only by its holder: another instance may hold the partition's now
+                self._mqtt.stop(end_session=end_session and holding)
             except BrokerError as exc:  # ending the session needs one more connection
                 log.warning("ingest %s disconnected, but its session could not be ended: %s", self.client_id, exc)
+        if self.slot is not None:
+            self.slot.release()
         self.registry.stop()
         self._store_db.close()
         self._lookup_db.close()

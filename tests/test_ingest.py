@@ -91,6 +91,8 @@ def test_consumer_takes_its_batching_from_the_environment(hub: Hub, ingest: Inge
     monkeypatch.setenv("GRIDHUB_INGEST_WINDOW", "100")
     monkeypatch.setenv("GRIDHUB_INGEST_BATCH", "50")
     monkeypatch.setenv("GRIDHUB_INGEST_LINGER_MS", "20")
+    # a session of its own beside the module's consumer, which holds ingest's leased slot (ingest/slot.py)
+    monkeypatch.setenv("GRIDHUB_INGEST_SHARED", "1")
     settings = Settings(**hub.with_instance("env-batching").model_dump(exclude={"ingest"}))
     assert (settings.ingest.window, settings.ingest.batch_max, settings.ingest.linger_s) == (100, 50, 0.02)
     svc = IngestService(settings)
@@ -290,8 +292,9 @@ def test_liveness_retained_status_and_seq_gaps(hub: Hub, ingest: IngestService,
     conn.execute("UPDATE device_state SET last_seen = NULL, online = false, last_seq = NULL, status = NULL "
                  "WHERE device_id = 'sp-0201'")
     # an MQTT 3.1.1 consumer (plain subscriptions, as on the embedded broker) gets the retained copy replayed
-    # with the retain flag set: it tells state, not life
-    svc = IngestService(hub.with_instance("plain-311"), IngestSettings(mqtt5=False))
+    # with the retain flag set: it tells state, not life (a session of its own beside the module's consumer, which
+    # holds the leased slot: GRIDHUB_INGEST_SHARED without MQTT 5 is a plain subscription of the process's own)
+    svc = IngestService(hub.with_instance("plain-311"), IngestSettings(mqtt5=False, shared=True))
     svc.start()
     try:
         assert svc.protocol == 4 and not svc.shared
