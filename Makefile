@@ -25,8 +25,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test,embedded]'
 	@touch $(STAMP)
 
+# nats-server (Debian 12: 2.9.10, 13: 2.10) for the cluster broker (gridhub/services/nats.py); not started here.
 services-install:
 	bash scripts/install-services.sh
+	@if command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ]; then :; \
+	elif [ "$$(id -u)" -ne 0 ]; then echo "[services-install] not root: nats-server missing (apt-get install nats-server)"; \
+	else echo "[services-install] apt-get install nats-server"; \
+	  { apt-cache policy nats-server | grep -q 'Candidate: [0-9]' || apt-get update -qq; } && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nats-server >/dev/null; fi
 
 services: services-install $(STAMP)
 	$(BIN)/gridhub services start

@@ -143,7 +143,12 @@ def cmd_devices(args: argparse.Namespace) -> int:
     _check_secret_key(url)
     if args.action == "rotate":
         return rotate_cli(args)
-    code = credentials_cli(args)
+    if args.broker == "nats":
+        from gridhub.services.nats import credentials_cli as nats_credentials_cli
+
+        code = nats_credentials_cli(args)
+    else:
+        code = credentials_cli(args)
     if code == 0:  # the audit trail: who wrote the broker's accounts (the device passwords among them), from where
         from gridhub.audit import cli_actor, record
         from gridhub.db import connect
@@ -151,7 +156,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
         actor, address = cli_actor()
         with connect(url) as conn:
             record(conn, actor, "devices.credentials", target=args.out_dir, address=address,
-                   detail={"reload": not args.no_reload})
+                   detail={"reload": not args.no_reload, "broker": args.broker})
     return code
 
 
@@ -342,9 +347,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("devices", help="device accounts on the broker")
     dev_sub = dev.add_subparsers(dest="action", required=True)
-    cr = dev_sub.add_parser("credentials", help="write mosquitto's password file and ACL from the registry")
-    cr.add_argument("--out-dir", help="where to write passwd, acl and device-credentials.csv")
+    cr = dev_sub.add_parser("credentials", help="write the broker's accounts from the registry: mosquitto's password"
+                            " file and ACL, or with --broker nats the NATS cluster's accounts.conf")
+    cr.add_argument("--out-dir", help="where to write passwd, acl (nats: accounts.conf) and device-credentials.csv")
     cr.add_argument("--no-reload", action="store_true", help="do not signal the local broker to reload")
+    cr.add_argument("--broker", choices=("mosquitto", "nats"), default="mosquitto",
+                    help="which broker's accounts to write (default mosquitto)")
+    cr.add_argument("--partitions", type=int, default=4,
+                    help="nats: P, the partitions devices are mapped onto (default 4, provisional)")
+    cr.add_argument("--nats-dir", help="nats: the local cluster's directory, reloaded after the write"
+                    " (default <data dir>/nats)")
     ro = dev_sub.add_parser("rotate", help="move every device still on the legacy password to the separated key,"
                             " write the new credentials and list the devices to re-provision")
     ro.add_argument("--out-dir", help="where to write passwd, acl and device-credentials.csv")

