@@ -27,12 +27,14 @@ from gridhub.services.nats import (
     NatsCluster,
     NatsUser,
     accounts_conf,
+    check_config,
     contract_topic,
     device_partition,
     find_nats_server,
     free_layout,
     partition_topic,
     status_reader,
+    write_credentials,
 )
 from gridhub.services.process import make_service_tmpdir
 
@@ -428,3 +430,20 @@ def test_a_command_from_the_hub_reaches_its_device_only(cluster: NatsCluster) ->
         sender.close()
         nosy.close()
         dev.close()
+
+
+def test_credentials_from_the_registry_are_a_valid_configuration(settings: Any, tmp_path: Path) -> None:
+    """`gridhub devices credentials --broker nats`'s files from the test registry: nats-server -t accepts a node
+    configuration that includes them, and every registered device has its own user with its own partition."""
+    out = tmp_path / "nats"
+    count = write_credentials(settings, PARTITIONS, out)
+    assert count > 0
+    text = (out / "accounts.conf").read_text()
+    cluster = NatsCluster(out, free_layout())
+    cluster.write_config(text)
+    assert check_config(cluster.conf(cluster.nodes[0])) == ""
+    rows = (out / "device-credentials.csv").read_text().splitlines()[1:]
+    assert len(rows) == count
+    for row in rows:
+        _kind, device_id, _user, _password = row.split(",")
+        assert f"part.{device_partition(device_id, PARTITIONS)}.devices.{device_id}.telemetry" in text

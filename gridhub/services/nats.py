@@ -456,22 +456,16 @@ def registry_users(conn: Any, settings: Any, partitions: int) -> tuple[list[Nats
     return [NatsUser(hub.username, hub.password)], devices, rows
 
 
-def credentials_cli(args: argparse.Namespace) -> int:
-    """`gridhub devices credentials --broker nats`: accounts.conf (and device-credentials.csv) from the registry,
-    into --out-dir or the local cluster's directory, and SIGHUP to the cluster's running nodes."""
+def write_credentials(settings: Any, partitions: int, out: Path) -> int:
+    """accounts.conf and device-credentials.csv (0600) from the registry into `out`: the number of devices."""
     import secrets
 
     from gridhub.db import connect
-    from gridhub.runtime import resolve_services
-    from gridhub.settings import get_settings
 
-    settings = resolve_services(get_settings())
     assert settings.database_url
-    partitions = check_partitions(int(args.partitions))
+    check_partitions(partitions)
     with connect(settings.database_url) as conn:
         hub, devices, rows = registry_users(conn, settings, partitions)
-    cluster_dir = Path(args.nats_dir) if getattr(args, "nats_dir", None) else settings.data_dir / "nats"
-    out = Path(args.out_dir) if args.out_dir else cluster_dir
     out.mkdir(parents=True, exist_ok=True)
     sys_file = out / "system-password"
     if not sys_file.exists():
@@ -483,10 +477,34 @@ def credentials_cli(args: argparse.Namespace) -> int:
     w.writerow(["kind", "id", "username", "password"])
     w.writerows(rows)
     write_private(out / "device-credentials.csv", buf.getvalue())
+    return len(devices)
+
+
+def check_config(conf: Path) -> str:
+    """`nats-server -t`: '' when the server accepts the configuration, else what it says."""
+    program = find_nats_server()
+    if program is None:
+        raise ServiceError("nats-server is not installed: run `make services-install` as root")
+    proc = subprocess.run([str(program), "-t", "-c", str(conf)], capture_output=True, text=True, cwd=conf.parent,
+                          check=False)
+    return "" if proc.returncode == 0 else (proc.stdout + proc.stderr).strip()
+
+
+def credentials_cli(args: argparse.Namespace) -> int:
+    """`gridhub devices credentials --broker nats`: accounts.conf (and device-credentials.csv) from the registry,
+    into --out-dir or the local cluster's directory, and SIGHUP to the cluster's running nodes."""
+    from gridhub.runtime import resolve_services
+    from gridhub.settings import get_settings
+
+    settings = resolve_services(get_settings())
+    partitions = check_partitions(int(args.partitions))
+    cluster_dir = Path(args.nats_dir) if getattr(args, "nats_dir", None) else settings.data_dir / "nats"
+    out = Path(args.out_dir) if args.out_dir else cluster_dir
+    count = write_credentials(settings, partitions, out)
     reloaded = 0
     if not args.no_reload and (cluster_dir / "layout.json").exists() and out == cluster_dir:
         reloaded = NatsCluster(cluster_dir).reload()
-    print(f"wrote {ACCOUNTS_FILE} and device-credentials.csv to {out}: {len(devices)} devices in account "
+    print(f"wrote {ACCOUNTS_FILE} and device-credentials.csv to {out}: {count} devices in account "
           f"{DEVICES_ACCOUNT}, {partitions} partitions" + (f"; {reloaded} NATS nodes reloaded" if reloaded else ""))
     if not reloaded:
         print(f"include {out / ACCOUNTS_FILE} in every node's configuration and send each nats-server SIGHUP",
