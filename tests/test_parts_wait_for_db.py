@@ -7,25 +7,24 @@ afterwards, and a frame sent to the detector during the outage is judged afterwa
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 import psycopg
 import pytest
 from alerts_support import Device, add_devices
+from faults import DbProxy
 from polling import wait_for
 
 from gridhub.mqtt import make_client
@@ -34,72 +33,6 @@ from gridhub.settings import Settings
 
 GRID = "g-xg-02"
 PARTS = ("ingest", "alerts", "detect", "notify")  # health ports: base + 0..3 (gridhub.runtime.health_port)
-
-
-class DbProxy:
-    """A TCP relay to PostgreSQL on a port of its own; `cut()` closes every relayed connection and stops listening
-    (new connections are refused), `restore()` listens again on the same port."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = 0
-        self._lock = threading.Lock()
-        self._socks: list[socket.socket] = []
-        self._listener: socket.socket | None = None
-        self.restore()
-
-    def restore(self) -> None:
-        lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        lst.bind(("127.0.0.1", self.port))
-        lst.listen(64)
-        self.port = lst.getsockname()[1]
-        self._listener = lst
-        threading.Thread(target=self._accept, args=(lst,), daemon=True).start()
-
-    def _accept(self, lst: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = lst.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._socks += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-        with self._lock:
-            socks, self._socks = self._socks, []
-        for s in socks:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-
-    def url(self, db_url: str) -> str:
-        parts = urlsplit(db_url)
-        creds = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-        return urlunsplit(parts._replace(netloc=f"{creds}127.0.0.1:{self.port}"))
 
 
 def free_ports(n: int) -> int:
