@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import paho.mqtt.client as paho
 import psycopg
 import pytest
 from alerts_support import Device, add_devices
-from faults import DbProxy
+from faults import DbProxy, free_ports, health
 from polling import wait_for
 
 from gridhub.mqtt import make_client
@@ -33,40 +32,6 @@ from gridhub.settings import Settings
 
 GRID = "g-xg-02"
 PARTS = ("ingest", "alerts", "detect", "notify")  # health ports: base + 0..3 (gridhub.runtime.health_port)
-
-
-def free_ports(n: int) -> int:
-    """The first of `n` consecutive free ports."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n >= 65535:
-            continue
-        try:
-            held = []
-            for p in range(base, base + n):
-                s = socket.socket()
-                held.append(s)
-                s.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-        return base
-    raise AssertionError("no run of free ports")
-
-
-def health(port: int) -> tuple[int, dict[str, Any]] | None:
-    """(status, body) of a part's /healthz, or None when nothing answers."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=3) as r:  # noqa: S310 - local
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-    except OSError:
-        return None
 
 
 def metrics(port: int) -> str:
