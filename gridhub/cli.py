@@ -176,6 +176,23 @@ def _check_notify_file() -> None:
         load(path)
 
 
+BROKER_CHECKED_PARTS = ("ingest", "alerts")
+
+
+def _check_broker(settings: Settings, part: str) -> str | None:
+    """The broker check (gridhub/brokercheck.py, GRIDHUB_BROKER_CHECK): the refusal line, None to start."""
+    from gridhub.brokercheck import check_at_start
+
+    return check_at_start(settings, part)
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    """`gridhub broker check`: probe the broker the hub is given (exit 2 when a start would be refused)."""
+    from gridhub.brokercheck import broker_check_cli
+
+    return broker_check_cli(resolve_services(get_settings()))
+
+
 def cmd_part(args: argparse.Namespace) -> int:
     _check_notify_file()
     settings = resolve_services(get_settings(), embedded=getattr(args, "embedded", False))
@@ -192,6 +209,10 @@ def cmd_part(args: argparse.Namespace) -> int:
         migrate(url)
         _check_secret_key(url)
 
+    # the broker the part is given keeps what the part cannot take at once, or the part refuses to start (exit 2)
+    if part in BROKER_CHECKED_PARTS and (refusal := _check_broker(settings, part)):
+        print(f"gridhub: {refusal}", file=sys.stderr)
+        return 2
     # a part started (or restarted by its supervisor) while the database is away waits for it, as a running part
     # does, instead of exiting in a loop; a signal stops it as usual (nothing is in hand yet)
     keep_trying(prepare, waiter=f"{part}-start", stopping=threading.Event(), url=url)
@@ -246,6 +267,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     migrate(settings.database_url)
     _check_secret_key(settings.database_url)
     parts = args.parts.split(",") if args.parts else list(PARTS)
+    if any(p in BROKER_CHECKED_PARTS for p in parts):
+        if refusal := _check_broker(settings, "up"):
+            print(f"gridhub: {refusal}", file=sys.stderr)
+            return 2
+        import os
+
+        os.environ["GRIDHUB_BROKER_CHECK"] = "off"  # checked once, here: the parts (and their restarts) do not probe
     return supervise(parts, port=args.port, host=args.host)
 
 
@@ -388,6 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
     monthly.add_argument("--out", required=True, help="the workbook to write (.xlsx; its directory must exist)")
     monthly.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     rep.set_defaults(func=cmd_report)
+
+    brk = sub.add_parser("broker", help="the broker the hub is given (broker check: does it keep what the hub"
+                         " cannot take at once)")
+    brk_sub = brk.add_subparsers(dest="action", required=True)
+    brk_sub.add_parser("check", help="probe the broker's queue and in-flight limits; exit 2 when the parts would"
+                       " refuse to start")
+    brk.set_defaults(func=cmd_broker)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
     sub.add_parser("retention", help="drop data past its retention").set_defaults(func=cmd_retention)

@@ -157,6 +157,11 @@ class Settings(BaseSettings):
                             " instances share by lease (GRIDHUB_PARTITIONS); 1 on mosquitto")
     lease_s: float = Field(default=15.0, gt=0, le=600, description="how long a partition's lease lasts unless"
                            " renewed, in seconds (GRIDHUB_LEASE_S): how soon a standby takes over a dead holder's")
+    # the broker check before ingest, alerts and `gridhub up` start (gridhub/brokercheck.py)
+    broker_check: Literal["on", "warn", "off"] = Field(default="on", description="GRIDHUB_BROKER_CHECK: probe"
+                                                       " the broker at start and refuse to start (exit 2) when it"
+                                                       " drops queued QoS 1 messages; warn: log it loudly and start;"
+                                                       " off: no probe")
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     services: ServicesSettings = Field(default_factory=ServicesSettings)
 
