@@ -125,6 +125,17 @@ def test_part_exits_2_with_one_line_against_a_stock_broker(part: str, stock_brok
     assert "Traceback" not in res.stderr
 
 
+def test_up_checks_once_before_the_parts_and_refuses(stock_broker: LocalMosquitto, hub_db: str,
+                                                     tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "gridhub.cli", "up", "--parts", "ingest,alerts", "--port",
+                          str(free_port())], env=_env(hub_db, _url(stock_broker), tmp_path), capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert res.stderr.rstrip().splitlines()[-1].startswith("gridhub: the broker at ")
+    assert "max_queued_messages" in res.stderr
+    assert "part ingest" not in res.stderr  # no part was started
+
+
 def test_ingest_starts_with_a_loud_warning_in_warn_mode(stock_broker: LocalMosquitto, hub_db: str,
                                                         tmp_path: Path) -> None:
     log_path = tmp_path / "ingest.log"
