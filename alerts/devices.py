@@ -1,4 +1,4 @@
-"""What one alerts process knows of the devices it evaluates: their registry entries, which shards are its own,
+"""What one alerts process knows of the devices it evaluates: their registry entries, which partitions it holds,
 their rule state in memory, and the offline deadline that each sign of life moves."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from typing import Any
 
 import psycopg
 
-from gridhub.alerts import records, shards, timers
+from gridhub.alerts import records, timers
 from gridhub.alerts.changes import UnitOfWork
 from gridhub.alerts.evaluate import DeviceState, Finding
+from gridhub.alerts.partitions import partition_of
 from gridhub.alerts.rules import RuleBook
 from gridhub.protocol import DEFAULT_HEARTBEAT_S, DeviceKind, ms_to_dt
 
@@ -28,10 +29,10 @@ class Registered:
 
 
 class DeviceBook:
-    """Registry, shard ownership and rule state of one process (the priority lane's or the telemetry lane's)."""
+    """Registry, held partitions and rule state of one process (the priority lane's or the telemetry lane's)."""
 
-    def __init__(self, instance: str, rules: RuleBook, clock: timers.Clock) -> None:
-        self.instance = instance
+    def __init__(self, partitions: int, rules: RuleBook, clock: timers.Clock) -> None:
+        self.partitions = partitions
         self.rules = rules
         self.clock = clock
         self.lock = threading.Lock()
@@ -41,9 +42,8 @@ class DeviceBook:
         self.alive: dict[str, datetime] = {}
         self.offline_written: dict[str, datetime] = {}
         self.held: frozenset[int] = frozenset()
-        self.others: frozenset[int] = frozenset()
 
-    # ------------------------------------------------------------------ registry and shards
+    # ------------------------------------------------------------------ registry and partitions
 
     def load(self, conn: psycopg.Connection[Any]) -> None:
         out: dict[str, Registered] = {}
@@ -64,40 +64,27 @@ class DeviceBook:
             reg = self.devices.get(device_id)
         return None if reg is None or reg.retired else reg
 
-    def mine(self, conn: psycopg.Connection[Any], device_id: str) -> bool:
-        """Whether this instance evaluates the device: its shard is held here, or free and taken now."""
-        s = shards.shard_of(device_id)
-        if s in self.held:
-            return True
-        if s in self.others and shards.held_elsewhere(conn, self.instance, s):
-            return False
-        if shards.take(conn, self.instance, s):
-            self.held = self.held | {s}
-            return True
-        return False
+    def partition_of(self, device_id: str) -> int:
+        return partition_of(device_id, self.partitions)
 
-    def set_shards(self, held: frozenset[int], others: frozenset[int]) -> frozenset[int]:
-        """Adopt the shards held now; forget the state of devices in shards lost. Returns the shards gained."""
+    def mine(self, device_id: str) -> bool:
+        """Whether this process evaluates the device now: its partition is held here."""
+        return self.partition_of(device_id) in self.held
+
+    def set_partitions(self, held: frozenset[int]) -> frozenset[int]:
+        """Adopt the partitions held now; forget the state of devices of partitions lost (another holder may change
+        it meanwhile). Returns the partitions gained."""
         before = self.held
         self.held = held
-        self.others = others
         lost = before - held
         if lost:
             with self.lock:
-                for dev in [d for d in self.states if shards.shard_of(d) in lost]:
+                for dev in [d for d in self.states if self.partition_of(d) in lost]:
                     del self.states[dev]
+                for book in (self.alive, self.offline_written):
+                    for dev in [d for d in book if self.partition_of(d) in lost]:
+                        del book[dev]
         return held - before
-
-    def refresh_shards(self, conn: psycopg.Connection[Any]) -> None:
-        """Read which shards this instance holds (the lease keeper of the priority process renews them)."""
-        held, others = set(), set()
-        for shard, holder, live in conn.execute(
-                "SELECT shard, holder, holder IS NOT NULL AND expires_at > now() FROM alert_shards"):
-            if holder == self.instance and live:
-                held.add(shard)
-            elif live:
-                others.add(shard)
-        self.set_shards(frozenset(held), frozenset(others))
 
     # ------------------------------------------------------------------ rule state
 
@@ -163,10 +150,10 @@ class DeviceBook:
             due = now + reg.window
             written = self.offline_written.get(dev)
             if written is None or due > written or dev in offline:
-                moves.append((dev, due + timedelta(seconds=OFFLINE_SLACK_S), shards.shard_of(dev)))
+                moves.append((dev, due + timedelta(seconds=OFFLINE_SLACK_S), self.partition_of(dev)))
         if moves:
             with conn.cursor() as cur:
-                cur.executemany("INSERT INTO timers (kind, key, due_at, shard) VALUES ('offline', %s, %s, %s)"
+                cur.executemany("INSERT INTO timers (kind, key, due_at, partition) VALUES ('offline', %s, %s, %s)"
                                 " ON CONFLICT (kind, key) DO UPDATE SET due_at = GREATEST(timers.due_at,"
                                 " EXCLUDED.due_at), payload = '{}'", moves)
             for dev, due, _ in moves:

@@ -89,7 +89,7 @@ def sync_plans(conn: psycopg.Connection[Any], now: datetime) -> tuple[int, int]:
     exist keep their due time; a changed expiry moves its timer). Returns (plan timers added, expiry timers set)."""
     tz = _zone()
     plans = conn.execute(
-        "INSERT INTO timers (kind, key, due_at, shard, payload) SELECT 'patrol_plan', u.id, %s, -1, '{}'::jsonb"
+        "INSERT INTO timers (kind, key, due_at, partition, payload) SELECT 'patrol_plan', u.id, %s, -1, '{}'::jsonb"
         " FROM units u ON CONFLICT (kind, key) DO NOTHING", (now,)).rowcount
     rows = conn.execute(
         "SELECT f.id, f.expires FROM facilities f WHERE f.expires IS NOT NULL AND NOT EXISTS"

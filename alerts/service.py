@@ -1,13 +1,24 @@
-"""The `gridhub alerts` process: consumes every device's telemetry, events and status from the broker on its own
-persistent sessions, evaluates the rules for the devices of the shards it holds, raises and clears alerts, opens
-and joins tasks, fires durable timers (offline, escalation, reminders) and pushes every change to MQTT.
+"""The `gridhub alerts` process: holds the alerts part's partition by lease (gridhub/leases.py; one partition on
+mosquitto) and, while it holds it, consumes the partition's persistent sessions (named by the partition, never by
+the process: `gridhub-alerts-p0-events` here, `gridhub-alerts-p0-telemetry` in the telemetry process), evaluates the
+rules, raises and clears alerts, opens and joins tasks, fires the partition's durable timers (offline, escalation,
+reminders) and pushes every change to MQTT. Other instances stand by: they receive nothing and fire nothing, and
+the first to find the lease free or expired takes the partition and resumes exactly the sessions the old holder
+left, with what it had received but not acknowledged.
+
+Fencing: the lease keeper renews the lease every third of a lease. Before acknowledging anything, before the timer
+loop fires, and before paho may reconnect after a lost connection, the holder confirms with the database that the
+lease is still its own with the epoch it took it under (`partitions.Fence`); no confirmation, no acknowledgement
+(the PUBACKs wait for one) and no reconnect. A lease lost (stalled past it, SIGSTOP) is left: the sessions'
+connections are closed and never opened again under their client ids, and what they had received is forgotten (the
+broker redelivers it to the new holder; the work is idempotent).
 
 Fire alarms never share an interpreter with the telemetry flood: readings are evaluated by a child process
-(`telemetry.py`, its own session and database connection). This process keeps the priority lane (events and
-status on the session `gridhub-alerts-<instance>`), which publishes the notifications of its own transaction
-right after commit; the notifier, woken by NOTIFY (then 0.1 s later), publishes every other change (telemetry, timers, the API)
-and catches up on anything a crash left unpublished (`publish.py`: once per change). The timer loop sleeps until
-the next due timer or a NOTIFY; the lease keeper renews shard leases for both processes.
+(`telemetry.py`, its own session and database connection, told the lease after every round). This process keeps the
+priority lane (events and status), which publishes the notifications of its own transaction right after commit; the
+notifier, woken by NOTIFY (then 0.1 s later), publishes every other change (telemetry, timers, the API) and catches
+up on anything a crash left unpublished (`publish.py`: once per change). The timer loop sleeps until the next due
+timer or a NOTIFY.
 
 A database outage stops nothing: every thread that loses its connection waits with backoff and runs again on new
 connections (`gridhub.waiting.run_through_outages`), the telemetry process does the same and says so on its report
@@ -42,11 +53,13 @@ import paho.mqtt.client as paho
 import psycopg
 from pydantic import ValidationError
 
-from gridhub.alerts import changes, offline, patrols, publish, records, shards, tasks, telemetry, timers
+from gridhub.alerts import changes, offline, patrols, publish, records, tasks, telemetry, timers
 from gridhub.alerts.devices import DeviceBook
 from gridhub.alerts.evaluate import acceptable, event_findings
+from gridhub.alerts.partitions import PART, Fence, describe, marker_topic, session_id
 from gridhub.alerts.rules import RuleBook, load_rules
 from gridhub.db import connect
+from gridhub.leases import Lease, PartitionLeases, holder_name
 from gridhub.mqtt import Connack, MqttConnection
 from gridhub.protocol import Event, ms_to_dt
 from gridhub.runtime import serve_part_health
@@ -59,6 +72,7 @@ PUBLISH_WAIT_S = 0.05  # the notifier looks again this soon when rows wait for a
 NOTIFIER_DELAY_S = 0.1  # after a wake-up: fresh rows of the priority lane are its own to publish, not contended
 LANES = frozenset({"events", "telemetry"})
 LANE_START_S = 30.0  # how long the events session waits for the telemetry process to subscribe
+APPLICATION_NAME = "gridhub-alerts-lease"
 
 
 @dataclass(frozen=True)
@@ -97,11 +111,24 @@ class AlertService:
         self.prefix = settings.topic_prefix
         self.clock: timers.Clock = clock or timers.SystemClock()
         self.rules = rules or load_rules(settings.rules_file)
-        self.instance = settings.client_id("alerts")
-        self.book = DeviceBook(self.instance, self.rules, self.clock)
+        if settings.partitions != 1:
+            raise ValueError(f"GRIDHUB_PARTITIONS={settings.partitions}: alerts on mosquitto takes one partition (its "
+                             "sessions receive every device's messages); set GRIDHUB_PARTITIONS=1")
+        self.instance = settings.client_id("alerts")  # names this process (logs, its telemetry process)
+        self.leases = PartitionLeases(PART, settings.partitions, holder_name(settings.instance_id), settings.lease_s)
+        self.fence = Fence(self.leases, self.db_url, APPLICATION_NAME)
+        self.lease: Lease | None = None  # the lease the sessions run under; None on a standby
+        self.lease_lock = threading.Lock()  # taking and leaving the partition against each other
+        self.lease_wake = threading.Event()  # renew now (a confirmation failed)
+        self.paused = False  # the events connection was lost and not resumed: the lease could not be confirmed then
+        self.events_started = False  # the events connection runs (under self.lease)
+        self.standing_by = False  # said so in the log
+        self.events_due = 0.0  # when the events connection starts even if the telemetry lane has not subscribed
+        self.refusing = False  # acknowledgements held back under the current lease (logged once)
+        self.unacked: list[Inbound] = []  # processed, waiting for the lease's confirmation (priority lane's own)
+        self.book = DeviceBook(settings.partitions, self.rules, self.clock)
         self.stopping = threading.Event()
         self.ready = threading.Event()
-        self.lane_subscribed = threading.Event()
         self.priority: queue.Queue[Inbound] = queue.Queue()
         self.retry: deque[Inbound] = deque()  # messages whose transaction failed: first again, still unacknowledged
         self.fresh: queue.Queue[Fresh] = queue.Queue()
@@ -109,9 +136,9 @@ class AlertService:
         self.drained: set[str] = set()
         self.grace_until: datetime | None = None
         self.threads: list[threading.Thread] = []
-        self.mqtt: MqttConnection | None = None
         self.ctx = mp.get_context("spawn")
         self.lane_reports: Any = self.ctx.Queue()
+        self.lane_leases: Any = self.ctx.Queue()  # the lease after every round, for the telemetry process
         self.lane_stop: Any = self.ctx.Event()
         self.lane: Any = None  # the telemetry process
         self.timer_actions: dict[str, timers.TimerAction] = {
@@ -121,6 +148,19 @@ class AlertService:
             "offline": self._offline_due,
             "noisy": lambda uow, key, payload, now: records.noisy_check(uow, key, now, self.rules),
         }
+        # the partition's events session, one connection object for the process's life (its `generation` goes on
+        # rising across leases), started under a lease and stopped when it is lost. TCP_NODELAY: small packets (an
+        # acknowledgement, a notification) go out at once instead of waiting up to 40 ms for the peer's delayed ACK
+        p = self.prefix
+        self.client_id = session_id(0, "events", p)
+        self.marker_topic = marker_topic(p, self.client_id)
+        self.session_present = False
+        self.mqtt = MqttConnection(
+            self.settings.mqtt_url or "", self.client_id, protocol=paho.MQTTv311, persistent=True, manual_ack=True,
+            keepalive=30, reconnect_delay=(1, 5), max_inflight=100, tcp_nodelay=True,
+            subscriptions=[(f"{p}/devices/+/event", 1), (f"{p}/devices/+/status", 1)], marker_topic=self.marker_topic,
+            on_connected=self._on_connected, on_subscribed=self._on_subscribed, on_message=self._on_message,
+            on_disconnected=self._on_disconnected, on_refused=self._on_refused)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -130,7 +170,7 @@ class AlertService:
         def load() -> None:
             with connect(self.db_url, autocommit=True) as conn:
                 self.book.load(conn)
-                self._keep_leases(conn)
+                self.leases.join(conn)  # another GRIDHUB_PARTITIONS among the live instances: PartitionMismatch
                 plans, expiries = patrols.sync_plans(conn, self.clock.now())  # units and facilities imported while away
                 if plans or expiries:
                     log.info("patrol plans: %d new units, %d facility expiry dates", plans, expiries)
@@ -140,38 +180,28 @@ class AlertService:
             return
         self.lane = self.ctx.Process(
             target=telemetry.run_lane, name=f"{self.instance}-telemetry", daemon=True,
-            args=(telemetry.LaneArgs(self.settings, self.rules, self.clock, self.instance,
+            args=(telemetry.LaneArgs(self.settings, self.rules, self.clock, self.leases.holder,
                                      logging.getLogger().getEffectiveLevel(), os.getpid()),
-                  self.lane_reports, self.lane_stop))
+                  self.lane_reports, self.lane_leases, self.lane_stop))
         self.lane.start()
+        # the lease keeper takes the partition at once if it is free; the events session then starts once the
+        # telemetry session has subscribed (so that from the first event on the broker keeps both)
         for name, target in (("priority-lane", self._priority_lane), ("fresh-publisher", self._fresh_publisher),
                              ("lane-reports", self._lane_reports),
                              ("timers", self._timer_loop), ("notifier", self._notifier), ("leases", self._lease_keeper)):
             t = threading.Thread(target=self._guarded, args=(target,), name=f"alerts-{name}", daemon=True)
             t.start()
             self.threads.append(t)
-        # events only once the telemetry session exists too: from the first event on, the broker keeps both
-        if not self.lane_subscribed.wait(LANE_START_S):
-            log.warning("the telemetry lane has not subscribed after %s s; taking events anyway", LANE_START_S)
-        p = self.prefix
-        # TCP_NODELAY: small packets (an acknowledgement, a notification) go out at once instead of waiting up to
-        # 40 ms for the peer's delayed ACK of the previous one
-        self.mqtt = MqttConnection(
-            self.settings.mqtt_url or "", self.instance, protocol=paho.MQTTv311, persistent=True, manual_ack=True,
-            keepalive=30, reconnect_delay=(1, 5), max_inflight=100, tcp_nodelay=True,
-            subscriptions=[(f"{p}/devices/+/event", 1), (f"{p}/devices/+/status", 1)],
-            marker_topic=telemetry.marker_topic(p, self.instance, "events"),
-            on_connected=self._on_connected, on_subscribed=self._on_subscribed, on_message=self._on_message,
-            on_refused=self._on_refused)
-        self.mqtt.start()
 
     def stop(self) -> None:
+        """Stop renewing and working, acknowledge what was processed, disconnect, and release the lease: a standby
+        takes the partition, and its sessions, at its next round."""
         self.stopping.set()
         self.lane_stop.set()
-        if self.mqtt is not None:
-            self.mqtt.stop()
+        self.lease_wake.set()
         for t in self.threads:
             t.join(timeout=10)
+        self.mqtt.stop()
         if self.lane is not None:
             self.lane.join(timeout=10)
             if self.lane.is_alive():
@@ -179,11 +209,14 @@ class AlertService:
                 self.lane.join(timeout=5)
         try:
             with connect(self.db_url, autocommit=True, connect_timeout=5) as conn:
-                shards.release(conn, self.instance)
+                self.leases.release(conn)
         except DATABASE_ERRORS:
-            log.warning("could not release shard leases (the database is away); they expire in %s s", shards.LEASE_S)
-        except Exception:  # noqa: BLE001 - the leases expire on their own
-            log.exception("could not release shard leases; they expire in %s s", shards.LEASE_S)
+            log.warning("could not release the alerts lease (the database is away); a standby takes over when it "
+                        "expires in %g s", self.leases.lease_s)
+        except Exception:  # noqa: BLE001 - the lease expires on its own
+            log.exception("could not release the alerts lease; a standby takes over when it expires in %g s",
+                          self.leases.lease_s)
+        self.fence.close()
 
     def run_until_signalled(self) -> None:
         done = threading.Event()
@@ -245,34 +278,75 @@ class AlertService:
 
     def _on_connected(self, connack: Connack) -> None:
         """(Re)connected: the connection draws a new backlog marker and subscribes again."""
+        self.session_present = connack.session_present
         self._lane_connected("events")
 
     def _on_subscribed(self) -> None:
         """Subscribed, and the backlog marker published to ourselves."""
+        lease = self.lease
+        log.info("alerts %s connected (MQTT 3.1.1, session %s%s)", self.client_id,
+                 "resumed" if self.session_present else "new", f", {describe(lease)}" if lease is not None else "")
         self._lane_subscribed("events")
+
+    def _on_disconnected(self, rc: Any) -> None:
+        """On paho's thread, before paho reconnects: not under a lease that cannot be confirmed (the lease keeper
+        resumes the connection if the lease is still ours, or leaves it to the new holder)."""
+        if self.stopping.is_set() or self.mqtt.stopping:
+            return
+        if not self.fence.confirm(self.lease):
+            self.paused = True
+            self.mqtt.client.disconnect()  # paho does not reconnect after this callback
+            log.warning("broker connection lost (%s); not reconnecting as %s until the lease is confirmed", rc,
+                        self.client_id)
+            self.lease_wake.set()
+            return
+        log.warning("broker connection lost (%s); reconnecting as %s, unacknowledged messages stay in the session",
+                    rc, self.client_id)
 
     def _on_message(self, msg: paho.MQTTMessage) -> None:
         """On paho's network thread: the message with the connection it came on (its `generation`)."""
-        assert self.mqtt is not None
         generation = self.mqtt.generation
         topic = msg.topic
-        if topic == telemetry.marker_topic(self.prefix, self.instance, "events"):
+        if topic == self.marker_topic:
             self.priority.put(Inbound(topic, "", "marker", bytes(msg.payload), msg.qos, msg.mid, msg.retain,
                                       generation))
             return
         parts = topic.rsplit("/", 2)
-        if len(parts) != 3:
-            self._ack(msg.mid, msg.qos, generation)
-            return
-        self.priority.put(Inbound(topic, parts[1], parts[2], bytes(msg.payload), msg.qos, msg.mid, msg.retain,
+        device, channel = (parts[1], parts[2]) if len(parts) == 3 else ("", "")  # nothing to do but acknowledge
+        self.priority.put(Inbound(topic, device, channel, bytes(msg.payload), msg.qos, msg.mid, msg.retain,
                                   generation))
 
-    def _ack(self, mid: int, qos: int, generation: int) -> None:
-        """Acknowledge on the connection the message came on, or not at all: a packet id of a connection that is
-        gone would acknowledge another message on the new one; the broker redelivers the message instead (the
-        priority lane's work is idempotent: rule_events keeps one row per event)."""
-        if self.mqtt is not None:
-            self.mqtt.ack(mid, qos, generation)
+    def _ack(self, item: Inbound) -> None:
+        """Acknowledge a processed message once the lease is confirmed (with any held back before), each on the
+        connection it came on, or not at all: a packet id of a connection that is gone would acknowledge another
+        message on the new one; the broker redelivers the message instead (the priority lane's work is idempotent:
+        rule_events keeps one row per event). Priority lane only."""
+        if item.qos > 0:
+            self.unacked.append(item)
+        self._flush_acks()
+
+    def _flush_acks(self) -> None:
+        if not self.unacked:
+            return
+        lease = self.lease
+        if lease is None:  # left: the new holder gets them again
+            self.unacked = []
+            return
+        if not self.fence.confirm(lease):
+            if not self.refusing:
+                log.warning("alerts %s: not acknowledging %d messages, the lease on %s is not confirmed (the broker "
+                            "redelivers them to the partition's holder)", self.client_id, len(self.unacked),
+                            describe(lease))
+            self.refusing = True
+            self.lease_wake.set()
+            return
+        self.refusing = False
+        pending, self.unacked = self.unacked, []
+        by_generation: dict[int, list[int]] = {}
+        for item in pending:
+            by_generation.setdefault(item.generation, []).append(item.mid)
+        for generation, mids in by_generation.items():
+            self.mqtt.ack_many(mids, generation)
 
     def _lane_connected(self, lane: str) -> None:
         """A session (re)connected: offline deadlines wait for its backlog again."""
@@ -281,8 +355,6 @@ class AlertService:
 
     def _lane_subscribed(self, lane: str) -> None:
         self.subscribed.add(lane)
-        if lane == "telemetry":
-            self.lane_subscribed.set()
         if self.subscribed >= LANES:
             self.ready.set()
 
@@ -294,8 +366,13 @@ class AlertService:
             log.info("backlog drained; offline deadlines resume at %s", self.grace_until.isoformat())
 
     def _lane_reports(self, connected: Callable[[], None]) -> None:
-        """What the telemetry process tells us about its session and its database connection."""
+        """What the telemetry process tells us about its session (with the lease's epoch: a report of an earlier
+        lease is stale) and its database connection; starts the events session once the telemetry session has
+        subscribed, or LANE_START_S after taking the lease."""
         while not self.stopping.is_set():
+            if self.lease is not None and not self.events_started and time.monotonic() > self.events_due:
+                log.warning("the telemetry lane has not subscribed after %s s; taking events anyway", LANE_START_S)
+                self._start_events(None)
             try:
                 what, detail = self.lane_reports.get(timeout=0.5)
             except queue.Empty:
@@ -304,27 +381,107 @@ class AlertService:
                 WAITS.begin(DATABASE, "telemetry-lane", detail)
             elif what == "back":
                 WAITS.end(DATABASE, "telemetry-lane")
-            else:
+            elif (lease := self.lease) is not None and detail == str(lease.epoch):
                 {"connected": self._lane_connected, "subscribed": self._lane_subscribed,
                  "drained": self._lane_drained}[what]("telemetry")
+                if what == "subscribed":
+                    self._start_events(lease.epoch)
 
-    # ------------------------------------------------------------------ shards
+    # ------------------------------------------------------------------ the lease
 
-    def _keep_leases(self, conn: psycopg.Connection[Any]) -> None:
-        held = frozenset(shards.renew_and_take(conn, self.instance))
-        others = frozenset(s for s, (holder, _) in shards.holders(conn).items()
-                           if holder is not None and holder != self.instance)
-        gained = self.book.set_shards(held, others)
+    def _round(self, conn: psycopg.Connection[Any]) -> None:
+        """One lease round: renew (or take, or find lost) the partition, give back a surplus, tell the telemetry
+        process, and take or leave the sessions accordingly."""
+        rnd = self.leases.renew(conn)
+        lease = rnd.held.get(0)
+        if lease is not None and lease.partition in rnd.surplus:  # not with one partition; for the record
+            self._reconcile(conn, None)
+            self.leases.release(conn, frozenset({lease.partition}))
+            lease = None
+        self._reconcile(conn, lease)
+        self.lane_leases.put(lease)
+
+    def _reconcile(self, conn: psycopg.Connection[Any], lease: Lease | None) -> None:
+        """Leave a lease lost (or replaced by a new epoch), take one gained, and resume a connection held back while
+        the lease could not be confirmed."""
+        with self.lease_lock:
+            current = self.lease
+            if current is not None and (lease is None or lease.epoch != current.epoch):
+                self._leave(current)
+            if lease is None:
+                if not self.standing_by:
+                    self._stand_by()
+                return
+            if self.stopping.is_set():
+                return
+            if self.lease is None:
+                self._take(conn, lease)
+            elif self.paused:
+                self.paused = False
+                log.info("alerts %s: the lease on %s is confirmed; reconnecting", self.client_id, describe(lease))
+                self.mqtt.stop()
+                self.mqtt.start()
+
+    def _stand_by(self) -> None:
+        self.standing_by = True
+        log.info("alerts standby (%s): partition 0 is held by another instance; taking it over, with its sessions, "
+                 "if that one stops or its lease expires (GRIDHUB_LEASE_S=%g)", self.leases.holder,
+                 self.leases.lease_s)
+
+    def _take(self, conn: psycopg.Connection[Any], lease: Lease) -> None:
+        log.info("alerts %s holds %s: taking its sessions %s and %s", self.leases.holder, describe(lease),
+                 self.client_id, session_id(lease.partition, "telemetry", self.prefix))
+        self.standing_by = False
+        self.lease, self.paused, self.refusing = lease, False, False
+        self.subscribed.clear()
+        self.drained.clear()
+        self.grace_until = None
+        gained = self.book.set_partitions(frozenset({lease.partition}))
+        self.events_due = time.monotonic() + LANE_START_S
         if gained:
             self._watch_silent_devices(conn, gained)
+
+    def _start_events(self, epoch: int | None) -> None:
+        """The events session, under the current lease (of `epoch`, when given)."""
+        with self.lease_lock:
+            lease = self.lease
+            if lease is None or self.events_started or self.stopping.is_set() or (
+                    epoch is not None and epoch != lease.epoch):
+                return
+            self.events_started = True
+            self.mqtt.start()
+
+    def _leave(self, lease: Lease) -> None:
+        """A lease lost (another instance took the partition, or it expired while this process stalled): acknowledge
+        nothing more, disconnect, and never reconnect under the sessions' client ids (the holder has them); what
+        was received here is the holder's now (the broker redelivers it there)."""
+        log.warning("alerts %s lost %s: another instance holds it now, or its lease ran out (this process stalled, "
+                    "or could not renew it); acknowledging nothing more and leaving the sessions %s to the holder",
+                    self.leases.holder, describe(lease), self.client_id)
+        self.lease, self.paused = None, False
+        self.ready.clear()
+        self.subscribed.clear()
+        self.drained.clear()
+        self.grace_until = None
+        self.book.set_partitions(frozenset())
+        self.lane_leases.put(None)
+        if self.events_started:
+            self.events_started = False
+            self.mqtt.stop()
+        while True:
+            try:
+                self.priority.get_nowait()
+            except queue.Empty:
+                break
 
     def _watch_silent_devices(self, conn: psycopg.Connection[Any], gained: frozenset[int]) -> None:
         """Devices never heard from get an offline deadline one window from when we started watching."""
         now = self.clock.now()
-        rows = [(d, now + reg.window, shards.shard_of(d)) for d, reg in self.book.devices.items()
-                if not reg.retired and shards.shard_of(d) in gained]
+        book = self.book
+        rows = [(d, now + reg.window, book.partition_of(d)) for d, reg in book.devices.items()
+                if not reg.retired and book.partition_of(d) in gained]
         with conn.transaction(), conn.cursor() as cur:
-            cur.executemany("INSERT INTO timers (kind, key, due_at, shard) SELECT 'offline', %s, %s, %s"
+            cur.executemany("INSERT INTO timers (kind, key, due_at, partition) SELECT 'offline', %s, %s, %s"
                             " WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE device_id = %s AND type = 'device_offline'"
                             " AND state = 'active') ON CONFLICT (kind, key) DO NOTHING",
                             [(d, due, s, d) for d, due, s in rows])
@@ -340,7 +497,8 @@ class AlertService:
             return
         last = book.alive.get(device_id)
         if last is not None and last + reg.window > now:
-            timers.schedule(conn, "offline", device_id, last + reg.window, shard=shards.shard_of(device_id), wake=False)
+            timers.schedule(conn, "offline", device_id, last + reg.window, partition=book.partition_of(device_id),
+                            wake=False)
             book.offline_written[device_id] = last + reg.window
             return
         book.offline_written.pop(device_id, None)
@@ -353,11 +511,13 @@ class AlertService:
         """Evaluate an event or status message in one transaction; returns the change rows it wrote."""
         book = self.book
         if item.channel == "marker":
-            if self.mqtt is not None and self.mqtt.is_current_marker(item.payload):
+            if self.mqtt.is_current_marker(item.payload):
                 self._lane_drained("events")
             return []
+        if not item.device_id:
+            return []
         reg = book.registered(conn, item.device_id)
-        if reg is None or not book.mine(conn, item.device_id):
+        if reg is None or not book.mine(item.device_id):
             return []
         now = self.clock.now()
         dev = item.device_id
@@ -398,7 +558,7 @@ class AlertService:
                 elif text == "offline":
                     if "device_offline" not in book.state(dev).active:
                         book.alive.pop(dev, None)
-                        timers.schedule(conn, "offline", dev, now, shard=shards.shard_of(dev),
+                        timers.schedule(conn, "offline", dev, now, partition=book.partition_of(dev),
                                         payload={"reason": "retained offline status (last will while the hub was away)"})
                         book.offline_written[dev] = now
                 elif text == "online" and not item.retain:
@@ -418,6 +578,7 @@ class AlertService:
                     try:
                         item = self.priority.get(timeout=0.5)
                     except queue.Empty:
+                        self._flush_acks()  # held back for a confirmation: ask again
                         continue
                 started = time.perf_counter()
                 try:
@@ -429,7 +590,8 @@ class AlertService:
                 if ids:
                     self.fresh.put(Fresh(ids, item.device_id, item.channel, item.received, started,
                                          time.perf_counter()))
-                self._ack(item.mid, item.qos, item.generation)
+                self._ack(item)
+            self._flush_acks()  # stopping: what was processed is acknowledged before the connection closes
 
     def _fresh_publisher(self, connected: Callable[[], None]) -> None:
         """Publishes what the priority lane committed, at once and while the lane goes on with the next message
@@ -448,7 +610,7 @@ class AlertService:
                         break
                 mqtt = self.mqtt
                 ids = [i for f in batch for i in f.ids]
-                if mqtt is not None and mqtt.is_connected():
+                if mqtt.is_connected():
                     try:
                         publish.publish_rows(conn, mqtt.client, self.prefix, ids)
                     except DATABASE_ERRORS:  # committed: the notifier publishes them; we wait for a new connection
@@ -473,8 +635,11 @@ class AlertService:
             connected()
             while not self.stopping.is_set():
                 held_back = self._held_back()
-                timers.fire_due(conn, self.clock.now(), self.timer_actions, shards=self.book.held, held_back=held_back)
-                nd = timers.next_due(conn, self.timer_actions.keys(), shards=self.book.held, held_back=held_back)
+                held = self.book.held
+                if held and not self.fence.confirm(self.lease):
+                    held = frozenset()  # a lease that cannot be confirmed fires nothing (another may hold it)
+                timers.fire_due(conn, self.clock.now(), self.timer_actions, partitions=held, held_back=held_back)
+                nd = timers.next_due(conn, self.timer_actions.keys(), partitions=held, held_back=held_back)
                 wait = 5.0 if nd is None else (nd - self.clock.now()).total_seconds()
                 if held_back:
                     g = self.grace_until
@@ -497,7 +662,7 @@ class AlertService:
             while not self.stopping.is_set():
                 mqtt = self.mqtt
                 out = publish.Outcome(0, 0)
-                if mqtt is not None and mqtt.is_connected():
+                if mqtt.is_connected():
                     out = publish.catch_up(conn, mqtt.client, self.prefix)
                 if out.published >= publish.BATCH:
                     continue
@@ -511,13 +676,19 @@ class AlertService:
                     self.stopping.wait(NOTIFIER_DELAY_S)
 
     def _lease_keeper(self, connected: Callable[[], None]) -> None:
-        with connect(self.db_url, autocommit=True) as conn:
-            self._keep_leases(conn)  # at once after an outage: the leases may have expired meanwhile
+        """The lease rounds (every third of a lease, or at once when a confirmation failed), the registry read
+        again every minute, and old rule events pruned every hour."""
+        with connect(self.db_url, autocommit=True, application_name=APPLICATION_NAME) as conn:
+            self._round(conn)  # at once after an outage: the lease may have expired meanwhile
             connected()
             last_registry = time.monotonic()
             last_prune = 0.0
-            while not self.stopping.wait(5.0):
-                self._keep_leases(conn)
+            while True:
+                self.lease_wake.wait(self.leases.renew_every_s)
+                self.lease_wake.clear()
+                if self.stopping.is_set():
+                    return
+                self._round(conn)
                 if time.monotonic() - last_registry > 60:
                     self.book.load(conn)
                     last_registry = time.monotonic()

@@ -1,11 +1,16 @@
 """The telemetry lane, in a process of its own so that a flood of readings never shares an interpreter lock
-with fire alarms: its own persistent MQTT session (`<instance>-telemetry`), readings evaluated in batches in
-memory, what they change written in one transaction, every message acknowledged after that commit.
+with fire alarms: the partition's telemetry session (`gridhub-alerts-p0-telemetry`, persistent, named by the
+partition), readings evaluated in batches in memory, what they change written in one transaction, every message
+acknowledged after that commit and after the lease has been confirmed.
 
-It evaluates the devices of the shards its instance holds (the priority process keeps the leases) and reports
-to that process on a queue: connected (offline deadlines wait again), subscribed, the drain marker seen, and
-waiting for the database / back (the parent's health says so). Through a database outage it keeps its batch (first
-again, unacknowledged) and reconnects with backoff (`gridhub.waiting.keep_trying`); it never exits for it.
+The priority process keeps the lease (alerts/service.py) and tells this one, after every lease round, which lease
+it holds (`Lease` or None on the lease queue): the lane connects as the partition's session under a lease it is
+given, leaves the session (disconnects, forgets what it had received) when it is told of none or of another epoch,
+and, while it has unconfirmed work, asks the database itself (`partitions.Fence`) before every acknowledgement and
+before paho may reconnect: no confirmation, no acknowledgement and no reconnect. It reports to the parent on a
+queue: connected (offline deadlines wait again), subscribed, the drain marker seen (each with the lease's epoch),
+and waiting for the database / back (the parent's health says so). Through a database outage it keeps its batch
+(first again, unacknowledged) and reconnects with backoff (`gridhub.waiting.keep_trying`); it never exits for it.
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ from pydantic import ValidationError
 from gridhub.alerts import changes, timers
 from gridhub.alerts.devices import DeviceBook, Registered
 from gridhub.alerts.evaluate import Finding, acceptable, reading_findings
+from gridhub.alerts.partitions import PART, Fence, describe, marker_topic, session_id
 from gridhub.alerts.rules import RuleBook
 from gridhub.db import connect
+from gridhub.leases import Lease, PartitionLeases
 from gridhub.mqtt import Connack, MqttConnection
 from gridhub.protocol import Reading
 from gridhub.settings import Settings
@@ -37,13 +44,9 @@ from gridhub.waiting import DATABASE_ERRORS, GaveUp, Waits, keep_trying
 log = logging.getLogger("gridhub.alerts.telemetry")
 
 BATCH = 500
-SHARD_REFRESH_S = 2.0
 NICE = 10  # when the CPU is short, the priority process runs first; the broker queues telemetry meanwhile
-
-
-def marker_topic(prefix: str, instance: str, lane: str) -> str:
-    """Published by an instance to itself after subscribing: it arrives after the session's queued backlog."""
-    return f"{prefix}/hub/{instance}/{lane}/drained"
+APPLICATION_NAME = "gridhub-alerts-telemetry"
+UNSET = object()
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class LaneArgs:
     settings: Settings
     rules: RuleBook
     clock: timers.Clock
-    instance: str
+    holder: str  # the lease holder: the priority process (gridhub.leases.holder_name)
     log_level: int
     parent_pid: int  # the priority process: the lane stops when it is gone (even if killed with SIGKILL)
 
@@ -85,17 +88,17 @@ class _Stopping:
         return True
 
 
-def run_lane(args: LaneArgs, reports: ProcessQueue[tuple[str, str]], stop: ProcessEvent) -> None:
+def run_lane(args: LaneArgs, reports: ProcessQueue[tuple[str, str]], leases: ProcessQueue[Lease | None],
+             stop: ProcessEvent) -> None:
     """The child process's entry point: run until `stop` is set or the parent process is gone."""
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if os.getppid() != args.parent_pid:
         return  # the parent died while this process was starting
     os.nice(NICE)
     stopping = _Stopping(stop, args.parent_pid)
-    lane = TelemetryLane(args, reports, stopping)
+    lane = TelemetryLane(args, reports, leases, stopping)
     if not lane.reconnect_db():
         return
-    lane.start()
     try:
         while not stopping.is_set():
             try:
@@ -113,44 +116,103 @@ def run_lane(args: LaneArgs, reports: ProcessQueue[tuple[str, str]], stop: Proce
 
 
 class TelemetryLane:
-    """Readings of the instance's devices: held thresholds, drop window, signs of life."""
+    """Readings of the held partition's devices: held thresholds, drop window, signs of life."""
 
-    def __init__(self, args: LaneArgs, reports: ProcessQueue[tuple[str, str]], stopping: _Stopping) -> None:
+    def __init__(self, args: LaneArgs, reports: ProcessQueue[tuple[str, str]], leases: ProcessQueue[Lease | None],
+                 stopping: _Stopping) -> None:
         self.settings = args.settings
         self.db_url = args.settings.database_url or ""
         self.prefix = args.settings.topic_prefix
-        self.instance = args.instance
         self.rules = args.rules
         self.clock = args.clock
         self.reports = reports
-        self.book = DeviceBook(args.instance, args.rules, args.clock)
+        self.lease_inbox = leases
+        self.book = DeviceBook(args.settings.partitions, args.rules, args.clock)
         self.inbox: queue.Queue[Inbound] = queue.Queue()
         self.retry: list[Inbound] = []  # a batch whose transaction failed: first again, still unacknowledged
+        self.unacked: list[Inbound] = []  # committed, waiting for the lease to be confirmed before the PUBACKs
         self.stopping = stopping
         self.waits = Waits("alerts", log_changes=False)  # the parent logs and answers health for the part
         self.conn: psycopg.Connection[Any] | None = None
-        self.shards_read = 0.0
-        self.mqtt: MqttConnection | None = None
-
-    def start(self) -> None:
+        self.fence = Fence(PartitionLeases(PART, args.settings.partitions, args.holder, args.settings.lease_s),
+                           self.db_url, APPLICATION_NAME)
+        self.lease: Lease | None = None  # the lease the session runs under
+        self.paused = False  # connection lost and not resumed: the lease could not be confirmed then
+        self.refusing = False  # acknowledgements held back under the current lease (logged once)
+        self.client_id = session_id(0, "telemetry", self.prefix)
+        self.marker_topic = marker_topic(self.prefix, self.client_id)
         self.mqtt = MqttConnection(
-            self.settings.mqtt_url or "", f"{self.instance}-telemetry", protocol=paho.MQTTv311, persistent=True,
+            self.settings.mqtt_url or "", self.client_id, protocol=paho.MQTTv311, persistent=True,
             manual_ack=True, keepalive=30, reconnect_delay=(1, 5), max_inflight=100,
-            subscriptions=[(f"{self.prefix}/devices/+/telemetry", 1)],
-            marker_topic=marker_topic(self.prefix, self.instance, "telemetry"),
+            subscriptions=[(f"{self.prefix}/devices/+/telemetry", 1)], marker_topic=self.marker_topic,
             on_connected=self._on_connected, on_subscribed=self._on_subscribed, on_message=self._on_message,
-            on_refused=self._on_refused)
-        self.mqtt.start()
+            on_disconnected=self._on_disconnected, on_refused=self._on_refused)
+        self.started = False
+        self.session_present = False
 
     def stop(self) -> None:
-        if self.mqtt is not None:
+        if self.started:
             self.mqtt.stop()
         if self.conn is not None:
             self.conn.close()
+        self.fence.close()
+
+    # ------------------------------------------------------------------ the lease (the parent's, after every round)
+
+    def follow_lease(self) -> None:
+        """Take the latest lease the parent sent (if any) and act on it."""
+        latest: object = UNSET
+        while True:
+            try:
+                latest = self.lease_inbox.get_nowait()
+            except queue.Empty:
+                break
+        if latest is not UNSET:
+            assert latest is None or isinstance(latest, Lease)
+            self.reconcile(latest)
+
+    def reconcile(self, lease: Lease | None) -> None:
+        current = self.lease
+        if current is not None and (lease is None or lease.epoch != current.epoch):
+            self._leave(current)
+        if lease is None:
+            return
+        if self.lease is None:
+            self.lease, self.paused, self.refusing = lease, False, False
+            self.book.set_partitions(frozenset({lease.partition}))
+            log.info("alerts telemetry lane holds %s: connecting as %s", describe(lease), self.client_id)
+            self.started = True
+            self.mqtt.start()
+        elif self.paused and self.fence.confirm(lease):
+            self.paused = False
+            log.info("alerts %s: the lease on %s is confirmed; reconnecting", self.client_id, describe(lease))
+            self.mqtt.stop()
+            self.mqtt.start()
+
+    def _leave(self, lease: Lease) -> None:
+        """A lease lost: acknowledge nothing more, disconnect and do not connect under the session's client id again
+        (the new holder has it); what was received here is the broker's to deliver to the holder."""
+        log.warning("alerts %s lost %s: another instance holds it now, or its lease ran out; acknowledging nothing "
+                    "more and leaving the session to the holder", self.client_id, describe(lease))
+        self.lease, self.paused = None, False
+        self.book.set_partitions(frozenset())
+        if self.started:
+            self.mqtt.stop()
+            self.started = False
+        self.retry, self.unacked = [], []
+        while True:
+            try:
+                self.inbox.get_nowait()
+            except queue.Empty:
+                break
+
+    def _epoch(self) -> str:
+        lease = self.lease
+        return "" if lease is None else str(lease.epoch)
 
     def reconnect_db(self) -> bool:
-        """A new connection with the registry and shards read again, waiting through outages (and telling the
-        parent once that we wait and once that we are back); False when stopping first."""
+        """A new connection with the registry read again, waiting through outages (and telling the parent once that
+        we wait and once that we are back); False when stopping first."""
         told = False
 
         def attempt() -> None:
@@ -160,12 +222,10 @@ class TelemetryLane:
             conn = connect(self.db_url, autocommit=True)
             try:
                 self.book.load(conn)
-                self.book.refresh_shards(conn)
             except BaseException:
                 conn.close()
                 raise
             self.conn = conn
-            self.shards_read = time.monotonic()
 
         def waiting(exc: BaseException) -> None:
             nonlocal told
@@ -186,16 +246,34 @@ class TelemetryLane:
 
     def _on_connected(self, connack: Connack) -> None:
         """(Re)connected: the connection draws a new backlog marker and subscribes again."""
-        self.reports.put(("connected", ""))
+        self.session_present = connack.session_present
+        self.reports.put(("connected", self._epoch()))
 
     def _on_subscribed(self) -> None:
         """Subscribed, and the backlog marker published to ourselves."""
-        self.reports.put(("subscribed", ""))
+        lease = self.lease
+        log.info("alerts %s connected (MQTT 3.1.1, session %s%s)", self.client_id,
+                 "resumed" if self.session_present else "new",
+                 f", {describe(lease)}" if lease is not None else "")
+        self.reports.put(("subscribed", self._epoch()))
+
+    def _on_disconnected(self, rc: Any) -> None:
+        """Before paho reconnects: not under a lease that cannot be confirmed (the parent's next round resumes the
+        connection if the lease is still ours, or takes it away)."""
+        if self.stopping.is_set() or self.mqtt.stopping:
+            return
+        if not self.fence.confirm(self.lease):
+            self.paused = True
+            self.mqtt.client.disconnect()  # paho does not reconnect after this callback
+            log.warning("broker connection lost (%s); not reconnecting as %s until the lease is confirmed", rc,
+                        self.client_id)
+            return
+        log.warning("broker connection lost (%s); reconnecting as %s, unacknowledged readings stay in the session",
+                    rc, self.client_id)
 
     def _on_message(self, msg: paho.MQTTMessage) -> None:
-        assert self.mqtt is not None
         generation = self.mqtt.generation  # paho's network thread: the connection this message came on
-        if msg.topic == marker_topic(self.prefix, self.instance, "telemetry"):
+        if msg.topic == self.marker_topic:
             self.inbox.put(Inbound("", bytes(msg.payload), msg.qos, msg.mid, generation, marker=True))
             return
         parts = msg.topic.rsplit("/", 2)
@@ -205,11 +283,14 @@ class TelemetryLane:
     # ------------------------------------------------------------------ the lane
 
     def run_once(self) -> None:
+        self.follow_lease()
         batch, self.retry = self.retry, []
         if not batch:
             try:
                 batch = [self.inbox.get(timeout=0.5)]
             except queue.Empty:
+                if self.unacked:
+                    self._ack([])  # the lease could not be confirmed last time: ask again
                 return
         while len(batch) < BATCH:
             try:
@@ -219,9 +300,6 @@ class TelemetryLane:
         conn = self.conn
         assert conn is not None
         try:
-            if time.monotonic() - self.shards_read > SHARD_REFRESH_S:
-                self.book.refresh_shards(conn)
-                self.shards_read = time.monotonic()
             self._evaluate(conn, batch)
         except Exception:  # the unit of work rolled back and forgot its changes
             self.book.forget_states()
@@ -230,18 +308,28 @@ class TelemetryLane:
         self._ack(batch)
 
     def _ack(self, batch: list[Inbound]) -> None:
-        """The batch's PUBACKs, in arrival order, each on the connection its message came on (one write per
-        connection): a message of a connection that is gone is not acknowledged (its packet id means another
-        message, or nothing, on the next one); the broker redelivers it and it is evaluated again (at least once, as
-        after any reconnect)."""
-        mqtt = self.mqtt
-        assert mqtt is not None
+        """The batch's PUBACKs (with any held back before), once the lease is confirmed, in arrival order, each on
+        the connection its message came on (one write per connection): a message of a connection that is gone is
+        not acknowledged (its packet id means another message, or nothing, on the next one); the broker redelivers
+        it and it is evaluated again (at least once, as after any reconnect). Unconfirmed, nothing is acknowledged:
+        the PUBACKs wait for a confirmation, or are dropped with the lease."""
+        pending = self.unacked + [item for item in batch if item.qos == 1]  # the subscription's QoS: nothing above
+        if not pending:
+            return
+        if not self.fence.confirm(self.lease):
+            if not self.refusing:
+                log.warning("alerts %s: not acknowledging %d readings, the lease is not confirmed (the broker "
+                            "redelivers them to the partition's holder)", self.client_id, len(pending))
+            self.refusing = True
+            self.unacked = pending
+            return
+        self.refusing = False
+        self.unacked = []
         by_generation: dict[int, list[int]] = {}
-        for item in batch:
-            if item.qos == 1:  # the subscription's QoS: nothing arrives above it
-                by_generation.setdefault(item.generation, []).append(item.mid)
+        for item in pending:
+            by_generation.setdefault(item.generation, []).append(item.mid)
         for generation, mids in by_generation.items():
-            mqtt.ack_many(mids, generation)
+            self.mqtt.ack_many(mids, generation)
 
     def _evaluate(self, conn: psycopg.Connection[Any], batch: list[Inbound]) -> None:
         """Evaluate a batch of readings in memory and write what they changed in one transaction."""
@@ -251,11 +339,11 @@ class TelemetryLane:
         work: list[tuple[Registered, Reading]] = []
         for item in batch:
             if item.marker:
-                if self.mqtt is not None and self.mqtt.is_current_marker(item.payload):
-                    self.reports.put(("drained", item.payload.decode()))
+                if self.mqtt.is_current_marker(item.payload):
+                    self.reports.put(("drained", self._epoch()))
                 continue
             reg = book.registered(conn, item.device_id)
-            if reg is None or not book.mine(conn, item.device_id):
+            if reg is None or not book.mine(item.device_id):
                 continue
             try:
                 r = Reading.model_validate_json(item.payload)

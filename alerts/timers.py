@@ -1,5 +1,9 @@
 """Durable timers in the database (offline deadlines, escalations, reminders, noisy-device checks) and the clock
-they run on; a due timer is taken with FOR UPDATE SKIP LOCKED, so several processes never fire one twice."""
+they run on; a due timer is taken with FOR UPDATE SKIP LOCKED, so several processes never fire one twice.
+
+A device's timer carries the device's partition (alerts/partitions.py) and is fired only by a holder of that
+partition, whose in-memory state of the device it may read; `ANY_SHARD` (-1) timers (escalations, reminders,
+recovery, patrol plans) are fired by any holder of a partition. A standby, holding none, fires nothing."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from gridhub.db import TIMERS_CHANNEL
 log = logging.getLogger("gridhub.alerts.timers")
 
 CHANNEL = TIMERS_CHANNEL
-ANY_SHARD = -1
+ANY_SHARD = -1  # the `partition` of a timer any holder may fire
 
 
 class Clock(Protocol):
@@ -39,14 +43,14 @@ class ShiftedClock:
         return datetime.now(UTC) + self.offset
 
 
-def schedule(conn: psycopg.Connection[Any], kind: str, key: str, due_at: datetime, *, shard: int = ANY_SHARD,
+def schedule(conn: psycopg.Connection[Any], kind: str, key: str, due_at: datetime, *, partition: int = ANY_SHARD,
              payload: dict[str, Any] | None = None, wake: bool = True) -> None:
     """Set (or move) the timer `kind`/`key`; the timer loops are woken when the transaction commits (the payload
     is the due time, so that a loop already waking earlier need not look again)."""
     conn.execute(
-        "INSERT INTO timers (kind, key, due_at, shard, payload) VALUES (%s, %s, %s, %s, %s)"
-        " ON CONFLICT (kind, key) DO UPDATE SET due_at = EXCLUDED.due_at, shard = EXCLUDED.shard,"
-        " payload = EXCLUDED.payload", (kind, key, due_at, shard, Jsonb(payload or {})))
+        "INSERT INTO timers (kind, key, due_at, partition, payload) VALUES (%s, %s, %s, %s, %s)"
+        " ON CONFLICT (kind, key) DO UPDATE SET due_at = EXCLUDED.due_at, partition = EXCLUDED.partition,"
+        " payload = EXCLUDED.payload", (kind, key, due_at, partition, Jsonb(payload or {})))
     if wake:
         conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, repr(due_at.timestamp())))
 
@@ -64,20 +68,24 @@ TimerAction = Callable[[changes.UnitOfWork, str, dict[str, Any], datetime], None
 """A timer's action: (the unit of work of the timer's transaction, key, payload, now)."""
 
 
-def _eligible(kinds: Collection[str], shards: Collection[int], held_back: Collection[str]) -> tuple[str, list[Any]]:
-    cond = "kind = ANY(%s) AND NOT (kind = ANY(%s)) AND (shard = -1 OR shard = ANY(%s))"
-    return cond, [list(kinds), list(held_back), list(shards)]
+def _eligible(kinds: Collection[str], partitions: Collection[int], held_back: Collection[str]) -> tuple[str, list[Any]]:
+    """The timers a holder of `partitions` fires: theirs and the ANY_SHARD ones; none without a partition."""
+    cond = ("kind = ANY(%s) AND NOT (kind = ANY(%s)) AND cardinality(%s::int[]) > 0"
+            " AND (partition = -1 OR partition = ANY(%s::int[]))")
+    held = sorted(partitions)
+    return cond, [list(kinds), list(held_back), held, held]
 
 
 def fire_due(conn: psycopg.Connection[Any], now: datetime, actions: dict[str, TimerAction], *,
-             shards: Collection[int] = range(64), held_back: Collection[str] = (), limit: int = 1000) -> int:
+             partitions: Collection[int] = (0,), held_back: Collection[str] = (), limit: int = 1000) -> int:
     """Fire the timers due at `now`, each in its own transaction and unit of work; returns how many fired.
 
     A timer is deleted before its action runs, in the same transaction, so an action that reschedules it
     (schedule with the same kind and key) keeps the new due time; an action that fails is rolled back (its
-    staged changes with it) and the timer stays deleted. `held_back` kinds wait (the offline grace).
+    staged changes with it) and the timer stays deleted. Only the timers of `partitions` (and ANY_SHARD ones, when
+    any is held) fire; `held_back` kinds wait (the offline grace).
     """
-    cond, params = _eligible(actions.keys(), shards, held_back)
+    cond, params = _eligible(actions.keys(), partitions, held_back)
     fired = 0
     while fired < limit:
         with conn.transaction():
@@ -107,8 +115,8 @@ def wakes_earlier(payload: str, wake_at: datetime) -> bool:
         return True
 
 
-def next_due(conn: psycopg.Connection[Any], kinds: Collection[str], *, shards: Collection[int] = range(64),
+def next_due(conn: psycopg.Connection[Any], kinds: Collection[str], *, partitions: Collection[int] = (0,),
              held_back: Collection[str] = ()) -> datetime | None:
-    cond, params = _eligible(kinds, shards, held_back)
+    cond, params = _eligible(kinds, partitions, held_back)
     row = conn.execute(f"SELECT min(due_at) FROM timers WHERE {cond}", params).fetchone()
     return row[0] if row else None

@@ -30,7 +30,7 @@ TEST_SECRET = "test-secret-" + "x" * 40
 UNIT = TESTS / "unit"
 BROWSER_FILES = {"test_browser.py", "test_browser_pwa.py", "test_browser_map.py"}
 SLOW_FILES = {
-    "test_alerts_restart.py", "test_browser.py", "test_browser_pwa.py", "test_browser_map.py", "test_detect_live.py",
+    "test_alerts_restart.py", "test_alerts_failover.py", "test_browser.py", "test_browser_pwa.py", "test_browser_map.py", "test_detect_live.py",
     "test_embedded_up.py",
     "test_ingest_processes.py", "test_ingest_restart_loss.py", "test_ingest_slots.py", "test_localservices.py", "test_scenarios_e2e.py", "test_simulators_demo.py",
     "test_simulators_load.py", "test_notify_processes.py", "test_notify_cli.py", "test_parts_wait_for_db.py",

@@ -19,6 +19,7 @@ from polling import wait_for
 from gridhub.alerts import telemetry
 from gridhub.alerts.service import AlertService, Inbound
 from gridhub.alerts.timers import ShiftedClock
+from gridhub.leases import Lease
 from gridhub.settings import Settings
 
 GRID = "g-xg-02"
@@ -29,9 +30,9 @@ DEVICE = "ack-sa-1"
 def mine(db_url: str, settings: Settings, broker: Any) -> Settings:
     add_devices(db_url, settings, broker, "ack-b-1", GRID, [(DEVICE, "smoke_alarm", None)])
     with psycopg.connect(db_url, autocommit=True) as db:
-        # earlier tests' instances are gone: their shards are free for this one at once
-        db.execute("UPDATE alert_shards SET holder = NULL, expires_at = NULL")
-        db.execute("DELETE FROM alert_instances")
+        # earlier tests' instances are gone: their lease is free for this one at once
+        db.execute("UPDATE part_leases SET holder = NULL, expires_at = NULL WHERE part = 'alerts'")
+        db.execute("DELETE FROM part_instances WHERE part = 'alerts'")
     return settings.model_copy(update={"instance_id": f"acks{os.getpid()}"})
 
 
@@ -131,12 +132,30 @@ class _Acks:
         return True
 
 
-def test_the_telemetry_lane_acknowledges_each_message_on_its_own_connection() -> None:
+class _Fence:
+    """Stands in for the lane's lease confirmation (the database's answer is not what is tested here)."""
+
+    def __init__(self) -> None:
+        self.holds = True
+
+    def confirm(self, lease: Lease | None) -> bool:
+        return self.holds and lease is not None
+
+
+def test_the_telemetry_lane_acknowledges_each_message_on_its_own_connection_once_its_lease_is_confirmed() -> None:
     lane = telemetry.TelemetryLane.__new__(telemetry.TelemetryLane)
-    acks = _Acks()
+    acks, fence = _Acks(), _Fence()
     lane.mqtt = acks  # type: ignore[assignment]
+    lane.fence = fence  # type: ignore[assignment]
+    lane.lease = Lease("alerts", 0, "t/1", 3)
+    lane.unacked, lane.refusing, lane.client_id = [], False, "gridhub-alerts-p0-telemetry"
     batch = [telemetry.Inbound("d1", b"{}", 1, 7, 3), telemetry.Inbound("d2", b"{}", 1, 8, 3),
              telemetry.Inbound("d1", b"{}", 0, 0, 4), telemetry.Inbound("d3", b"{}", 1, 1, 4),
              telemetry.Inbound("", b"m", 1, 2, 4, marker=True)]
-    lane._ack(batch)
+    fence.holds = False  # the lease cannot be confirmed: nothing is acknowledged, the acknowledgements wait
+    lane._ack(batch[:2])
+    assert acks.calls == [] and len(lane.unacked) == 2
+    fence.holds = True
+    lane._ack(batch[2:])
     assert acks.calls == [([7, 8], 3), ([1, 2], 4)]  # in arrival order, one write per connection, no QoS 0
+    assert lane.unacked == []

@@ -1,6 +1,7 @@
-"""The alerts part as real `gridhub alerts` processes: SIGKILL and restart (persistent session), an escalation due
-while down, a restart after the hub was down for minutes (grace while the backlog drains), two processes at once,
-and concurrent raises straight on the database."""
+"""The alerts part as real `gridhub alerts` processes: SIGKILL and restart (the partition's persistent sessions,
+taken again once the dead process's lease has expired), an escalation due while down, a restart after the hub was
+down for minutes (grace while the backlog drains), two processes at once (one holds the partition, the other stands
+by and receives nothing), and concurrent raises straight on the database."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from gridhub.alerts.rules import load_rules
 from gridhub.settings import Settings
 
 GRID = "g-xg-02"
+LEASE_S = "4"  # GRIDHUB_LEASE_S: a restarted process takes the partition over within seconds (the default is 15)
 
 
 class AlertsProcess:
@@ -33,7 +35,7 @@ class AlertsProcess:
         self.env = {**os.environ, "GRIDHUB_DATABASE_URL": settings.database_url or "",
                     "GRIDHUB_MQTT_URL": settings.mqtt_url or "", "GRIDHUB_SECRET_KEY": settings.secret_key or "",
                     "GRIDHUB_DATA_DIR": str(settings.data_dir), "GRIDHUB_INSTANCE_ID": instance,
-                    "GRIDHUB_RULES_FILE": str(rules_file)}
+                    "GRIDHUB_RULES_FILE": str(rules_file), "GRIDHUB_LEASE_S": LEASE_S}
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -167,12 +169,13 @@ def test_restart_after_minutes_down_does_not_mark_every_device_offline(
 def test_two_processes_and_a_hundred_concurrent_duplicate_alarms(
         settings: Settings, rules_file: Path, tmp_path: Path, procs: list[AlertsProcess],
         db: psycopg.Connection[Any]) -> None:
-    new_proc(procs, settings, rules_file, tmp_path, "r2a")
-    new_proc(procs, settings, rules_file, tmp_path, "r2b")
+    a = new_proc(procs, settings, rules_file, tmp_path, "r2a")
+    b = new_proc(procs, settings, rules_file, tmp_path, "r2b")
     probe = Device(settings, "k1-sa-2")
     subscribed(db, probe)
-    wait_for(lambda: db.execute("SELECT count(*) FROM alert_instances WHERE id LIKE 'gridhub-alerts-r2%%'"
-                                " AND seen_at > now() - interval '20 seconds'").fetchone() == (2,), 30, "both alive")
+    wait_for(lambda: db.execute("SELECT count(*) FROM part_instances WHERE part = 'alerts' AND holder LIKE 'r2%%'"
+                                " AND seen_at > now() - make_interval(secs => %s)", (float(LEASE_S),)).fetchone()
+             == (2,), 30, "both alive")
     senders = [Device(settings, "k4-sa-1", will=False) for _ in range(5)]
     base = now_ms()
 
@@ -189,9 +192,13 @@ def test_two_processes_and_a_hundred_concurrent_duplicate_alarms(
                                  ).fetchone() or (0,))[0] == 20, 30, "20 distinct alarms counted")
     assert db.execute("SELECT count(*) FROM alerts WHERE device_id = 'k4-sa-1' AND type = 'fire_alarm'").fetchone() == (1,)
     assert db.execute("SELECT count(*) FROM tasks WHERE device_id = 'k4-sa-1' AND type = 'fire_alarm'").fetchone() == (1,)
-    held = db.execute("SELECT count(DISTINCT holder), count(*) FROM alert_shards WHERE holder LIKE 'gridhub-alerts-r2%%'"
-                      " AND expires_at > now()").fetchone()
-    assert held is not None and held[1] == 64  # every shard held, by one instance or split between the two
+    # one holds the partition and consumes its sessions; the other stands by and has received nothing
+    holder = db.execute("SELECT split_part(holder, '/', 1) FROM part_leases WHERE part = 'alerts' AND partition = 0"
+                        " AND expires_at > now()").fetchone()
+    assert holder is not None and holder[0] in ("r2a", "r2b")
+    standby = b if holder[0] == "r2a" else a
+    wait_for(lambda: "alerts standby" in standby.log.read_text(errors="replace"), 30, "the other to stand by")
+    assert " connected (MQTT" not in standby.log.read_text(errors="replace")
     for d in [probe, *senders]:
         d.close()
 

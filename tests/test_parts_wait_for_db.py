@@ -55,9 +55,9 @@ def fleet(db_url: str, settings: Settings, broker: Any) -> None:
 def test_parts_under_gridhub_up_wait_through_a_database_outage(
         db_url: str, settings: Settings, broker: Any, proxy: DbProxy, fleet: None, tmp_path: Path) -> None:
     with psycopg.connect(db_url, autocommit=True) as db:
-        # earlier tests' instances are gone: their shards are free for this one at once
-        db.execute("UPDATE alert_shards SET holder = NULL, expires_at = NULL")
-        db.execute("DELETE FROM alert_instances")
+        # earlier tests' instances are gone: their alerts lease is free for this one at once
+        db.execute("UPDATE part_leases SET holder = NULL, expires_at = NULL WHERE part = 'alerts'")
+        db.execute("DELETE FROM part_instances WHERE part = 'alerts'")
     nfile = tmp_path / "notify.yaml"
     nfile.write_text("channels:\n  city: {type: webhook, url: \"http://127.0.0.1:9/hook\", secret: \"s3cret-hook\"}\n"
                      "routes:\n  critical: {assignee: [city]}\n  normal: {assignee: [city]}\n", encoding="utf-8")
