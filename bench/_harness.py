@@ -218,11 +218,13 @@ class PrivateHub:
                                 stderr=subprocess.STDOUT)
 
     def wait_for_alerts(self) -> None:
-        """Until the alerts process holds its 64 shards (at most 30 s), then 3 s: subscribed, backlog marker seen."""
+        """Until the alerts process holds its partition lease (at most 30 s), then 3 s: subscribed, backlog marker
+        seen."""
         with psycopg.connect(self.db_url, autocommit=True) as conn:
             end = time.monotonic() + 30
             while time.monotonic() < end and conn.execute(
-                    "SELECT count(*) FROM alert_shards WHERE holder = 'gridhub-alerts-bench'").fetchone() != (64,):
+                    "SELECT count(*) FROM part_leases WHERE part = 'alerts' AND holder LIKE 'bench/%'"
+                    " AND expires_at > now()").fetchone() != (1,):
                 time.sleep(0.2)
         time.sleep(3)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import socket
 import threading
 import urllib.error
@@ -87,13 +88,11 @@ class DbProxy:
 
 
 def free_ports(n: int) -> int:
-    """The first of `n` consecutive free ports."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n >= 65535:
-            continue
+    """The first of `n` consecutive free ports, below the kernel's ephemeral range (from 32768): a port taken from
+    that range can be handed to an outgoing connection (the test's own, the proxy's) before the part binds it."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 32000 - n)
         held: list[socket.socket] = []
         try:
             for p in range(base, base + n):

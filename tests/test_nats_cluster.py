@@ -38,8 +38,11 @@ from gridhub.services.nats import (
 )
 from gridhub.services.process import make_service_tmpdir
 
-pytestmark = pytest.mark.skipif(find_nats_server() is None,
-                                reason="nats-server is not installed (make services-install)")
+
+@pytest.fixture(scope="module", autouse=True)
+def _nats_installed() -> None:
+    """make test installs nats-server (make services-install): without it these tests fail, they never skip."""
+    assert find_nats_server() is not None, "nats-server is not installed: run make services-install"
 
 PREFIX = "gridhub/v1"
 PARTITIONS = 4
@@ -324,21 +327,16 @@ class ResendingPublisher:
             self.client.close()
 
 
-CROSS_ACCOUNT_LOSS = (
-    "nats-server 2.9.10: a device's QoS 1 publish is PUBACKed once DEVICES' $MQTT_msgs stores it; the copy that the "
-    "stream import carries into HUB's $MQTT_msgs is stored later, and while that stream has no leader it is dropped "
-    "(measured: 0 of 150 published after SIGKILL of its leader reached the hub's session)")
-
-
-@pytest.mark.parametrize("account", [
-    pytest.param(HUB_ACCOUNT, marks=pytest.mark.xfail(strict=True, reason=CROSS_ACCOUNT_LOSS)),
-    DEVICES_ACCOUNT,
-])
-def test_the_hub_session_survives_sigkill_of_the_stream_leader(cluster: NatsCluster, account: str) -> None:
+# Not tested here, documented in docs/scaling.md: with the hub's session in the HUB account (behind a stream import
+# from DEVICES), nats-server 2.9.10 PUBACKs a device's QoS 1 publish once DEVICES' $MQTT_msgs stores it, and the copy
+# the import carries into HUB's $MQTT_msgs is dropped while that stream has no leader: 0 of 150 published after the
+# leader's SIGKILL arrived in one run, all arrived in another. A loss that happens in some runs only cannot be pinned
+# by a test that must pass or fail reliably; the hub's sessions live in DEVICES instead, where it holds.
+def test_the_hub_session_survives_sigkill_of_the_stream_leader(cluster: NatsCluster) -> None:
     """The hub's persistent session gets every QoS 1 message published before and after SIGKILL of the node leading
     its account's $MQTT_msgs stream (from /jsz; checked to have moved), the publisher resending what was not
-    PUBACKed. With the session in HUB (behind the stream import) this fails on 2.9.10; in DEVICES (the same stream
-    the PUBACK waited for; the status reader's user, subscribe-only) it holds."""
+    PUBACKed: the session in DEVICES, the same stream the PUBACK waited for (the status reader's user, subscribe-only)."""
+    account = DEVICES_ACCOUNT
     run = uuid.uuid4().hex[:6]
     d = "dev-07"
     k = device_partition(d, PARTITIONS)

@@ -130,7 +130,7 @@ def test_a_registry_import_and_a_credentials_write_leave_audit_rows(make_registr
     assert (out / "passwd").exists()
     rows = audit_rows(url, action="devices.credentials")
     assert len(rows) == 1 and rows[0]["actor"] == actor and rows[0]["target"] == str(out)
-    assert rows[0]["address"] == host and rows[0]["detail"] == {"reload": False}
+    assert rows[0]["address"] == host and rows[0]["detail"] == {"reload": False, "broker": "mosquitto"}
 
 
 # -- GET /api/v1/audit ----------------------------------------------------------------------------------------------
