@@ -9,14 +9,20 @@ does not answer) says no.
 
 from __future__ import annotations
 
+import logging
 import threading
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gridhub.db import LazyConnection
 from gridhub.leases import Lease, PartitionLeases, session_client_id
 from gridhub.services.nats import device_partition
 from gridhub.waiting import DATABASE_ERRORS
 
-__all__ = ["PART", "Fence", "describe", "marker_topic", "partition_of", "session_id"]
+if TYPE_CHECKING:
+    from gridhub.mqtt import MqttConnection
+
+__all__ = ["PART", "Fence", "FencedSession", "describe", "marker_topic", "partition_of", "pause_unless_confirmed",
+           "session_id"]
 
 PART = "alerts"
 LANES = ("events", "telemetry")
@@ -66,3 +72,29 @@ class Fence:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class FencedSession(Protocol):
+    """A lane's persistent session of a partition: its connection, under its client id and the lease it runs under,
+    paused when the connection was lost and the lease could not be confirmed then."""
+
+    mqtt: MqttConnection
+    fence: Fence
+    lease: Lease | None
+    paused: bool
+    client_id: str
+
+
+def pause_unless_confirmed(lane: FencedSession, rc: Any, kept: str, log: logging.Logger) -> bool:
+    """On paho's thread, the lane's connection lost, before paho reconnects: unless the lease is confirmed, the lane is
+    paused and paho told not to reconnect under the client id (True); else paho reconnects and resumes the session,
+    where the `kept` (unacknowledged messages, readings) stay. Logged on the lane's logger `log` either way."""
+    if not lane.fence.confirm(lane.lease):
+        lane.paused = True
+        lane.mqtt.client.disconnect()  # paho does not reconnect after this callback
+        log.warning("broker connection lost (%s); not reconnecting as %s until the lease is confirmed", rc,
+                    lane.client_id)
+        return True
+    log.warning("broker connection lost (%s); reconnecting as %s, unacknowledged %s stay in the session", rc,
+                lane.client_id, kept)
+    return False

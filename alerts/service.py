@@ -56,7 +56,7 @@ from pydantic import ValidationError
 from gridhub.alerts import changes, offline, patrols, publish, records, tasks, telemetry, timers
 from gridhub.alerts.devices import DeviceBook
 from gridhub.alerts.evaluate import acceptable, event_findings
-from gridhub.alerts.partitions import PART, Fence, describe, marker_topic, session_id
+from gridhub.alerts.partitions import PART, Fence, describe, marker_topic, pause_unless_confirmed, session_id
 from gridhub.alerts.rules import RuleBook, load_rules
 from gridhub.db import connect
 from gridhub.leases import Lease, PartitionLeases, holder_name
@@ -293,15 +293,8 @@ class AlertService:
         resumes the connection if the lease is still ours, or leaves it to the new holder)."""
         if self.stopping.is_set() or self.mqtt.stopping:
             return
-        if not self.fence.confirm(self.lease):
-            self.paused = True
-            self.mqtt.client.disconnect()  # paho does not reconnect after this callback
-            log.warning("broker connection lost (%s); not reconnecting as %s until the lease is confirmed", rc,
-                        self.client_id)
+        if pause_unless_confirmed(self, rc, "messages", log):
             self.lease_wake.set()
-            return
-        log.warning("broker connection lost (%s); reconnecting as %s, unacknowledged messages stay in the session",
-                    rc, self.client_id)
 
     def _on_message(self, msg: paho.MQTTMessage) -> None:
         """On paho's network thread: the message with the connection it came on (its `generation`)."""

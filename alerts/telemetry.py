@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from gridhub.alerts import changes, timers
 from gridhub.alerts.devices import DeviceBook, Registered
 from gridhub.alerts.evaluate import Finding, acceptable, reading_findings
-from gridhub.alerts.partitions import PART, Fence, describe, marker_topic, session_id
+from gridhub.alerts.partitions import PART, Fence, describe, marker_topic, pause_unless_confirmed, session_id
 from gridhub.alerts.rules import RuleBook
 from gridhub.db import connect
 from gridhub.leases import Lease, PartitionLeases
@@ -262,14 +262,7 @@ class TelemetryLane:
         connection if the lease is still ours, or takes it away)."""
         if self.stopping.is_set() or self.mqtt.stopping:
             return
-        if not self.fence.confirm(self.lease):
-            self.paused = True
-            self.mqtt.client.disconnect()  # paho does not reconnect after this callback
-            log.warning("broker connection lost (%s); not reconnecting as %s until the lease is confirmed", rc,
-                        self.client_id)
-            return
-        log.warning("broker connection lost (%s); reconnecting as %s, unacknowledged readings stay in the session",
-                    rc, self.client_id)
+        pause_unless_confirmed(self, rc, "readings", log)
 
     def _on_message(self, msg: paho.MQTTMessage) -> None:
         generation = self.mqtt.generation  # paho's network thread: the connection this message came on
