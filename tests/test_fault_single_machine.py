@@ -20,22 +20,30 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
-import paho.mqtt.client as paho
 import psycopg
 import pytest
 from alerts_support import Device, add_devices
-from faults import DbProxy, free_ports, health
-from ingest_env import SECRET, Hub, make_hub, topic
-from paho.mqtt.enums import CallbackAPIVersion
+from faults import (
+    DbProxy,
+    ResendingDevice,
+    distinct,
+    free_ports,
+    health,
+    join_devices,
+    missing,
+    one,
+    private_hub,
+    restart_broker,
+    rows,
+    wait_stored,
+)
+from ingest_env import SECRET, Hub
 from polling import wait_for
 
-from gridhub.accounts import derived_password
 from gridhub.runtime import HEALTH_PARTS, health_port
 
 STREAM = {"sa-0001": ("battery_pct", 80.0), "sa-0002": ("battery_pct", 85.0), "sa-0201": ("battery_pct", 90.0),
@@ -43,9 +51,6 @@ STREAM = {"sa-0001": ("battery_pct", 80.0), "sa-0002": ("battery_pct", 85.0), "s
 RATE = 50.0  # readings/s of each device, evenly spaced: 250/s in all, the stream lasts through every fault (~30,000)
 CHUNK = 100  # readings a device publishes before it waits for their PUBACKs
 MAX_PER_DEVICE = 12_000  # a bound, should the scenario drag on: the stream is still running at every fault
-CONFIRM_S = 15.0  # how long a device waits for a chunk's PUBACKs before it sends the rest again
-STALL_S = 45.0  # how long the stored count may stand still before the test counts what is missing
-BROKER_DOWN_S = 3.0
 OUTAGE_S = 60.0
 GRID = "g-xg-02"
 # one smoke alarm per fire alarm incident, each in a building of its own (two in one building would be one incident)
@@ -54,104 +59,20 @@ ALARMS = {"start": "fs-sa-1", "after_ingest_kill": "fs-sa-2", "after_broker_rest
 PARTS = ("ingest", "alerts", "detect", "notify", "api")
 
 
-class StreamDevice(threading.Thread):
-    """One device publishing readings at QoS 1 at RATE until told to stop, like the firmware: a reading counts as
-    published only once the broker has acknowledged it; what was not acknowledged (the connection dropped, the broker
-    went away) is sent again after reconnecting. `confirmed` counts the distinct readings acknowledged."""
-
-    def __init__(self, hub: Hub, device: str, stop: threading.Event, base_ms: int) -> None:
-        super().__init__(name=f"device-{device}", daemon=True)
-        self.device, self.stop, self.base_ms = device, stop, base_ms
-        self.metric, self.value = STREAM[device]
-        self.sent = 0  # readings (seq 0 .. sent - 1) the device has begun to publish
-        self.confirmed = 0
-        self.resent = 0
-        self.error: BaseException | None = None
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{device}-{uuid.uuid4().hex[:6]}",
-                             protocol=paho.MQTTv311)
-        client.username_pw_set(device, derived_password(SECRET, "device", device))
-        client.max_inflight_messages_set(CHUNK)
-        client.max_queued_messages_set(0)
-        client.reconnect_delay_set(1, 2)
-        client.connect("127.0.0.1", hub.broker.port, keepalive=10)
-        client.loop_start()
-        self.client = client
-
-    def _payload(self, seq: int) -> bytes:
-        return orjson.dumps({"ts": self.base_ms + 2 * seq, "seq": seq,
-                             "metrics": {self.metric: round(self.value + (seq % 5) / 100, 2)}})
-
-    def run(self) -> None:
-        try:
-            while not self.stop.is_set() and self.sent < MAX_PER_DEVICE:
-                began = time.monotonic()
-                pending = list(range(self.sent, self.sent + CHUNK))
-                self.sent += CHUNK
-                paced = True  # the first round spread over the chunk's time (a fault finds some in flight, some
-                while pending:  # not yet sent); what was not acknowledged is sent again at once
-                    wait_for(self.client.is_connected, 120, f"{self.device} connected to the broker", interval=0.05)
-                    if not paced:
-                        self.resent += len(pending)
-                    infos = []
-                    for n, seq in enumerate(pending):
-                        infos.append((seq, self.client.publish(topic(self.device), self._payload(seq), qos=1)))
-                        if paced:
-                            time.sleep(max(0.0, began + (n + 1) / RATE - time.monotonic()))
-                    paced = False
-                    deadline = time.monotonic() + CONFIRM_S
-                    pending = [seq for seq, info in infos if not _acknowledged(info, deadline)]
-                self.confirmed += CHUNK
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            self.error = exc
-        finally:
-            self.client.disconnect()
-            self.client.loop_stop()
-
-
-def _acknowledged(info: paho.MQTTMessageInfo, deadline: float) -> bool:
-    """Whether the broker acknowledged the publish by `deadline` (False when paho could not send it: not connected,
-    or the connection dropped under it)."""
-    try:
-        info.wait_for_publish(max(0.0, deadline - time.monotonic()))
-        return info.is_published()
-    except (RuntimeError, ValueError):
-        return False
-
-
-def _one(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...] = ()) -> int:
-    row = conn.execute(sql, params).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def _distinct(conn: psycopg.Connection[Any]) -> int:
-    return _one(conn, "SELECT count(DISTINCT (device_id, seq)) FROM readings")
+def _values(value: float) -> Callable[[int], float]:
+    return lambda seq: round(value + (seq % 5) / 100, 2)
 
 
 def _fire_tasks(conn: psycopg.Connection[Any], device: str) -> int:
-    return _one(conn, "SELECT count(*) FROM tasks WHERE device_id = %s AND type = 'fire_alarm'", (device,))
-
-
-def _missing(conn: psycopg.Connection[Any], devices: list[StreamDevice]) -> dict[str, str]:
-    """The sequence numbers not stored, by device, as ranges (the first 20 ranges of each)."""
-    out: dict[str, str] = {}
-    for dev in devices:
-        rows = conn.execute(
-            "SELECT min(s), max(s) FROM (SELECT s, s - row_number() OVER (ORDER BY s) AS grp FROM generate_series(0, "
-            "%s - 1) s WHERE NOT EXISTS (SELECT 1 FROM readings WHERE device_id = %s AND seq = s)) m "
-            "GROUP BY grp ORDER BY 1 LIMIT 20", (dev.sent, dev.device)).fetchall()
-        if rows:
-            out[dev.device] = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in rows)
-    return out
+    return one(conn, "SELECT count(*) FROM tasks WHERE device_id = %s AND type = 'fire_alarm'", (device,))
 
 
 @pytest.fixture
 def hub(make_database: Callable[[], str], tmp_path: Path) -> Iterator[Hub]:
-    h = make_hub(make_database, tmp_path)
-    for n, device in enumerate(ALARMS.values(), start=1):
-        add_devices(h.db_url, h.settings, h.broker, f"fsb-{n}", GRID, [(device, "smoke_alarm", None)])
-    yield h
-    h.broker.stop()
+    with private_hub(make_database, tmp_path) as h:
+        for n, device in enumerate(ALARMS.values(), start=1):
+            add_devices(h.db_url, h.settings, h.broker, f"fsb-{n}", GRID, [(device, "smoke_alarm", None)])
+        yield h
 
 
 @pytest.fixture
@@ -210,14 +131,14 @@ def test_nothing_lost_nothing_doubled_through_the_faults_of_one_machine(hub: Hub
                                                                         tmp_path: Path) -> None:
     up = Up(hub, proxy, tmp_path)
     stop = threading.Event()
-    devices: list[StreamDevice] = []
+    devices: list[ResendingDevice] = []
     phases: list[str] = []
 
     def published() -> int:
         return sum(d.confirmed for d in devices)
 
     def note(conn: psycopg.Connection[Any], what: str) -> None:
-        phases.append(f"{what}: published {published()}, stored {_distinct(conn)}")
+        phases.append(f"{what}: published {published()}, stored {distinct(conn)}")
 
     def streaming(what: str) -> None:
         for d in devices:
@@ -237,15 +158,16 @@ def test_nothing_lost_nothing_doubled_through_the_faults_of_one_machine(hub: Hub
 
     def progress(conn: psycopg.Connection[Any], what: str, more: int = 1000, timeout: float = 180) -> None:
         """The stream flows again: `more` readings stored beyond what was stored now."""
-        target = _distinct(conn) + more
-        wait_for(lambda: _distinct(conn) >= target, timeout, f"{more} more readings stored {what}", interval=0.3)
+        target = distinct(conn) + more
+        wait_for(lambda: distinct(conn) >= target, timeout, f"{more} more readings stored {what}", interval=0.3)
         note(conn, f"stream flowing {what}")
 
     try:
         pids = {part: up.pid(part) for part in HEALTH_PARTS}
         wait_for(lambda: up.ingest_connections() >= 1, 60, "ingest connected to the broker")
         base_ms = int(time.time() * 1000) - 2 * MAX_PER_DEVICE - 60_000
-        devices += [StreamDevice(hub, d, stop, base_ms) for d in STREAM]
+        devices += [ResendingDevice(hub, d, metric, _values(value), base_ms, chunk=CHUNK, count=MAX_PER_DEVICE,
+                                    rate=RATE, stop=stop) for d, (metric, value) in STREAM.items()]
         for d in devices:
             d.start()
         with psycopg.connect(hub.db_url, autocommit=True) as conn:
@@ -253,7 +175,7 @@ def test_nothing_lost_nothing_doubled_through_the_faults_of_one_machine(hub: Hub
             try:  # no alarm of theirs, so heartbeats until alerts has evaluated one
                 def heard() -> bool:
                     probe.event("heartbeat")
-                    return _one(conn, "SELECT count(*) FROM rule_events WHERE device_id = %s", (probe.id,)) > 0
+                    return one(conn, "SELECT count(*) FROM rule_events WHERE device_id = %s", (probe.id,)) > 0
                 wait_for(heard, 60, "the alerts part to evaluate events", interval=0.5)
             finally:
                 probe.close()
@@ -275,10 +197,7 @@ def test_nothing_lost_nothing_doubled_through_the_faults_of_one_machine(hub: Hub
             # 2. a graceful broker restart (SIGTERM: mosquitto saves its persistence file), down for a moment
             streaming("the broker restart")
             connections = up.ingest_connections()
-            hub.broker.stop()
-            note(conn, "broker stopped")
-            time.sleep(BROKER_DOWN_S)
-            hub.broker.ensure_started()
+            restart_broker(hub, while_down=lambda: note(conn, "broker stopped"))
             wait_for(lambda: up.ingest_connections() > connections, 120, "ingest reconnected after the broker restart")
             note(conn, "broker back")
             alarm(conn, "after_broker_restart")
@@ -318,28 +237,22 @@ def test_nothing_lost_nothing_doubled_through_the_faults_of_one_machine(hub: Hub
 
             streaming("the end")
             stop.set()
-            for d in devices:
-                d.join(300)
-                assert not d.is_alive(), f"{d.device} still publishing 300 s after the end"
-                assert d.error is None, f"{d.device}: {d.error!r}"
+            join_devices(devices, 300)
             total = published()
             assert total == sum(d.sent for d in devices)
-            stored, since = _distinct(conn), time.monotonic()
-            while stored < total and time.monotonic() - since < STALL_S:
-                time.sleep(0.5)
-                if (now := _distinct(conn)) != stored:
-                    stored, since = now, time.monotonic()
+            stored = wait_stored(conn, total)
             note(conn, "the end")
-            rows = _one(conn, "SELECT count(*) FROM readings")
+            stored_rows = rows(conn)
             tasks = {device: _fire_tasks(conn, device) for device in ALARMS.values()}
-            all_fire = _one(conn, "SELECT count(*) FROM tasks WHERE type = 'fire_alarm'")
+            all_fire = one(conn, "SELECT count(*) FROM tasks WHERE type = 'fire_alarm'")
             resent = sum(d.resent for d in devices)
-            summary = "\n".join([*phases, f"published {total}, stored {stored} (rows {rows}, resent {resent}); "
+            summary = "\n".join([*phases, f"published {total}, stored {stored} (rows {stored_rows}, resent {resent}); "
                                  f"fire alarm tasks {tasks} ({all_fire} in all)"])
             print(summary)
             assert stored == total, (f"published {total}, stored {stored}; missing by device: "
-                                     f"{_missing(conn, devices)}\n{summary}")
-            assert rows == stored, f"a reading was stored twice: {rows} rows for {stored} readings\n{summary}"
+                                     f"{missing(conn, devices)}\n{summary}")
+            assert stored_rows == stored, (f"a reading was stored twice: {stored_rows} rows for {stored} readings\n"
+                                           f"{summary}")
             assert tasks == dict.fromkeys(ALARMS.values(), 1), f"fire alarm tasks: {tasks}\n{summary}"
             assert all_fire == len(ALARMS)
         for part in HEALTH_PARTS:

@@ -21,8 +21,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from ingest_env import Hub, make_hub, start_ingest_process, wait_connected, wait_until
-from test_ingest_restart_loss import DEVICES, ResendingDevice, _distinct, _missing, _rows, _wait_stored
+from faults import ResendingDevice, distinct, private_hub, published_is_stored, stop_ingest, stream
+from ingest_env import Hub, start_ingest_process, wait_connected, wait_until
 
 TOTAL = 20_000
 LEASE_S = "3"  # GRIDHUB_LEASE_S: a standby takes over within a few seconds (the default is 15)
@@ -31,9 +31,8 @@ SLOT = "gridhub-ingest-p0"
 
 @pytest.fixture
 def hub(make_database: Callable[[], str], tmp_path: Path) -> Iterator[Hub]:
-    h = make_hub(make_database, tmp_path)
-    yield h
-    h.broker.stop()
+    with private_hub(make_database, tmp_path) as h:
+        yield h
 
 
 def _holder(conn: psycopg.Connection[Any]) -> tuple[str | None, int]:
@@ -49,18 +48,6 @@ def _slot_connections(hub: Hub) -> int:
     return len(re.findall(rf"New client connected from \S+ as {re.escape(SLOT)} ", text))
 
 
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGCONT)
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-        raise AssertionError(f"ingest (pid {proc.pid}) did not stop within {timeout:.0f} s") from None
-
-
 def _holder_and_standby(hub: Hub, tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, subprocess.Popen[bytes],
                                                              Path]:
     logs = tmp_path / "a.log", tmp_path / "b.log"
@@ -71,25 +58,8 @@ def _holder_and_standby(hub: Hub, tmp_path: Path) -> tuple[subprocess.Popen[byte
     return a, logs[0], b, logs[1]
 
 
-def _stream(hub: Hub, base_ms: int) -> list[ResendingDevice]:
-    devices = [ResendingDevice(hub, d, TOTAL // len(DEVICES), base_ms) for d in DEVICES]
-    for dev in devices:
-        dev.start()
-    return devices
-
-
-def _published_is_stored(conn: psycopg.Connection[Any], devices: list[ResendingDevice], logs: list[Path]) -> None:
-    for dev in devices:
-        dev.join(600)
-        assert not dev.is_alive(), f"{dev.device} still publishing after 600 s"
-        assert dev.error is None, f"{dev.device}: {dev.error!r}"
-    published = sum(dev.confirmed for dev in devices)
-    assert published == TOTAL
-    stored = _wait_stored(conn, TOTAL)
-    tails = "\n".join(f"--- {lg.name}\n{lg.read_text(errors='replace')[-2000:]}" for lg in logs)
-    assert stored == published, (f"published {published}, stored {stored}; missing by device: "
-                                 f"{_missing(conn, TOTAL // len(DEVICES))}\n{tails}")
-    assert _rows(conn) == stored, "a reading was stored twice"
+def _stream(hub: Hub) -> list[ResendingDevice]:
+    return stream(hub, TOTAL, int(time.time() * 1000) - 2 * TOTAL - 60_000)
 
 
 def test_the_standby_resumes_a_killed_holders_session(hub: Hub, tmp_path: Path) -> None:
@@ -98,17 +68,17 @@ def test_the_standby_resumes_a_killed_holders_session(hub: Hub, tmp_path: Path) 
         with psycopg.connect(hub.db_url, autocommit=True) as conn:
             holder, epoch = _holder(conn)
             assert holder == "slot-a" and "standby" not in a_log.read_text()
-            devices = _stream(hub, int(time.time() * 1000) - 2 * TOTAL - 60_000)
-            wait_until(lambda: _distinct(conn) >= TOTAL // 5, 180, "a fifth of the stream stored")
+            devices = _stream(hub)
+            wait_until(lambda: distinct(conn) >= TOTAL // 5, 180, "a fifth of the stream stored")
             a.send_signal(signal.SIGKILL)
             a.wait(30)
-            assert _distinct(conn) < TOTAL, "the stream ended before the kill: the test proved nothing"
+            assert distinct(conn) < TOTAL, "the stream ended before the kill: the test proved nothing"
             wait_connected(b_log, timeout=120)  # once the dead holder's lease has expired
             assert "session resumed" in b_log.read_text()
             assert _holder(conn) == ("slot-b", epoch + 1)  # a new holder, a new epoch
-            _published_is_stored(conn, devices, [a_log, b_log])
+            published_is_stored(conn, devices, TOTAL, [a_log, b_log])
         assert _slot_connections(hub) == 2  # the holder, then its successor
-        assert _stop(b) == 0
+        assert stop_ingest(b) == 0
     finally:
         for p in (a, b):
             if p.poll() is None:
@@ -121,25 +91,25 @@ def test_a_holder_stopped_past_its_lease_does_not_take_the_slot_back(hub: Hub, t
         with psycopg.connect(hub.db_url, autocommit=True) as conn:
             holder, epoch = _holder(conn)
             assert holder == "slot-a"
-            devices = _stream(hub, int(time.time() * 1000) - 2 * TOTAL - 60_000)
-            wait_until(lambda: _distinct(conn) >= TOTAL // 5, 180, "a fifth of the stream stored")
+            devices = _stream(hub)
+            wait_until(lambda: distinct(conn) >= TOTAL // 5, 180, "a fifth of the stream stored")
             a.send_signal(signal.SIGSTOP)  # a stall: the process holds its connection but does nothing
             wait_connected(b_log, timeout=120)  # the standby took over the expired lease and the session
             assert _holder(conn) == ("slot-b", epoch + 1)
-            assert _distinct(conn) < TOTAL, "the stream ended before the stall: the test proved nothing"
+            assert distinct(conn) < TOTAL, "the stream ended before the stall: the test proved nothing"
             a.send_signal(signal.SIGCONT)
             wait_until(lambda: "lost partition 0" in a_log.read_text(errors="replace"), 60,
                        "the woken holder to find its lease lost")
-            at_wake = _distinct(conn)
+            at_wake = distinct(conn)
             # the new holder keeps consuming: the stream goes on being stored after the old holder woke up
-            wait_until(lambda: _distinct(conn) >= min(TOTAL, at_wake + 1000), 120, "storing to go on after SIGCONT")
-            _published_is_stored(conn, devices, [a_log, b_log])
+            wait_until(lambda: distinct(conn) >= min(TOTAL, at_wake + 1000), 120, "storing to go on after SIGCONT")
+            published_is_stored(conn, devices, TOTAL, [a_log, b_log])
             assert a.poll() is None and _holder(conn)[0] == "slot-b"
         # nobody fought for the client id: the old holder never connected as the slot again, the new one once
         assert _slot_connections(hub) == 2
         assert b_log.read_text().count(" connected (MQTT") == 1 and "connection lost" not in b_log.read_text()
         assert a_log.read_text().count(" connected (MQTT") == 1
-        assert _stop(a) == 0 and _stop(b) == 0
+        assert stop_ingest(a) == 0 and stop_ingest(b) == 0
     finally:
         for p in (a, b):
             if p.poll() is None:
