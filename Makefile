@@ -69,3 +69,17 @@ bench: services
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# The cluster tests (tests/cluster: not part of `make test`, pyproject's addopts ignore them): PostgreSQL under
+# Patroni with a 3-member etcd (gridhub/services/patroni.py), and nats-server for the cluster broker. Debian's
+# patroni takes its etcd client (python3-etcd) only as a choice among alternatives: name it.
+.PHONY: cluster-test
+cluster-test: services-install $(STAMP)
+	@if [ "$$(id -u)" -ne 0 ]; then command -v etcd >/dev/null && command -v patroni >/dev/null || \
+	  { echo "[cluster-test] not root: apt-get install etcd-server patroni python3-etcd nats-server"; exit 1; }; \
+	elif ! command -v etcd >/dev/null || ! command -v patroni >/dev/null || ! /usr/bin/python3 -c 'import etcd' 2>/dev/null; then \
+	  echo "[cluster-test] apt-get install etcd-server patroni python3-etcd nats-server"; \
+	  { apt-cache policy patroni | grep -q 'Candidate: [0-9]' || apt-get update -qq; } && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server patroni python3-etcd \
+	    nats-server >/dev/null; fi
+	$(BIN)/pytest -q tests/cluster $(PYTEST_ARGS)
