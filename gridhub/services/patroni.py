@@ -274,17 +274,24 @@ class PatroniCluster:
         pid = read_pid(self.data_dir(n) / "postmaster.pid")
         return pid if pid is not None and pid_alive(pid, "postgres") else None
 
+    @staticmethod
+    def _program_with_free_ports(name: str, ports: tuple[tuple[int, str], ...]) -> Path:
+        """The installed program `name`, once each of its ports is free (else a ServiceError saying which)."""
+        program = find_program(name)
+        if program is None:
+            raise ServiceError(f"{name} is not installed: {INSTALL_HINT}")
+        for port, what in ports:
+            if port_open(port):
+                raise ServiceError(f"127.0.0.1:{port} ({what}) is taken by another program: stop it or choose another"
+                                   " layout")
+        return Path(program)
+
     def start_etcd(self, m: EtcdMember) -> int:
         running = self.etcd_pid(m)
         if running is not None:
             return running
-        program = find_program("etcd")
-        if program is None:
-            raise ServiceError(f"etcd is not installed: {INSTALL_HINT}")
-        for port, what in ((m.client_port, "client"), (m.peer_port, "peer")):
-            if port_open(port):
-                raise ServiceError(f"127.0.0.1:{port} (etcd member {m.name}'s {what} port) is taken by another "
-                                   "program: stop it or choose another layout")
+        program = self._program_with_free_ports("etcd", ((m.client_port, f"etcd member {m.name}'s client port"),
+                                                         (m.peer_port, f"etcd member {m.name}'s peer port")))
         d = self.etcd_dir(m)
         state = "existing" if (d / "data" / "member").exists() else "new"
         cluster = ",".join(f"{e.name}=http://127.0.0.1:{e.peer_port}" for e in self.layout.etcd)
@@ -308,13 +315,8 @@ class PatroniCluster:
         running = self.patroni_pid(n)
         if running is not None:
             return running
-        program = find_program("patroni")
-        if program is None:
-            raise ServiceError(f"patroni is not installed: {INSTALL_HINT}")
-        for port, what in ((n.pg_port, "PostgreSQL"), (n.rest_port, "REST API")):
-            if port_open(port):
-                raise ServiceError(f"127.0.0.1:{port} (node {n.name}'s {what} port) is taken by another program: "
-                                   "stop it or choose another layout")
+        program = self._program_with_free_ports("patroni", ((n.pg_port, f"node {n.name}'s PostgreSQL port"),
+                                                            (n.rest_port, f"node {n.name}'s REST API port")))
         d = self.node_dir(n)
         return self._spawn([str(program), str(d / "patroni.yml")], self.run_as, d, d / "patroni.log",
                            d / "patroni.pid")
