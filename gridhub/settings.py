@@ -152,6 +152,10 @@ class Settings(BaseSettings):
     map_coords: Literal["wgs84", "gcj02"] = Field(default="wgs84", description="the tile service's datum: gcj02 for"
                                                   " the Chinese services that use it (AutoNavi, Tencent); buildings"
                                                   " are stored as WGS-84 and shifted on the map")
+    # CONTRACT §8: mosquitto (one machine; one partition) or a NATS JetStream cluster's MQTT gateway (partitions)
+    broker: Literal["mosquitto", "nats"] = Field(default="mosquitto", description="GRIDHUB_BROKER: mosquitto, or"
+                                                 " nats (a NATS JetStream cluster's MQTT gateway: MQTT 3.1.1, the"
+                                                 " device stream cut into GRIDHUB_PARTITIONS partitions)")
     # partitions held by lease (gridhub/leases.py, CONTRACT §8): every instance of a part must use the same number
     partitions: int = Field(default=1, ge=1, le=1024, description="partitions of the device stream each part's"
                             " instances share by lease (GRIDHUB_PARTITIONS); 1 on mosquitto")
