@@ -1,8 +1,19 @@
-"""Database access: connections, migrations under an advisory lock, TimescaleDB feature detection, retention."""
+"""Database access: connections, migrations under an advisory lock, TimescaleDB feature detection, retention.
+
+Every connection of the hub is made from GRIDHUB_DATABASE_URL as given, handed to libpq (psycopg) unchanged: a
+multi-host URL such as `postgresql://u:p@h1:5432,h2:5432/gridhub?target_session_attrs=read-write` (PostgreSQL under
+Patroni, docs/scaling.md) makes every new connection find the node that takes writes, so a part that lost its
+connection in a failover reconnects to the new primary with the same URL. Nothing here parses or rebuilds the URL,
+except `redact()` for messages and `LazyConnection`, which only reads whether the URL sets its own
+`connect_timeout`. A COMMIT whose connection dropped has an unknown outcome (it may have been committed on the old
+primary and replicated, or not): the writers retry it on a new connection, and their writes are idempotent (the
+store's dedup on (device, ts, seq), `rule_events`' key, the unique indexes of alerts and tasks).
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -10,6 +21,7 @@ from importlib import resources
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 log = logging.getLogger("gridhub.db")
@@ -40,23 +52,41 @@ def connect(url: str, *, autocommit: bool = False, **kw: Any) -> psycopg.Connect
         ) from exc
 
 
+CONNECT_TIMEOUT_S = 10  # a part's connection attempt, per host of a multi-host URL, unless the URL sets its own
+
+
+def connect_kwargs(url: str, **kw: Any) -> dict[str, Any]:
+    """`kw` with connect_timeout added unless the URL sets one (an operator's `connect_timeout` in
+    GRIDHUB_DATABASE_URL wins: with several hosts it bounds each attempt, so a dead node is passed over quickly)."""
+    try:
+        has_timeout = "connect_timeout" in conninfo_to_dict(url)
+    except psycopg.ProgrammingError:  # not a valid conninfo: let connect() say so
+        has_timeout = False
+    return kw if has_timeout else {"connect_timeout": CONNECT_TIMEOUT_S, **kw}
+
+
 class LazyConnection:
     """One connection of a long-running part, opened on first use and again after it broke (`forget_if_broken()`
-    after an error); with `gridhub.waiting.keep_trying` this is how a part rides out a database outage."""
+    after an error); with `gridhub.waiting.keep_trying` this is how a part rides out a database outage, and, on a
+    multi-host URL, a failover: the new connection goes to the new primary."""
 
     def __init__(self, url: str, *, application_name: str, autocommit: bool = False,
                  on_open: Callable[[psycopg.Connection[Any]], None] | None = None) -> None:
         self.url = url
-        self._kw: dict[str, Any] = {"connect_timeout": 10, "application_name": application_name,
-                                    "autocommit": autocommit}
+        self._kw: dict[str, Any] = connect_kwargs(url, application_name=application_name, autocommit=autocommit)
         self._on_open = on_open
         self._conn: psycopg.Connection[Any] | None = None
 
     def get(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.url, **self._kw)
+            conn = psycopg.connect(self.url, **self._kw)
             if self._on_open is not None:
-                self._on_open(self._conn)
+                try:
+                    self._on_open(conn)
+                except BaseException:  # not kept half set up: the next get() opens and sets up a new one
+                    conn.close()
+                    raise
+            self._conn = conn
         return self._conn
 
     def forget_if_broken(self, exc: BaseException | None = None) -> None:
@@ -71,14 +101,23 @@ class LazyConnection:
             self._conn = None
 
 
+_PASSWORD_PARAM = re.compile(r"(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)")
+
+
 def redact(url: str) -> str:
-    """A URL with its password hidden, for messages and logs."""
+    """A URL (or a key=value conninfo) with its password hidden, for messages and logs: the user's password of a URL
+    (every host of a multi-host URL keeps its port) and any `password=` parameter."""
+    url = _PASSWORD_PARAM.sub(r"\1***", url)
     if "@" not in url or "://" not in url:
         return url
     scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
+    head, mark, query = rest.partition("?")
+    if "@" not in head:
+        return url
+    creds, host = head.rsplit("@", 1)
     user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
+    hidden = f"{user}:***@{host}" if ":" in creds else f"{user}@{host}"
+    return f"{scheme}://{hidden}{mark}{query}"
 
 
 @dataclass(frozen=True)

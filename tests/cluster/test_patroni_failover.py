@@ -2,7 +2,7 @@
 synchronous replication on. A writer commits rows through the hub's multi-host URL while the primary's postgres is
 killed with SIGKILL; Patroni promotes the other node (checked through the REST API), the writer reconnects with the
 same URL and retries what it could not confirm (idempotently, as the store does), and every row whose COMMIT
-returned is on the new primary.
+returned is on the new primary. The cluster is tests/cluster/conftest.py's fixture.
 
 Not part of `make test` (pyproject's addopts ignore tests/cluster): `make cluster-test` runs it. No timing
 assertions: every wait has a deadline for a state, and the failover times are only printed."""
@@ -10,37 +10,18 @@ assertions: every wait has a deadline for a state, and the failover times are on
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import psycopg
 import pytest
 
-from gridhub.services.patroni import PatroniCluster, PgNode, find_program, free_layout
-from gridhub.services.process import make_service_tmpdir, wait_until
+from gridhub.services.patroni import PatroniCluster, PgNode
+from gridhub.services.process import wait_until
 
 DATABASE = "gridhub_failover"
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PatroniCluster]:
-    for program in ("etcd", "patroni"):
-        assert find_program(program) is not None, f"{program} is not installed: run make cluster-test"
-    root = make_service_tmpdir("gridhub-patroni-")
-    c = PatroniCluster(Path(root), free_layout())
-    try:
-        c.write_config()
-        started = time.monotonic()
-        c.start(timeout=180)
-        print(f"\npatroni cluster ready in {time.monotonic() - started:.1f} s: {c.status()['postgresql']}")
-        yield c
-    finally:
-        c.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 class Writer:

@@ -1,0 +1,135 @@
+"""A COMMIT whose connection dropped has an unknown outcome; ingest retries the batch on a new connection and the
+store's dedup makes the retry idempotent (issue 15 item 4, what a Patroni failover does to a commit in flight).
+
+`gridhub ingest` runs with its database behind a relay that lets the store's COMMIT (a transaction that copied
+readings) reach the real PostgreSQL, lets PostgreSQL commit it, and then closes the connection instead of passing
+the answer on: the batch is committed and ingest cannot know it. The retry writes the same batch again on a new
+connection (its own COMMIT dropped the same way, the next one answered). Published = stored, each reading once, the
+retries counted as duplicates, and ingest kept running."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import psycopg
+import pytest
+from faults import DbProxy, distinct, one, private_hub, rows, stop_ingest, wait_stored
+from ingest_env import Hub, Publisher, counter, start_ingest_process, topic, wait_connected
+from polling import wait_for
+
+DEVICE, METRIC = "sa-0001", "battery_pct"
+TOTAL = 3000
+DROPS = 2  # the first store COMMIT and its retry's both lose their answer; the third try is answered
+
+
+class CommitAnswerDropper(DbProxy):
+    """DbProxy that, `drops` times, passes a COMMIT of a transaction that ran a COPY (the store's) to PostgreSQL and
+    closes the connection on its answer: the transaction is committed, and the client is told nothing."""
+
+    def __init__(self, target: tuple[str, int], drops: int = DROPS) -> None:
+        self.drops = drops
+        self.dropped = 0
+        self._count_lock = threading.Lock()
+        super().__init__(target)
+
+    def _accept(self, lst: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = lst.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._socks += [client, upstream]
+            drop_answer = threading.Event()
+            threading.Thread(target=self._requests, args=(client, upstream, drop_answer), daemon=True).start()
+            threading.Thread(target=self._answers, args=(upstream, client, drop_answer), daemon=True).start()
+
+    def _take_drop(self) -> bool:
+        with self._count_lock:
+            if self.dropped >= self.drops:
+                return False
+            self.dropped += 1
+            return True
+
+    def _requests(self, src: socket.socket, dst: socket.socket, drop_answer: threading.Event) -> None:
+        copied = False
+        try:
+            while data := src.recv(65536):
+                copied = copied or b"COPY readings" in data or b"COPY ingest_readings" in data
+                if b"COMMIT\x00" in data:
+                    if copied and self._take_drop():
+                        drop_answer.set()  # before the COMMIT goes out: its answer is the next thing back
+                    copied = False
+                dst.sendall(data)
+        except OSError:
+            pass
+        _close(src, dst)
+
+    @staticmethod
+    def _answers(src: socket.socket, dst: socket.socket, drop_answer: threading.Event) -> None:
+        try:
+            while data := src.recv(65536):
+                if drop_answer.is_set():
+                    break  # PostgreSQL committed; the client never hears it
+                dst.sendall(data)
+        except OSError:
+            pass
+        _close(src, dst)
+
+
+def _close(*socks: socket.socket) -> None:
+    for s in socks:
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def hub(make_database: Callable[[], str], tmp_path: Path) -> Iterator[Hub]:
+    with private_hub(make_database, tmp_path) as h:
+        yield h
+
+
+def test_a_commit_whose_answer_was_lost_is_retried_idempotently(hub: Hub, tmp_path: Path) -> None:
+    proxy = CommitAnswerDropper.of(hub.db_url)
+    log = tmp_path / "ingest.log"
+    proc = start_ingest_process(hub, "unknown-commit", log, GRIDHUB_DATABASE_URL=proxy.url(hub.db_url))
+    try:
+        wait_connected(log)
+        pub = Publisher(hub, DEVICE)
+        try:
+            base_ms = 1_790_000_000_000
+            pub.send((topic(DEVICE), orjson.dumps({"ts": base_ms + seq, "seq": seq, "metrics": {METRIC: 50}}))
+                     for seq in range(TOTAL))
+        finally:
+            pub.close()
+        with psycopg.connect(hub.db_url, autocommit=True) as conn:
+            stored = wait_stored(conn, TOTAL)
+            assert proc.poll() is None, f"ingest exited:\n{log.read_text(errors='replace')[-3000:]}"
+            assert proxy.dropped == DROPS, f"only {proxy.dropped} COMMIT answers dropped: the test proves nothing"
+            duplicates = counter(conn, "gridhub_duplicates_total")
+            wait_for(lambda: counter(conn, "gridhub_messages_received_total") >= TOTAL, 60,
+                     "ingest's counters to catch up")
+            received = counter(conn, "gridhub_messages_received_total")
+            print(f"\npublished {TOTAL}, stored {stored} (rows {rows(conn)}); {proxy.dropped} COMMIT answers dropped;"
+                  f" counted received {received:.0f}, duplicates {duplicates:.0f}")
+            assert stored == TOTAL, f"published {TOTAL}, stored {stored}"
+            assert rows(conn) == TOTAL, "a reading was stored twice"
+            assert one(conn, "SELECT count(*) FROM quarantine") == 0
+            # the dropped COMMITs went through: their retries found the batch already stored
+            assert duplicates > 0, "no retry found its batch stored: the answers dropped were not of committed batches"
+            assert distinct(conn) == TOTAL
+    finally:
+        code = stop_ingest(proc)
+        proxy.cut()
+    assert code == 0, log.read_text(errors="replace")[-3000:]
