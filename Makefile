@@ -17,6 +17,9 @@ help:
 	@echo "make services       install (as root) and start PostgreSQL+TimescaleDB and mosquitto on private ports"
 	@echo "make services-stop  stop exactly what make services started"
 	@echo "make bench          run the benchmarks in bench/ (JSON on stdout)"
+	@echo "make cluster        the clustered hub on this machine: 3 NATS nodes, Patroni, 2 of each part (docs/scaling.md)"
+	@echo "make cluster-stop   stop exactly what make cluster started"
+	@echo "make cluster-test   the cluster tests (tests/cluster), installing etcd, Patroni and nats-server as root"
 
 # The virtual environment is complete only when the stamp exists: a failed venv or pip run leaves no stamp.
 $(STAMP): pyproject.toml
@@ -73,13 +76,28 @@ clean:
 # The cluster tests (tests/cluster: not part of `make test`, pyproject's addopts ignore them): PostgreSQL under
 # Patroni with a 3-member etcd (gridhub/services/patroni.py), and nats-server for the cluster broker. Debian's
 # patroni takes its etcd client (python3-etcd) only as a choice among alternatives: name it.
-.PHONY: cluster-test
-cluster-test: services-install $(STAMP)
+# cluster-install: what the cluster needs besides make services-install's (PostgreSQL+TimescaleDB, nats-server).
+.PHONY: cluster-install cluster-test cluster cluster-stop cluster-status
+cluster-install: services-install
 	@if [ "$$(id -u)" -ne 0 ]; then command -v etcd >/dev/null && command -v patroni >/dev/null || \
-	  { echo "[cluster-test] not root: apt-get install etcd-server patroni python3-etcd nats-server"; exit 1; }; \
+	  { echo "[cluster-install] not root: apt-get install etcd-server patroni python3-etcd nats-server"; exit 1; }; \
 	elif ! command -v etcd >/dev/null || ! command -v patroni >/dev/null || ! /usr/bin/python3 -c 'import etcd' 2>/dev/null; then \
-	  echo "[cluster-test] apt-get install etcd-server patroni python3-etcd nats-server"; \
+	  echo "[cluster-install] apt-get install etcd-server patroni python3-etcd nats-server"; \
 	  { apt-cache policy patroni | grep -q 'Candidate: [0-9]' || apt-get update -qq; } && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server patroni python3-etcd \
 	    nats-server >/dev/null; fi
+
+cluster-test: cluster-install $(STAMP)
 	$(BIN)/pytest -q tests/cluster $(PYTEST_ARGS)
+
+# The clustered hub on one machine (gridhub/services/cluster.py, docs/scaling.md): 3 NATS nodes, 3 etcd members,
+# 2 PostgreSQL nodes under Patroni, 2 instances of each part, every port on 127.0.0.1, its files in var/cluster
+# (GRIDHUB_DATA_DIR/cluster). make cluster-stop stops exactly what make cluster started (its pid files).
+cluster: cluster-install $(STAMP)
+	$(BIN)/gridhub cluster start
+
+cluster-stop: $(STAMP)
+	$(BIN)/gridhub cluster stop
+
+cluster-status: $(STAMP)
+	$(BIN)/gridhub cluster status

@@ -166,6 +166,12 @@ def cmd_services(args: argparse.Namespace) -> int:
     return services_cli(args.rest)
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from gridhub.services.cluster import main as cluster_main
+
+    return cluster_main(args.rest)
+
+
 def _check_notify_file() -> None:
     """A notify file that cannot be used stops the hub at start, naming the line and field, instead of leaving
     people un-notified (the parts that change tasks plan deliveries from it)."""
@@ -396,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     svc.add_argument("rest", nargs=argparse.REMAINDER)
     svc.set_defaults(func=cmd_services)
 
+    clu = sub.add_parser("cluster", help="the clustered hub on one machine: 3 NATS nodes, Patroni, 2 of each part"
+                         " (start|stop|status|env; make cluster)", add_help=False)
+    clu.add_argument("rest", nargs=argparse.REMAINDER)
+    clu.set_defaults(func=cmd_cluster)
+
     demo = sub.add_parser("demo", help="everything with a demo district and simulators")
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--host", default="127.0.0.1")
@@ -435,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     # a pass-through command go to it untouched
     head, rest = argv, None
     for i, word in enumerate(argv):
-        if word in ("simulate", "services"):
+        if word in ("simulate", "services", "cluster"):
             head, rest = argv[: i + 1], argv[i + 1:]
             break
         if word == "detect" and argv[i + 1: i + 2] == ["replay"]:
