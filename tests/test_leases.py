@@ -4,15 +4,20 @@ past its lease refused, and instances with another number of partitions refused.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from faults import DbProxy
 from polling import wait_for
 
 from gridhub.db import migrate
-from gridhub.leases import PartitionLeases, PartitionMismatch, Round, holder_name
+from gridhub.leases import Change, Lease, LeaseKeeper, PartitionLeases, PartitionMismatch, Round, holder_name
+from gridhub.waiting import DATABASE, WAITS
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +152,153 @@ def test_another_number_of_partitions_is_refused_while_an_instance_lives(conns: 
     other.join(conns[1])  # once none lives, the part is reshaped to the new number
     assert set(other.renew(conns[1]).held) == {0}
     assert conns[2].execute("SELECT count(*) FROM part_leases WHERE part = 'mismatch'").fetchone() == (1,)
+
+
+# --- LeaseKeeper: the leases kept by a thread of their own -------------------------------------------------------
+
+
+class Owner:
+    """What a part does with a keeper's changes: records them, and gives a surplus back at once (as a part does once
+    it has stopped consuming it)."""
+
+    def __init__(self, give_back: bool = True) -> None:
+        self.changes: list[Change] = []
+        self.held: dict[int, Lease] = {}
+        self.lock = threading.Lock()
+        self.keeper: LeaseKeeper | None = None
+        self.give_back = give_back
+
+    def __call__(self, change: Change) -> None:
+        with self.lock:
+            self.changes.append(change)
+            for p, lease in change.lost.items():
+                assert self.held.pop(p) == lease, f"lost {lease}, which was never gained"
+            for p, lease in change.gained.items():
+                assert p not in self.held, f"gained {lease} while holding {self.held[p]}"
+                self.held[p] = lease
+            for p in change.surplus:
+                self.held.pop(p)
+        if change.surplus and self.give_back:
+            assert self.keeper is not None
+            self.keeper.give_back(change.surplus)
+
+    def partitions(self) -> set[int]:
+        with self.lock:
+            return set(self.held)
+
+
+def _keeper(part: str, url: str, name: str, partitions: int = 4, lease_s: float = 3.0,
+            give_back: bool = True) -> tuple[LeaseKeeper, Owner]:
+    owner = Owner(give_back)
+    keeper = LeaseKeeper(part, partitions, url, name, lease_s, on_change=owner)
+    owner.keeper = keeper
+    return keeper, owner
+
+
+def _holder_table(url: str, part: str) -> dict[int, tuple[str | None, int]]:
+    with psycopg.connect(url, autocommit=True) as c:
+        return _holders(c, part)
+
+
+def test_keeper_shares_fairly_and_hands_over_on_release(url: str) -> None:
+    """Two keepers of P = 4 settle on 2 + 2 without a partition reported held by both; when one releases, the other
+    is told it gained the two, under new epochs."""
+    stopping = threading.Event()
+    a, oa = _keeper("k-fair", url, "a")
+    b, ob = _keeper("k-fair", url, "b")
+    try:
+        first = a.start(stopping)
+        assert isinstance(first, Change) and set(first.gained) == {0, 1, 2, 3} and not first.lost
+        assert oa.partitions() == {0, 1, 2, 3}
+        b.start(stopping)
+        wait_for(lambda: len(oa.partitions()) == 2 and len(ob.partitions()) == 2, 30, "a 2 + 2 share")
+        assert oa.partitions().isdisjoint(ob.partitions())
+        assert all(a.confirm(le) for le in a.held().values()) and all(b.confirm(le) for le in b.held().values())
+        given = {p for c in oa.changes for p in c.surplus}
+        assert given == ob.partitions()  # what a gave back is what b took
+        before = {p: le.epoch for p, le in a.held().items()}
+        a.stop()
+        a.release()
+        wait_for(lambda: ob.partitions() == {0, 1, 2, 3}, 30, "b to take a's partitions")
+        assert all(b.held()[p].epoch > e for p, e in before.items())  # the fencing token rose
+        assert not any(a.confirm(le) for le in (oa.held.values()))
+    finally:
+        for k in (a, b):
+            k.stop()
+            k.release()
+
+
+def test_keeper_reports_a_lease_lost_to_another_holder(url: str) -> None:
+    """A lease that ran out (here: expired by the database's clock, as for a holder that stalled) is taken by another
+    keeper under a new epoch; the old holder's confirmations say no at once, and its next round reports it lost."""
+    stopping = threading.Event()
+    a, oa = _keeper("k-lost", url, "a", partitions=1, lease_s=60.0)  # renews every 20 s: b moves first
+    b, ob = _keeper("k-lost", url, "b", partitions=1, lease_s=3.0)
+    try:
+        a.start(stopping)
+        b.start(stopping)
+        old = a.held()[0]
+        assert a.confirm(old) and not b.held()
+        with psycopg.connect(url, autocommit=True) as c:
+            c.execute("UPDATE part_leases SET expires_at = now() - interval '1 ms' WHERE part = 'k-lost'")
+        assert not a.confirm(old)  # at once, whatever the process thinks
+        wait_for(lambda: ob.partitions() == {0}, 30, "b to take the expired lease")
+        new = b.held()[0]
+        assert new.epoch > old.epoch and b.confirm(new) and not a.confirm(old)
+        a.wake()
+        wait_for(lambda: not oa.partitions(), 30, "a to be told it lost partition 0")
+        assert [c.lost for c in oa.changes if c.lost] == [{0: old}]
+        assert b.confirm(new) and ob.partitions() == {0}  # a takes nothing back
+    finally:
+        for k in (a, b):
+            k.stop()
+            k.release()
+
+
+class _Proxy(DbProxy):
+    """tests/faults.py's DbProxy, whose cut() also shuts the listening socket down: closing it alone leaves the
+    accept() blocked in the proxy's thread listening, and the next connection (the keeper's reconnect) relayed."""
+
+    def cut(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+        super().cut()
+
+
+def test_keeper_waits_through_a_database_outage_and_reports_its_leases_lost(url: str) -> None:
+    """With the database away for more than a lease, the keeper says it waits for the database, reports its leases
+    lost (they have expired by then), confirms nothing, and takes its share again once the database is back."""
+    proxy = _Proxy.of(url)
+    stopping = threading.Event()
+    a, oa = _keeper("k-outage", url=proxy.url(url), name="a", partitions=2, lease_s=2.0)
+    try:
+        a.start(stopping)
+        leases = a.held()
+        assert set(leases) == {0, 1}
+        proxy.cut()
+        wait_for(lambda: DATABASE in WAITS.waiting(), 30, "the keeper to wait for the database")
+        wait_for(lambda: not oa.partitions(), 30, "the leases reported lost")
+        assert not any(a.confirm(le) for le in leases.values())
+        proxy.restore()
+        wait_for(lambda: oa.partitions() == {0, 1}, 60, "the partitions taken again")
+        assert all(a.held()[p].epoch > leases[p].epoch for p in (0, 1))
+        wait_for(lambda: DATABASE not in WAITS.waiting(), 30, "the wait to end")
+    finally:
+        a.stop()
+        a.release()
+        proxy.cut()
+
+
+def test_keeper_refuses_another_number_of_partitions(url: str) -> None:
+    stopping = threading.Event()
+    a, _ = _keeper("k-mismatch", url, "a", partitions=4)
+    b, _ = _keeper("k-mismatch", url, "b", partitions=2)
+    try:
+        a.start(stopping)
+        with pytest.raises(PartitionMismatch, match="GRIDHUB_PARTITIONS"):
+            b.start(stopping)
+    finally:
+        a.stop()
+        a.release()
+        b.release()
