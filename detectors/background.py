@@ -207,6 +207,18 @@ class Background:
         sdiffs = self.diffs(feats, Scene(short.lum, short.cr, short.cb), None, local=False)
         return self.foreground(sdiffs)
 
+    def unlike(self, feats: Features, lum: np.ndarray, cr: np.ndarray, cb: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+        """The foreground of the frame against another clear look (a region's look before something came)."""
+        return self.foreground(self.diffs(feats, Scene(lum, cr, cb), exclude))
+
+    def put_back(self, scene: Scene, where: np.ndarray, look: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        """The clear scene at ``where`` is ``look`` again (what it was before something stood there)."""
+        scene.lum = np.where(where, look[0], scene.lum).astype(F32)
+        scene.cr = np.where(where, look[1], scene.cr).astype(F32)
+        scene.cb = np.where(where, look[2], scene.cb).astype(F32)
+        scene.refresh()
+        self.version += 1
+
     def similarity(self, feats: Features) -> float:
         """Correlation of the whole picture's structure with the best clear scene (1 same view, ~0 none)."""
         return max(_similarity(feats, s) for s in self.states)
@@ -313,9 +325,10 @@ class Background:
         still_s: np.ndarray,
         dt: float,
         ts_ms: int,
+        kept: np.ndarray | None = None,
     ) -> None:
         """The short-term model follows everything, the clear scene only what is clear (nothing there,
-        nothing moving, no evidence)."""
+        nothing moving, no evidence, not inside a region whose look from before is ``kept``)."""
         t = self.tuning
         short = self.short
         assert short is not None
@@ -327,6 +340,8 @@ class Background:
         tau = t.settle_tau_s if ts_ms < self.settle_until else t.long_tau_s
         a_l = rate(dt, tau)
         clear = ~fg_long & ~fg_short & (still_s <= 0)
+        if kept is not None:
+            clear &= ~kept
         clear = cv2.erode(clear.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
         if a_l > 0 and clear.any():
             gl = float(np.median((feats.lum - scene.lum)[SAMPLE]))

@@ -15,8 +15,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .background import Diffs, Scene
+from .background import Background, Diffs, Scene
 from .stage import F32, Features, Geometry, Tuning, rate
+
+_CLOSE = np.ones((7, 7), np.uint8)
+_NEAR = np.ones((5, 5), np.uint8)
+_DRIFT_LUM = F32(0.02)  # a clear scene this close to the look kept from before is the same
+_DRIFT_CHR = F32(0.01)
 
 
 @dataclass
@@ -70,6 +75,12 @@ class Evidence:
         self.age: np.ndarray = np.zeros((wh, ww), F32)  # seconds differing from the clear scene
         self._layers = Layers.empty(geometry.box_shape)
         self._pending: np.ndarray = np.zeros((wh, ww), bool)
+        # the clear scene's look where there is evidence, kept from before it started: when something
+        # leaves, the clear scene there is the one before it came (not what a model learned meanwhile)
+        self._before: tuple[np.ndarray, np.ndarray, np.ndarray] = (
+            np.zeros((wh, ww), F32), np.zeros((wh, ww), F32), np.zeros((wh, ww), F32))
+        self.kept: np.ndarray = np.zeros((wh, ww), bool)  # where a look from before is kept
+        self._kept_scene: Scene | None = None
 
     def objects(self) -> np.ndarray:
         """Where something has stood (a little wider): left out when the light is measured."""
@@ -93,6 +104,64 @@ class Evidence:
         self.age = np.where(fg_long, self.age + F32(dt), np.maximum(self.age - decay, F32(0))).astype(F32)
         self._follow_layers(feats, diffs, fg_long, still, dt, scene)
 
+    def remember_before(self, scene: Scene, fg_long: np.ndarray) -> None:
+        """Keep the clear scene's look where something differs or has evidence and none is kept yet (the
+        regions closed up, so that the plain inside of an object is kept with its outline); drop it where
+        nothing is left."""
+        if scene is not self._kept_scene:
+            # another light: from now on the looks before are that light's clear scene
+            self._kept_scene = scene
+            self.kept[:] = False
+        busy = fg_long | (self.age > 0) | (self.still > 0)
+        if busy.any():
+            busy = cv2.morphologyEx(busy.astype(np.uint8), cv2.MORPH_CLOSE, _CLOSE).astype(bool)
+        new = busy & ~self.kept
+        if new.any():
+            self._before = (
+                np.where(new, scene.lum, self._before[0]).astype(F32),
+                np.where(new, scene.cr, self._before[1]).astype(F32),
+                np.where(new, scene.cb, self._before[2]).astype(F32),
+            )
+        self.kept = busy
+
+    def back_to_before(
+        self, background: Background, feats: Features, scene: Scene, fg_long: np.ndarray, exclude: np.ndarray
+    ) -> np.ndarray | None:
+        """The regions with evidence that look again as they did before it started: clear again, whatever
+        the models learned while something stood there. ``None`` when there is none."""
+        kept = self.kept
+        if not (kept & (self.age > 0)).any():
+            return None
+        b_lum, b_cr, b_cb = self._before
+        drift = kept & (
+            (np.abs(scene.lum - b_lum) > _DRIFT_LUM) | (np.abs(scene.cr - b_cr) + np.abs(scene.cb - b_cb) > _DRIFT_CHR)
+        )
+        if drift.any():
+            # the clear scene changed there meanwhile (a new light made, a ghost taken in): compare with before
+            unlike = background.unlike(
+                feats,
+                np.where(kept, b_lum, scene.lum).astype(F32),
+                np.where(kept, b_cr, scene.cr).astype(F32),
+                np.where(kept, b_cb, scene.cb).astype(F32),
+                exclude,
+            )
+        else:
+            unlike = fg_long
+        n, labels = cv2.connectedComponents(kept.astype(np.uint8), connectivity=8)
+        flat = labels.ravel()
+        size = np.bincount(flat, minlength=n).astype(F32)
+        differ = np.bincount(flat, weights=unlike.ravel().astype(F32), minlength=n)
+        held = np.bincount(flat, weights=(self.age > 0).ravel().astype(F32), minlength=n)
+        back = (differ <= F32(self.tuning.before_share) * size) & (held > 0)
+        back[0] = False
+        if not back.any():
+            return None
+        return np.asarray(back[labels])
+
+    def before(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The looks kept from before evidence started (valid where ``kept``)."""
+        return self._before
+
     def forget(self, where: np.ndarray) -> None:
         """No evidence at ``where`` (taken into the clear scene)."""
         box = self.geometry.box
@@ -101,16 +170,20 @@ class Evidence:
         self._layers.look_ok[where[box]] = False
         self._layers.prev_ok[where[box]] = False
 
-    def held(self, min_blocked_s: float) -> np.ndarray:
-        """ROI pixels that have differed for ``min_blocked_s``, stood still for a good part of it and
-        are not being judged."""
+    def held(self, min_blocked_s: float, fg_long: np.ndarray) -> np.ndarray:
+        """ROI pixels that have differed for ``min_blocked_s``, stood still for a good part of it, are not
+        being judged and still differ now (or next to a pixel that does: evidence fading on bare floor
+        raises nothing)."""
         t = self.tuning
-        return (
+        held = (
             self.geometry.roi
             & (self.age >= F32(min_blocked_s))
             & (self.still >= F32(t.still_share * min_blocked_s))
             & ~self._pending
         )
+        if held.any():
+            held &= cv2.dilate(fg_long.astype(np.uint8), _NEAR).astype(bool)
+        return held
 
     def present(self, fg_long: np.ndarray) -> np.ndarray:
         """ROI pixels where something differs and has stood still for ``occupancy_min_s``."""

@@ -70,6 +70,7 @@ class ExitDetector:
         self._restore: bytes | None = None
         self.last_masks: dict[str, np.ndarray] = {}
         self.adopted = 0  # regions taken into the clear scene after something left them
+        self.returned = 0  # frames on which regions with evidence looked again as before it started
 
     def _read_reference(self) -> np.ndarray | None:
         if self.config.reference is None:
@@ -218,6 +219,19 @@ class ExitDetector:
             bg.short = feats.copy()
             fg_short = np.zeros_like(fg_short)
 
+        # a region that looks again as it did before something came is clear, whatever the models
+        # learned meanwhile: no evidence there, and the clear scene is the one from before
+        if not lighting:
+            ev.remember_before(scene, fg_long)
+            back = ev.back_to_before(bg, feats, scene, fg_long, objects)
+            if back is not None:
+                before = ev.before()
+                if (back & ((scene.lum != before[0]) | (scene.cr != before[1]) | (scene.cb != before[2]))).any():
+                    bg.put_back(scene, back, before)
+                ev.forget(back)
+                fg_long &= ~back
+                self.returned += 1
+
         # evidence, on frame time
         moving = fg_long & fg_short
         still = fg_long & ~fg_short
@@ -236,10 +250,10 @@ class ExitDetector:
                     self.adopted += 1
                     fg_long &= ~ghosts
 
-        bg.follow(feats, scene, fg_long, fg_short, ev.still, dt, ts_ms)
+        bg.follow(feats, scene, fg_long, fg_short, ev.still, dt, ts_ms, ev.kept)
 
         # the route's state
-        held = ev.held(self.config.min_blocked_s)
+        held = ev.held(self.config.min_blocked_s, fg_long)
         present = ev.present(fg_long)
         self.last_masks = {"long": fg_long, "short": fg_short, "held": held, "present": present}
         judgement.route(held, present, self._geometry.roi_count, ts_ms, events)

@@ -62,6 +62,7 @@ class Tuning:
     settle_max_s: float = (
         30.0  # a new object settles into the short-term model within this; longer is a person
     )
+    before_share: float = 0.05  # a region with evidence this little unlike its look from before is clear
 
 
 @dataclass
