@@ -5,6 +5,13 @@ latest values, the quarantine, and the counters that describe them.
 
 Every multi-row write takes its rows in a fixed order (device, then metric or time) so that two ingest
 processes writing the same devices wait for each other instead of deadlocking.
+
+A COMMIT whose connection dropped (a Patroni failover, a network cut) has an unknown outcome: the caller writes the
+same PreparedBatch again on a new connection and acknowledges its messages only once that returned. The retry is
+idempotent: readings and events are deduplicated on (device, ts, seq) and the device state tolerates a batch seen
+twice. A retry that finds every reading and event of the batch already stored knows that the earlier attempt
+committed (a transaction is whole or nothing), and then writes nothing more: no second quarantine entry, no counter
+counted twice (`BatchCounts.already_stored`). A batch of quarantine entries alone cannot tell, and is written again.
 """
 
 from __future__ import annotations
@@ -168,6 +175,7 @@ class BatchCounts:
     seq_gaps: int = 0
     unknown_metrics: int = 0
     quarantined: dict[str, int] = field(default_factory=dict)
+    already_stored: bool = False  # a retry found the batch committed by an attempt whose COMMIT went unanswered
 
 
 @dataclass
@@ -217,6 +225,7 @@ class PreparedBatch:
     rejected: list[Rejected] = field(default_factory=list)
     others: list[Item] = field(default_factory=list)
     event_msgs: int = 0
+    attempts: int = 0  # write_prepared calls: more than one is a retry (the previous attempt failed, or was unknown)
 
 
 def prepare_batch(items: Sequence[Item]) -> PreparedBatch:
@@ -280,8 +289,10 @@ def write_prepared(conn: psycopg.Connection[Any], p: PreparedBatch, *, instance:
                    gauges: dict[str, float] | None = None) -> BatchCounts:
     """Store a prepared batch in one transaction; raises on any database error with nothing written."""
     t0 = time.perf_counter()
+    p.attempts += 1
     counts = BatchCounts(messages=len(p.items), unknown_metrics=p.unknown_metrics)
     with conn.transaction(), conn.cursor() as cur:
+        stored_msgs = 0
         if p.rows:
             stored_rows, stored_msgs = _insert_readings(cur, p, p.reading_msgs)
             counts.readings = stored_rows
@@ -297,6 +308,10 @@ def write_prepared(conn: psycopg.Connection[Any], p: PreparedBatch, *, instance:
             assert row is not None
             counts.events = int(row[0])
             counts.duplicates += p.event_msgs - counts.events
+        if p.attempts > 1 and (p.rows or p.event_msgs) and stored_msgs == 0 and counts.events == 0:
+            # a retry that found all of it stored: the earlier attempt committed, everything else with it
+            log.info("a batch of %d retried after its COMMIT went unanswered was already stored", len(p.items))
+            return BatchCounts(messages=len(p.items), already_stored=True)
         if p.changes:
             counts.seq_gaps = _write_state(cur, p.changes, p.state_json)
         if p.rejected:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psycopg
@@ -22,8 +24,14 @@ from faults import DbProxy, distinct, one, private_hub, rows, stop_ingest, wait_
 from ingest_env import Hub, Publisher, counter, start_ingest_process, topic, wait_connected
 from polling import wait_for
 
+from gridhub.ingest.store import Item, prepare, prepare_batch, write_prepared
+from gridhub.ingest.validate import ReadingIn, Rejected
+from gridhub.protocol import Reason
+
 DEVICE, METRIC = "sa-0001", "battery_pct"
 TOTAL = 3000
+BAD_EVERY = 100  # every 100th message is not JSON: the batches retried carry quarantine entries too
+BAD = TOTAL // (BAD_EVERY - 1)
 DROPS = 2  # the first store COMMIT and its retry's both lose their answer; the third try is answered
 
 
@@ -109,27 +117,68 @@ def test_a_commit_whose_answer_was_lost_is_retried_idempotently(hub: Hub, tmp_pa
         pub = Publisher(hub, DEVICE)
         try:
             base_ms = 1_790_000_000_000
-            pub.send((topic(DEVICE), orjson.dumps({"ts": base_ms + seq, "seq": seq, "metrics": {METRIC: 50}}))
-                     for seq in range(TOTAL))
+            pub.send((topic(DEVICE), b"{not json" if seq % BAD_EVERY == BAD_EVERY - 1 else
+                      orjson.dumps({"ts": base_ms + seq, "seq": seq, "metrics": {METRIC: 50}}))
+                     for seq in range(TOTAL + BAD))
         finally:
             pub.close()
         with psycopg.connect(hub.db_url, autocommit=True) as conn:
             stored = wait_stored(conn, TOTAL)
             assert proc.poll() is None, f"ingest exited:\n{log.read_text(errors='replace')[-3000:]}"
             assert proxy.dropped == DROPS, f"only {proxy.dropped} COMMIT answers dropped: the test proves nothing"
-            duplicates = counter(conn, "gridhub_duplicates_total")
-            wait_for(lambda: counter(conn, "gridhub_messages_received_total") >= TOTAL, 60,
+            wait_for(lambda: counter(conn, "gridhub_messages_received_total") >= TOTAL + BAD, 60,
                      "ingest's counters to catch up")
             received = counter(conn, "gridhub_messages_received_total")
-            print(f"\npublished {TOTAL}, stored {stored} (rows {rows(conn)}); {proxy.dropped} COMMIT answers dropped;"
-                  f" counted received {received:.0f}, duplicates {duplicates:.0f}")
+            duplicates = counter(conn, "gridhub_duplicates_total")
+            quarantined = one(conn, "SELECT count(*) FROM quarantine")
+            already = log.read_text(errors="replace").count("was already stored")
+            print(f"\npublished {TOTAL} readings and {BAD} bad messages, stored {stored} (rows {rows(conn)}), "
+                  f"quarantined {quarantined}; {proxy.dropped} COMMIT answers dropped, {already} retries found their "
+                  f"batch stored; counted received {received:.0f}, duplicates {duplicates:.0f}")
             assert stored == TOTAL, f"published {TOTAL}, stored {stored}"
             assert rows(conn) == TOTAL, "a reading was stored twice"
-            assert one(conn, "SELECT count(*) FROM quarantine") == 0
-            # the dropped COMMITs went through: their retries found the batch already stored
-            assert duplicates > 0, "no retry found its batch stored: the answers dropped were not of committed batches"
+            # the dropped COMMITs went through: each retry found its batch stored and wrote nothing more
+            assert already == DROPS, f"{already} retries found their batch already stored, not {DROPS}"
+            assert quarantined == BAD, f"{quarantined} quarantine entries for {BAD} bad messages"
+            assert (received, duplicates) == (TOTAL + BAD, 0), "a retried batch was counted twice"
             assert distinct(conn) == TOTAL
     finally:
         code = stop_ingest(proc)
         proxy.cut()
     assert code == 0, log.read_text(errors="replace")[-3000:]
+
+
+def _batch(base_ms: int) -> list[Item]:
+    t = f"gridhub/v1/devices/{DEVICE}/telemetry"
+    return [*(Item(ReadingIn(DEVICE, base_ms + seq, seq, {METRIC: 60}, 0), time.time(), t, b"{}") for seq in range(5)),
+            Item(Rejected(t, DEVICE, Reason.INVALID_JSON, "not JSON", "{x", "utf8", False), time.time(), t, b"{x")]
+
+
+def _counted(conn: psycopg.Connection[Any]) -> tuple[int, int, float]:
+    return (one(conn, "SELECT count(*) FROM readings WHERE device_id = %s", (DEVICE,)),
+            one(conn, "SELECT count(*) FROM quarantine"), counter(conn, "gridhub_messages_received_total"))
+
+
+def test_a_retry_writes_nothing_more_when_the_first_attempt_committed(
+        make_registry_database: Callable[[], str]) -> None:
+    """The store alone: the same PreparedBatch written again (its first COMMIT unanswered, as far as the caller knows)
+    finds its readings stored and writes no second quarantine entry and no counter twice; a batch whose first attempt
+    did not commit is written whole by its retry."""
+    url = make_registry_database()
+    with psycopg.connect(url) as conn, psycopg.connect(url, autocommit=True) as look:
+        prepare(conn)
+        committed = prepare_batch(_batch(1_790_000_000_000))
+        first = write_prepared(conn, committed, instance="t")
+        assert not first.already_stored and first.readings == 5 and first.quarantined == {"invalid_json": 1}
+        assert _counted(look) == (5, 1, 6)
+        again = write_prepared(conn, committed, instance="t")  # the retry of a commit that went through
+        assert again.already_stored and again.readings == 0 and again.quarantined == {}
+        assert _counted(look) == (5, 1, 6)
+
+        lost = prepare_batch(_batch(1_790_000_100_000))
+        with pytest.raises(psycopg.errors.QueryCanceled), conn.transaction():
+            write_prepared(conn, lost, instance="t")  # its transaction fails after the writes: nothing committed
+            conn.execute("SELECT pg_cancel_backend(pg_backend_pid()), pg_sleep(1)")
+        retried = write_prepared(conn, lost, instance="t")
+        assert not retried.already_stored and retried.readings == 5 and retried.quarantined == {"invalid_json": 1}
+        assert _counted(look) == (10, 2, 12)
