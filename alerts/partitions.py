@@ -1,31 +1,46 @@
 """The alerts part's partitions (gridhub/leases.py, CONTRACT §8): which partition a device is on, the persistent
-sessions a partition is (one per lane, named by the partition and never by the process), and the fence that asks
-the database whether a lease is still this process's before anything of its partition is acknowledged.
+sessions a partition is (one per lane, named by the partition and never by the process), where those sessions
+subscribe on each broker, and the fence that asks the database whether a lease is still this process's before
+anything of its partition is acknowledged.
 
 Invariant: only the holder of a partition's unexpired lease, with the epoch it took it under, acknowledges a
 message of that partition's sessions or connects under their client ids; a `Fence` that cannot ask (the database
-does not answer) says no.
+does not answer) says no. A `PartitionSession` is one lane's session of one held partition: created when the
+partition is gained, left (never to connect again) when it is lost or given back.
+
+On mosquitto there is one partition and its sessions subscribe to every device's topics. On NATS
+(`GRIDHUB_BROKER=nats`) partition k's sessions subscribe to `<prefix>/part/k/devices/+/<kind>` (NATS's own
+`partition(P, 1)` mapping put each device there) and, for status, also to `<prefix>/devices/+/status`, where
+nats-server 2.9 publishes a last will unmapped (a session keeps only its own partition's devices of those); they log
+in as the hub's subscribe-only user of the DEVICES account (`status_reader`), whose `$MQTT_msgs` stream is the one a
+device's PUBACK waited for (docs/scaling.md). That user may publish nothing, so no backlog marker is published there:
+a NATS session counts as drained once it has been subscribed and quiet for `QUIET_S`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Protocol
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import paho.mqtt.client as paho
 
 from gridhub.db import LazyConnection
 from gridhub.leases import Lease, PartitionLeases, session_client_id
-from gridhub.services.nats import device_partition
+from gridhub.mqtt import Connack, MqttConnection
+from gridhub.services.nats import NatsUser, contract_topic, device_partition, status_reader
+from gridhub.settings import Settings
 from gridhub.waiting import DATABASE_ERRORS
 
-if TYPE_CHECKING:
-    from gridhub.mqtt import MqttConnection
-
-__all__ = ["PART", "Fence", "FencedSession", "describe", "marker_topic", "partition_of", "pause_unless_confirmed",
-           "session_id"]
+__all__ = ["PART", "QUIET_S", "Fence", "PartitionSession", "describe", "device_and_channel", "marker_topic",
+           "partition_of", "session_id", "session_subscriptions", "session_url"]
 
 PART = "alerts"
 LANES = ("events", "telemetry")
+QUIET_S = 1.0  # NATS: a session subscribed and quiet this long has handed over its backlog (no marker there)
 
 
 def partition_of(device_id: str, partitions: int) -> int:
@@ -35,15 +50,54 @@ def partition_of(device_id: str, partitions: int) -> int:
 
 def session_id(partition: int, lane: str, topic_prefix: str) -> str:
     """The client id of one lane's persistent session of a partition: `gridhub-alerts-p0-events`,
-    `gridhub-alerts-p0-telemetry` (a hub on another topic prefix has it in the name, before the lane)."""
+    `gridhub-alerts-p3-telemetry` (a hub on another topic prefix has it in the name, before the lane)."""
     assert lane in LANES
     return f"{session_client_id(PART, partition, topic_prefix)}-{lane}"[:128]
 
 
 def marker_topic(prefix: str, client_id: str) -> str:
     """Published by a session's holder to the session itself after subscribing: it arrives after the backlog the
-    broker had queued for the session (gridhub/mqtt.py's backlog marker)."""
+    broker had queued for the session (gridhub/mqtt.py's backlog marker). Mosquitto only."""
     return f"{prefix}/hub/{client_id}/drained"
+
+
+def session_subscriptions(settings: Settings, partition: int, lane: str) -> list[tuple[str, int]]:
+    """What one lane's session of a partition subscribes to (QoS 1)."""
+    p = settings.topic_prefix
+    kinds = ("event", "status") if lane == "events" else ("telemetry",)
+    if settings.broker != "nats":
+        return [(f"{p}/devices/+/{kind}", 1) for kind in kinds]
+    subs = [(f"{p}/part/{partition}/devices/+/{kind}", 1) for kind in kinds]
+    if "status" in kinds:
+        subs.append((f"{p}/devices/+/status", 1))  # last wills, unmapped on nats-server 2.9 (this partition's kept)
+    return subs
+
+
+def session_url(settings: Settings) -> str:
+    """The URL the partition sessions log in with: GRIDHUB_MQTT_URL on mosquitto; on NATS the same servers and
+    password as the hub's status reader in DEVICES (`gridhub.services.nats.status_reader`), subscribe-only."""
+    url = settings.mqtt_url or ""
+    if settings.broker != "nats":
+        return url
+    parts = urlsplit(url)
+    user, _, hosts = parts.netloc.rpartition("@")
+    name, colon, password = user.partition(":")
+    if not name:
+        raise ValueError("GRIDHUB_MQTT_URL names no user: on NATS the hub logs in as its HUB account user, and the "
+                         "partition sessions as that user's status reader in DEVICES")
+    reader = status_reader(NatsUser(unquote(name), unquote(password)))
+    netloc = f"{quote(reader.user, safe='')}{colon}{password}@{hosts}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def device_and_channel(settings: Settings, topic: str) -> tuple[str, str]:
+    """(device id, kind) of a device topic as received (a partitioned one on NATS); ('', '') for anything else."""
+    topic = contract_topic(settings.topic_prefix, topic) if settings.broker == "nats" else topic
+    head = f"{settings.topic_prefix}/devices/"
+    if not topic.startswith(head):
+        return "", ""
+    device, _, channel = topic[len(head):].partition("/")
+    return device, channel
 
 
 def describe(lease: Lease) -> str:
@@ -74,27 +128,168 @@ class Fence:
             self._db.close()
 
 
-class FencedSession(Protocol):
-    """A lane's persistent session of a partition: its connection, under its client id and the lease it runs under,
-    paused when the connection was lost and the lease could not be confirmed then."""
+class PartitionSession:
+    """One lane's persistent session of one held partition, under the lease it was taken with.
 
-    mqtt: MqttConnection
-    fence: Fence
-    lease: Lease | None
-    paused: bool
-    client_id: str
+    The owner feeds it nothing; paho's thread calls `on_message(session, msg)` (the owner queues the message with
+    `session` and `mqtt.generation`), and the owner calls `ack(generation, mid)` for each QoS 1 message once its work
+    has committed, then `flush()`: the acknowledgements go out only after the fence has confirmed the lease, each on
+    the connection its message came on (a message of a connection that is gone is not acknowledged: the broker
+    redelivers it). Unconfirmed, they wait for a confirmation. A lost connection is resumed only under a confirmed
+    lease (else the session pauses until the owner's next lease round calls `resume()`). `leave()` ends it for good:
+    nothing more is acknowledged and its client id is never used again by this object.
+    """
 
+    def __init__(self, settings: Settings, lane: str, lease: Lease, fence: Fence, log: logging.Logger, *,
+                 on_message: Callable[[PartitionSession, paho.MQTTMessage], None],
+                 on_connected: Callable[[PartitionSession], None] | None = None,
+                 on_subscribed: Callable[[PartitionSession], None] | None = None,
+                 on_paused: Callable[[], None] | None = None, tcp_nodelay: bool = False) -> None:
+        self.lane = lane
+        self.partition = lease.partition
+        self.lease: Lease | None = lease
+        self.fence = fence
+        self.log = log
+        self.client_id = session_id(lease.partition, lane, settings.topic_prefix)
+        self.marker_topic = None if settings.broker == "nats" else marker_topic(settings.topic_prefix, self.client_id)
+        self.paused = False  # the connection was lost and not resumed: the lease could not be confirmed then
+        self.refusing = False  # acknowledgements held back under this lease (logged once)
+        self.session_present = False
+        self.subscribed = False
+        self.drained = False  # the backlog of the current connection is processed
+        self.quiet_since = 0.0  # monotonic: subscribed, or the last message (NATS drain by quiet)
+        self.started = False
+        self._pending: list[tuple[int, int]] = []  # (generation, mid) processed, waiting for the lease's confirmation
+        self._lock = threading.Lock()
+        self._on_message, self._on_connected_cb, self._on_subscribed_cb = on_message, on_connected, on_subscribed
+        self._on_paused = on_paused
+        self.mqtt = MqttConnection(
+            session_url(settings), self.client_id, protocol=paho.MQTTv311, persistent=True, manual_ack=True,
+            keepalive=30, reconnect_delay=(1, 5), max_inflight=100, tcp_nodelay=tcp_nodelay,
+            subscriptions=session_subscriptions(settings, lease.partition, lane), marker_topic=self.marker_topic,
+            on_connected=self._connected, on_subscribed=self._subscribed, on_message=self._message,
+            on_disconnected=self._disconnected, on_refused=self._refused)
 
-def pause_unless_confirmed(lane: FencedSession, rc: Any, kept: str, log: logging.Logger) -> bool:
-    """On paho's thread, the lane's connection lost, before paho reconnects: unless the lease is confirmed, the lane is
-    paused and paho told not to reconnect under the client id (True); else paho reconnects and resumes the session,
-    where the `kept` (unacknowledged messages, readings) stay. Logged on the lane's logger `log` either way."""
-    if not lane.fence.confirm(lane.lease):
-        lane.paused = True
-        lane.mqtt.client.disconnect()  # paho does not reconnect after this callback
-        log.warning("broker connection lost (%s); not reconnecting as %s until the lease is confirmed", rc,
-                    lane.client_id)
+    @property
+    def epoch(self) -> int | None:
+        lease = self.lease
+        return None if lease is None else lease.epoch
+
+    def start(self) -> None:
+        if self.lease is None or self.started:
+            return
+        self.started = True
+        self.mqtt.start()
+
+    def is_marker(self, topic: str) -> bool:
+        return self.marker_topic is not None and topic == self.marker_topic
+
+    def quiet(self) -> bool:
+        """NATS (no marker): subscribed and nothing received for QUIET_S."""
+        return self.marker_topic is None and self.subscribed and time.monotonic() - self.quiet_since > QUIET_S
+
+    # ------------------------------------------------------------------ acknowledgements
+
+    def ack(self, generation: int, mid: int) -> None:
+        with self._lock:
+            if self.lease is not None:
+                self._pending.append((generation, mid))
+
+    def flush(self) -> bool:
+        """Send the pending acknowledgements if the lease is confirmed; False when they wait (or were dropped with
+        the lease)."""
+        with self._lock:
+            if not self._pending:
+                return True
+            lease = self.lease
+            if lease is None:
+                self._pending = []
+                return False
+            if not self.fence.confirm(lease):
+                if not self.refusing:
+                    self.log.warning("alerts %s: not acknowledging %d messages, the lease on %s is not confirmed (the "
+                                     "broker redelivers them to the partition's holder)", self.client_id,
+                                     len(self._pending), describe(lease))
+                self.refusing = True
+                if self._on_paused is not None:
+                    self._on_paused()
+                return False
+            self.refusing = False
+            pending, self._pending = self._pending, []
+        by_generation: dict[int, list[int]] = {}
+        for generation, mid in pending:
+            by_generation.setdefault(generation, []).append(mid)
+        for generation, mids in by_generation.items():
+            self.mqtt.ack_many(mids, generation)
         return True
-    log.warning("broker connection lost (%s); reconnecting as %s, unacknowledged %s stay in the session", rc,
-                lane.client_id, kept)
-    return False
+
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    # ------------------------------------------------------------------ the lease
+
+    def resume(self, lease: Lease) -> None:
+        """A lease round confirmed `lease` (this session's): reconnect if the connection was held back."""
+        if self.paused and self.lease is not None and lease.epoch == self.lease.epoch and self.fence.confirm(lease):
+            self.paused = False
+            self.log.info("alerts %s: the lease on %s is confirmed; reconnecting", self.client_id, describe(lease))
+            self.mqtt.stop()
+            self.mqtt.start()
+
+    def leave(self, *, lost: bool) -> None:
+        """End the session here: `lost` (another holder, or it expired): acknowledge nothing more; given back (a
+        surplus, or stopping): acknowledge what was processed first, if the lease still confirms. Then disconnect,
+        never to connect again under the client id from this object."""
+        lease = self.lease
+        if lease is not None and not lost:
+            self.flush()
+        with self._lock:
+            self.lease = None
+            self._pending = []
+        if lost and lease is not None:
+            self.log.warning("alerts %s lost %s: another instance holds it now, or its lease ran out (this process "
+                             "stalled, or could not renew it); acknowledging nothing more and leaving the session to "
+                             "the holder", self.client_id, describe(lease))
+        if self.started:
+            self.mqtt.stop()
+
+    # ------------------------------------------------------------------ paho's network thread
+
+    def _refused(self, rc: Any) -> None:
+        self.log.error("broker refused the alerts session %s: %s", self.client_id, rc)
+
+    def _connected(self, connack: Connack) -> None:
+        self.session_present = connack.session_present
+        self.subscribed = self.drained = False
+        if self._on_connected_cb is not None:
+            self._on_connected_cb(self)
+
+    def _subscribed(self) -> None:
+        lease = self.lease
+        self.log.info("alerts %s connected (MQTT 3.1.1, session %s%s)", self.client_id,
+                      "resumed" if self.session_present else "new", f", {describe(lease)}" if lease else "")
+        self.quiet_since = time.monotonic()
+        self.subscribed = True
+        if self._on_subscribed_cb is not None:
+            self._on_subscribed_cb(self)
+
+    def _message(self, msg: paho.MQTTMessage) -> None:
+        self.quiet_since = time.monotonic()
+        self._on_message(self, msg)
+
+    def _disconnected(self, rc: Any) -> None:
+        """Before paho reconnects: unless the lease is confirmed, pause and tell paho not to reconnect under the
+        client id (the owner's next lease round resumes the connection if the lease is still ours, or leaves it)."""
+        self.subscribed = False
+        if self.mqtt.stopping or self.lease is None:
+            return
+        if not self.fence.confirm(self.lease):
+            self.paused = True
+            self.mqtt.client.disconnect()  # paho does not reconnect after this callback
+            self.log.warning("broker connection lost (%s); not reconnecting as %s until the lease is confirmed", rc,
+                             self.client_id)
+            if self._on_paused is not None:
+                self._on_paused()
+            return
+        self.log.warning("broker connection lost (%s); reconnecting as %s, unacknowledged messages stay in the "
+                         "session", rc, self.client_id)

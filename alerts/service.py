@@ -56,13 +56,21 @@ from pydantic import ValidationError
 from gridhub.alerts import changes, offline, patrols, publish, records, tasks, telemetry, timers
 from gridhub.alerts.devices import DeviceBook
 from gridhub.alerts.evaluate import acceptable, event_findings
-from gridhub.alerts.partitions import PART, Fence, describe, marker_topic, pause_unless_confirmed, session_id
+from gridhub.alerts.partitions import (
+    PART,
+    Fence,
+    PartitionSession,
+    describe,
+    device_and_channel,
+    partition_of,
+)
 from gridhub.alerts.rules import RuleBook, load_rules
 from gridhub.db import connect
 from gridhub.leases import Lease, PartitionLeases, holder_name
-from gridhub.mqtt import Connack, MqttConnection
+from gridhub.mqtt import MqttConnection
 from gridhub.protocol import Event, ms_to_dt
 from gridhub.runtime import serve_part_health
+from gridhub.services.nats import check_partitions
 from gridhub.settings import Settings
 from gridhub.waiting import DATABASE, DATABASE_ERRORS, WAITS, GaveUp, keep_trying, run_through_outages
 
@@ -85,6 +93,7 @@ class Inbound:
     mid: int
     retain: bool
     generation: int  # the connection it came on (MqttConnection.generation): acknowledged on that one only
+    session: PartitionSession | None = field(default=None, compare=False)  # the partition's session it came on
     received: float = field(default_factory=time.perf_counter, compare=False)
 
 
@@ -111,34 +120,34 @@ class AlertService:
         self.prefix = settings.topic_prefix
         self.clock: timers.Clock = clock or timers.SystemClock()
         self.rules = rules or load_rules(settings.rules_file)
-        if settings.partitions != 1:
+        if settings.broker == "nats":
+            check_partitions(settings.partitions)
+        elif settings.partitions != 1:
             raise ValueError(f"GRIDHUB_PARTITIONS={settings.partitions}: alerts on mosquitto takes one partition (its "
-                             "sessions receive every device's messages); set GRIDHUB_PARTITIONS=1")
-        self.instance = settings.client_id("alerts")  # names this process (logs, its telemetry process)
+                             "sessions receive every device's messages); set GRIDHUB_PARTITIONS=1, or GRIDHUB_BROKER="
+                             "nats for partitions")
+        self.instance = settings.client_id("alerts")  # names this process (logs, its telemetry process, publisher)
         self.leases = PartitionLeases(PART, settings.partitions, holder_name(settings.instance_id), settings.lease_s)
         self.fence = Fence(self.leases, self.db_url, APPLICATION_NAME)
-        self.lease: Lease | None = None  # the lease the sessions run under; None on a standby
-        self.lease_lock = threading.Lock()  # taking and leaving the partition against each other
+        self.held: dict[int, Lease] = {}  # the leases the sessions run under; empty on a standby
+        self.sessions: dict[int, PartitionSession] = {}  # the held partitions' events sessions
+        self.lease_lock = threading.Lock()  # taking and leaving partitions against each other
         self.lease_wake = threading.Event()  # renew now (a confirmation failed)
-        self.paused = False  # the events connection was lost and not resumed: the lease could not be confirmed then
-        self.events_started = False  # the events connection runs (under self.lease)
         self.standing_by = False  # said so in the log
-        self.events_due = 0.0  # when the events connection starts even if the telemetry lane has not subscribed
-        self.refusing = False  # acknowledgements held back under the current lease (logged once)
-        self.unacked: list[Inbound] = []  # processed, waiting for the lease's confirmation (priority lane's own)
+        self.events_due: dict[int, float] = {}  # when a partition's events session starts even without telemetry's
+        self.lanes_subscribed: dict[int, set[str]] = {}
+        self.lanes_drained: dict[int, set[str]] = {}
         self.book = DeviceBook(settings.partitions, self.rules, self.clock)
         self.stopping = threading.Event()
-        self.ready = threading.Event()
+        self.ready = threading.Event()  # every held partition's two sessions have subscribed
         self.priority: queue.Queue[Inbound] = queue.Queue()
         self.retry: deque[Inbound] = deque()  # messages whose transaction failed: first again, still unacknowledged
         self.fresh: queue.Queue[Fresh] = queue.Queue()
-        self.subscribed: set[str] = set()
-        self.drained: set[str] = set()
         self.grace_until: datetime | None = None
         self.threads: list[threading.Thread] = []
         self.ctx = mp.get_context("spawn")
         self.lane_reports: Any = self.ctx.Queue()
-        self.lane_leases: Any = self.ctx.Queue()  # the lease after every round, for the telemetry process
+        self.lane_leases: Any = self.ctx.Queue()  # {partition: Lease} after every round, for the telemetry process
         self.lane_stop: Any = self.ctx.Event()
         self.lane: Any = None  # the telemetry process
         self.timer_actions: dict[str, timers.TimerAction] = {
@@ -148,19 +157,11 @@ class AlertService:
             "offline": self._offline_due,
             "noisy": lambda uow, key, payload, now: records.noisy_check(uow, key, now, self.rules),
         }
-        # the partition's events session, one connection object for the process's life (its `generation` goes on
-        # rising across leases), started under a lease and stopped when it is lost. TCP_NODELAY: small packets (an
-        # acknowledgement, a notification) go out at once instead of waiting up to 40 ms for the peer's delayed ACK
-        p = self.prefix
-        self.client_id = session_id(0, "events", p)
-        self.marker_topic = marker_topic(p, self.client_id)
-        self.session_present = False
-        self.mqtt = MqttConnection(
-            self.settings.mqtt_url or "", self.client_id, protocol=paho.MQTTv311, persistent=True, manual_ack=True,
-            keepalive=30, reconnect_delay=(1, 5), max_inflight=100, tcp_nodelay=True,
-            subscriptions=[(f"{p}/devices/+/event", 1), (f"{p}/devices/+/status", 1)], marker_topic=self.marker_topic,
-            on_connected=self._on_connected, on_subscribed=self._on_subscribed, on_message=self._on_message,
-            on_disconnected=self._on_disconnected, on_refused=self._on_refused)
+        # notifications (alerts, workers' tasks) go out on a connection of their own as the hub's user: on NATS the
+        # partition sessions are subscribe-only users of the devices' account. TCP_NODELAY: a notification goes out
+        # at once instead of waiting up to 40 ms for the peer's delayed ACK
+        self.publisher = MqttConnection(settings.mqtt_url, f"{self.instance}-publish"[:128], protocol=paho.MQTTv311,
+                                        keepalive=30, reconnect_delay=(1, 5), tcp_nodelay=True)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -184,8 +185,9 @@ class AlertService:
                                      logging.getLogger().getEffectiveLevel(), os.getpid()),
                   self.lane_reports, self.lane_leases, self.lane_stop))
         self.lane.start()
-        # the lease keeper takes the partition at once if it is free; the events session then starts once the
-        # telemetry session has subscribed (so that from the first event on the broker keeps both)
+        self.publisher.start()
+        # the lease keeper takes partitions at once if they are free; a partition's events session then starts once
+        # its telemetry session has subscribed (so that from the first event on the broker keeps both)
         for name, target in (("priority-lane", self._priority_lane), ("fresh-publisher", self._fresh_publisher),
                              ("lane-reports", self._lane_reports),
                              ("timers", self._timer_loop), ("notifier", self._notifier), ("leases", self._lease_keeper)):
@@ -194,14 +196,17 @@ class AlertService:
             self.threads.append(t)
 
     def stop(self) -> None:
-        """Stop renewing and working, acknowledge what was processed, disconnect, and release the lease: a standby
-        takes the partition, and its sessions, at its next round."""
+        """Stop renewing and working, acknowledge what was processed, disconnect, and release the leases: a standby
+        takes the partitions, and their sessions, at its next round."""
         self.stopping.set()
         self.lane_stop.set()
         self.lease_wake.set()
         for t in self.threads:
             t.join(timeout=10)
-        self.mqtt.stop()
+        with self.lease_lock:
+            for session in self.sessions.values():
+                session.leave(lost=False)
+        self.publisher.stop()
         if self.lane is not None:
             self.lane.join(timeout=10)
             if self.lane.is_alive():
@@ -273,99 +278,85 @@ class AlertService:
 
     # ------------------------------------------------------------------ MQTT, backlog markers
 
-    def _on_refused(self, rc: Any) -> None:
-        log.error("broker refused the alerts instance (events session): %s", rc)
-
-    def _on_connected(self, connack: Connack) -> None:
-        """(Re)connected: the connection draws a new backlog marker and subscribes again."""
-        self.session_present = connack.session_present
-        self._lane_connected("events")
-
-    def _on_subscribed(self) -> None:
-        """Subscribed, and the backlog marker published to ourselves."""
-        lease = self.lease
-        log.info("alerts %s connected (MQTT 3.1.1, session %s%s)", self.client_id,
-                 "resumed" if self.session_present else "new", f", {describe(lease)}" if lease is not None else "")
-        self._lane_subscribed("events")
-
-    def _on_disconnected(self, rc: Any) -> None:
-        """On paho's thread, before paho reconnects: not under a lease that cannot be confirmed (the lease keeper
-        resumes the connection if the lease is still ours, or leaves it to the new holder)."""
-        if self.stopping.is_set() or self.mqtt.stopping:
-            return
-        if pause_unless_confirmed(self, rc, "messages", log):
-            self.lease_wake.set()
-
-    def _on_message(self, msg: paho.MQTTMessage) -> None:
-        """On paho's network thread: the message with the connection it came on (its `generation`)."""
-        generation = self.mqtt.generation
+    def _on_message(self, session: PartitionSession, msg: paho.MQTTMessage) -> None:
+        """On paho's network thread: the message with its session and the connection it came on (`generation`)."""
+        generation = session.mqtt.generation
         topic = msg.topic
-        if topic == self.marker_topic:
+        if session.is_marker(topic):
             self.priority.put(Inbound(topic, "", "marker", bytes(msg.payload), msg.qos, msg.mid, msg.retain,
-                                      generation))
+                                      generation, session))
             return
-        parts = topic.rsplit("/", 2)
-        device, channel = (parts[1], parts[2]) if len(parts) == 3 else ("", "")  # nothing to do but acknowledge
+        device, channel = device_and_channel(self.settings, topic)
+        if device and partition_of(device, self.settings.partitions) != session.partition:
+            device, channel = "", ""  # a last will unmapped on NATS, of another partition's device: only acknowledged
         self.priority.put(Inbound(topic, device, channel, bytes(msg.payload), msg.qos, msg.mid, msg.retain,
-                                  generation))
+                                  generation, session))
 
     def _ack(self, item: Inbound) -> None:
-        """Acknowledge a processed message once the lease is confirmed (with any held back before), each on the
-        connection it came on, or not at all: a packet id of a connection that is gone would acknowledge another
-        message on the new one; the broker redelivers the message instead (the priority lane's work is idempotent:
-        rule_events keeps one row per event). Priority lane only."""
+        """Acknowledge a processed message once its partition's lease is confirmed (with any held back before), each
+        on the connection it came on, or not at all: a packet id of a connection that is gone would acknowledge
+        another message on the new one; the broker redelivers the message instead (the priority lane's work is
+        idempotent: rule_events keeps one row per event). Priority lane only."""
+        session = item.session
+        if session is None:
+            return
         if item.qos > 0:
-            self.unacked.append(item)
-        self._flush_acks()
+            session.ack(item.generation, item.mid)
+        session.flush()
 
     def _flush_acks(self) -> None:
-        if not self.unacked:
-            return
-        lease = self.lease
-        if lease is None:  # left: the new holder gets them again
-            self.unacked = []
-            return
-        if not self.fence.confirm(lease):
-            if not self.refusing:
-                log.warning("alerts %s: not acknowledging %d messages, the lease on %s is not confirmed (the broker "
-                            "redelivers them to the partition's holder)", self.client_id, len(self.unacked),
-                            describe(lease))
-            self.refusing = True
-            self.lease_wake.set()
-            return
-        self.refusing = False
-        pending, self.unacked = self.unacked, []
-        by_generation: dict[int, list[int]] = {}
-        for item in pending:
-            by_generation.setdefault(item.generation, []).append(item.mid)
-        for generation, mids in by_generation.items():
-            self.mqtt.ack_many(mids, generation)
+        for session in list(self.sessions.values()):
+            if session.has_pending():
+                session.flush()
 
-    def _lane_connected(self, lane: str) -> None:
+    def _session_connected(self, session: PartitionSession) -> None:
+        self._lane_connected(session.partition, session.epoch, "events")
+
+    def _session_subscribed(self, session: PartitionSession) -> None:
+        self._lane_subscribed(session.partition, session.epoch, "events")
+
+    def _current(self, partition: int, epoch: int | None) -> bool:
+        lease = self.held.get(partition)
+        return lease is not None and lease.epoch == epoch
+
+    def _lane_connected(self, partition: int, epoch: int | None, lane: str) -> None:
         """A session (re)connected: offline deadlines wait for its backlog again."""
-        self.drained.discard(lane)
-        self.grace_until = None
+        if self._current(partition, epoch):
+            self.lanes_drained.setdefault(partition, set()).discard(lane)
+            self.grace_until = None
 
-    def _lane_subscribed(self, lane: str) -> None:
-        self.subscribed.add(lane)
-        if self.subscribed >= LANES:
+    def _lane_subscribed(self, partition: int, epoch: int | None, lane: str) -> None:
+        if not self._current(partition, epoch):
+            return
+        self.lanes_subscribed.setdefault(partition, set()).add(lane)
+        if all(self.lanes_subscribed.get(k, set()) >= LANES for k in self.held):
             self.ready.set()
 
-    def _lane_drained(self, lane: str) -> None:
-        """This session's backlog is processed; with both, offline deadlines resume after the grace margin."""
-        self.drained.add(lane)
-        if self.drained >= LANES:
+    def _lane_drained(self, partition: int, epoch: int | None, lane: str) -> None:
+        """This session's backlog is processed; with every held partition's two, offline deadlines resume after the
+        grace margin."""
+        if not self._current(partition, epoch):
+            return
+        self.lanes_drained.setdefault(partition, set()).add(lane)
+        if self.held and all(self.lanes_drained.get(k, set()) >= LANES for k in self.held):
             self.grace_until = self.clock.now() + timedelta(seconds=self.rules.offline.grace_margin_s)
             log.info("backlog drained; offline deadlines resume at %s", self.grace_until.isoformat())
 
     def _lane_reports(self, connected: Callable[[], None]) -> None:
-        """What the telemetry process tells us about its session (with the lease's epoch: a report of an earlier
-        lease is stale) and its database connection; starts the events session once the telemetry session has
-        subscribed, or LANE_START_S after taking the lease."""
+        """What the telemetry process tells us about its sessions (with the partition and the lease's epoch, `k:e`: a
+        report of an earlier lease is stale) and its database connection; starts a partition's events session once
+        its telemetry session has subscribed, or LANE_START_S after taking the partition. On NATS, a session quiet
+        since subscribing counts as drained (no marker there)."""
         while not self.stopping.is_set():
-            if self.lease is not None and not self.events_started and time.monotonic() > self.events_due:
-                log.warning("the telemetry lane has not subscribed after %s s; taking events anyway", LANE_START_S)
-                self._start_events(None)
+            now = time.monotonic()
+            for k, session in list(self.sessions.items()):
+                if not session.started and now > self.events_due.get(k, now):
+                    log.warning("the telemetry lane has not subscribed partition %d after %s s; taking events anyway",
+                                k, LANE_START_S)
+                    self._start_events(k, None)
+                if session.started and not session.drained and session.quiet():
+                    session.drained = True
+                    self._lane_drained(k, session.epoch, "events")
             try:
                 what, detail = self.lane_reports.get(timeout=0.5)
             except queue.Empty:
@@ -374,98 +365,94 @@ class AlertService:
                 WAITS.begin(DATABASE, "telemetry-lane", detail)
             elif what == "back":
                 WAITS.end(DATABASE, "telemetry-lane")
-            elif (lease := self.lease) is not None and detail == str(lease.epoch):
+            else:
+                k_text, _, epoch_text = detail.partition(":")
+                k, epoch = int(k_text), int(epoch_text) if epoch_text.isdigit() else None
                 {"connected": self._lane_connected, "subscribed": self._lane_subscribed,
-                 "drained": self._lane_drained}[what]("telemetry")
+                 "drained": self._lane_drained}[what](k, epoch, "telemetry")
                 if what == "subscribed":
-                    self._start_events(lease.epoch)
+                    self._start_events(k, epoch)
 
-    # ------------------------------------------------------------------ the lease
+    # ------------------------------------------------------------------ the leases
 
     def _round(self, conn: psycopg.Connection[Any]) -> None:
-        """One lease round: renew (or take, or find lost) the partition, give back a surplus, tell the telemetry
-        process, and take or leave the sessions accordingly."""
+        """One lease round: renew (or take, or find lost) partitions, and apply what it changed."""
         rnd = self.leases.renew(conn)
-        lease = rnd.held.get(0)
-        if lease is not None and lease.partition in rnd.surplus:  # not with one partition; for the record
-            self._reconcile(conn, None)
-            self.leases.release(conn, frozenset({lease.partition}))
-            lease = None
-        self._reconcile(conn, lease)
-        self.lane_leases.put(lease)
+        self._apply(conn, rnd.held, rnd.surplus)
 
-    def _reconcile(self, conn: psycopg.Connection[Any], lease: Lease | None) -> None:
-        """Leave a lease lost (or replaced by a new epoch), take one gained, and resume a connection held back while
-        the lease could not be confirmed."""
+    def _apply(self, conn: psycopg.Connection[Any], held: dict[int, Lease], surplus: frozenset[int]) -> None:
+        """Leave partitions lost (or retaken under a new epoch) and the surplus, take the ones gained, resume
+        connections held back while a lease could not be confirmed, tell the telemetry process, and then give the
+        surplus back (its sessions are left first)."""
+        keep = {k: lease for k, lease in held.items() if k not in surplus}
         with self.lease_lock:
-            current = self.lease
-            if current is not None and (lease is None or lease.epoch != current.epoch):
-                self._leave(current)
-            if lease is None:
-                if not self.standing_by:
-                    self._stand_by()
-                return
-            if self.stopping.is_set():
-                return
-            if self.lease is None:
-                self._take(conn, lease)
-            elif self.paused:
-                self.paused = False
-                log.info("alerts %s: the lease on %s is confirmed; reconnecting", self.client_id, describe(lease))
-                self.mqtt.stop()
-                self.mqtt.start()
+            for k, lease in list(self.held.items()):
+                now = keep.get(k)
+                if now is None or now.epoch != lease.epoch:
+                    self._leave(k, lost=k not in surplus)
+            if not self.stopping.is_set():
+                for k, lease in sorted(keep.items()):
+                    session = self.sessions.get(k)
+                    if session is None:
+                        self._take(conn, lease)
+                    else:
+                        session.resume(lease)
+            self.lane_leases.put(dict(self.held))
+            if not self.held and not self.standing_by:
+                self._stand_by()
+        if surplus:
+            self.leases.release(conn, surplus)
+            log.info("alerts %s gave back partitions %s (fair share: another instance takes them)",
+                     self.leases.holder, sorted(surplus))
 
     def _stand_by(self) -> None:
         self.standing_by = True
-        log.info("alerts standby (%s): partition 0 is held by another instance; taking it over, with its sessions, "
-                 "if that one stops or its lease expires (GRIDHUB_LEASE_S=%g)", self.leases.holder,
-                 self.leases.lease_s)
+        log.info("alerts standby (%s): every partition (%d) is held by another instance; taking partitions over, with "
+                 "their sessions, if one stops or its lease expires (GRIDHUB_LEASE_S=%g)", self.leases.holder,
+                 self.leases.partitions, self.leases.lease_s)
 
     def _take(self, conn: psycopg.Connection[Any], lease: Lease) -> None:
+        k = lease.partition
+        session = PartitionSession(self.settings, "events", lease, self.fence, log, on_message=self._on_message,
+                                   on_connected=self._session_connected, on_subscribed=self._session_subscribed,
+                                   on_paused=self.lease_wake.set, tcp_nodelay=True)
         log.info("alerts %s holds %s: taking its sessions %s and %s", self.leases.holder, describe(lease),
-                 self.client_id, session_id(lease.partition, "telemetry", self.prefix))
+                 session.client_id, session.client_id.replace("-events", "-telemetry"))
         self.standing_by = False
-        self.lease, self.paused, self.refusing = lease, False, False
-        self.subscribed.clear()
-        self.drained.clear()
+        self.held[k] = lease
+        self.sessions[k] = session
+        self.lanes_subscribed[k], self.lanes_drained[k] = set(), set()
+        self.ready.clear()
         self.grace_until = None
-        gained = self.book.set_partitions(frozenset({lease.partition}))
-        self.events_due = time.monotonic() + LANE_START_S
+        gained = self.book.set_partitions(frozenset(self.held))
+        self.events_due[k] = time.monotonic() + LANE_START_S
         if gained:
             self._watch_silent_devices(conn, gained)
 
-    def _start_events(self, epoch: int | None) -> None:
-        """The events session, under the current lease (of `epoch`, when given)."""
+    def _start_events(self, partition: int, epoch: int | None) -> None:
+        """A partition's events session, under its current lease (of `epoch`, when given)."""
         with self.lease_lock:
-            lease = self.lease
-            if lease is None or self.events_started or self.stopping.is_set() or (
-                    epoch is not None and epoch != lease.epoch):
+            session = self.sessions.get(partition)
+            if session is None or session.started or self.stopping.is_set() or (
+                    epoch is not None and epoch != session.epoch):
                 return
-            self.events_started = True
-            self.mqtt.start()
+            session.start()
 
-    def _leave(self, lease: Lease) -> None:
+    def _leave(self, partition: int, *, lost: bool) -> None:
         """A lease lost (another instance took the partition, or it expired while this process stalled): acknowledge
         nothing more, disconnect, and never reconnect under the sessions' client ids (the holder has them); what
-        was received here is the holder's now (the broker redelivers it there)."""
-        log.warning("alerts %s lost %s: another instance holds it now, or its lease ran out (this process stalled, "
-                    "or could not renew it); acknowledging nothing more and leaving the sessions %s to the holder",
-                    self.leases.holder, describe(lease), self.client_id)
-        self.lease, self.paused = None, False
-        self.ready.clear()
-        self.subscribed.clear()
-        self.drained.clear()
-        self.grace_until = None
-        self.book.set_partitions(frozenset())
-        self.lane_leases.put(None)
-        if self.events_started:
-            self.events_started = False
-            self.mqtt.stop()
-        while True:
-            try:
-                self.priority.get_nowait()
-            except queue.Empty:
-                break
+        was received here is the holder's now (the broker redelivers it there). Given back (a surplus): what was
+        processed is acknowledged first."""
+        session = self.sessions.pop(partition)
+        self.held.pop(partition, None)
+        self.events_due.pop(partition, None)
+        self.lanes_subscribed.pop(partition, None)
+        self.lanes_drained.pop(partition, None)
+        session.leave(lost=lost)
+        if not self.held:
+            self.ready.clear()
+            self.grace_until = None
+        self.book.set_partitions(frozenset(self.held))
 
     def _watch_silent_devices(self, conn: psycopg.Connection[Any], gained: frozenset[int]) -> None:
         """Devices never heard from get an offline deadline one window from when we started watching."""
@@ -504,8 +491,10 @@ class AlertService:
         """Evaluate an event or status message in one transaction; returns the change rows it wrote."""
         book = self.book
         if item.channel == "marker":
-            if self.mqtt.is_current_marker(item.payload):
-                self._lane_drained("events")
+            session = item.session
+            if session is not None and session.mqtt.is_current_marker(item.payload):
+                session.drained = True
+                self._lane_drained(session.partition, session.epoch, "events")
             return []
         if not item.device_id:
             return []
@@ -573,6 +562,8 @@ class AlertService:
                     except queue.Empty:
                         self._flush_acks()  # held back for a confirmation: ask again
                         continue
+                if item.session is not None and item.session.lease is None:
+                    continue  # its partition was left: the broker redelivers it to the holder
                 started = time.perf_counter()
                 try:
                     ids = self._handle_priority(conn, item)
@@ -601,7 +592,7 @@ class AlertService:
                         batch.append(self.fresh.get_nowait())
                     except queue.Empty:
                         break
-                mqtt = self.mqtt
+                mqtt = self.publisher
                 ids = [i for f in batch for i in f.ids]
                 if mqtt.is_connected():
                     try:
@@ -628,9 +619,8 @@ class AlertService:
             connected()
             while not self.stopping.is_set():
                 held_back = self._held_back()
-                held = self.book.held
-                if held and not self.fence.confirm(self.lease):
-                    held = frozenset()  # a lease that cannot be confirmed fires nothing (another may hold it)
+                # a lease that cannot be confirmed fires nothing of its partition (another may hold it)
+                held = frozenset(k for k, lease in list(self.held.items()) if self.fence.confirm(lease))
                 timers.fire_due(conn, self.clock.now(), self.timer_actions, partitions=held, held_back=held_back)
                 nd = timers.next_due(conn, self.timer_actions.keys(), partitions=held, held_back=held_back)
                 wait = 5.0 if nd is None else (nd - self.clock.now()).total_seconds()
@@ -653,7 +643,7 @@ class AlertService:
             listen.execute(f"LISTEN {publish.WAKE_CHANNEL}")
             connected()
             while not self.stopping.is_set():
-                mqtt = self.mqtt
+                mqtt = self.publisher
                 out = publish.Outcome(0, 0)
                 if mqtt.is_connected():
                     out = publish.catch_up(conn, mqtt.client, self.prefix)

@@ -1,16 +1,17 @@
 """The telemetry lane, in a process of its own so that a flood of readings never shares an interpreter lock
-with fire alarms: the partition's telemetry session (`gridhub-alerts-p0-telemetry`, persistent, named by the
-partition), readings evaluated in batches in memory, what they change written in one transaction, every message
-acknowledged after that commit and after the lease has been confirmed.
+with fire alarms: one persistent telemetry session per held partition (`gridhub-alerts-p<k>-telemetry`, named by the
+partition; `partitions.PartitionSession`), readings evaluated in batches in memory, what they change written in one
+transaction, every message acknowledged after that commit and after its partition's lease has been confirmed.
 
-The priority process keeps the lease (alerts/service.py) and tells this one, after every lease round, which lease
-it holds (`Lease` or None on the lease queue): the lane connects as the partition's session under a lease it is
-given, leaves the session (disconnects, forgets what it had received) when it is told of none or of another epoch,
-and, while it has unconfirmed work, asks the database itself (`partitions.Fence`) before every acknowledgement and
-before paho may reconnect: no confirmation, no acknowledgement and no reconnect. It reports to the parent on a
-queue: connected (offline deadlines wait again), subscribed, the drain marker seen (each with the lease's epoch),
-and waiting for the database / back (the parent's health says so). Through a database outage it keeps its batch
-(first again, unacknowledged) and reconnects with backoff (`gridhub.waiting.keep_trying`); it never exits for it.
+The priority process keeps the leases (alerts/service.py) and tells this one, after every lease round, which
+leases it holds (`{partition: Lease}` on the lease queue): the lane connects as a partition's session under a lease
+it is given, leaves the session (disconnects, forgets what it had received) when it is told of none or of another
+epoch for that partition, and asks the database itself (`partitions.Fence`) before every acknowledgement and before
+paho may reconnect: no confirmation, no acknowledgement and no reconnect. It reports to the parent on a queue:
+connected (offline deadlines wait again), subscribed, the backlog drained (each with the partition and the lease's
+epoch, `k:epoch`), and waiting for the database / back (the parent's health says so). Through a database outage it
+keeps its batch (first again, unacknowledged) and reconnects with backoff (`gridhub.waiting.keep_trying`); it never
+exits for it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 import os
 import queue
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.queues import Queue as ProcessQueue
 from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
@@ -32,11 +33,10 @@ from pydantic import ValidationError
 from gridhub.alerts import changes, timers
 from gridhub.alerts.devices import DeviceBook, Registered
 from gridhub.alerts.evaluate import Finding, acceptable, reading_findings
-from gridhub.alerts.partitions import PART, Fence, describe, marker_topic, pause_unless_confirmed, session_id
+from gridhub.alerts.partitions import PART, Fence, PartitionSession, describe, device_and_channel
 from gridhub.alerts.rules import RuleBook
 from gridhub.db import connect
 from gridhub.leases import Lease, PartitionLeases
-from gridhub.mqtt import Connack, MqttConnection
 from gridhub.protocol import Reading
 from gridhub.settings import Settings
 from gridhub.waiting import DATABASE_ERRORS, GaveUp, Waits, keep_trying
@@ -57,6 +57,12 @@ class Inbound:
     mid: int
     generation: int  # the connection it came on (MqttConnection.generation): acknowledged on that one only
     marker: bool = False
+    session: PartitionSession | None = field(default=None, compare=False)  # the partition's session it came on
+
+
+def _tag(session: PartitionSession) -> str:
+    """A report's detail: the partition and the epoch of the lease the session runs under (`2:17`)."""
+    return f"{session.partition}:{session.epoch}"
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,7 @@ class _Stopping:
         return True
 
 
-def run_lane(args: LaneArgs, reports: ProcessQueue[tuple[str, str]], leases: ProcessQueue[Lease | None],
+def run_lane(args: LaneArgs, reports: ProcessQueue[tuple[str, str]], leases: ProcessQueue[dict[int, Lease]],
              stop: ProcessEvent) -> None:
     """The child process's entry point: run until `stop` is set or the parent process is gone."""
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -116,10 +122,12 @@ def run_lane(args: LaneArgs, reports: ProcessQueue[tuple[str, str]], leases: Pro
 
 
 class TelemetryLane:
-    """Readings of the held partition's devices: held thresholds, drop window, signs of life."""
+    """Readings of the held partitions' devices: held thresholds, drop window, signs of life. One persistent session
+    per held partition (`partitions.PartitionSession`), created when the parent tells a lease and left when it tells
+    none, or another epoch, for that partition."""
 
-    def __init__(self, args: LaneArgs, reports: ProcessQueue[tuple[str, str]], leases: ProcessQueue[Lease | None],
-                 stopping: _Stopping) -> None:
+    def __init__(self, args: LaneArgs, reports: ProcessQueue[tuple[str, str]],
+                 leases: ProcessQueue[dict[int, Lease]], stopping: _Stopping) -> None:
         self.settings = args.settings
         self.db_url = args.settings.database_url or ""
         self.prefix = args.settings.topic_prefix
@@ -130,29 +138,17 @@ class TelemetryLane:
         self.book = DeviceBook(args.settings.partitions, args.rules, args.clock)
         self.inbox: queue.Queue[Inbound] = queue.Queue()
         self.retry: list[Inbound] = []  # a batch whose transaction failed: first again, still unacknowledged
-        self.unacked: list[Inbound] = []  # committed, waiting for the lease to be confirmed before the PUBACKs
         self.stopping = stopping
         self.waits = Waits("alerts", log_changes=False)  # the parent logs and answers health for the part
         self.conn: psycopg.Connection[Any] | None = None
         self.fence = Fence(PartitionLeases(PART, args.settings.partitions, args.holder, args.settings.lease_s),
                            self.db_url, APPLICATION_NAME)
-        self.lease: Lease | None = None  # the lease the session runs under
-        self.paused = False  # connection lost and not resumed: the lease could not be confirmed then
-        self.refusing = False  # acknowledgements held back under the current lease (logged once)
-        self.client_id = session_id(0, "telemetry", self.prefix)
-        self.marker_topic = marker_topic(self.prefix, self.client_id)
-        self.mqtt = MqttConnection(
-            self.settings.mqtt_url or "", self.client_id, protocol=paho.MQTTv311, persistent=True,
-            manual_ack=True, keepalive=30, reconnect_delay=(1, 5), max_inflight=100,
-            subscriptions=[(f"{self.prefix}/devices/+/telemetry", 1)], marker_topic=self.marker_topic,
-            on_connected=self._on_connected, on_subscribed=self._on_subscribed, on_message=self._on_message,
-            on_disconnected=self._on_disconnected, on_refused=self._on_refused)
-        self.started = False
-        self.session_present = False
+        self.sessions: dict[int, PartitionSession] = {}  # the held partitions' telemetry sessions
 
     def stop(self) -> None:
-        if self.started:
-            self.mqtt.stop()
+        for session in self.sessions.values():
+            session.leave(lost=False)
+        self.sessions = {}
         if self.conn is not None:
             self.conn.close()
         self.fence.close()
@@ -160,7 +156,7 @@ class TelemetryLane:
     # ------------------------------------------------------------------ the lease (the parent's, after every round)
 
     def follow_lease(self) -> None:
-        """Take the latest lease the parent sent (if any) and act on it."""
+        """Take the latest leases the parent sent (if any) and act on them; report quiet NATS sessions drained."""
         latest: object = UNSET
         while True:
             try:
@@ -168,47 +164,39 @@ class TelemetryLane:
             except queue.Empty:
                 break
         if latest is not UNSET:
-            assert latest is None or isinstance(latest, Lease)
+            assert isinstance(latest, dict)
             self.reconcile(latest)
+        for session in self.sessions.values():
+            if not session.drained and session.quiet():
+                session.drained = True
+                self.reports.put(("drained", _tag(session)))
 
-    def reconcile(self, lease: Lease | None) -> None:
-        current = self.lease
-        if current is not None and (lease is None or lease.epoch != current.epoch):
-            self._leave(current)
-        if lease is None:
-            return
-        if self.lease is None:
-            self.lease, self.paused, self.refusing = lease, False, False
-            self.book.set_partitions(frozenset({lease.partition}))
-            log.info("alerts telemetry lane holds %s: connecting as %s", describe(lease), self.client_id)
-            self.started = True
-            self.mqtt.start()
-        elif self.paused and self.fence.confirm(lease):
-            self.paused = False
-            log.info("alerts %s: the lease on %s is confirmed; reconnecting", self.client_id, describe(lease))
-            self.mqtt.stop()
-            self.mqtt.start()
+    def reconcile(self, held: dict[int, Lease]) -> None:
+        for k, session in list(self.sessions.items()):
+            lease = held.get(k)
+            if lease is None or lease.epoch != session.epoch:
+                self._leave(k, lost=lease is not None)  # another epoch: lost; not held: the fence decides
+        for k, lease in sorted(held.items()):
+            session = self.sessions.get(k)
+            if session is None:
+                session = PartitionSession(self.settings, "telemetry", lease, self.fence, log,
+                                           on_message=self._on_message, on_connected=self._on_connected,
+                                           on_subscribed=self._on_subscribed)
+                self.sessions[k] = session
+                self.book.set_partitions(frozenset(self.sessions))
+                log.info("alerts telemetry lane holds %s: connecting as %s", describe(lease), session.client_id)
+                session.start()
+            else:
+                session.resume(lease)
 
-    def _leave(self, lease: Lease) -> None:
-        """A lease lost: acknowledge nothing more, disconnect and do not connect under the session's client id again
-        (the new holder has it); what was received here is the broker's to deliver to the holder."""
-        log.warning("alerts %s lost %s: another instance holds it now, or its lease ran out; acknowledging nothing "
-                    "more and leaving the session to the holder", self.client_id, describe(lease))
-        self.lease, self.paused = None, False
-        self.book.set_partitions(frozenset())
-        if self.started:
-            self.mqtt.stop()
-            self.started = False
-        self.retry, self.unacked = [], []
-        while True:
-            try:
-                self.inbox.get_nowait()
-            except queue.Empty:
-                break
-
-    def _epoch(self) -> str:
-        lease = self.lease
-        return "" if lease is None else str(lease.epoch)
+    def _leave(self, partition: int, *, lost: bool) -> None:
+        """A lease lost or given back: acknowledge nothing more (given back: what was committed first), disconnect
+        and never connect under the session's client id again (the new holder has it); what was received here and
+        not acknowledged is the broker's to deliver to the holder."""
+        session = self.sessions.pop(partition)
+        session.leave(lost=lost)
+        self.book.set_partitions(frozenset(self.sessions))
+        self.retry = [item for item in self.retry if item.session is not session]
 
     def reconnect_db(self) -> bool:
         """A new connection with the registry read again, waiting through outages (and telling the parent once that
@@ -241,37 +229,21 @@ class TelemetryLane:
 
     # ------------------------------------------------------------------ MQTT (paho's network thread)
 
-    def _on_refused(self, rc: Any) -> None:
-        log.error("broker refused the alerts instance (telemetry session): %s", rc)
-
-    def _on_connected(self, connack: Connack) -> None:
+    def _on_connected(self, session: PartitionSession) -> None:
         """(Re)connected: the connection draws a new backlog marker and subscribes again."""
-        self.session_present = connack.session_present
-        self.reports.put(("connected", self._epoch()))
+        self.reports.put(("connected", _tag(session)))
 
-    def _on_subscribed(self) -> None:
-        """Subscribed, and the backlog marker published to ourselves."""
-        lease = self.lease
-        log.info("alerts %s connected (MQTT 3.1.1, session %s%s)", self.client_id,
-                 "resumed" if self.session_present else "new",
-                 f", {describe(lease)}" if lease is not None else "")
-        self.reports.put(("subscribed", self._epoch()))
+    def _on_subscribed(self, session: PartitionSession) -> None:
+        """Subscribed, and (mosquitto) the backlog marker published to ourselves."""
+        self.reports.put(("subscribed", _tag(session)))
 
-    def _on_disconnected(self, rc: Any) -> None:
-        """Before paho reconnects: not under a lease that cannot be confirmed (the parent's next round resumes the
-        connection if the lease is still ours, or takes it away)."""
-        if self.stopping.is_set() or self.mqtt.stopping:
+    def _on_message(self, session: PartitionSession, msg: paho.MQTTMessage) -> None:
+        generation = session.mqtt.generation  # paho's network thread: the connection this message came on
+        if session.is_marker(msg.topic):
+            self.inbox.put(Inbound("", bytes(msg.payload), msg.qos, msg.mid, generation, marker=True, session=session))
             return
-        pause_unless_confirmed(self, rc, "readings", log)
-
-    def _on_message(self, msg: paho.MQTTMessage) -> None:
-        generation = self.mqtt.generation  # paho's network thread: the connection this message came on
-        if msg.topic == self.marker_topic:
-            self.inbox.put(Inbound("", bytes(msg.payload), msg.qos, msg.mid, generation, marker=True))
-            return
-        parts = msg.topic.rsplit("/", 2)
-        self.inbox.put(Inbound(parts[1] if len(parts) == 3 else "", bytes(msg.payload), msg.qos, msg.mid,
-                               generation))
+        device, _channel = device_and_channel(self.settings, msg.topic)
+        self.inbox.put(Inbound(device, bytes(msg.payload), msg.qos, msg.mid, generation, session=session))
 
     # ------------------------------------------------------------------ the lane
 
@@ -282,14 +254,14 @@ class TelemetryLane:
             try:
                 batch = [self.inbox.get(timeout=0.5)]
             except queue.Empty:
-                if self.unacked:
-                    self._ack([])  # the lease could not be confirmed last time: ask again
+                self._ack([])  # acknowledgements held back for a confirmation: ask again
                 return
         while len(batch) < BATCH:
             try:
                 batch.append(self.inbox.get_nowait())
             except queue.Empty:
                 break
+        batch = [item for item in batch if item.session is None or item.session.lease is not None]  # left: not ours
         conn = self.conn
         assert conn is not None
         try:
@@ -301,28 +273,17 @@ class TelemetryLane:
         self._ack(batch)
 
     def _ack(self, batch: list[Inbound]) -> None:
-        """The batch's PUBACKs (with any held back before), once the lease is confirmed, in arrival order, each on
-        the connection its message came on (one write per connection): a message of a connection that is gone is
-        not acknowledged (its packet id means another message, or nothing, on the next one); the broker redelivers
-        it and it is evaluated again (at least once, as after any reconnect). Unconfirmed, nothing is acknowledged:
-        the PUBACKs wait for a confirmation, or are dropped with the lease."""
-        pending = self.unacked + [item for item in batch if item.qos == 1]  # the subscription's QoS: nothing above
-        if not pending:
-            return
-        if not self.fence.confirm(self.lease):
-            if not self.refusing:
-                log.warning("alerts %s: not acknowledging %d readings, the lease is not confirmed (the broker "
-                            "redelivers them to the partition's holder)", self.client_id, len(pending))
-            self.refusing = True
-            self.unacked = pending
-            return
-        self.refusing = False
-        self.unacked = []
-        by_generation: dict[int, list[int]] = {}
-        for item in pending:
-            by_generation.setdefault(item.generation, []).append(item.mid)
-        for generation, mids in by_generation.items():
-            self.mqtt.ack_many(mids, generation)
+        """The batch's PUBACKs (with any held back before), each session's once its lease is confirmed, in arrival
+        order, each on the connection its message came on (one write per connection): a message of a connection
+        that is gone is not acknowledged (its packet id means another message, or nothing, on the next one); the
+        broker redelivers it and it is evaluated again (at least once, as after any reconnect). Unconfirmed, nothing
+        of that session is acknowledged: the PUBACKs wait for a confirmation, or are dropped with the lease."""
+        for item in batch:
+            if item.qos == 1 and item.session is not None:  # the subscription's QoS: nothing above
+                item.session.ack(item.generation, item.mid)
+        for session in list(self.sessions.values()):
+            if session.has_pending():
+                session.flush()
 
     def _evaluate(self, conn: psycopg.Connection[Any], batch: list[Inbound]) -> None:
         """Evaluate a batch of readings in memory and write what they changed in one transaction."""
@@ -332,8 +293,9 @@ class TelemetryLane:
         work: list[tuple[Registered, Reading]] = []
         for item in batch:
             if item.marker:
-                if self.mqtt.is_current_marker(item.payload):
-                    self.reports.put(("drained", self._epoch()))
+                if item.session is not None and item.session.mqtt.is_current_marker(item.payload):
+                    item.session.drained = True
+                    self.reports.put(("drained", _tag(item.session)))
                 continue
             reg = book.registered(conn, item.device_id)
             if reg is None or not book.mine(item.device_id):

@@ -5,6 +5,7 @@ connection (not delivered once more). The telemetry lane's acknowledgements are 
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -17,6 +18,7 @@ from alerts_support import Device, add_devices
 from polling import wait_for
 
 from gridhub.alerts import telemetry
+from gridhub.alerts.partitions import PartitionSession
 from gridhub.alerts.service import AlertService, Inbound
 from gridhub.alerts.timers import ShiftedClock
 from gridhub.leases import Lease
@@ -55,8 +57,7 @@ def fire_tasks(db: psycopg.Connection[Any]) -> int:
 
 def test_an_event_whose_connection_dropped_is_not_acknowledged_on_the_next_one(
         db_url: str, mine: Settings, service: AlertService) -> None:
-    mqtt = service.mqtt
-    assert mqtt is not None
+    mqtt = service.sessions[0].mqtt
     handled: list[Inbound] = []
     markers: list[bytes] = []  # backlog markers the priority lane has taken: each comes after its backlog
     entered, release = threading.Event(), threading.Event()
@@ -142,20 +143,28 @@ class _Fence:
         return self.holds and lease is not None
 
 
-def test_the_telemetry_lane_acknowledges_each_message_on_its_own_connection_once_its_lease_is_confirmed() -> None:
+def test_the_telemetry_lane_acknowledges_each_message_on_its_own_connection_once_its_lease_is_confirmed(
+        settings: Settings) -> None:
+    fence = _Fence()
+    session = PartitionSession(settings, "telemetry", Lease("alerts", 0, "t/1", 3), fence,  # type: ignore[arg-type]
+                               logging.getLogger("test"), on_message=lambda _s, _m: None)
+    acks = _Acks()
+    session.mqtt = acks  # type: ignore[assignment]
     lane = telemetry.TelemetryLane.__new__(telemetry.TelemetryLane)
-    acks, fence = _Acks(), _Fence()
-    lane.mqtt = acks  # type: ignore[assignment]
-    lane.fence = fence  # type: ignore[assignment]
-    lane.lease = Lease("alerts", 0, "t/1", 3)
-    lane.unacked, lane.refusing, lane.client_id = [], False, "gridhub-alerts-p0-telemetry"
-    batch = [telemetry.Inbound("d1", b"{}", 1, 7, 3), telemetry.Inbound("d2", b"{}", 1, 8, 3),
-             telemetry.Inbound("d1", b"{}", 0, 0, 4), telemetry.Inbound("d3", b"{}", 1, 1, 4),
-             telemetry.Inbound("", b"m", 1, 2, 4, marker=True)]
+    lane.sessions = {0: session}
+    batch = [telemetry.Inbound("d1", b"{}", 1, 7, 3, session=session),
+             telemetry.Inbound("d2", b"{}", 1, 8, 3, session=session),
+             telemetry.Inbound("d1", b"{}", 0, 0, 4, session=session),
+             telemetry.Inbound("d3", b"{}", 1, 1, 4, session=session),
+             telemetry.Inbound("", b"m", 1, 2, 4, marker=True, session=session)]
     fence.holds = False  # the lease cannot be confirmed: nothing is acknowledged, the acknowledgements wait
     lane._ack(batch[:2])
-    assert acks.calls == [] and len(lane.unacked) == 2
+    assert acks.calls == [] and session.has_pending()
     fence.holds = True
     lane._ack(batch[2:])
     assert acks.calls == [([7, 8], 3), ([1, 2], 4)]  # in arrival order, one write per connection, no QoS 0
-    assert lane.unacked == []
+    assert not session.has_pending()
+    # a session left with its lease lost acknowledges nothing more
+    session.leave(lost=True)
+    lane._ack([telemetry.Inbound("d1", b"{}", 1, 9, 4, session=session)])
+    assert acks.calls == [([7, 8], 3), ([1, 2], 4)]
