@@ -1,0 +1,36 @@
+"""gridhub/db.py without a database: the multi-host URL of PostgreSQL under Patroni is handed to libpq as given (only
+a default connect_timeout is added, and not when the URL sets one), and no form of a database URL reaches a log with
+its password."""
+
+from __future__ import annotations
+
+import pytest
+
+from gridhub.db import CONNECT_TIMEOUT_S, LazyConnection, connect_kwargs, redact
+
+MULTI = ("postgresql://gridhub:s3cret@10.0.0.1:5432,10.0.0.2:5432/gridhub"
+         "?target_session_attrs=read-write&connect_timeout=3")
+
+
+def test_the_multi_host_url_is_kept_whole() -> None:
+    lazy = LazyConnection(MULTI, application_name="t")
+    assert lazy.url == MULTI
+    assert "connect_timeout" not in lazy._kw  # the URL's own (3 s per host) wins
+    assert connect_kwargs(MULTI.replace("&connect_timeout=3", ""), autocommit=True) == {
+        "connect_timeout": CONNECT_TIMEOUT_S, "autocommit": True}
+    assert connect_kwargs("host=a,b port=1,2 connect_timeout=2 dbname=x") == {}
+    assert connect_kwargs("not a conninfo ===") == {"connect_timeout": CONNECT_TIMEOUT_S}
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    (MULTI, "postgresql://gridhub:***@10.0.0.1:5432,10.0.0.2:5432/gridhub"
+            "?target_session_attrs=read-write&connect_timeout=3"),
+    ("postgresql://u:p@ss/w@h:1/db", "postgresql://u:***@h:1/db"),  # a password with unescaped @ and /
+    ("postgresql://u@h/db?password=zz&sslmode=require", "postgresql://u@h/db?password=***&sslmode=require"),
+    ("host=a,b port=5432,5433 password=secret user=x", "host=a,b port=5432,5433 password=*** user=x"),
+    ("host=a password='se cret' user=x", "host=a password=*** user=x"),
+    ("postgresql://h/db?application_name=a@b", "postgresql://h/db?application_name=a@b"),
+    ("postgresql:///gridhub", "postgresql:///gridhub"),
+])
+def test_redact_hides_every_password(url: str, shown: str) -> None:
+    assert redact(url) == shown
