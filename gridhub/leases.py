@@ -204,6 +204,18 @@ class PartitionLeases:
             " AND expires_at > now()", (lease.part, lease.partition, lease.holder, lease.epoch)).fetchone()
         return row is not None
 
+    def holds_all(self, conn: psycopg.Connection[Any], leases: Iterable[Lease]) -> frozenset[int]:
+        """`holds()` for several leases of this part in one query: the partitions whose lease is still this
+        holder's with its epoch, unexpired by the database's clock."""
+        wanted = [(le.partition, le.epoch) for le in leases if le.part == self.part and le.holder == self.holder]
+        if not wanted:
+            return frozenset()
+        rows = conn.execute(
+            "SELECT partition FROM part_leases WHERE part = %s AND holder = %s AND expires_at > now()"
+            " AND (partition, epoch) IN (SELECT * FROM unnest(%s::int[], %s::bigint[]))",
+            (self.part, self.holder, [w[0] for w in wanted], [w[1] for w in wanted])).fetchall()
+        return frozenset(int(r[0]) for r in rows)
+
     def release(self, conn: psycopg.Connection[Any], partitions: frozenset[int] | None = None) -> None:
         """Give back `partitions` (all, and leave the live instances, when None), once nothing works on them any
         more: a standby takes them at its next round."""
@@ -249,7 +261,9 @@ class LeaseKeeper:
     `on_change` there after every round that changed something. `confirm(lease)`, from any thread and on a connection
     of its own, asks the database whether the lease is still this process's with its epoch, unexpired by the
     database's clock: call it right before acknowledging anything of the partition and before reconnecting under its
-    name; no answer (the database is away) is a no. `give_back(partitions)` once the work on a `surplus` is stopped.
+    name; no answer (the database is away) is a no (`confirm_all` asks for several leases in one query). With
+    `every_round`, `on_change` is called after every successful round, changed or not (a part that held a
+    connection back while its lease could not be confirmed resumes it then). `give_back(partitions)` once the work on a `surplus` is stopped.
     `stop()` ends the renewals (the leases stay until they expire or are released); `release()` gives back every
     lease at once, so that another instance takes over at its next round: call it once nothing works on them.
 
@@ -262,12 +276,13 @@ class LeaseKeeper:
 
     def __init__(self, part: str, partitions: int, url: str, instance_id: str, lease_s: float = LEASE_S, *,
                  on_change: Callable[[Change], None], on_failure: Callable[[], None] = lambda: None,
-                 application_name: str | None = None) -> None:
+                 application_name: str | None = None, every_round: bool = False) -> None:
         self.leases = PartitionLeases(part, partitions, holder_name(instance_id), lease_s)
         self.url = url
         self.waiter = f"{part}-lease"
         self._on_change = on_change
         self._on_failure = on_failure
+        self._every_round = every_round
         name = application_name or f"gridhub-{part}-lease"
         self._db = LazyConnection(url, application_name=name, autocommit=True)
         self._fence_db = LazyConnection(url, application_name=name, autocommit=True)
@@ -352,6 +367,16 @@ class LeaseKeeper:
                 self._fence_db.forget_if_broken()
                 return False
 
+    def confirm_all(self, leases: Iterable[Lease]) -> frozenset[int]:
+        """`confirm()` for several leases in one query: the partitions whose lease is still this process's with its
+        epoch (any thread; a database that does not answer confirms none)."""
+        with self._fence_lock:
+            try:
+                return self.leases.holds_all(self._fence_db.get(), leases)
+            except DATABASE_ERRORS:
+                self._fence_db.forget_if_broken()
+                return frozenset()
+
     def stop(self) -> None:
         """Stop renewing (once the owner has stopped working and acknowledged what it stored); `release()` next."""
         self._stop.set()
@@ -417,7 +442,7 @@ class LeaseKeeper:
         WAITS.end(DATABASE, self.waiter)
         self._last_renewed = started
         change = self._diff(rnd)
-        if change:
+        if change or self._every_round:
             self._on_change(change)
 
     def _expire_locally(self) -> None:

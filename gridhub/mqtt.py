@@ -27,6 +27,10 @@ manual acknowledgement, confirmed QoS 1 publishing and the backlog marker are wr
   which it also subscribes to. The broker delivers it after everything it had queued for the session, so when the
   owner has processed a message on that topic for which `is_current_marker(payload)` holds, it has processed the
   backlog of the current connection (a marker of an earlier connection does not count).
+- **Several nodes.** A URL may name several brokers of one cluster (`mqtt://user:pass@h1:1883,h2:1883,h3:1883`,
+  as NATS's MQTT gateway nodes; `broker_addresses`): `connect()` tries them in turn until one accepts the TCP
+  connection, and after a lost connection or a failed attempt paho's next attempt goes to the next node. A
+  persistent session is the cluster's, so the next node resumes it. With one host nothing changes.
 - **TLS.** A `mqtts://` URL connects over TLS, checking the broker's certificate and host name against the system's
   CAs, or against the CA file the URL names (`mqtts://user:pass@host:8883?cafile=/etc/gridhub/ca.crt`).
 - **Stop.** `stop()` disconnects and ends the loop thread; `end_session=True` also ends a persistent session (MQTT 5:
@@ -49,7 +53,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -63,7 +67,7 @@ from gridhub.protocol import BrokerAddress, BrokerURLError
 __all__ = [
     "AccountRefused", "BrokerAddress", "BrokerError", "BrokerRefused", "BrokerUnreachable", "Connack",
     "MqttConnection", "NoAnswer", "NotConnected", "PublishNotConfirmed", "PublishRejected", "PublishTimeout",
-    "check_broker", "make_client", "tls_cafile",
+    "broker_addresses", "check_broker", "make_client", "single_host_urls", "tls_cafile",
 ]
 
 log = logging.getLogger("gridhub.mqtt")
@@ -126,11 +130,32 @@ class Connack:
     properties: Properties | None
 
 
+MAX_HOSTS = 16
+
+
+def single_host_urls(url: str) -> list[str]:
+    """A broker URL naming one host or several (`mqtt://user:pass@h1:p1,h2:p2,h3:p3?cafile=...`), as one URL per
+    host with the same scheme, credentials and query. A `BrokerURLError` for an empty host or more than
+    `MAX_HOSTS`."""
+    parts = urlsplit(url)
+    creds, at, hosts = parts.netloc.rpartition("@")
+    names = hosts.split(",")
+    if len(names) > MAX_HOSTS or any(not h.strip() for h in names):
+        raise BrokerURLError(f"the broker URL names {len(names)} hosts, some empty or more than {MAX_HOSTS}: give "
+                             "mqtt://user:pass@host:port or mqtt://user:pass@h1:p1,h2:p2,h3:p3")
+    return [urlunsplit(parts._replace(netloc=f"{creds}{at}{h.strip()}")) for h in names]
+
+
+def broker_addresses(url: str) -> list[BrokerAddress]:
+    """Every broker a URL names (one, or the nodes of a cluster), in order."""
+    return [BrokerAddress.parse(u) for u in single_host_urls(url)]
+
+
 def make_client(url: str, client_id: str, *, protocol: int = paho.MQTTv5, clean: bool = True,
                 manual_ack: bool = False) -> paho.Client:
     """A bare paho client configured from the URL (credentials, TLS); not yet connected. Parts use
     `MqttConnection`; this is for tests and tools that want plain paho."""
-    addr = BrokerAddress.parse(url)
+    addr = broker_addresses(url)[0]
     kwargs: dict[str, object] = {"callback_api_version": CallbackAPIVersion.VERSION2, "client_id": client_id,
                                  "protocol": protocol, "manual_ack": manual_ack}
     if protocol != paho.MQTTv5:
@@ -200,7 +225,9 @@ class MqttConnection:
         on_refused: Callable[[ReasonCode], None] | None = None,
     ) -> None:
         self.url = url
-        self.address = BrokerAddress.parse(url)
+        self.addresses = broker_addresses(url)
+        self._node = 0  # the index of the node the connection goes to (several nodes: the next after a failure)
+        self._next_node = False  # a connection was lost, or an attempt failed: paho's next attempt goes elsewhere
         self.client_id = client_id
         self.protocol = protocol
         self.persistent = persistent
@@ -237,6 +264,9 @@ class MqttConnection:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        if len(self.addresses) > 1:
+            client.on_pre_connect = self._on_pre_connect
+            client.on_connect_fail = self._on_connect_fail
         client.reconnect_delay_set(*reconnect_delay)
         self._client = client
 
@@ -246,6 +276,11 @@ class MqttConnection:
     def client(self) -> paho.Client:
         """The underlying paho client (for gridhub/mqtt_fastpath.py and batch publishers)."""
         return self._client
+
+    @property
+    def address(self) -> BrokerAddress:
+        """The broker the connection goes to (with several nodes, the current one)."""
+        return self.addresses[self._node]
 
     @property
     def where(self) -> str:
@@ -266,12 +301,19 @@ class MqttConnection:
         self._connack = None
         self._waiting = wait_s is not None
         self._stopping = False
-        try:
-            self._client.connect(self.address.host, self.address.port, **self._connect_args())
-        except OSError as exc:
+        self._next_node = False
+        failures: list[str] = []
+        for _ in self.addresses:
+            try:
+                self._client.connect(self.address.host, self.address.port, **self._connect_args())
+                break
+            except OSError as exc:
+                failures.append(f"{self.where} ({exc})")
+                self._node = (self._node + 1) % len(self.addresses)
+        if len(failures) == len(self.addresses):
             self._waiting = False
-            raise BrokerUnreachable(f"cannot reach the broker at {self.where} ({exc}): check GRIDHUB_MQTT_URL and "
-                                    "that the broker runs") from exc
+            raise BrokerUnreachable(f"cannot reach the broker at {', '.join(failures)}: check GRIDHUB_MQTT_URL and "
+                                    "that the broker runs")
         self._client.loop_start()
         if wait_s is None:
             return None
@@ -295,6 +337,7 @@ class MqttConnection:
     def start(self) -> None:
         """Connect in the background: paho's loop thread connects, and reconnects with backoff, by itself."""
         self._stopping = False
+        self._next_node = False
         self._client.connect_async(self.address.host, self.address.port, **self._connect_args())
         self._client.loop_start()
 
@@ -440,8 +483,22 @@ class MqttConnection:
         if self.on_message is not None:
             self.on_message(msg)
 
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        self._next_node = True
+
+    def _on_pre_connect(self, client: paho.Client, userdata: Any) -> None:
+        """Right before paho's (re)connection attempt, on its thread: after a lost connection or a failed attempt,
+        the next node (paho reads the host only here; connect_async is its public way to change it)."""
+        if not self._next_node:
+            return
+        self._next_node = False
+        self._node = (self._node + 1) % len(self.addresses)
+        log.info("%s: connecting to the next broker node, %s", self.client_id, self.where)
+        client.connect_async(self.address.host, self.address.port, **self._connect_args())
+
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, rc: ReasonCode,
                        props: Any = None) -> None:
+        self._next_node = True
         with self._ack_lock:  # from here on, no acknowledgement of this connection's packet ids is queued
             self._connected.clear()
         if self._waiting and not self._answered.is_set():

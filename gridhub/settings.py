@@ -158,7 +158,8 @@ class Settings(BaseSettings):
                                                  " device stream cut into GRIDHUB_PARTITIONS partitions)")
     # partitions held by lease (gridhub/leases.py, CONTRACT §8): every instance of a part must use the same number
     partitions: int = Field(default=1, ge=1, le=1024, description="partitions of the device stream each part's"
-                            " instances share by lease (GRIDHUB_PARTITIONS); 1 on mosquitto")
+                            " instances share by lease (GRIDHUB_PARTITIONS); 1 on mosquitto; unset on NATS: the"
+                            " measured default")
     lease_s: float = Field(default=15.0, gt=0, le=600, description="how long a partition's lease lasts unless"
                            " renewed, in seconds (GRIDHUB_LEASE_S): how soon a standby takes over a dead holder's")
     # the broker check before ingest, alerts and `gridhub up` start (gridhub/brokercheck.py)
@@ -168,6 +169,16 @@ class Settings(BaseSettings):
                                                        " off: no probe")
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     services: ServicesSettings = Field(default_factory=ServicesSettings)
+
+    @model_validator(mode="after")
+    def _partitions_for_the_broker(self) -> Settings:
+        """GRIDHUB_PARTITIONS unset: 1 on mosquitto (one wildcard subscription takes every device), and on NATS the
+        measured default (gridhub/services/nats.py DEFAULT_PARTITIONS)."""
+        if "partitions" not in self.model_fields_set and self.broker == "nats":
+            from gridhub.services.nats import DEFAULT_PARTITIONS
+
+            self.partitions = DEFAULT_PARTITIONS
+        return self
 
     @field_validator("timezone")
     @classmethod

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import hashlib
+import hmac
 import io
 import json
 import os
@@ -26,6 +28,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from gridhub.services.process import (
     ServiceError,
@@ -98,6 +101,42 @@ def check_partitions(partitions: int) -> int:
 def partition_topic(topic_prefix: str, partition: int) -> str:
     """The MQTT topic filter of one partition's device messages, for the hub's session that holds it."""
     return f"{topic_prefix}/{PARTITION_LEVEL}/{partition}/devices/#"
+
+
+def partition_filters(topic_prefix: str, partition: int, kinds: tuple[str, ...]) -> list[str]:
+    """The MQTT topic filters of one partition's messages of these kinds only (ingest takes telemetry, events and
+    status, never frames): `<prefix>/part/<k>/devices/+/<kind>`."""
+    return [f"{topic_prefix}/{PARTITION_LEVEL}/{partition}/devices/+/{kind}" for kind in kinds]
+
+
+def last_will_filter(topic_prefix: str) -> str:
+    """Where nats-server 2.9 publishes a device's last will: its own status topic, not mapped onto a partition
+    (docs/scaling.md). One session of the hub's (partition 0's) subscribes to it besides its partition."""
+    return f"{topic_prefix}/devices/+/status"
+
+
+def session_user_url(mqtt_url: str) -> str:
+    """The URL the hub's partition sessions connect with: the hub's own, as its user in DEVICES (`status_reader`,
+    subscribe-only), so that a session reads the very stream a device's PUBACK waited for (docs/scaling.md). The
+    hosts, password and query stay as they are."""
+    parts = urlsplit(mqtt_url)
+    creds, at, hosts = parts.netloc.rpartition("@")
+    user, colon, password = creds.partition(":")
+    if not at or not user:
+        raise ServiceError("GRIDHUB_MQTT_URL names no user: the hub's sessions on NATS log in as the hub's user "
+                           "(mqtt://user:pass@host:port)")
+    reader = status_reader(NatsUser(unquote(user), unquote(password)))
+    return urlunsplit(parts._replace(netloc=f"{quote(reader.user, safe='')}{colon}{password}{at}{hosts}"))
+
+
+def session_client_id_on_nats(client_id: str, mqtt_url: str) -> str:
+    """A hub session's client id in the DEVICES account: the partition's name (`gridhub-ingest-p3`) and a tag
+    derived from the hub's password, the same in every instance of the hub (so a new holder resumes the session)
+    and one no device can guess: NATS 2.9 cannot tie a client id to a user, and a device connecting under a hub
+    session's id would knock the session off (it could not read it: its permissions are checked)."""
+    password = unquote(urlsplit(mqtt_url).netloc.rpartition("@")[0].partition(":")[2])
+    tag = hmac.new(password.encode(), f"gridhub session {client_id}".encode(), hashlib.sha256).hexdigest()[:16]
+    return f"{client_id}-{tag}"[:128]
 
 
 def contract_topic(topic_prefix: str, topic: str) -> str:
