@@ -10,8 +10,15 @@ Ground truth follows CONTRACT §3: the route is ``blocked`` from ``placed + min_
 the obstacle is removed, for obstacles that stay at least ``min_blocked_s``; the camera is
 ``obstructed`` while the lens is covered.
 
-Seeds: tune only on ``TUNING_SEEDS``; ``HELD_OUT_SEEDS`` are for the benchmark and are never
-looked at while choosing detector parameters.
+Two cases of issue 16 have generators of their own: ``generate_removal_scene`` (an object that stays on the
+route for minutes and is then taken away, the floor bare to the end: the route must clear and never be raised
+again) and ``generate_standing_scene`` (a real person, cut out of real footage with a mask, standing on the
+route for 3 × ``min_blocked_s``: a person is occupancy, never ``blocked``). The person crops are an input
+(``simulators/footage.py`` cuts them from ``vtest.avi`` at run time), so nothing of the video is in the repository.
+
+Seeds: tune only on ``TUNING_SEEDS``; ``HELD_OUT_SEEDS`` (and ``HELD_OUT_REMOVAL_SEEDS``,
+``HELD_OUT_STANDING_SEEDS`` for the two cases) are for the benchmark and are never looked at while choosing
+detector parameters.
 """
 
 from __future__ import annotations
@@ -26,8 +33,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .footage import PersonCrop
+
 TUNING_SEEDS: tuple[int, ...] = tuple(range(0, 200))
 HELD_OUT_SEEDS: tuple[int, ...] = tuple(range(1000, 1020))
+HELD_OUT_REMOVAL_SEEDS: tuple[int, ...] = tuple(range(2000, 2010))
+HELD_OUT_STANDING_SEEDS: tuple[int, ...] = tuple(range(3000, 3010))
 
 WIDTH, HEIGHT = 640, 360
 HORIZON_Y = 130.0
@@ -82,6 +93,32 @@ class Walker:
 
 
 @dataclass
+class StandingPerson:
+    """A real person (a crop and its mask) who walks in from the side, stands still on the floor from ``stand_s``
+    to ``leave_s``, and walks out to the other side."""
+
+    crop: PersonCrop = field(repr=False)
+    stand_s: float
+    leave_s: float
+    depth_m: float
+    x_m: float
+    height_m: float
+    from_x_m: float  # where they come from (a side of the corridor); they leave to the other side
+    speed: float = 1.1  # m/s, walking in and out
+
+    def x_at(self, t: float) -> float | None:
+        """Their lateral position at scene time ``t``; ``None`` while not in view."""
+        walk = abs(self.x_m - self.from_x_m) / self.speed
+        if t < self.stand_s - walk or t > self.leave_s + walk:
+            return None
+        if t < self.stand_s:
+            return self.x_m + (self.from_x_m - self.x_m) * (self.stand_s - t) / walk
+        if t <= self.leave_s:
+            return self.x_m
+        return self.x_m - (self.from_x_m - self.x_m) * (t - self.leave_s) / walk
+
+
+@dataclass
 class Cover:
     start_s: float
     end_s: float
@@ -101,6 +138,7 @@ class Scene:
     obstacles: list[Obstacle] = field(default_factory=list)
     walkers: list[Walker] = field(default_factory=list)
     covers: list[Cover] = field(default_factory=list)
+    people: list[StandingPerson] = field(default_factory=list)
     albedo: np.ndarray = field(default_factory=lambda: np.zeros((1, 1, 3), np.float32), repr=False)
     noise_sigma: float = 2.0
 
@@ -153,6 +191,10 @@ class Scene:
             ],
             "lights": [{"kind": e.kind, "start_s": e.start_s, "end_s": e.end_s} for e in self.lights],
             "walkers": len(self.walkers),
+            "standing": [
+                [self.start_ms + round(p.stand_s * 1000), self.start_ms + round(p.leave_s * 1000)]
+                for p in self.people
+            ],
         }
 
     # -- rendering -------------------------------------------------------------------------
@@ -383,6 +425,70 @@ def generate_hard_scene(seed: int, duration_s: float = 300.0, fps_interval_s: fl
     return scene
 
 
+def generate_removal_scene(
+    seed: int, fps_interval_s: float = 2.0, *, min_blocked_s: float = 60.0, lighting: bool = False
+) -> Scene:
+    """An object left on the route for two to three and a half minutes, then taken away by someone who stops by it,
+    and the floor bare to the end (at least ``2 × min_blocked_s + 60`` s): the route must be raised once, clear
+    after the removal and never be raised again. People pass as in every scene."""
+    rng = np.random.default_rng(seed + 15_485_863)
+    placed = 20.0 + float(rng.uniform(5.0, 25.0))
+    stay = float(rng.uniform(max(120.0, min_blocked_s + 60.0), max(210.0, min_blocked_s + 90.0)))
+    removed = placed + stay
+    duration = math.ceil(removed + 2 * min_blocked_s + 60.0 + float(rng.uniform(0.0, 30.0)))
+    scene = generate_scene(
+        seed, duration, fps_interval_s, min_blocked_s=min_blocked_s, lighting=lighting, crowd=True,
+        obstacles=0, short_obstacles=0,
+    )
+    o = _random_obstacle(rng, placed, removed, scene.roi)
+    scene.obstacles.append(o)
+    # the owner walks up to it, stands there a few seconds and leaves with it
+    speed = float(rng.uniform(0.9, 1.3))
+    wait = float(rng.uniform(4.0, 10.0))
+    reach = (o.depth_m - 1.6) / speed
+    colour = _COLOURS[int(rng.integers(len(_COLOURS)))]
+    scene.walkers.append(
+        Walker(removed - reach - wait * 0.5, speed, o.x_m + float(rng.uniform(-0.4, 0.4)), colour,
+               float(rng.uniform(1.55, 1.85)), pause_at=o.depth_m - 0.2, pause_s=wait)
+    )
+    scene.walkers.sort(key=lambda w: w.start_s)
+    return scene
+
+
+def generate_standing_scene(
+    seed: int,
+    crops: list[PersonCrop],
+    fps_interval_s: float = 2.0,
+    *,
+    min_blocked_s: float = 60.0,
+    lighting: bool = False,
+) -> Scene:
+    """A real person (one of ``crops``, pasted through its mask, feet on the floor, scaled to the depth) walks onto
+    the route, stands there for 3 × ``min_blocked_s`` and walks away; people pass as in every scene. Nothing is
+    left behind: the route must never be ``blocked``."""
+    if not crops:
+        raise ValueError("generate_standing_scene needs at least one person crop (simulators/footage.py)")
+    rng = np.random.default_rng(seed + 104_729)
+    stand = 20.0 + float(rng.uniform(10.0, 40.0))
+    leave = stand + 3.0 * min_blocked_s
+    duration = math.ceil(leave + float(rng.uniform(60.0, 90.0)))
+    scene = generate_scene(
+        seed, duration, fps_interval_s, min_blocked_s=min_blocked_s, lighting=lighting, crowd=True,
+        obstacles=0, short_obstacles=0,
+    )
+    crop = crops[int(rng.integers(len(crops)))]
+    side = 1.0 if rng.random() < 0.5 else -1.0
+    for _ in range(50):
+        person = StandingPerson(
+            crop, stand, leave, float(rng.uniform(3.0, 6.0)), float(rng.uniform(-0.8, 0.8)),
+            float(rng.uniform(1.6, 1.85)), side * (HALF_WIDTH_M + 0.3), float(rng.uniform(0.9, 1.3)),
+        )
+        if person_roi_fraction(person, scene.roi) >= 0.02:
+            break
+    scene.people.append(person)
+    return scene
+
+
 def roi_mask(roi: list[list[float]]) -> np.ndarray:
     """The ROI polygon's pixels (uint8 0/255) in a 360×640 frame."""
     m = np.zeros((HEIGHT, WIDTH), np.uint8)
@@ -521,6 +627,49 @@ def _draw_walker(img: np.ndarray, w: Walker, t: float) -> None:
     cv2.circle(img, (int(x), int(y - h * 0.92)), max(1, int(h * 0.075)), (120, 160, 205), -1)
 
 
+def _person_patch(sp: StandingPerson) -> tuple[np.ndarray, np.ndarray]:
+    """The crop and its mask as alpha (0..1, edges softened), scaled to the person's height at their depth."""
+    h = max(4, round(sp.height_m * PIX_PER_M * _scale(sp.depth_m)))
+    ch, cw = sp.crop.mask.shape[:2]
+    w = max(2, round(cw * h / ch))
+    interp = cv2.INTER_AREA if h < ch else cv2.INTER_LINEAR
+    image = cv2.resize(sp.crop.image, (w, h), interpolation=interp).astype(np.float32)
+    alpha = cv2.resize(sp.crop.mask, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
+    return image, cv2.GaussianBlur(alpha, (0, 0), 0.7)
+
+
+def _draw_person(img: np.ndarray, sp: StandingPerson, t: float) -> None:
+    x_m = sp.x_at(t)
+    if x_m is None:
+        return
+    image, alpha = _person_patch(sp)
+    fx, fy = floor_point(sp.depth_m, x_m)
+    h, w = alpha.shape
+    x0, y0 = round(fx - w / 2), round(fy - h)
+    # clip to the frame
+    ix0, iy0, ix1, iy1 = max(0, x0), max(0, y0), min(WIDTH, x0 + w), min(HEIGHT, y0 + h)
+    if ix0 >= ix1 or iy0 >= iy1:
+        return
+    a = alpha[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0, None]
+    patch = image[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0]
+    region = img[iy0:iy1, ix0:ix1]
+    region[:] = region * (1 - a) + patch * a
+
+
+def person_mask(sp: StandingPerson) -> np.ndarray:
+    """The person's pixels (uint8 0/255) in a 360×640 frame while they stand."""
+    m = np.zeros((HEIGHT, WIDTH, 3), np.float32)
+    blank = PersonCrop(np.full_like(sp.crop.image, 255), sp.crop.mask, sp.crop.frame)
+    _draw_person(m, StandingPerson(blank, 0.0, 1.0, sp.depth_m, sp.x_m, sp.height_m, sp.from_x_m, sp.speed), 0.5)
+    return (m[..., 0] > 127).astype(np.uint8) * 255
+
+
+def person_roi_fraction(sp: StandingPerson, roi: list[list[float]]) -> float:
+    """How much of the ROI the standing person covers (0..1)."""
+    r = roi_mask(roi) > 0
+    return float(((person_mask(sp) > 0) & r).sum() / max(1, r.sum()))
+
+
 def _obstacle_shape(img: np.ndarray, o: Obstacle, shadow: np.ndarray | None) -> None:
     p = _scale(o.depth_m)
     x, y = floor_point(o.depth_m, o.x_m)
@@ -641,10 +790,13 @@ def _render(scene: Scene, t: float) -> np.ndarray:
     for w in scene.walkers:
         if w.start_s <= t:
             drawables.append((0.0, w))
+    drawables.extend((sp.depth_m, sp) for sp in scene.people)
     # far things first; walkers drawn over obstacles when nearer: approximate by depth order
     for _depth, d in sorted(drawables, key=lambda item: -_depth_of(item[1], t)):
         if isinstance(d, Obstacle):
             _obstacle_shape(img, d, None)
+        elif isinstance(d, StandingPerson):
+            _draw_person(img, d, t)
         else:
             _draw_walker(img, d, t)
     light = _illumination(scene, t)
@@ -668,7 +820,7 @@ def _render(scene: Scene, t: float) -> np.ndarray:
 
 
 def _depth_of(d: Any, t: float) -> float:
-    if isinstance(d, Obstacle):
+    if isinstance(d, (Obstacle, StandingPerson)):
         return d.depth_m
     return _walker_depth(d, t)
 
