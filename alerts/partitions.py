@@ -1,11 +1,10 @@
 """The alerts part's partitions (gridhub/leases.py, CONTRACT §8): which partition a device is on, the persistent
-sessions a partition is (one per lane, named by the partition and never by the process), where those sessions
-subscribe on each broker, and the fence that asks the database whether a lease is still this process's before
-anything of its partition is acknowledged.
+sessions a partition is (one per lane, named by the partition and never by the process), and where those sessions
+subscribe on each broker. The leases themselves are kept by `gridhub.leases.LeaseKeeper`.
 
 Invariant: only the holder of a partition's unexpired lease, with the epoch it took it under, acknowledges a
-message of that partition's sessions or connects under their client ids; a `Fence` that cannot ask (the database
-does not answer) says no. A `PartitionSession` is one lane's session of one held partition: created when the
+message of that partition's sessions or connects under their client ids: a session asks `confirm(lease)` (the
+database, one query) before every batch of acknowledgements and before paho may reconnect; no answer is a no. A `PartitionSession` is one lane's session of one held partition: created when the
 partition is gained, left (never to connect again) when it is lost or given back.
 
 On mosquitto there is one partition and its sessions subscribe to every device's topics. On NATS
@@ -13,8 +12,9 @@ On mosquitto there is one partition and its sessions subscribe to every device's
 `partition(P, 1)` mapping put each device there) and, for status, also to `<prefix>/devices/+/status`, where
 nats-server 2.9 publishes a last will unmapped (a session keeps only its own partition's devices of those); they log
 in as the hub's subscribe-only user of the DEVICES account (`status_reader`), whose `$MQTT_msgs` stream is the one a
-device's PUBACK waited for (docs/scaling.md). That user may publish nothing, so no backlog marker is published there:
-a NATS session counts as drained once it has been subscribed and quiet for `QUIET_S`.
+device's PUBACK waited for (docs/scaling.md), under client ids with a tag no device can guess. That user may publish
+nothing, so no backlog marker is published there: a NATS session counts as drained once it has been subscribed and
+quiet for `QUIET_S`.
 """
 
 from __future__ import annotations
@@ -24,19 +24,23 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import paho.mqtt.client as paho
 
-from gridhub.db import LazyConnection
-from gridhub.leases import Lease, PartitionLeases, session_client_id
+from gridhub.leases import Lease, LeaseKeeper, session_client_id
 from gridhub.mqtt import Connack, MqttConnection
-from gridhub.services.nats import NatsUser, contract_topic, device_partition, status_reader
+from gridhub.services.nats import (
+    contract_topic,
+    device_partition,
+    last_will_filter,
+    partition_filters,
+    session_client_id_on_nats,
+    session_user_url,
+)
 from gridhub.settings import Settings
-from gridhub.waiting import DATABASE_ERRORS
 
-__all__ = ["PART", "QUIET_S", "Fence", "PartitionSession", "describe", "device_and_channel", "marker_topic",
-           "partition_of", "session_id", "session_subscriptions", "session_url"]
+__all__ = ["PART", "QUIET_S", "Confirm", "PartitionSession", "describe", "device_and_channel", "lane_confirmer",
+           "marker_topic", "partition_of", "session_id", "session_name", "session_subscriptions", "session_url"]
 
 PART = "alerts"
 LANES = ("events", "telemetry")
@@ -62,32 +66,29 @@ def marker_topic(prefix: str, client_id: str) -> str:
 
 
 def session_subscriptions(settings: Settings, partition: int, lane: str) -> list[tuple[str, int]]:
-    """What one lane's session of a partition subscribes to (QoS 1)."""
+    """What one lane's session of a partition subscribes to (QoS 1). On NATS every partition's events session also
+    takes the unmapped last wills and keeps its own partition's (the holder of a device's partition alone has its
+    rule state)."""
     p = settings.topic_prefix
     kinds = ("event", "status") if lane == "events" else ("telemetry",)
     if settings.broker != "nats":
         return [(f"{p}/devices/+/{kind}", 1) for kind in kinds]
-    subs = [(f"{p}/part/{partition}/devices/+/{kind}", 1) for kind in kinds]
-    if "status" in kinds:
-        subs.append((f"{p}/devices/+/status", 1))  # last wills, unmapped on nats-server 2.9 (this partition's kept)
-    return subs
+    filters = partition_filters(p, partition, kinds) + ([last_will_filter(p)] if "status" in kinds else [])
+    return [(f, 1) for f in filters]
 
 
 def session_url(settings: Settings) -> str:
-    """The URL the partition sessions log in with: GRIDHUB_MQTT_URL on mosquitto; on NATS the same servers and
-    password as the hub's status reader in DEVICES (`gridhub.services.nats.status_reader`), subscribe-only."""
+    """The URL the partition sessions log in with: GRIDHUB_MQTT_URL on mosquitto; on NATS the hub's subscribe-only
+    user in DEVICES (`gridhub.services.nats.session_user_url`)."""
     url = settings.mqtt_url or ""
-    if settings.broker != "nats":
-        return url
-    parts = urlsplit(url)
-    user, _, hosts = parts.netloc.rpartition("@")
-    name, colon, password = user.partition(":")
-    if not name:
-        raise ValueError("GRIDHUB_MQTT_URL names no user: on NATS the hub logs in as its HUB account user, and the "
-                         "partition sessions as that user's status reader in DEVICES")
-    reader = status_reader(NatsUser(unquote(name), unquote(password)))
-    netloc = f"{quote(reader.user, safe='')}{colon}{password}@{hosts}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return session_user_url(url) if settings.broker == "nats" else url
+
+
+def session_name(settings: Settings, partition: int, lane: str) -> str:
+    """A session's client id: `session_id`, on NATS with the tag no device can guess
+    (`gridhub.services.nats.session_client_id_on_nats`)."""
+    name = session_id(partition, lane, settings.topic_prefix)
+    return session_client_id_on_nats(name, settings.mqtt_url or "") if settings.broker == "nats" else name
 
 
 def device_and_channel(settings: Settings, topic: str) -> tuple[str, str]:
@@ -104,28 +105,17 @@ def describe(lease: Lease) -> str:
     return f"partition {lease.partition} (epoch {lease.epoch})"
 
 
-class Fence:
-    """`confirm(lease)`: whether the lease is still this holder's, with its epoch, unexpired by the database's clock;
-    from any thread, on a connection of its own (not inside anyone's transaction). No answer is a no."""
+Confirm = Callable[[Lease | None], bool]
+"""Whether a lease is still this process's, with its epoch, unexpired by the database's clock (`LeaseKeeper.confirm`);
+a database that does not answer is a no."""
 
-    def __init__(self, leases: PartitionLeases, url: str, application_name: str) -> None:
-        self.leases = leases
-        self._db = LazyConnection(url, application_name=application_name, autocommit=True)
-        self._lock = threading.Lock()
 
-    def confirm(self, lease: Lease | None) -> bool:
-        if lease is None:
-            return False
-        with self._lock:
-            try:
-                return self.leases.holds(self._db.get(), lease)
-            except DATABASE_ERRORS:
-                self._db.forget_if_broken()
-                return False
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+def lane_confirmer(settings: Settings, application_name: str) -> LeaseKeeper:
+    """For a process that works under leases another process keeps (the telemetry lane): a `LeaseKeeper` that is
+    never started, used only for `confirm(lease)` on a connection of its own (a lease names its holder and epoch)."""
+    assert settings.database_url
+    return LeaseKeeper(PART, settings.partitions, settings.database_url, settings.instance_id, settings.lease_s,
+                       on_change=lambda _change: None, application_name=application_name)
 
 
 class PartitionSession:
@@ -140,7 +130,7 @@ class PartitionSession:
     nothing more is acknowledged and its client id is never used again by this object.
     """
 
-    def __init__(self, settings: Settings, lane: str, lease: Lease, fence: Fence, log: logging.Logger, *,
+    def __init__(self, settings: Settings, lane: str, lease: Lease, confirm: Confirm, log: logging.Logger, *,
                  on_message: Callable[[PartitionSession, paho.MQTTMessage], None],
                  on_connected: Callable[[PartitionSession], None] | None = None,
                  on_subscribed: Callable[[PartitionSession], None] | None = None,
@@ -148,9 +138,9 @@ class PartitionSession:
         self.lane = lane
         self.partition = lease.partition
         self.lease: Lease | None = lease
-        self.fence = fence
+        self.confirm = confirm
         self.log = log
-        self.client_id = session_id(lease.partition, lane, settings.topic_prefix)
+        self.client_id = session_name(settings, lease.partition, lane)
         self.marker_topic = None if settings.broker == "nats" else marker_topic(settings.topic_prefix, self.client_id)
         self.paused = False  # the connection was lost and not resumed: the lease could not be confirmed then
         self.refusing = False  # acknowledgements held back under this lease (logged once)
@@ -205,7 +195,7 @@ class PartitionSession:
             if lease is None:
                 self._pending = []
                 return False
-            if not self.fence.confirm(lease):
+            if not self.confirm(lease):
                 if not self.refusing:
                     self.log.warning("alerts %s: not acknowledging %d messages, the lease on %s is not confirmed (the "
                                      "broker redelivers them to the partition's holder)", self.client_id,
@@ -230,7 +220,7 @@ class PartitionSession:
 
     def resume(self, lease: Lease) -> None:
         """A lease round confirmed `lease` (this session's): reconnect if the connection was held back."""
-        if self.paused and self.lease is not None and lease.epoch == self.lease.epoch and self.fence.confirm(lease):
+        if self.paused and self.lease is not None and lease.epoch == self.lease.epoch and self.confirm(lease):
             self.paused = False
             self.log.info("alerts %s: the lease on %s is confirmed; reconnecting", self.client_id, describe(lease))
             self.mqtt.stop()
@@ -283,7 +273,7 @@ class PartitionSession:
         self.subscribed = False
         if self.mqtt.stopping or self.lease is None:
             return
-        if not self.fence.confirm(self.lease):
+        if not self.confirm(self.lease):
             self.paused = True
             self.mqtt.client.disconnect()  # paho does not reconnect after this callback
             self.log.warning("broker connection lost (%s); not reconnecting as %s until the lease is confirmed", rc,

@@ -58,15 +58,15 @@ from gridhub.alerts.devices import DeviceBook
 from gridhub.alerts.evaluate import acceptable, event_findings
 from gridhub.alerts.partitions import (
     PART,
-    Fence,
     PartitionSession,
     describe,
     device_and_channel,
     partition_of,
+    session_name,
 )
 from gridhub.alerts.rules import RuleBook, load_rules
 from gridhub.db import connect
-from gridhub.leases import Lease, PartitionLeases, holder_name
+from gridhub.leases import Change, Lease, LeaseKeeper
 from gridhub.mqtt import MqttConnection
 from gridhub.protocol import Event, ms_to_dt
 from gridhub.runtime import serve_part_health
@@ -127,12 +127,16 @@ class AlertService:
                              "sessions receive every device's messages); set GRIDHUB_PARTITIONS=1, or GRIDHUB_BROKER="
                              "nats for partitions")
         self.instance = settings.client_id("alerts")  # names this process (logs, its telemetry process, publisher)
-        self.leases = PartitionLeases(PART, settings.partitions, holder_name(settings.instance_id), settings.lease_s)
-        self.fence = Fence(self.leases, self.db_url, APPLICATION_NAME)
+        # the part's leases, kept on the keeper's thread; _on_change takes and leaves partitions
+        self.keeper = LeaseKeeper(PART, settings.partitions, self.db_url, settings.instance_id, settings.lease_s,
+                                  on_change=self._on_change, on_failure=self._keeper_failed,
+                                  application_name=APPLICATION_NAME)
+        self.keeper_failed = threading.Event()
         self.held: dict[int, Lease] = {}  # the leases the sessions run under; empty on a standby
+        self.giving_back: dict[int, tuple[int, float]] = {}  # surplus left here: (epoch, give back at the latest)
+        self.unwatched: set[int] = set()  # partitions gained whose silent devices get their offline deadlines
         self.sessions: dict[int, PartitionSession] = {}  # the held partitions' events sessions
         self.lease_lock = threading.Lock()  # taking and leaving partitions against each other
-        self.lease_wake = threading.Event()  # renew now (a confirmation failed)
         self.standing_by = False  # said so in the log
         self.events_due: dict[int, float] = {}  # when a partition's events session starts even without telemetry's
         self.lanes_subscribed: dict[int, set[str]] = {}
@@ -171,7 +175,6 @@ class AlertService:
         def load() -> None:
             with connect(self.db_url, autocommit=True) as conn:
                 self.book.load(conn)
-                self.leases.join(conn)  # another GRIDHUB_PARTITIONS among the live instances: PartitionMismatch
                 plans, expiries = patrols.sync_plans(conn, self.clock.now())  # units and facilities imported while away
                 if plans or expiries:
                     log.info("patrol plans: %d new units, %d facility expiry dates", plans, expiries)
@@ -181,26 +184,28 @@ class AlertService:
             return
         self.lane = self.ctx.Process(
             target=telemetry.run_lane, name=f"{self.instance}-telemetry", daemon=True,
-            args=(telemetry.LaneArgs(self.settings, self.rules, self.clock, self.leases.holder,
-                                     logging.getLogger().getEffectiveLevel(), os.getpid()),
+            args=(telemetry.LaneArgs(self.settings, self.rules, self.clock, logging.getLogger().getEffectiveLevel(),
+                                     os.getpid()),
                   self.lane_reports, self.lane_leases, self.lane_stop))
         self.lane.start()
         self.publisher.start()
-        # the lease keeper takes partitions at once if they are free; a partition's events session then starts once
-        # its telemetry session has subscribed (so that from the first event on the broker keeps both)
         for name, target in (("priority-lane", self._priority_lane), ("fresh-publisher", self._fresh_publisher),
-                             ("lane-reports", self._lane_reports),
-                             ("timers", self._timer_loop), ("notifier", self._notifier), ("leases", self._lease_keeper)):
+                             ("lane-reports", self._lane_reports), ("timers", self._timer_loop),
+                             ("notifier", self._notifier), ("housekeeping", self._housekeeping)):
             t = threading.Thread(target=self._guarded, args=(target,), name=f"alerts-{name}", daemon=True)
             t.start()
             self.threads.append(t)
+        # the keeper joins the part (PartitionMismatch when a live instance uses another P) and takes free partitions
+        # at once; a partition's events session then starts once its telemetry session has subscribed (so that from
+        # the first event on the broker keeps both)
+        self.keeper.start(self.stopping)
 
     def stop(self) -> None:
         """Stop renewing and working, acknowledge what was processed, disconnect, and release the leases: a standby
         takes the partitions, and their sessions, at its next round."""
         self.stopping.set()
         self.lane_stop.set()
-        self.lease_wake.set()
+        self.keeper.stop()
         for t in self.threads:
             t.join(timeout=10)
         with self.lease_lock:
@@ -212,16 +217,7 @@ class AlertService:
             if self.lane.is_alive():
                 self.lane.terminate()
                 self.lane.join(timeout=5)
-        try:
-            with connect(self.db_url, autocommit=True, connect_timeout=5) as conn:
-                self.leases.release(conn)
-        except DATABASE_ERRORS:
-            log.warning("could not release the alerts lease (the database is away); a standby takes over when it "
-                        "expires in %g s", self.leases.lease_s)
-        except Exception:  # noqa: BLE001 - the lease expires on its own
-            log.exception("could not release the alerts lease; a standby takes over when it expires in %g s",
-                          self.leases.lease_s)
-        self.fence.close()
+        self.keeper.release()
 
     def run_until_signalled(self) -> None:
         done = threading.Event()
@@ -255,6 +251,9 @@ class AlertService:
         while not done.wait(1.0):
             if not all(t.is_alive() for t in self.threads):
                 log.error("an alerts thread died; stopping so that the supervisor restarts us")
+                break
+            if self.keeper_failed.is_set():
+                log.error("the alerts lease keeper failed; stopping so that the supervisor restarts us")
                 break
             if self.lane is not None and not self.lane.is_alive():
                 log.error("the telemetry lane process exited (code %s); stopping so that the supervisor restarts us",
@@ -349,7 +348,12 @@ class AlertService:
         since subscribing counts as drained (no marker there)."""
         while not self.stopping.is_set():
             now = time.monotonic()
+            for k, (surplus_epoch, due) in list(self.giving_back.items()):
+                if now > due:
+                    self._give_back(k, surplus_epoch)
             for k, session in list(self.sessions.items()):
+                if session.paused and (lease := self.held.get(k)) is not None:
+                    session.resume(lease)  # held back while its lease could not be confirmed: ask again
                 if not session.started and now > self.events_due.get(k, now):
                     log.warning("the telemetry lane has not subscribed partition %d after %s s; taking events anyway",
                                 k, LANE_START_S)
@@ -368,6 +372,9 @@ class AlertService:
             else:
                 k_text, _, epoch_text = detail.partition(":")
                 k, epoch = int(k_text), int(epoch_text) if epoch_text.isdigit() else None
+                if what == "left":
+                    self._give_back(k, epoch)
+                    continue
                 {"connected": self._lane_connected, "subscribed": self._lane_subscribed,
                  "drained": self._lane_drained}[what](k, epoch, "telemetry")
                 if what == "subscribed":
@@ -375,49 +382,56 @@ class AlertService:
 
     # ------------------------------------------------------------------ the leases
 
-    def _round(self, conn: psycopg.Connection[Any]) -> None:
-        """One lease round: renew (or take, or find lost) partitions, and apply what it changed."""
-        rnd = self.leases.renew(conn)
-        self._apply(conn, rnd.held, rnd.surplus)
-
-    def _apply(self, conn: psycopg.Connection[Any], held: dict[int, Lease], surplus: frozenset[int]) -> None:
-        """Leave partitions lost (or retaken under a new epoch) and the surplus, take the ones gained, resume
-        connections held back while a lease could not be confirmed, tell the telemetry process, and then give the
-        surplus back (its sessions are left first)."""
-        keep = {k: lease for k, lease in held.items() if k not in surplus}
+    def _on_change(self, change: Change) -> None:
+        """The keeper's report (on its thread, or on the starting thread for the first share): leave the partitions
+        lost (acknowledging nothing more) and the surplus (acknowledging what was processed), take the ones gained,
+        and tell the telemetry process. A surplus is given back once the telemetry process has left it too (or
+        LANE_START_S later)."""
         with self.lease_lock:
-            for k, lease in list(self.held.items()):
-                now = keep.get(k)
-                if now is None or now.epoch != lease.epoch:
-                    self._leave(k, lost=k not in surplus)
+            for k in sorted(change.lost):
+                if k in self.sessions:
+                    self._leave(k, lost=True)
+            for k, lease in sorted(change.surplus.items()):
+                if k in self.sessions:
+                    self._leave(k, lost=False)
+                    log.info("alerts %s gives back %s (a fair share for %d instances)", self.keeper.holder,
+                             describe(lease), change.live)
+                self.giving_back[k] = (lease.epoch, time.monotonic() + LANE_START_S)
+            for k in change.lost:
+                self.giving_back.pop(k, None)
             if not self.stopping.is_set():
-                for k, lease in sorted(keep.items()):
-                    session = self.sessions.get(k)
-                    if session is None:
-                        self._take(conn, lease)
-                    else:
-                        session.resume(lease)
+                for _k, lease in sorted(change.gained.items()):
+                    self._take(lease)
             self.lane_leases.put(dict(self.held))
             if not self.held and not self.standing_by:
                 self._stand_by()
-        if surplus:
-            self.leases.release(conn, surplus)
-            log.info("alerts %s gave back partitions %s (fair share: another instance takes them)",
-                     self.leases.holder, sorted(surplus))
+
+    def _give_back(self, partition: int, epoch: int | None) -> None:
+        """Both lanes have left a surplus partition (or the telemetry lane did not say so in time): release it."""
+        with self.lease_lock:
+            pending = self.giving_back.get(partition)
+            if pending is None or (epoch is not None and pending[0] != epoch):
+                return
+            del self.giving_back[partition]
+        self.keeper.give_back([partition])
+
+    def _keeper_failed(self) -> None:
+        self.keeper_failed.set()
 
     def _stand_by(self) -> None:
         self.standing_by = True
         log.info("alerts standby (%s): every partition (%d) is held by another instance; taking partitions over, with "
-                 "their sessions, if one stops or its lease expires (GRIDHUB_LEASE_S=%g)", self.leases.holder,
-                 self.leases.partitions, self.leases.lease_s)
+                 "their sessions, if one stops or its lease expires (GRIDHUB_LEASE_S=%g)", self.keeper.holder,
+                 self.keeper.partitions, self.keeper.lease_s)
 
-    def _take(self, conn: psycopg.Connection[Any], lease: Lease) -> None:
+    def _take(self, lease: Lease) -> None:
         k = lease.partition
-        session = PartitionSession(self.settings, "events", lease, self.fence, log, on_message=self._on_message,
-                                   on_connected=self._session_connected, on_subscribed=self._session_subscribed,
-                                   on_paused=self.lease_wake.set, tcp_nodelay=True)
-        log.info("alerts %s holds %s: taking its sessions %s and %s", self.leases.holder, describe(lease),
-                 session.client_id, session.client_id.replace("-events", "-telemetry"))
+        session = PartitionSession(self.settings, "events", lease, self.keeper.confirm, log,
+                                   on_message=self._on_message, on_connected=self._session_connected,
+                                   on_subscribed=self._session_subscribed, on_paused=self.keeper.wake,
+                                   tcp_nodelay=True)
+        log.info("alerts %s holds %s: taking its sessions %s and %s", self.keeper.holder, describe(lease),
+                 session.client_id, session_name(self.settings, k, "telemetry"))
         self.standing_by = False
         self.held[k] = lease
         self.sessions[k] = session
@@ -426,8 +440,7 @@ class AlertService:
         self.grace_until = None
         gained = self.book.set_partitions(frozenset(self.held))
         self.events_due[k] = time.monotonic() + LANE_START_S
-        if gained:
-            self._watch_silent_devices(conn, gained)
+        self.unwatched |= gained  # the timer loop gives their silent devices offline deadlines
 
     def _start_events(self, partition: int, epoch: int | None) -> None:
         """A partition's events session, under its current lease (of `epoch`, when given)."""
@@ -618,9 +631,17 @@ class AlertService:
             listen.execute(f"LISTEN {timers.CHANNEL}")
             connected()
             while not self.stopping.is_set():
+                if self.unwatched:
+                    with self.lease_lock:
+                        todo, self.unwatched = frozenset(k for k in self.unwatched if k in self.held), set()
+                    try:
+                        self._watch_silent_devices(conn, todo)
+                    except BaseException:
+                        self.unwatched |= todo  # again on the next connection
+                        raise
                 held_back = self._held_back()
                 # a lease that cannot be confirmed fires nothing of its partition (another may hold it)
-                held = frozenset(k for k, lease in list(self.held.items()) if self.fence.confirm(lease))
+                held = self.keeper.confirm_all(list(self.held.values())) if self.held else frozenset()
                 timers.fire_due(conn, self.clock.now(), self.timer_actions, partitions=held, held_back=held_back)
                 nd = timers.next_due(conn, self.timer_actions.keys(), partitions=held, held_back=held_back)
                 wait = 5.0 if nd is None else (nd - self.clock.now()).total_seconds()
@@ -658,20 +679,13 @@ class AlertService:
                 if woken:  # the priority lane publishes its own rows meanwhile; this wakes for the others
                     self.stopping.wait(NOTIFIER_DELAY_S)
 
-    def _lease_keeper(self, connected: Callable[[], None]) -> None:
-        """The lease rounds (every third of a lease, or at once when a confirmation failed), the registry read
-        again every minute, and old rule events pruned every hour."""
-        with connect(self.db_url, autocommit=True, application_name=APPLICATION_NAME) as conn:
-            self._round(conn)  # at once after an outage: the lease may have expired meanwhile
+    def _housekeeping(self, connected: Callable[[], None]) -> None:
+        """The registry read again every minute, and old rule events pruned every hour."""
+        with connect(self.db_url, autocommit=True) as conn:
             connected()
             last_registry = time.monotonic()
             last_prune = 0.0
-            while True:
-                self.lease_wake.wait(self.leases.renew_every_s)
-                self.lease_wake.clear()
-                if self.stopping.is_set():
-                    return
-                self._round(conn)
+            while not self.stopping.wait(5.0):
                 if time.monotonic() - last_registry > 60:
                     self.book.load(conn)
                     last_registry = time.monotonic()

@@ -6,9 +6,9 @@ transaction, every message acknowledged after that commit and after its partitio
 The priority process keeps the leases (alerts/service.py) and tells this one, after every lease round, which
 leases it holds (`{partition: Lease}` on the lease queue): the lane connects as a partition's session under a lease
 it is given, leaves the session (disconnects, forgets what it had received) when it is told of none or of another
-epoch for that partition, and asks the database itself (`partitions.Fence`) before every acknowledgement and before
+epoch for that partition, and asks the database itself (`partitions.lane_confirmer`) before every acknowledgement and before
 paho may reconnect: no confirmation, no acknowledgement and no reconnect. It reports to the parent on a queue:
-connected (offline deadlines wait again), subscribed, the backlog drained (each with the partition and the lease's
+connected (offline deadlines wait again), subscribed, the backlog drained, a session left (each with the partition and the lease's
 epoch, `k:epoch`), and waiting for the database / back (the parent's health says so). Through a database outage it
 keeps its batch (first again, unacknowledged) and reconnects with backoff (`gridhub.waiting.keep_trying`); it never
 exits for it.
@@ -33,10 +33,10 @@ from pydantic import ValidationError
 from gridhub.alerts import changes, timers
 from gridhub.alerts.devices import DeviceBook, Registered
 from gridhub.alerts.evaluate import Finding, acceptable, reading_findings
-from gridhub.alerts.partitions import PART, Fence, PartitionSession, describe, device_and_channel
+from gridhub.alerts.partitions import PartitionSession, describe, device_and_channel, lane_confirmer
 from gridhub.alerts.rules import RuleBook
 from gridhub.db import connect
-from gridhub.leases import Lease, PartitionLeases
+from gridhub.leases import Lease
 from gridhub.protocol import Reading
 from gridhub.settings import Settings
 from gridhub.waiting import DATABASE_ERRORS, GaveUp, Waits, keep_trying
@@ -70,7 +70,6 @@ class LaneArgs:
     settings: Settings
     rules: RuleBook
     clock: timers.Clock
-    holder: str  # the lease holder: the priority process (gridhub.leases.holder_name)
     log_level: int
     parent_pid: int  # the priority process: the lane stops when it is gone (even if killed with SIGKILL)
 
@@ -141,8 +140,7 @@ class TelemetryLane:
         self.stopping = stopping
         self.waits = Waits("alerts", log_changes=False)  # the parent logs and answers health for the part
         self.conn: psycopg.Connection[Any] | None = None
-        self.fence = Fence(PartitionLeases(PART, args.settings.partitions, args.holder, args.settings.lease_s),
-                           self.db_url, APPLICATION_NAME)
+        self.confirmer = lane_confirmer(args.settings, APPLICATION_NAME)
         self.sessions: dict[int, PartitionSession] = {}  # the held partitions' telemetry sessions
 
     def stop(self) -> None:
@@ -151,7 +149,7 @@ class TelemetryLane:
         self.sessions = {}
         if self.conn is not None:
             self.conn.close()
-        self.fence.close()
+        # the confirmer's connection closes with this process
 
     # ------------------------------------------------------------------ the lease (the parent's, after every round)
 
@@ -167,6 +165,8 @@ class TelemetryLane:
             assert isinstance(latest, dict)
             self.reconcile(latest)
         for session in self.sessions.values():
+            if session.paused and session.lease is not None:
+                session.resume(session.lease)  # held back while its lease could not be confirmed: ask again
             if not session.drained and session.quiet():
                 session.drained = True
                 self.reports.put(("drained", _tag(session)))
@@ -179,7 +179,7 @@ class TelemetryLane:
         for k, lease in sorted(held.items()):
             session = self.sessions.get(k)
             if session is None:
-                session = PartitionSession(self.settings, "telemetry", lease, self.fence, log,
+                session = PartitionSession(self.settings, "telemetry", lease, self.confirmer.confirm, log,
                                            on_message=self._on_message, on_connected=self._on_connected,
                                            on_subscribed=self._on_subscribed)
                 self.sessions[k] = session
@@ -194,7 +194,9 @@ class TelemetryLane:
         and never connect under the session's client id again (the new holder has it); what was received here and
         not acknowledged is the broker's to deliver to the holder."""
         session = self.sessions.pop(partition)
+        epoch = session.epoch
         session.leave(lost=lost)
+        self.reports.put(("left", f"{partition}:{epoch}"))
         self.book.set_partitions(frozenset(self.sessions))
         self.retry = [item for item in self.retry if item.session is not session]
 

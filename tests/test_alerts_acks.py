@@ -146,7 +146,7 @@ class _Fence:
 def test_the_telemetry_lane_acknowledges_each_message_on_its_own_connection_once_its_lease_is_confirmed(
         settings: Settings) -> None:
     fence = _Fence()
-    session = PartitionSession(settings, "telemetry", Lease("alerts", 0, "t/1", 3), fence,  # type: ignore[arg-type]
+    session = PartitionSession(settings, "telemetry", Lease("alerts", 0, "t/1", 3), fence.confirm,
                                logging.getLogger("test"), on_message=lambda _s, _m: None)
     acks = _Acks()
     session.mqtt = acks  # type: ignore[assignment]

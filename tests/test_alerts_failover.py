@@ -12,24 +12,22 @@ and `gridhub-alerts-p0-telemetry`), the other standing by and receiving nothing.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from alerts_processes import CONNECTED
+from alerts_processes import Alerts as AlertsProcess
 from alerts_support import Device
 from ingest_env import Hub, make_hub
 from polling import wait_for
 
 LEASE_S = "4"  # GRIDHUB_LEASE_S: the standby takes over within seconds (the default is 15)
 SESSIONS = ("gridhub-alerts-p0-events", "gridhub-alerts-p0-telemetry")
-CONNECTED = " connected (MQTT"  # one line per session connection: "alerts gridhub-alerts-p0-… connected (MQTT 3.1.1, …"
 
 
 @pytest.fixture
@@ -39,39 +37,9 @@ def hub(make_database: Callable[[], str], tmp_path: Path) -> Iterator[Hub]:
     h.broker.stop()
 
 
-class Alerts:
-    """`python -m gridhub.cli alerts` in a process group of its own (the telemetry process with it)."""
-
+class Alerts(AlertsProcess):
     def __init__(self, hub: Hub, name: str, tmp_path: Path) -> None:
-        self.name = name
-        self.log = tmp_path / f"{name}.log"
-        env = {**hub.env(name), "GRIDHUB_LEASE_S": LEASE_S}
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "gridhub.cli", "alerts"], env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, cwd=str(hub.settings.data_dir),
-                                         start_new_session=True)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def signal_group(self, sig: int) -> None:
-        os.killpg(self.proc.pid, sig)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.signal_group(signal.SIGCONT)
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.signal_group(signal.SIGKILL)
-            self.proc.wait(10)
-            raise AssertionError(f"alerts {self.name} did not stop within 60 s") from None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.signal_group(signal.SIGKILL)
-            self.proc.wait(30)
+        super().__init__(hub, name, tmp_path, LEASE_S)
 
 
 def _holder(conn: psycopg.Connection[Any]) -> tuple[str | None, int]:
