@@ -35,6 +35,13 @@ VTEST_PLACES: tuple[Path, ...] = (
 INSTALL_HINT = "run `make test` (it runs scripts/install-test-data.sh) or, as root, scripts/install-test-data.sh"
 MAX_FRAMES = 2_000  # vtest has 795; anything much longer is not the clip these cases were written for
 
+# The negative replay case on vtest (tests/test_detector_real.py, bench/detector.py): the road on the right, where
+# people walk across and a man in black stands for about 9 s (53.5-63 s), judged with a ``min_blocked_s`` shorter
+# than his stay, so that a detector taking a person for an object raises; the clip's clear scene is the reference.
+VTEST_ROAD_ROI: list[list[float]] = [[0.55, 0.40], [0.97, 0.36], [0.97, 0.80], [0.55, 0.62]]
+VTEST_MIN_BLOCKED_S = 5.0
+VTEST_STANDING_S = (54.0, 66.0)  # he stands on the road through this window (with room for occupancy's delay)
+
 
 class FootageMissing(FileNotFoundError):
     """The real clip is not on this machine; the message says how to install it."""

@@ -19,7 +19,7 @@ from footage import Clip, vtest, vtest_person_crops
 from gridhub.detectors.config import CameraConfig
 from gridhub.detectors.model import DetectionEvent, ExitDetector, decode_frame
 from gridhub.detectors.replay import replay
-from gridhub.simulators.footage import PersonCrop
+from gridhub.simulators.footage import VTEST_MIN_BLOCKED_S, VTEST_ROAD_ROI, VTEST_STANDING_S, PersonCrop
 from gridhub.simulators.scenes import (
     HELD_OUT_STANDING_SEEDS,
     TUNING_SEEDS,
@@ -28,10 +28,11 @@ from gridhub.simulators.scenes import (
     roi_mask,
 )
 
-# the road on the right of vtest, where people walk across and a man in black stands for about 9 s (53.5-63 s)
-ROAD_ROI = [[0.55, 0.40], [0.97, 0.36], [0.97, 0.80], [0.55, 0.62]]
-MIN_BLOCKED_S = 5.0  # shorter than his stay: a detector that takes a person for an object raises
-STANDING_S = (54.0, 66.0)  # a window in which he stands on the road, with room for the occupancy's own delay
+# the road on the right of vtest, where people walk across and a man in black stands for about 9 s (53.5-63 s);
+# min_blocked_s is shorter than his stay: a detector that takes a person for an object raises
+ROAD_ROI = VTEST_ROAD_ROI
+MIN_BLOCKED_S = VTEST_MIN_BLOCKED_S
+STANDING_S = VTEST_STANDING_S
 
 
 @pytest.fixture(scope="module")
