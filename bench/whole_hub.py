@@ -204,11 +204,22 @@ def hub_run(hub: Hub, devices: list[str], n: int, base_ms: int, profile: Path | 
     """The N readings through the whole hub: seconds until stored and evaluated by the telemetry lane."""
     assert hub.broker is not None
     hub.check_alive()
+    spies: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+    try:
+        return _hub_run(hub, devices, n, base_ms, profile, profile_rate, spies)
+    finally:
+        for _name, spy_proc, _out in spies:
+            if spy_proc.poll() is None:
+                spy_proc.kill()
+
+
+def _hub_run(hub: Hub, devices: list[str], n: int, base_ms: int, profile: Path | None, profile_rate: int,
+             spies: list[tuple[str, subprocess.Popen[bytes], Path]]) -> dict[str, Any]:
+    assert hub.broker is not None
     port, password = hub.broker.port, hub.broker.hub_password()
     ingest_pid, alerts_pid, lane_pid = hub.procs["ingest"].pid, hub.procs["alerts"].pid, hub.lane_pid()
     expected = 2 * n  # two metrics a reading message
     t: dict[str, float] = {}
-    spies: list[tuple[str, subprocess.Popen[bytes], Path]] = []
     with psycopg.connect(hub.db_url, autocommit=True) as conn:
         stored0 = counter(conn, "gridhub_readings_stored_total")
         due0 = _sentinel_due(conn)
@@ -244,10 +255,10 @@ def hub_run(hub: Hub, devices: list[str], n: int, base_ms: int, profile: Path | 
                     out = profile / f"{name}-{int(time.time())}.txt"
                     spies.append((name, subprocess.Popen(
                         [spy, "record", "-f", "raw", "-o", str(out), "-p", str(pid), "-r", str(profile_rate),
-                         "--nonblocking", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out))
+                         "--nonblocking", "--gil", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out))
 
         pub_s, pub_cpu = ingest_bench.run_publishers(port, password, devices, n, base_ms, go)
-        _publish_sentinel(port, password, base_ms + 30 * n)
+        _publish_sentinel(port, password, int(time.time() * 1000))
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         stored_at = evaluated_at = None
         while stored_at is None or evaluated_at is None:
@@ -298,7 +309,9 @@ def _frame_name(frame: str) -> str:
 def summarise_profile(path: Path, top: int = 15) -> dict[str, Any]:
     """From py-spy's collapsed stacks (`-f raw`): per process (with --subprocesses), the number of samples, and the
     top functions by own samples (self) and by samples with the function on the stack (total), in % of the
-    process's samples. py-spy leaves out idle threads (waiting in a lock, a select, a sleep)."""
+    process's samples. Recorded with --gil: only the thread holding the interpreter lock is sampled, so a sample
+    is Python running (or C code called without releasing the lock), not a thread waiting in select() or for
+    PostgreSQL."""
     if not path.exists():
         return {"error": "py-spy wrote no profile (is it installed: .venv/bin/pip install py-spy; ptrace allowed?)"}
     per: dict[str, tuple[Counter[str], Counter[str], list[int]]] = {}
@@ -306,11 +319,11 @@ def summarise_profile(path: Path, top: int = 15) -> dict[str, Any]:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        frames = stack.split(";")
         proc = "main"
-        if frames and frames[0].startswith("process "):
-            proc = "telemetry" if "spawn_main" in frames[0] else "main"
-            frames = frames[1:]
+        if stack.startswith("process "):  # --subprocesses: `process <pid>:"<command line>"` (it may hold a ';')
+            head, _, stack = stack.partition('";')
+            proc = "telemetry" if "spawn_main" in head else "main"
+        frames = stack.split(";")
         if frames and frames[0].startswith("thread ("):
             frames = frames[1:]
         own, total, samples = per.setdefault(proc, (Counter(), Counter(), [0]))
@@ -340,7 +353,7 @@ def main() -> int:
                     help="plain paho-mqtt publishers (the issue's comparison; default) or bench/ingest.py's raw ones")
     ap.add_argument("--publisher-window", type=int, default=100, help="unacknowledged messages a publisher allows")
     ap.add_argument("--profile", type=Path, default=None, help="record py-spy profiles of the hub runs into DIR")
-    ap.add_argument("--profile-rate", type=int, default=250, help="py-spy samples a second")
+    ap.add_argument("--profile-rate", type=int, default=100, help="py-spy samples a second")
     args = ap.parse_args()
     ingest_bench.PUBLISHER, ingest_bench.PUBLISHER_WINDOW = args.publisher, args.publisher_window
     n = args.messages - args.messages % 2
