@@ -4,16 +4,18 @@ Every connection of the hub is made from GRIDHUB_DATABASE_URL as given, handed t
 multi-host URL such as `postgresql://u:p@h1:5432,h2:5432/gridhub?target_session_attrs=read-write` (PostgreSQL under
 Patroni, docs/scaling.md) makes every new connection find the node that takes writes, so a part that lost its
 connection in a failover reconnects to the new primary with the same URL. Nothing here parses or rebuilds the URL,
-except `redact()` for messages and `LazyConnection`, which only reads whether the URL sets its own
-`connect_timeout`. A COMMIT whose connection dropped has an unknown outcome (it may have been committed on the old
-primary and replicated, or not): the writers retry it on a new connection, and their writes are idempotent (the
-store's dedup on (device, ts, seq), `rule_events`' key, the unique indexes of alerts and tasks).
+except `redact()` for messages and `connect_kwargs()`, which only reads whether the URL sets its own
+`connect_timeout` and TCP keepalive settings (defaults are added otherwise). A COMMIT whose connection dropped has
+an unknown outcome (it may have been committed on the old primary and replicated, or not): the writers retry it on
+a new connection, and their writes are idempotent (the store's dedup on (device, ts, seq), `rule_events`' key, the
+unique indexes of alerts and tasks).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import select
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,6 +23,7 @@ from importlib import resources
 from typing import Any
 
 import psycopg
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
@@ -43,8 +46,9 @@ class DatabaseUnavailable(RuntimeError):
 
 
 def connect(url: str, *, autocommit: bool = False, **kw: Any) -> psycopg.Connection[Any]:
+    """A connection to `url` as given (connect_timeout and TCP keepalives added unless the URL sets them)."""
     try:
-        return psycopg.connect(url, autocommit=autocommit, **kw)
+        return psycopg.connect(url, autocommit=autocommit, **connect_kwargs(url, **kw))
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(
             f"cannot connect to PostgreSQL at {redact(url)}: {exc}. "
@@ -52,17 +56,49 @@ def connect(url: str, *, autocommit: bool = False, **kw: Any) -> psycopg.Connect
         ) from exc
 
 
-CONNECT_TIMEOUT_S = 10  # a part's connection attempt, per host of a multi-host URL, unless the URL sets its own
+CONNECT_TIMEOUT_S = 10  # a connection attempt, per host of a multi-host URL, unless the URL sets its own
+# TCP keepalives and a bound on unacknowledged sent data: a primary whose machine died (no FIN, no RST: its packets
+# just stop) is noticed in about a minute instead of the kernel's retransmission timeout (~15 min), so a part that
+# was waiting on it reconnects to the new primary. Each only unless the URL sets it.
+TCP_DEFAULTS: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                                "keepalives_count": 3, "tcp_user_timeout": 60_000}
 
 
 def connect_kwargs(url: str, **kw: Any) -> dict[str, Any]:
-    """`kw` with connect_timeout added unless the URL sets one (an operator's `connect_timeout` in
-    GRIDHUB_DATABASE_URL wins: with several hosts it bounds each attempt, so a dead node is passed over quickly)."""
+    """`kw` with connect_timeout and TCP_DEFAULTS added where neither the URL nor `kw` sets them (an operator's
+    settings in GRIDHUB_DATABASE_URL win: with several hosts, `connect_timeout` bounds each attempt, so that a dead
+    node is passed over quickly)."""
     try:
-        has_timeout = "connect_timeout" in conninfo_to_dict(url)
-    except psycopg.ProgrammingError:  # not a valid conninfo: let connect() say so
-        has_timeout = False
-    return kw if has_timeout else {"connect_timeout": CONNECT_TIMEOUT_S, **kw}
+        given = set(conninfo_to_dict(url))
+    except psycopg.ProgrammingError:  # not a valid conninfo: let the connection attempt say so
+        given = set()
+    defaults = {"connect_timeout": CONNECT_TIMEOUT_S, **TCP_DEFAULTS}
+    return {**{k: v for k, v in defaults.items() if k not in given}, **kw}
+
+
+def closed_by_server(conn: psycopg.Connection[Any]) -> bool:
+    """Whether an idle connection was closed from the other side since its last use (a failover, a restart, an
+    idle-session timeout): its socket is readable while no query runs, and reading it finds the end of the stream
+    (or the server's last FATAL message before it). Something else that arrived (a notice) is read into libpq and
+    the connection kept. A connection inside a transaction is not looked at."""
+    if conn.closed or conn.broken:
+        return True
+    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        return False
+    for _ in range(4):  # a FATAL message and the end of the stream may take a read each
+        try:
+            readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        if not readable:
+            return False
+        try:
+            conn.pgconn.consume_input()
+        except psycopg.OperationalError:
+            return True
+        if conn.pgconn.status == pq.ConnStatus.BAD:
+            return True
+    return False
 
 
 class LazyConnection:
@@ -78,7 +114,14 @@ class LazyConnection:
         self._conn: psycopg.Connection[Any] | None = None
 
     def get(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
+        """The connection: the one kept, unless the server closed it while it was idle (then a new one, at once,
+        rather than an error on first use: the first query after a failover goes to the new primary)."""
+        if self._conn is not None and closed_by_server(self._conn):
+            log.info("%s: the connection was closed by the server while idle; opening a new one",
+                     self._kw.get("application_name", "gridhub"))
+            self._conn.close()
+            self._conn = None
+        if self._conn is None:
             conn = psycopg.connect(self.url, **self._kw)
             if self._on_open is not None:
                 try:
@@ -221,6 +264,6 @@ def apply_retention(url: str, readings_days: int, quarantine_days: int) -> dict[
 
 def dict_connect(url: str, **kw: Any) -> psycopg.Connection[dict[str, Any]]:
     try:
-        return psycopg.connect(url, row_factory=dict_row, **kw)
+        return psycopg.connect(url, row_factory=dict_row, **connect_kwargs(url, **kw))
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {redact(url)}: {exc}") from exc

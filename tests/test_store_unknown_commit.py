@@ -24,6 +24,7 @@ from faults import DbProxy, distinct, one, private_hub, rows, stop_ingest, wait_
 from ingest_env import Hub, Publisher, counter, start_ingest_process, topic, wait_connected
 from polling import wait_for
 
+from gridhub.db import LazyConnection
 from gridhub.ingest.store import Item, prepare, prepare_batch, write_prepared
 from gridhub.ingest.validate import ReadingIn, Rejected
 from gridhub.protocol import Reason
@@ -182,3 +183,21 @@ def test_a_retry_writes_nothing_more_when_the_first_attempt_committed(
         retried = write_prepared(conn, lost, instance="t")
         assert not retried.already_stored and retried.readings == 5 and retried.quarantined == {"invalid_json": 1}
         assert _counted(look) == (10, 2, 12)
+
+
+def test_a_connection_closed_while_idle_is_replaced_before_use(db_url: str) -> None:
+    """What a failover does to a kept connection (the fences', the store's): the server ends it while it is idle.
+    LazyConnection notices before handing it out and opens a new one, so the next question (a lease confirmation
+    before acknowledging) gets an answer instead of an error."""
+    lazy = LazyConnection(db_url, application_name="gridhub-test-idle", autocommit=True)
+    try:
+        first = one(lazy.get(), "SELECT pg_backend_pid()")
+        assert lazy.get().info.backend_pid == first  # alive and idle: kept
+        with psycopg.connect(db_url, autocommit=True) as admin:
+            assert admin.execute("SELECT pg_terminate_backend(%s)", (first,)).fetchone() == (True,)
+            wait_for(lambda: one(admin, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (first,)) == 0, 10,
+                     "the backend gone")
+        second = one(lazy.get(), "SELECT pg_backend_pid()")  # no error: a new connection
+        assert second != first
+    finally:
+        lazy.close()

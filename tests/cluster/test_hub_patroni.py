@@ -328,7 +328,9 @@ def test_ingest_and_alerts_through_patroni_failovers(cluster: PatroniCluster, hu
                          f"alerts {alerts.text().count('waiting for the database')} times; ingest lost its lease "
                          f"{ingest.text().count(' lost partition ')} times, alerts "
                          f"{alerts.text().count('lost partition')}; ingest retried "
-                         f"{ingest.text().count('was already stored')} batches whose COMMIT had gone through unanswered")
+                         f"{ingest.text().count('was already stored')} batches whose COMMIT had gone through unanswered"
+                         f" and held back the PUBACKs of {ingest.text().count('the lease on partition 0 is not confirmed')}"
+                         " batches for want of a lease confirmation")
             summary = "\n".join(lines)
             print("\n" + summary)
             assert stored == total, (f"published {total}, stored {stored}; missing by device: "

@@ -1,12 +1,12 @@
 """gridhub/db.py without a database: the multi-host URL of PostgreSQL under Patroni is handed to libpq as given (only
-a default connect_timeout is added, and not when the URL sets one), and no form of a database URL reaches a log with
+a default connect_timeout and TCP keepalives are added, none that the URL sets), and no form of a database URL reaches a log with
 its password."""
 
 from __future__ import annotations
 
 import pytest
 
-from gridhub.db import CONNECT_TIMEOUT_S, LazyConnection, connect_kwargs, redact
+from gridhub.db import CONNECT_TIMEOUT_S, TCP_DEFAULTS, LazyConnection, connect_kwargs, redact
 
 MULTI = ("postgresql://gridhub:s3cret@10.0.0.1:5432,10.0.0.2:5432/gridhub"
          "?target_session_attrs=read-write&connect_timeout=3")
@@ -15,11 +15,13 @@ MULTI = ("postgresql://gridhub:s3cret@10.0.0.1:5432,10.0.0.2:5432/gridhub"
 def test_the_multi_host_url_is_kept_whole() -> None:
     lazy = LazyConnection(MULTI, application_name="t")
     assert lazy.url == MULTI
-    assert "connect_timeout" not in lazy._kw  # the URL's own (3 s per host) wins
+    assert lazy._kw == {**TCP_DEFAULTS, "application_name": "t", "autocommit": False}  # the URL's connect_timeout wins
     assert connect_kwargs(MULTI.replace("&connect_timeout=3", ""), autocommit=True) == {
-        "connect_timeout": CONNECT_TIMEOUT_S, "autocommit": True}
-    assert connect_kwargs("host=a,b port=1,2 connect_timeout=2 dbname=x") == {}
-    assert connect_kwargs("not a conninfo ===") == {"connect_timeout": CONNECT_TIMEOUT_S}
+        "connect_timeout": CONNECT_TIMEOUT_S, **TCP_DEFAULTS, "autocommit": True}
+    assert connect_kwargs("host=a,b port=1,2 connect_timeout=2 keepalives_idle=5 dbname=x") == {
+        k: v for k, v in TCP_DEFAULTS.items() if k != "keepalives_idle"}
+    assert connect_kwargs(MULTI, tcp_user_timeout=5000)["tcp_user_timeout"] == 5000  # the caller's wins too
+    assert connect_kwargs("not a conninfo ===") == {"connect_timeout": CONNECT_TIMEOUT_S, **TCP_DEFAULTS}
 
 
 @pytest.mark.parametrize(("url", "shown"), [
