@@ -103,9 +103,16 @@ class Judgement:
         return View.HIDDEN
 
     def route(
-        self, held: np.ndarray, present: np.ndarray, roi_count: int, ts_ms: int, events: list[DetectionEvent]
+        self,
+        held: np.ndarray,
+        present: np.ndarray,
+        roi_count: int,
+        ts_ms: int,
+        events: list[DetectionEvent],
+        people: np.ndarray | None = None,
     ) -> None:
-        """The route's state from what is held and what is present on it."""
+        """The route's state from what is held and what is present on it (``people``: present, never boxed as
+        objects)."""
         occupancy = float(present.sum()) / roi_count
         self.occupancy = occupancy
         if not self.blocked:
@@ -113,7 +120,8 @@ class Judgement:
             if frac >= self.config.min_object_frac:
                 self.blocked = True
                 self._last_present_ms = ts_ms
-                events.append(DetectionEvent("exit_blocked", ts_ms, occupancy, _boxes(held | present, roi_count)))
+                objects = held | (present & ~people) if people is not None else held | present
+                events.append(DetectionEvent("exit_blocked", ts_ms, occupancy, _boxes(objects, roi_count)))
         elif occupancy >= self.config.min_object_frac * 0.5:
             self._last_present_ms = ts_ms
         elif ts_ms - self._last_present_ms >= self.config.min_clear_s * 1000:

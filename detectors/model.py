@@ -46,6 +46,7 @@ from .config import CameraConfig
 from .evidence_track import Evidence
 from .judgement import DetectionEvent, FrameResult, Judgement, View
 from .lighting import Lighting
+from .people import People
 from .stage import WORK_WIDTH, Features, Geometry, Tuning
 
 __all__ = ["WORK_WIDTH", "CameraConfig", "DetectionEvent", "ExitDetector", "FrameResult", "Tuning", "decode_frame",
@@ -64,6 +65,7 @@ class ExitDetector:
         self._geometry: Geometry | None = None  # set by the first frame
         self._background: Background | None = None
         self._evidence: Evidence | None = None
+        self._people: People | None = None
         self._lighting = Lighting(self.tuning)
         self._judgement = Judgement(config, self.tuning)
         self._last_ts: int | None = None
@@ -104,6 +106,11 @@ class ExitDetector:
     @property
     def roi_mask(self) -> np.ndarray:
         return self._geometry.roi if self._geometry is not None else np.zeros((1, 1), bool)
+
+    @property
+    def people_crops(self) -> int:
+        """How many crops of the frames were looked at for people (settled regions, and people again)."""
+        return self._people.crops if self._people is not None else 0
 
     @property
     def learning(self) -> bool:
@@ -148,8 +155,8 @@ class ExitDetector:
         )
         self._last_ts = ts_ms
         if self.learning:
-            return self._learn(feats, ts_ms)
-        return self._judge(feats, ts_ms, dt)
+            return self._learn(frame_bgr, feats, ts_ms)
+        return self._judge(frame_bgr, feats, ts_ms, dt)
 
     # -- the stages -----------------------------------------------------------------------
 
@@ -174,24 +181,25 @@ class ExitDetector:
         self._geometry = geometry = Geometry.of(h, w, self.config.roi, self.tuning.work_width)
         self._background = Background(self.tuning, geometry)
         self._evidence = Evidence(self.tuning, geometry)
+        self._people = People(self.tuning, geometry)
 
-    def _learn(self, feats: Features, ts_ms: int) -> FrameResult:
+    def _learn(self, frame: np.ndarray, feats: Features, ts_ms: int) -> FrameResult:
         bg = self._background
         assert bg is not None
         if self._reference is not None:
             bg.start_from_reference(self._reference, feats, ts_ms)
-            return self._judge(feats, ts_ms, 0.0)
+            return self._judge(frame, feats, ts_ms, 0.0)
         data, self._restore = self._restore, None
         fingerprint = self.fingerprint()
         if data is not None and fingerprint is not None and bg.restore(data, fingerprint, feats, ts_ms):
-            return self._judge(feats, ts_ms, 0.0)
+            return self._judge(frame, feats, ts_ms, 0.0)
         bg.learn(feats, ts_ms)
         return FrameResult(ts_ms, False, 0.0, False, learning=True)
 
-    def _judge(self, feats: Features, ts_ms: int, dt: float) -> FrameResult:
+    def _judge(self, frame: np.ndarray, feats: Features, ts_ms: int, dt: float) -> FrameResult:
         t = self.tuning
-        bg, ev, judgement = self._background, self._evidence, self._judgement
-        assert bg is not None and ev is not None and self._geometry is not None
+        bg, ev, judgement, people = self._background, self._evidence, self._judgement, self._people
+        assert bg is not None and ev is not None and people is not None and self._geometry is not None
         scene = bg.scene
         assert scene is not None and bg.short is not None
         events: list[DetectionEvent] = []
@@ -252,11 +260,19 @@ class ExitDetector:
 
         bg.follow(feats, scene, fg_long, fg_short, ev.still, dt, ts_ms, ev.kept)
 
+        # people standing on the route are occupancy, never obstacles
+        if not lighting:
+            min_px = max(4, round(self.config.min_object_frac * self._geometry.roi_count))
+            settle_s = max(t.people_settle_s, t.people_settle_share * self.config.min_blocked_s)
+            people.update(frame, fg_long, still, ev.still, (ev.age > 0) | (ev.still > 0), min_px, settle_s, ts_ms)
+
         # the route's state
-        held = ev.held(self.config.min_blocked_s, fg_long)
+        held = ev.held(self.config.min_blocked_s, fg_long) & ~people.mask
         present = ev.present(fg_long)
-        self.last_masks = {"long": fg_long, "short": fg_short, "held": held, "present": present}
-        judgement.route(held, present, self._geometry.roi_count, ts_ms, events)
+        self.last_masks = {
+            "long": fg_long, "short": fg_short, "held": held, "present": present, "people": people.mask.copy()
+        }
+        judgement.route(held, present, self._geometry.roi_count, ts_ms, events, people.mask)
         return judgement.result(ts_ms, events, lighting)
 
 
