@@ -40,8 +40,8 @@ def cluster_cli(root: Path, *args: str, timeout: float = START_TIMEOUT_S) -> sub
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def processes() -> dict[int, tuple[int, int, str]]:
-    """Every live process: pid -> (session id, start time, command line)."""
+def processes() -> dict[int, tuple[int, int, int, str]]:
+    """Every live process: pid -> (parent pid, session id, start time, command line)."""
     out = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -53,29 +53,39 @@ def processes() -> dict[int, tuple[int, int, str]]:
             continue
         fields = stat[stat.rfind(")") + 2:].split()
         if fields[0] not in ("Z", "X"):
-            out[int(entry.name)] = (int(fields[3]), int(fields[19]), cmdline)
+            out[int(entry.name)] = (int(fields[1]), int(fields[3]), int(fields[19]), cmdline)
     return out
 
 
 def started_by(cluster: HubCluster) -> dict[int, int]:
     """pid -> start time of every process in the sessions the cluster's pid files name (each was started with a
-    session of its own): the parts and their children, the NATS nodes, etcd, Patroni and its postgres."""
+    session of its own), and of their descendants: the parts and their children, the NATS nodes, etcd, Patroni and
+    its postgres (whose backends each take a session of their own)."""
     leaders = [pid for p in cluster.layout.parts if (pid := cluster.part_pid(p)) is not None]
     leaders += [pid for n in cluster.layout.nats if (pid := cluster.nats.pid(n)) is not None]
     leaders += [pid for m in cluster.layout.patroni.etcd if (pid := cluster.patroni.etcd_pid(m)) is not None]
     leaders += [pid for n in cluster.layout.patroni.nodes if (pid := cluster.patroni.patroni_pid(n)) is not None]
     every = processes()
-    # Patroni starts its postgres in a session of that postgres's own: the postmaster's session, with its children
-    leaders += [every[pid][0] for n in cluster.layout.patroni.nodes
-                if (pid := cluster.patroni.postmaster_pid(n)) is not None and pid in every]
-    return {pid: started for pid, (sid, started, _) in every.items() if sid in leaders}
+    found = {pid for pid, (_, sid, _, _) in every.items() if sid in leaders}
+    # Patroni's postgres leaves Patroni's session (its parent is then init): found by its postmaster.pid
+    found |= {pid for n in cluster.layout.patroni.nodes if (pid := cluster.patroni.postmaster_pid(n)) in every}
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _, _) in every.items():
+        children.setdefault(ppid, []).append(pid)
+    todo = list(found)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return {pid: every[pid][2] for pid in found}
 
 
 def make_services_processes(root: Path) -> dict[int, int]:
     """The PostgreSQL and mosquitto of `make services` (under the services root, outside this test's directory),
     pid -> start time; empty when they do not run."""
     out = {}
-    for pid, (_, started, cmdline) in processes().items():
+    for pid, (_, _, started, cmdline) in processes().items():
         if (str(SERVICE_ROOT_WHEN_ROOT) in cmdline and str(root) not in cmdline
                 and ("mosquitto" in cmdline or "postgres" in cmdline) and "/tmp/" not in cmdline):
             out[pid] = started
