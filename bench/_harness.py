@@ -136,12 +136,12 @@ class Load:
         return round(self.sent.value, 0)
 
 
-def publish_alarms(pub: paho.Client, count: int) -> tuple[dict[str, float], dict[str, float]]:
-    """One smoke alarm from each of `bsa-0` .. `bsa-<count-1>`, 50 ms apart: when each was published, by device
-    (perf_counter, and wall clock)."""
+def publish_alarms(pub: paho.Client, count: int, *, first: int = 0) -> tuple[dict[str, float], dict[str, float]]:
+    """One smoke alarm from each of `bsa-<first>` .. `bsa-<first+count-1>`, 50 ms apart: when each was published, by
+    device (perf_counter, and wall clock)."""
     sent_at: dict[str, float] = {}
     sent_wall: dict[str, float] = {}
-    for b in range(count):
+    for b in range(first, first + count):
         dev = f"bsa-{b}"
         body = json.dumps({"ts": int(time.time() * 1000), "seq": 1, "type": "alarm", "detail": {}})
         sent_at[dev], sent_wall[dev] = time.perf_counter(), time.time()
