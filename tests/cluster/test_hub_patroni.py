@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -148,13 +149,15 @@ def hub(cluster: PatroniCluster, tmp_path: Path) -> Iterator[Hub]:
     imports the registry with it), its private mosquitto, and one smoke alarm per fire alarm in a building of its
     own."""
 
+    name = f"{DATABASE}_{uuid.uuid4().hex[:8]}"
+
     def make_database() -> str:
         with psycopg.connect(cluster.url(), autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {DATABASE}")
-        return cluster.url(DATABASE)
+            conn.execute(f"CREATE DATABASE {name}")
+        return cluster.url(name)
 
     with private_hub(make_database, tmp_path) as h:
-        assert h.db_url == cluster.url(DATABASE) and "target_session_attrs=read-write" in h.db_url
+        assert h.db_url == cluster.url(name) and "target_session_attrs=read-write" in h.db_url
         for n, device in enumerate(ALARMS.values(), start=1):
             add_devices(h.db_url, h.settings, h.broker, f"pfb-{n}", GRID, [(device, "smoke_alarm", None)])
         yield h
@@ -329,7 +332,7 @@ def test_ingest_and_alerts_through_patroni_failovers(cluster: PatroniCluster, hu
                          f"{ingest.text().count(' lost partition ')} times, alerts "
                          f"{alerts.text().count('lost partition')}; ingest retried "
                          f"{ingest.text().count('was already stored')} batches whose COMMIT had gone through unanswered"
-                         f" and held back the PUBACKs of {ingest.text().count('the lease on partition 0 is not confirmed')}"
+                         f" and held back the PUBACKs of {ingest.text().count('not acknowledging')}"
                          " batches for want of a lease confirmation")
             summary = "\n".join(lines)
             print("\n" + summary)
@@ -351,3 +354,44 @@ def test_ingest_and_alerts_through_patroni_failovers(cluster: PatroniCluster, hu
         codes = {p.part: p.stop() for p in parts}
         for p in parts:
             print(f"--- {p.part} (exit {codes[p.part]})\n{p.text()[-3000:]}")
+
+
+def _kill_postgres(cluster: PatroniCluster) -> Callable[[PgNode], None]:
+    def kill(node: PgNode) -> None:
+        pid = cluster.postmaster_pid(node)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+    return kill
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="api/app.py's connection pools hand out connections that the failover closed "
+                   "(each answers one request with a 500); they need check=AsyncConnectionPool.check_connection and "
+                   "check=ConnectionPool.check_connection (helper E's report)")
+def test_the_api_answers_after_a_failover(cluster: PatroniCluster, hub: Hub) -> None:
+    """The API on the multi-host URL: requests before a SIGKILL of the primary's postgres are answered; once another
+    node leads and takes writes, every request is answered again, none with a 500 from a pooled connection the
+    failover closed."""
+    from fastapi.testclient import TestClient
+
+    from gridhub.api.app import create_app
+    from gridhub.auth import set_password
+
+    with psycopg.connect(hub.db_url) as conn:
+        set_password(conn, "w-001", "pw-w-001-secret")
+    with TestClient(create_app(hub.settings), raise_server_exceptions=False) as client:
+        login = client.post("/api/v1/auth/token", data={"username": "w-001", "password": "pw-w-001-secret"})
+        assert login.status_code == 200, login.text
+        auth = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        for _ in range(25):  # enough at once that the pool holds several connections
+            assert client.get("/api/v1/devices", headers=auth).status_code == 200
+        cluster.wait_ready(240)
+        old, new, _, promoted = _failover(cluster, "the postgres SIGKILL", _kill_postgres(cluster), lambda: None, [])
+
+        def writable() -> bool:
+            with psycopg.connect(hub.db_url, autocommit=True) as c:
+                return c.info.port == new.pg_port
+        wait_for(writable, 60, f"{new.name} to take connections", interval=0.2, ignore=(psycopg.OperationalError,))
+        codes = [client.get("/api/v1/devices", headers=auth).status_code for _ in range(25)]
+        print(f"\napi: {old.name} -> {new.name} in {promoted:.1f} s; the 25 requests after it answered {codes}")
+        assert set(codes) == {200}, f"answers after the failover: {codes}"
+    cluster.wait_ready(240)
