@@ -9,9 +9,10 @@ processes writing the same devices wait for each other instead of deadlocking.
 A COMMIT whose connection dropped (a Patroni failover, a network cut) has an unknown outcome: the caller writes the
 same PreparedBatch again on a new connection and acknowledges its messages only once that returned. The retry is
 idempotent: readings and events are deduplicated on (device, ts, seq) and the device state tolerates a batch seen
-twice. A retry that finds every reading and event of the batch already stored knows that the earlier attempt
-committed (a transaction is whole or nothing), and then writes nothing more: no second quarantine entry, no counter
-counted twice (`BatchCounts.already_stored`). A batch of quarantine entries alone cannot tell, and is written again.
+twice. When the last attempt sent its COMMIT with readings or events that were new then, and the retry finds none of
+the batch's new, that attempt committed (a transaction is whole or nothing): the retry writes nothing more, no
+second quarantine entry, no counter counted twice (`BatchCounts.already_stored`). A batch that brought nothing new
+(quarantine entries alone, or only redelivered readings) cannot tell, and is written again.
 """
 
 from __future__ import annotations
@@ -226,6 +227,8 @@ class PreparedBatch:
     others: list[Item] = field(default_factory=list)
     event_msgs: int = 0
     attempts: int = 0  # write_prepared calls: more than one is a retry (the previous attempt failed, or was unknown)
+    committing: bool = False  # the last attempt wrote everything and sent its COMMIT
+    new_before: int = 0  # the readings and events the last attempt found new (not yet stored)
 
 
 def prepare_batch(items: Sequence[Item]) -> PreparedBatch:
@@ -290,6 +293,8 @@ def write_prepared(conn: psycopg.Connection[Any], p: PreparedBatch, *, instance:
     """Store a prepared batch in one transaction; raises on any database error with nothing written."""
     t0 = time.perf_counter()
     p.attempts += 1
+    unknown = p.committing and p.new_before > 0  # the last attempt's COMMIT, of new rows, went unanswered
+    p.committing = False
     counts = BatchCounts(messages=len(p.items), unknown_metrics=p.unknown_metrics)
     with conn.transaction(), conn.cursor() as cur:
         stored_msgs = 0
@@ -308,9 +313,11 @@ def write_prepared(conn: psycopg.Connection[Any], p: PreparedBatch, *, instance:
             assert row is not None
             counts.events = int(row[0])
             counts.duplicates += p.event_msgs - counts.events
-        if p.attempts > 1 and (p.rows or p.event_msgs) and stored_msgs == 0 and counts.events == 0:
-            # a retry that found all of it stored: the earlier attempt committed, everything else with it
+        new = stored_msgs + counts.events
+        if unknown and new == 0:
+            # what the last attempt found new is stored now: that attempt committed, everything else with it
             log.info("a batch of %d retried after its COMMIT went unanswered was already stored", len(p.items))
+            p.committing = True  # should this (empty) COMMIT go unanswered too, the next retry finds the same
             return BatchCounts(messages=len(p.items), already_stored=True)
         if p.changes:
             counts.seq_gaps = _write_state(cur, p.changes, p.state_json)
@@ -341,6 +348,7 @@ def write_prepared(conn: psycopg.Connection[Any], p: PreparedBatch, *, instance:
         if gauges:
             names = sorted(gauges)
             cur.execute(GAUGES, (names, [f'instance="{instance}"'] * len(names), [gauges[n] for n in names]))
+        p.new_before, p.committing = new, True  # the COMMIT follows, as the block ends
     return counts
 
 

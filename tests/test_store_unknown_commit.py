@@ -164,7 +164,7 @@ def test_a_retry_writes_nothing_more_when_the_first_attempt_committed(
         make_registry_database: Callable[[], str]) -> None:
     """The store alone: the same PreparedBatch written again (its first COMMIT unanswered, as far as the caller knows)
     finds its readings stored and writes no second quarantine entry and no counter twice; a batch whose first attempt
-    did not commit is written whole by its retry."""
+    did not commit is written whole by its retry; one that brought nothing new is written again."""
     url = make_registry_database()
     with psycopg.connect(url) as conn, psycopg.connect(url, autocommit=True) as look:
         prepare(conn)
@@ -183,6 +183,13 @@ def test_a_retry_writes_nothing_more_when_the_first_attempt_committed(
         retried = write_prepared(conn, lost, instance="t")
         assert not retried.already_stored and retried.readings == 5 and retried.quarantined == {"invalid_json": 1}
         assert _counted(look) == (10, 2, 12)
+
+        # a batch that brought nothing new (redelivered readings and a bad message) cannot tell whether its last
+        # attempt committed: its retry writes it again (the quarantine entry twice, as documented)
+        redelivered = prepare_batch(_batch(1_790_000_000_000))
+        assert write_prepared(conn, redelivered, instance="t").readings == 0
+        assert not write_prepared(conn, redelivered, instance="t").already_stored
+        assert _counted(look) == (10, 4, 24)
 
 
 def test_a_connection_closed_while_idle_is_replaced_before_use(db_url: str) -> None:
