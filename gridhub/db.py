@@ -13,6 +13,7 @@ unique indexes of alerts and tasks).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import select
@@ -69,11 +70,25 @@ def connect_kwargs(url: str, **kw: Any) -> dict[str, Any]:
     settings in GRIDHUB_DATABASE_URL win: with several hosts, `connect_timeout` bounds each attempt, so that a dead
     node is passed over quickly)."""
     try:
-        given = set(conninfo_to_dict(url))
+        params = conninfo_to_dict(url)
     except psycopg.ProgrammingError:  # not a valid conninfo: let the connection attempt say so
-        given = set()
+        params = {}
+    given = set(params)
+    if "," in str(params.get("host", "")) and str(params.get("target_session_attrs", "any")) not in WRITABLE:
+        _warn_any_host(redact(url))
     defaults = {"connect_timeout": CONNECT_TIMEOUT_S, **TCP_DEFAULTS}
     return {**{k: v for k, v in defaults.items() if k not in given}, **kw}
+
+
+WRITABLE = ("read-write", "primary")  # the target_session_attrs that keep a multi-host URL off the standbys
+
+
+@functools.lru_cache(maxsize=8)
+def _warn_any_host(shown: str) -> None:
+    """Once per URL: several hosts without target_session_attrs=read-write connect to whichever answers first, a
+    standby too (every write then fails with 'read-only transaction')."""
+    log.warning("the database URL %s names several hosts without target_session_attrs=read-write: connections may go "
+                "to a standby; add ?target_session_attrs=read-write", shown)
 
 
 def closed_by_server(conn: psycopg.Connection[Any]) -> bool:

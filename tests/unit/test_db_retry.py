@@ -36,3 +36,15 @@ def test_the_multi_host_url_is_kept_whole() -> None:
 ])
 def test_redact_hides_every_password(url: str, shown: str) -> None:
     assert redact(url) == shown
+
+
+def test_several_hosts_without_read_write_are_warned_about_once(caplog: pytest.LogCaptureFixture) -> None:
+    url = "postgresql://gridhub:s3cret@10.0.0.7:5432,10.0.0.8:5432/gridhub"
+    with caplog.at_level("WARNING", logger="gridhub.db"):
+        connect_kwargs(url)
+        connect_kwargs(url)
+        connect_kwargs(MULTI)  # with target_session_attrs=read-write: nothing to say
+        connect_kwargs("postgresql://gridhub:s3cret@10.0.0.7:5432/gridhub")  # one host: nothing to say
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "target_session_attrs=read-write" in warned[0]
+    assert "s3cret" not in warned[0] and "gridhub:***@10.0.0.7:5432,10.0.0.8:5432" in warned[0]
