@@ -119,7 +119,8 @@ def closed_by_server(conn: psycopg.Connection[Any]) -> bool:
 class LazyConnection:
     """One connection of a long-running part, opened on first use and again after it broke (`forget_if_broken()`
     after an error); with `gridhub.waiting.keep_trying` this is how a part rides out a database outage, and, on a
-    multi-host URL, a failover: the new connection goes to the new primary."""
+    multi-host URL, a failover: the new connection goes to the new primary. Not for LISTEN: `get()` reads what arrived
+    on an idle connection into libpq, where a notification would wait for the next read."""
 
     def __init__(self, url: str, *, application_name: str, autocommit: bool = False,
                  on_open: Callable[[psycopg.Connection[Any]], None] | None = None) -> None:
