@@ -399,6 +399,14 @@ class MqttConnection:
             raise PublishTimeout(f"the broker did not acknowledge the message to {topic} within {timeout_s:g} s; "
                                  "retry")
 
+    def hold(self) -> None:
+        """Do not reconnect until `start()` (or `connect()`) again: for `on_disconnected`, on paho's thread, when the
+        owner may not reconnect under this client id now (a lease it cannot confirm). The paho client's own
+        `disconnect()` is not enough there: paho 2.2 marks the connection lost after that callback returns and
+        reconnects after its delay. Ending the loop thread is (paho's loop_stop() on its own thread does not wait)."""
+        self._client.disconnect()
+        self._client.loop_stop()
+
     def stop(self, *, end_session: bool = False) -> None:
         """Disconnect and end the loop thread. `end_session` also ends a persistent session: what the broker still
         holds for it is dropped (MQTT 5: session expiry 0 on DISCONNECT; 3.1.1: one clean-session connection)."""

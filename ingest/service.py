@@ -17,7 +17,7 @@ For each partition it holds, an instance consumes the one persistent session nam
 held it. On mosquitto P is 1 and the session has the wildcard subscription (unregistered devices and bad topics
 still reach the quarantine). On NATS (`GRIDHUB_BROKER=nats`) the session of partition k subscribes to that
 partition's telemetry, events and status (gridhub/services/nats.py `partition_filters`; partition 0 also to the
-devices' last wills), as the hub's subscribe-only user in the DEVICES account, under a client id that carries a tag
+devices' own unmapped topics, where nats-server 2.9.10 leaves last wills and some QoS 1 publishes), as the hub's subscribe-only user in the DEVICES account, under a client id that carries a tag
 derived from the hub's password; a topic received is translated back to the device's own (`contract_topic`) before
 validation, so validation and quarantine are as on mosquitto. Fencing: before every acknowledgement batch the
 sessions' leases are confirmed with their epochs by the database's clock (one query), and a lost connection is
@@ -60,10 +60,10 @@ from gridhub.protocol import Reason
 from gridhub.runtime import run_until_signalled
 from gridhub.services.nats import (
     contract_topic,
-    last_will_filter,
     partition_filters,
     session_client_id_on_nats,
     session_user_url,
+    unmapped_filters,
 )
 from gridhub.settings import IngestSettings, Settings
 from gridhub.waiting import STOP_GRACE_S, GaveUp, keep_trying
@@ -181,15 +181,15 @@ class IngestService:
     def _filters(self, partition: int) -> list[tuple[str, int]]:
         """Mosquitto: the wildcard subscription (one partition), so that unregistered devices and bad topics reach
         the quarantine. NATS: the partition's telemetry, events and status, and on partition 0 the devices' last
-        wills too (nats-server 2.9 publishes them unmapped)."""
+        wills and whatever else nats-server left unmapped (gridhub/services/nats.py `unmapped_filters`)."""
         prefix = self.settings.topic_prefix
         if not self.nats:
             share = f"$share/{SHARE_GROUP}/" if self.shared else ""
             return [(f"{share}{prefix}/devices/+/{ch}", 1) for ch in CHANNELS]
-        filters = [(f, 1) for f in partition_filters(prefix, partition, CHANNELS)]
-        if partition == 0:
-            filters.append((last_will_filter(prefix), 1))
-        return filters
+        filters = partition_filters(prefix, partition, CHANNELS)
+        if partition == 0:  # what nats-server left unmapped: last wills, and some QoS 1 publishes (2.9.10)
+            filters += unmapped_filters(prefix, CHANNELS)
+        return [(f, 1) for f in filters]
 
     # ------------------------------------------------------------------ broker
 
@@ -376,7 +376,7 @@ class IngestService:
             return
         if self.keeper is not None and not self.keeper.confirm(session.lease):
             session.paused = True
-            mqtt.client.disconnect()  # paho does not reconnect after this callback
+            mqtt.hold()  # no reconnect under the client id until the lease is confirmed (or left to its holder)
             log.warning("broker connection lost (%s); not reconnecting as %s until the lease on %s is confirmed",
                         rc, session.client_id, session.describe())
             self.keeper.wake()
