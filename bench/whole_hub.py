@@ -320,8 +320,8 @@ def summarise_profile(path: Path, top: int = 15) -> dict[str, Any]:
         if not stack or not count.isdigit():
             continue
         proc = "main"
-        if stack.startswith("process "):  # --subprocesses: `process <pid>:"<command line>"` (it may hold a ';')
-            head, _, stack = stack.partition('";')
+        while stack.startswith("process "):  # --subprocesses: `process <pid>:"<command line>"` frames, parent first
+            head, _, stack = stack.partition('";')  # (a command line may hold a ';')
             proc = "telemetry" if "spawn_main" in head else "main"
         frames = stack.split(";")
         if frames and frames[0].startswith("thread ("):
