@@ -110,12 +110,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # check=: a pooled connection that a database failover or restart closed is replaced before it is handed
+        # out (one `SELECT ''` round trip), instead of answering one request with a 500 (CONTRACT §8)
         pool = AsyncConnectionPool(database_url, min_size=2, max_size=20, open=False,
-                                   kwargs={"autocommit": True})
+                                   kwargs={"autocommit": True}, check=AsyncConnectionPool.check_connection)
         await pool.open(wait=True, timeout=30)
         app.state.pool = pool
         # Task actions and KPIs are the alert engine's synchronous code: they run in threads on this pool.
-        sync_pool = ConnectionPool(database_url, min_size=1, max_size=8, open=False)
+        sync_pool = ConnectionPool(database_url, min_size=1, max_size=8, open=False,
+                                   check=ConnectionPool.check_connection)
         await run_in_threadpool(sync_pool.open, True, 30)
         app.state.sync_pool = sync_pool
         commands = CommandPublisher(settings) if settings.mqtt_url else None
