@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["start", "stop", "status", "env"],
                         help="env prints the parts' GRIDHUB_* settings (with secrets) for a shell")
     parser.add_argument("--dir", type=Path, default=None, help="the cluster's directory (default <data dir>/cluster)")
-    parser.add_argument("--partitions", type=int, default=nats.DEFAULT_PARTITIONS,
+    parser.add_argument("--partitions", type=int, default=None,
                         help=f"GRIDHUB_PARTITIONS of a new cluster (default {nats.DEFAULT_PARTITIONS})")
     parser.add_argument("--free-ports", action="store_true", help="a new cluster on ports free now (tests)")
     parser.add_argument("--part-port-base", type=int, default=None,
@@ -489,9 +489,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.action == "start":
             layout = None
+            partitions = args.partitions or nats.DEFAULT_PARTITIONS
             if not (root / "layout.json").exists():
-                layout = (free_layout(args.partitions, args.part_port_base) if args.free_ports
-                          else default_layout(args.partitions))
+                layout = (free_layout(partitions, args.part_port_base) if args.free_ports
+                          else default_layout(partitions))
+            elif args.partitions and args.partitions != (made := ClusterLayout.from_json(
+                    (root / "layout.json").read_text())).partitions:
+                print(f"error: the cluster in {root} has {made.partitions} partitions: to change the number, "
+                      f"`gridhub cluster stop`, remove {root} (its data too) and start it again", file=sys.stderr)
+                return 2
             cluster = HubCluster(root, layout)
             info = cluster.start(timeout=args.timeout,
                                  progress=lambda msg: print(f"[cluster] {msg}", file=sys.stderr, flush=True))
