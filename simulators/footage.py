@@ -120,9 +120,11 @@ def person_crops(
     limit: int = 40,
 ) -> list[PersonCrop]:
     """People standing apart in the clip, each with its mask: what differs from the clear scene, in blobs shaped
-    like one upright person (taller than wide, fairly filled, away from the edges and from other blobs), from every
-    ``every``-th frame, at most ``limit`` of them."""
-    crops: list[PersonCrop] = []
+    like one upright person (2.3 to 4.5 times taller than wide, fairly filled, one narrow head, away from the edges
+    and from other blobs, and as tall as the others whose feet are at that height in the picture: a taller blob is
+    two people one behind the other), from every ``every``-th frame, at most ``limit`` of them."""
+    found: list[PersonCrop] = []
+    feet: list[tuple[int, int]] = []  # (feet row, height) of each
     ref = clear.astype(np.int16)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     for i in range(0, len(frames), every):
@@ -135,7 +137,7 @@ def person_crops(
         h, w = fg.shape
         for k in range(1, n):
             x, y, bw, bh, area = (int(v) for v in stats[k])
-            if not (min_height <= bh <= max_height and 1.8 <= bh / max(bw, 1) <= 4.5):
+            if not (min_height <= bh <= max_height and 2.3 <= bh / max(bw, 1) <= 4.5):
                 continue
             if area < 0.4 * bw * bh or x < 4 or y < 4 or x + bw > w - 4 or y + bh > h - 4:
                 continue
@@ -146,8 +148,22 @@ def person_crops(
             around = labels[y0:y1, x0:x1]
             if np.any((around != 0) & (around != k)):
                 continue  # someone else is too close: not one person alone
-            mask = ((labels[y:y + bh, x:x + bw] == k).astype(np.uint8)) * 255
-            crops.append(PersonCrop(frame[y:y + bh, x:x + bw].copy(), mask, i))
-            if len(crops) >= limit:
-                return crops
-    return crops
+            # the blob, less the background its closing took in (between the legs, under an arm)
+            blob = labels[y:y + bh, x:x + bw] == k
+            mask = cv2.medianBlur((blob & (diff[y:y + bh, x:x + bw] > 25)).astype(np.uint8) * 255, 3)
+            head = mask[: max(1, bh // 6)] > 0
+            if head.any(axis=0).sum() > 0.65 * bw:
+                continue  # one head is narrower than the body: a wide top is two people side by side
+            found.append(PersonCrop(frame[y:y + bh, x:x + bw].copy(), mask, i))
+            feet.append((y + bh, bh))
+    if len(found) < 3:
+        return found[:limit]
+    # a person's height grows with how low their feet are in the picture (perspective): fit it, keep who fits
+    # (fitted twice: the second time without the blobs far off the first line)
+    rows = np.array(feet, np.float64)
+    keep = np.ones(len(rows), bool)
+    for low, high in ((0.8, 1.2), (0.85, 1.1)):
+        slope, offset = np.polyfit(rows[keep, 0], rows[keep, 1], 1)
+        ratio = rows[:, 1] / (slope * rows[:, 0] + offset)
+        keep = (ratio >= low) & (ratio <= high)
+    return [c for c, ok in zip(found, keep, strict=True) if ok][:limit]

@@ -430,7 +430,8 @@ def generate_removal_scene(
 ) -> Scene:
     """An object left on the route for two to three and a half minutes, then taken away by someone who stops by it,
     and the floor bare to the end (at least ``2 × min_blocked_s + 60`` s): the route must be raised once, clear
-    after the removal and never be raised again. People pass as in every scene."""
+    after the removal and never be raised again. People pass as in every scene; those who would pause do so only
+    while the object is there (after the removal, a pause would be something on the floor)."""
     rng = np.random.default_rng(seed + 15_485_863)
     placed = 20.0 + float(rng.uniform(5.0, 25.0))
     stay = float(rng.uniform(max(120.0, min_blocked_s + 60.0), max(210.0, min_blocked_s + 90.0)))
@@ -442,6 +443,10 @@ def generate_removal_scene(
     )
     o = _random_obstacle(rng, placed, removed, scene.roi)
     scene.obstacles.append(o)
+    # the floor stays bare after the removal: people pass, nobody stops (a pause is not something left there)
+    for w in scene.walkers:
+        if w.pause_at is not None and pause_ends(w) >= removed - 5.0:
+            w.pause_at, w.pause_s = None, 0.0
     # the owner walks up to it, stands there a few seconds and leaves with it
     speed = float(rng.uniform(0.9, 1.3))
     wait = float(rng.uniform(4.0, 10.0))
@@ -464,8 +469,9 @@ def generate_standing_scene(
     lighting: bool = False,
 ) -> Scene:
     """A real person (one of ``crops``, pasted through its mask, feet on the floor, scaled to the depth) walks onto
-    the route, stands there for 3 × ``min_blocked_s`` and walks away; people pass as in every scene. Nothing is
-    left behind: the route must never be ``blocked``."""
+    the route, stands there for 3 × ``min_blocked_s`` and walks away; people pass as in every scene, pausing for
+    at most half of ``min_blocked_s`` (drawn people are not what this case is about). Nothing is left behind: the
+    route must never be ``blocked``."""
     if not crops:
         raise ValueError("generate_standing_scene needs at least one person crop (simulators/footage.py)")
     rng = np.random.default_rng(seed + 104_729)
@@ -476,6 +482,9 @@ def generate_standing_scene(
         seed, duration, fps_interval_s, min_blocked_s=min_blocked_s, lighting=lighting, crowd=True,
         obstacles=0, short_obstacles=0,
     )
+    # the drawn passers-by pause for less than min_blocked_s: the one who stays is the real person
+    for w in scene.walkers:
+        w.pause_s = min(w.pause_s, 0.5 * min_blocked_s)
     crop = crops[int(rng.integers(len(crops)))]
     side = 1.0 if rng.random() < 0.5 else -1.0
     for _ in range(50):
@@ -823,6 +832,13 @@ def _depth_of(d: Any, t: float) -> float:
     if isinstance(d, (Obstacle, StandingPerson)):
         return d.depth_m
     return _walker_depth(d, t)
+
+
+def pause_ends(w: Walker) -> float:
+    """When a walker's pause ends (scene time); only for walkers that pause."""
+    assert w.pause_at is not None
+    start = 1.6 if w.speed > 0 else FAR_M - 0.3
+    return w.start_s + abs(w.pause_at - start) / abs(w.speed) + w.pause_s
 
 
 def _walker_depth(w: Walker, t: float) -> float:

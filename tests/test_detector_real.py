@@ -2,8 +2,10 @@
 read at test time (``tests/footage.py``; installed by ``make test``), and generated scenes with real people cut
 out of it standing on the route. People are occupancy, never ``blocked``.
 
-The replay case can fail: ``test_the_vtest_case_has_teeth`` shows that a detector which takes anything standing
-still for ``min_blocked_s`` as an object raises on it (the detector before issue 16 did too, at 61.3 s).
+The cases can fail: a detector which takes anything standing still for ``min_blocked_s`` as an object raises on
+the clip (``test_the_vtest_case_has_teeth``), and so does the hub's detector with its people check turned off
+(``Tuning(people=False)``), on the clip and on a generated real person; the detector before issue 16 raised at
+61.2 s.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pytest
 from footage import Clip, vtest, vtest_person_crops
 
 from gridhub.detectors.config import CameraConfig
-from gridhub.detectors.model import DetectionEvent, ExitDetector, decode_frame
+from gridhub.detectors.model import DetectionEvent, ExitDetector, Tuning, decode_frame
 from gridhub.detectors.replay import replay
 from gridhub.simulators.footage import VTEST_MIN_BLOCKED_S, VTEST_ROAD_ROI, VTEST_STANDING_S, PersonCrop
 from gridhub.simulators.scenes import (
@@ -80,6 +82,25 @@ def test_the_vtest_case_has_teeth(clip: Clip) -> None:
     assert any(STANDING_S[0] <= t <= STANDING_S[1] for t in raised)
 
 
+def vtest_camera(clip: Clip, folder: Path) -> CameraConfig:
+    return CameraConfig.model_validate({
+        "camera_id": "cam-vtest", "roi": ROAD_ROI, "min_blocked_s": MIN_BLOCKED_S,
+        "reference": str(clip.write_clear(folder / "clear.jpg")),
+    })
+
+
+def test_without_its_people_check_the_detector_raises_on_the_man_standing(clip: Clip, tmp_path: Path) -> None:
+    det = ExitDetector(vtest_camera(clip, tmp_path), Tuning(people=False))
+    raised = []
+    for i, frame in enumerate(clip.frames):
+        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        small = decode_frame(buf.tobytes())
+        assert ok and small is not None
+        raised += [(e.type, i / 10) for e in det.process(small, clip.ts_ms(i)).events]
+    print(f"vtest without the people check: {raised}")
+    assert any(kind == "exit_blocked" and STANDING_S[0] <= t <= STANDING_S[1] for kind, t in raised)
+
+
 def test_vtest_people_standing_on_the_road_are_occupancy_never_blocked(clip: Clip, tmp_path: Path) -> None:
     # the replay of CONTRACT §3 over the real clip, the clear scene (the clip's median) as the reference image
     frames = tmp_path / "frames"
@@ -110,8 +131,8 @@ def test_person_crops_are_people_with_masks_not_boxes(crops: list[PersonCrop]) -
         assert c.image.shape[0] > c.image.shape[1]  # upright
 
 
-def run(scene: Scene) -> tuple[list[DetectionEvent], list[dict[str, object]]]:
-    det = ExitDetector(CameraConfig.model_validate(scene.camera_config()))
+def run(scene: Scene, tuning: Tuning | None = None) -> tuple[list[DetectionEvent], list[dict[str, object]]]:
+    det = ExitDetector(CameraConfig.model_validate(scene.camera_config()), tuning)
     events: list[DetectionEvent] = []
     lines = []
     for ts, data in scene.jpeg_frames():
@@ -143,3 +164,11 @@ def test_a_real_person_standing_three_times_min_blocked_s_is_never_blocked(
     start, end = scene.truth()["standing"][0]
     during = [float(str(x["occupancy"])) for x in lines if start + 15_000 <= int(str(x["ts_ms"])) <= end]
     assert max(during) > 0.0, "a person standing on the route is occupancy"
+
+
+def test_without_its_people_check_the_detector_raises_on_a_real_person_standing(crops: list[PersonCrop]) -> None:
+    scene = generate_standing_scene(33, crops, 5.0, min_blocked_s=30.0)
+    events, _ = run(scene, Tuning(people=False))
+    (person,) = scene.people
+    assert [e.type for e in events][:1] == ["exit_blocked"]
+    assert person.stand_s <= (events[0].ts_ms - scene.start_ms) / 1000 <= person.leave_s

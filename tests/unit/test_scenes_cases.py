@@ -25,6 +25,7 @@ from gridhub.simulators.scenes import (
     generate_removal_scene,
     generate_scene,
     generate_standing_scene,
+    pause_ends,
     roi_mask,
 )
 
@@ -84,8 +85,12 @@ def test_a_removal_scene_leaves_an_object_minutes_then_bare_floor_to_the_end(min
         assert truth["blocked"] == [[scene.start_ms + round((o.start_s + min_blocked_s) * 1000),
                                      scene.start_ms + round(o.end_s * 1000)]]
         assert truth["obstacles"][0]["roi_fraction"] >= 0.02  # on the route, big enough to count
-        # someone stops by it when it is taken away (the owner)
-        assert any(w.pause_at is not None and abs(w.pause_at - o.depth_m) < 0.5 for w in scene.walkers)
+        # someone stops by it when it is taken away (the owner), and nobody else stops after that
+        owners = [w for w in scene.walkers if w.pause_at is not None and abs(w.pause_at - o.depth_m) < 0.5]
+        assert owners
+        for w in scene.walkers:
+            if w.pause_at is not None and w not in owners:
+                assert pause_ends(w) < o.end_s - 5.0
         assert generate_removal_scene(seed, 2.0, min_blocked_s=min_blocked_s).truth() == truth
 
 
@@ -98,6 +103,7 @@ def test_a_standing_person_is_pasted_through_the_mask_with_feet_on_the_floor() -
     crop = silhouette()
     for seed in (3, 4, 3000):
         scene = generate_standing_scene(seed, [crop], 2.0, min_blocked_s=30.0)
+        assert all(w.pause_s <= 15.0 for w in scene.walkers)  # drawn passers-by pause under min_blocked_s
         scene.walkers = []
         (p,) = scene.people
         assert p.leave_s - p.stand_s == pytest.approx(90.0)
