@@ -214,6 +214,8 @@ def test_keeper_shares_fairly_and_hands_over_on_release(url: str) -> None:
         wait_for(lambda: len(oa.partitions()) == 2 and len(ob.partitions()) == 2, 30, "a 2 + 2 share")
         assert oa.partitions().isdisjoint(ob.partitions())
         assert all(a.confirm(le) for le in a.held().values()) and all(b.confirm(le) for le in b.held().values())
+        assert a.confirm_all(a.held().values()) == oa.partitions()  # one query for a batch's sessions
+        assert not a.confirm_all(b.held().values())  # b's leases are not a's
         given = {p for c in oa.changes for p in c.surplus}
         assert given == ob.partitions()  # what a gave back is what b took
         before = {p: le.epoch for p, le in a.held().items()}
@@ -222,6 +224,7 @@ def test_keeper_shares_fairly_and_hands_over_on_release(url: str) -> None:
         wait_for(lambda: ob.partitions() == {0, 1, 2, 3}, 30, "b to take a's partitions")
         assert all(b.held()[p].epoch > e for p, e in before.items())  # the fencing token rose
         assert not any(a.confirm(le) for le in (oa.held.values()))
+        assert not a.confirm_all(oa.held.values())
     finally:
         for k in (a, b):
             k.stop()

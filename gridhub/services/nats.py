@@ -46,7 +46,12 @@ from gridhub.services.process import (
 # it stores carries the topic and NATS headers besides: 4 MiB leaves room. nats-server refuses more than 64 MiB
 # (MAX_PAYLOAD_MAX_SIZE) and warns above 8 MiB, since every client buffers whole messages.
 MAX_PAYLOAD = 4 * 1024 * 1024
-# Provisional until measured (issue 15 item 2: each partition's persistent session is a replicated consumer).
+# GRIDHUB_PARTITIONS on NATS when unset (issue 15 item 2), measured with bench/partitions.py on one 2-core machine
+# (3 nodes, R3), one ingest holding every partition, 20,000 QoS 1 readings: P = 1 stored 638-4,137/s (two runs of
+# three stalled near 640/s), P = 2 3,610-4,162/s, P = 4 2,844-4,366/s, P = 8 2,759-2,981/s with the publishers'
+# PUBACK rate down a third and ingest's CPU per reading doubled. Each partition costs every part one persistent
+# session, that is replicated consumers on every node (3 for ingest's telemetry, event and status). 4 is the
+# smallest P that lets each part spread over 4 instances at no measurable cost against 2; 8 already costs.
 DEFAULT_PARTITIONS = 4
 MAX_PARTITIONS = 1024
 REPLICAS = 3
@@ -109,10 +114,14 @@ def partition_filters(topic_prefix: str, partition: int, kinds: tuple[str, ...])
     return [f"{topic_prefix}/{PARTITION_LEVEL}/{partition}/devices/+/{kind}" for kind in kinds]
 
 
-def last_will_filter(topic_prefix: str) -> str:
-    """Where nats-server 2.9 publishes a device's last will: its own status topic, not mapped onto a partition
-    (docs/scaling.md). One session of the hub's (partition 0's) subscribes to it besides its partition."""
-    return f"{topic_prefix}/devices/+/status"
+def unmapped_filters(topic_prefix: str, kinds: tuple[str, ...]) -> list[str]:
+    """The devices' own, unmapped topics of these kinds: `<prefix>/devices/+/<kind>`. nats-server 2.9.10 does not
+    always apply the account's mapping to an MQTT QoS 1 publish (seen: of back-to-back publishes on one connection,
+    some were checked and stored under the device's own subject, PUBACKed all the same), and it publishes a last
+    will unmapped. So a device may publish its own unmapped subjects too (`device_permissions`), and one session of
+    the hub's (partition 0's) subscribes to them besides its partition: every message a device was told is stored
+    reaches a session."""
+    return [f"{topic_prefix}/devices/+/{kind}" for kind in kinds]
 
 
 def session_user_url(mqtt_url: str) -> str:
@@ -181,8 +190,11 @@ def device_permissions(topic_prefix: str, device_id: str, partitions: int) -> di
         # nats-server 2.9.10 publishes a last will on its topic's own subject, not mapped (seen in the log as a
         # publish violation on <prefix>.devices.<id>.status): the device may publish its own status there too, and
         # only the status reader sees it (status_reader)
-        "publish": {"allow": [f"{mapped}.{kind}" for kind in DEVICE_KINDS] + [f"{mapped}.frame.*",
-                                                                              f"{s}.devices.{device_id}.status"]},
+        # 2.9.10 also checks some QoS 1 publishes before the mapping, and stores them unmapped (unmapped_filters):
+        # the device's own unmapped subjects are allowed too (no other device's, no other partition's)
+        "publish": {"allow": [f"{mapped}.{kind}" for kind in DEVICE_KINDS] + [f"{mapped}.frame.*"]
+                    + [f"{s}.devices.{device_id}.{kind}" for kind in DEVICE_KINDS]
+                    + [f"{s}.devices.{device_id}.frame.*"]},
         # the gateway delivers a QoS 1 subscription's messages on $MQTT.sub.<nuid>: without it, SUBACK succeeds
         # and nothing is delivered ("Unable to create subscription for JetStream consumer" in the log)
         "subscribe": {"allow": [f"{s}.devices.{device_id}.command", MQTT_DELIVERY]},
@@ -222,7 +234,7 @@ class NatsUser:
 
 
 def status_reader(hub: NatsUser) -> NatsUser:
-    """The hub's read-only user in DEVICES, for the retained status messages: nats-server keeps retained messages
+    """The hub's read-only user in DEVICES: the hub's partition sessions (ingest's) and the retained status messages: nats-server keeps retained messages
     per account (`$MQTT_rmsgs`), so HUB's sessions never see the devices' retained status, and 2.9.10 publishes a
     last will unmapped, on `<prefix>/devices/<id>/status`, which no import into HUB carried (tried: a stream
     import with a partition() `to`). It may subscribe to the partitioned subjects and to the devices' own status
@@ -246,9 +258,12 @@ def accounts_conf(topic_prefix: str, partitions: int, hub: list[NatsUser], devic
         dev_users.append(entry)
     if hub:
         reader = status_reader(hub[0])
+        # subscribe-only: the partitions, the devices' own unmapped subjects (unmapped_filters) and the delivery
+        # subjects of its QoS 1 sessions
+        unmapped = [f"{s}.devices.*.{kind}" for kind in DEVICE_KINDS] + [f"{s}.devices.*.frame.*"]
         dev_users.append({"user": reader.user, "password": reader.password,
-                          "permissions": {"publish": {"deny": [">"]}, "subscribe": {"allow": [part_subjects, f"{s}.devices.*.status",
-                                                                   MQTT_DELIVERY]}}})
+                          "permissions": {"publish": {"deny": [">"]},
+                                          "subscribe": {"allow": [part_subjects, *unmapped, MQTT_DELIVERY]}}})
     accounts: dict[str, Any] = {
         DEVICES_ACCOUNT: {
             "jetstream": "enabled",
