@@ -168,6 +168,15 @@ def _group_members(pgid: int) -> list[int]:
     return out
 
 
+def _environ_has(pid: int, entries: list[bytes]) -> bool:
+    """Whether the process's environment holds each `NAME=value` entry (False when it cannot be read)."""
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return all(e in env for e in entries)
+
+
 def _health(port: int, timeout: float = 2) -> tuple[int, Any] | None:
     """(HTTP status, JSON body) of http://127.0.0.1:<port>/healthz; None when nothing answers."""
     try:
@@ -396,6 +405,15 @@ class HubCluster:
         SIGKILL to whatever of that group is left after `timeout`. Only when the pid file names the process that
         was started; a group whose leader is gone keeps its id while members live, so no other process has it."""
         pid = self.part_pid(p)
+        if pid is None:
+            # the part itself is gone (killed), but what it started may live on in its group (alerts' telemetry
+            # process): the group keeps the part's pid as its id while any member lives, so those are ours
+            # (checked by their environment naming this cluster's part, in case the pid was reused meanwhile)
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                leader = int(self.pid_file(p).read_text().split()[0])
+                mark = f"GRIDHUB_INSTANCE_ID={p.instance_id}\0GRIDHUB_DATA_DIR={self.root / 'data'}".encode()
+                members = _group_members(leader)
+                pid = leader if members and all(_environ_has(m, mark.split(b"\0")) for m in members) else None
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)

@@ -4,6 +4,9 @@ settings each part is started with (CONTRACT §8)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -12,6 +15,8 @@ from gridhub.services.cluster import (
     INSTANCES,
     ClusterLayout,
     HubCluster,
+    PartProcess,
+    _start_time,
     default_layout,
     free_layout,
     part_layout,
@@ -75,3 +80,38 @@ def test_what_start_prints_holds_no_secret(tmp_path: Path) -> None:
     for secret in ("k" * 64, "hub-pw", "su-pw"):
         assert secret not in text
     assert "demo-w-001" in text  # the demo log-in is printed on purpose
+
+
+def _spawn_group(cluster: HubCluster, part: PartProcess, env: dict[str, str]) -> tuple[int, int]:
+    """A stand-in part (a shell and a child) in a session of its own with a pid file as `start_part` writes it:
+    (leader pid, child pid)."""
+    proc = subprocess.Popen(["bash", "-c", "sleep 300 & echo $!; wait"], env=env, stdout=subprocess.PIPE,
+                            start_new_session=True, text=True)
+    assert proc.stdout is not None
+    child = int(proc.stdout.readline())
+    cluster.part_dir().mkdir(exist_ok=True)
+    cluster.pid_file(part).write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
+    return proc.pid, child
+
+
+def test_stop_ends_what_a_killed_part_left_and_only_that(tmp_path: Path) -> None:
+    """A part SIGKILLed leaves its child (alerts' telemetry process) in its group: stop ends it. A group that does not
+    carry the part's environment (its pid reused by another program) is left alone."""
+    cluster = _cluster(tmp_path)
+    part = cluster.layout.parts[2]
+    leader, child = _spawn_group(cluster, part, cluster.part_env(part))
+    os.kill(leader, signal.SIGKILL)
+    os.waitpid(leader, 0)
+    assert _start_time(child) is not None
+    cluster.stop_part(part, timeout=5)
+    assert _start_time(child) is None, "the killed part's child still runs"
+    assert not cluster.pid_file(part).exists()
+
+    stranger_leader, stranger = _spawn_group(cluster, part, {"PATH": os.environ["PATH"]})
+    try:
+        os.kill(stranger_leader, signal.SIGKILL)
+        os.waitpid(stranger_leader, 0)
+        cluster.stop_part(part, timeout=5)
+        assert _start_time(stranger) is not None, "stop ended a process the cluster had not started"
+    finally:
+        os.kill(stranger, signal.SIGKILL)
