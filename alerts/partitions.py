@@ -9,8 +9,9 @@ partition is gained, left (never to connect again) when it is lost or given back
 
 On mosquitto there is one partition and its sessions subscribe to every device's topics. On NATS
 (`GRIDHUB_BROKER=nats`) partition k's sessions subscribe to `<prefix>/part/k/devices/+/<kind>` (NATS's own
-`partition(P, 1)` mapping put each device there) and, for status, also to `<prefix>/devices/+/status`, where
-nats-server 2.9 publishes a last will unmapped (a session keeps only its own partition's devices of those); they log
+`partition(P, 1)` mapping put each device there) and also to the devices' own topics of the same kinds, where
+nats-server 2.9.10 publishes a last will, and stores some QoS 1 publishes, unmapped (a session keeps only its own
+partition's devices of those, and acknowledges the others); they log
 in as the hub's subscribe-only user of the DEVICES account (`status_reader`), whose `$MQTT_msgs` stream is the one a
 device's PUBACK waited for (docs/scaling.md), under client ids with a tag no device can guess. That user may publish
 nothing, so no backlog marker is published there: a NATS session counts as drained once it has been subscribed and
@@ -32,10 +33,10 @@ from gridhub.mqtt import Connack, MqttConnection
 from gridhub.services.nats import (
     contract_topic,
     device_partition,
-    last_will_filter,
     partition_filters,
     session_client_id_on_nats,
     session_user_url,
+    unmapped_filters,
 )
 from gridhub.settings import Settings
 
@@ -66,15 +67,15 @@ def marker_topic(prefix: str, client_id: str) -> str:
 
 
 def session_subscriptions(settings: Settings, partition: int, lane: str) -> list[tuple[str, int]]:
-    """What one lane's session of a partition subscribes to (QoS 1). On NATS every partition's events session also
-    takes the unmapped last wills and keeps its own partition's (the holder of a device's partition alone has its
-    rule state)."""
+    """What one lane's session of a partition subscribes to (QoS 1). On NATS: its partition's subjects, and the
+    devices' own unmapped topics of the same kinds (`unmapped_filters`: nats-server 2.9.10 publishes last wills there
+    and stores some QoS 1 publishes there, PUBACKed all the same), of which the session keeps its own partition's
+    devices only (the holder of a device's partition alone has its rule state; the others are only acknowledged)."""
     p = settings.topic_prefix
     kinds = ("event", "status") if lane == "events" else ("telemetry",)
     if settings.broker != "nats":
         return [(f"{p}/devices/+/{kind}", 1) for kind in kinds]
-    filters = partition_filters(p, partition, kinds) + ([last_will_filter(p)] if "status" in kinds else [])
-    return [(f, 1) for f in filters]
+    return [(f, 1) for f in partition_filters(p, partition, kinds) + unmapped_filters(p, kinds)]
 
 
 def session_url(settings: Settings) -> str:
@@ -268,18 +269,22 @@ class PartitionSession:
         self._on_message(self, msg)
 
     def _disconnected(self, rc: Any) -> None:
-        """Before paho reconnects: unless the lease is confirmed, pause and tell paho not to reconnect under the
-        client id (the owner's next lease round resumes the connection if the lease is still ours, or leaves it)."""
+        """Before paho reconnects: unless the lease is confirmed, pause and stop the connection (the owner's next look
+        resumes it if the lease is still ours, or leaves it). Stopped from another thread: paho, after this callback,
+        marks a lost connection as lost again and reconnects whatever the callback did (paho 2.1 `_loop_rc_handle`),
+        and stopping its loop means joining its own thread."""
         self.subscribed = False
-        if self.mqtt.stopping or self.lease is None:
+        if self.mqtt.stopping:
             return
-        if not self.confirm(self.lease):
-            self.paused = True
-            self.mqtt.client.disconnect()  # paho does not reconnect after this callback
+        lease = self.lease
+        if lease is not None and self.confirm(lease):
+            self.log.warning("broker connection lost (%s); reconnecting as %s, unacknowledged messages stay in the "
+                             "session", rc, self.client_id)
+            return
+        self.paused = lease is not None
+        threading.Thread(target=self.mqtt.stop, name=f"stop-{self.client_id}", daemon=True).start()
+        if lease is not None:
             self.log.warning("broker connection lost (%s); not reconnecting as %s until the lease is confirmed", rc,
                              self.client_id)
             if self._on_paused is not None:
                 self._on_paused()
-            return
-        self.log.warning("broker connection lost (%s); reconnecting as %s, unacknowledged messages stay in the "
-                         "session", rc, self.client_id)

@@ -287,7 +287,7 @@ class AlertService:
             return
         device, channel = device_and_channel(self.settings, topic)
         if device and partition_of(device, self.settings.partitions) != session.partition:
-            device, channel = "", ""  # a last will unmapped on NATS, of another partition's device: only acknowledged
+            device, channel = "", ""  # unmapped on NATS, of another partition's device: only acknowledged
         self.priority.put(Inbound(topic, device, channel, bytes(msg.payload), msg.qos, msg.mid, msg.retain,
                                   generation, session))
 

@@ -33,7 +33,13 @@ from pydantic import ValidationError
 from gridhub.alerts import changes, timers
 from gridhub.alerts.devices import DeviceBook, Registered
 from gridhub.alerts.evaluate import Finding, acceptable, reading_findings
-from gridhub.alerts.partitions import PartitionSession, describe, device_and_channel, lane_confirmer
+from gridhub.alerts.partitions import (
+    PartitionSession,
+    describe,
+    device_and_channel,
+    lane_confirmer,
+    partition_of,
+)
 from gridhub.alerts.rules import RuleBook
 from gridhub.db import connect
 from gridhub.leases import Lease
@@ -245,6 +251,8 @@ class TelemetryLane:
             self.inbox.put(Inbound("", bytes(msg.payload), msg.qos, msg.mid, generation, marker=True, session=session))
             return
         device, _channel = device_and_channel(self.settings, msg.topic)
+        if device and partition_of(device, self.settings.partitions) != session.partition:
+            device = ""  # unmapped on NATS, of another partition's device: only acknowledged
         self.inbox.put(Inbound(device, bytes(msg.payload), msg.qos, msg.mid, generation, session=session))
 
     # ------------------------------------------------------------------ the lane
