@@ -112,12 +112,15 @@ def score(events: list[tuple[str, int]], truth: dict[str, Any]) -> dict[str, Any
         }
     cleared = sorted(ts for t, ts in events if t == "exit_cleared")
     in_time = 0
+    clear_delays: list[float] = []
     for _start, end in truth["blocked"]:
         after = next((ts for ts in cleared if ts >= end), None)
-        if after is not None and after <= end + CLEAR_S * 1000:
-            in_time += 1
+        if after is not None:
+            clear_delays.append((after - end) / 1000.0)
+            in_time += after <= end + CLEAR_S * 1000
     first_clear = cleared[0] if cleared else None
     out["exit_blocked"]["cleared_in_time"] = in_time
+    out["exit_blocked"]["clear_delays_s"] = clear_delays
     out["exit_blocked"]["re_raises"] = sum(
         1 for ts in out["exit_blocked"]["false_at_ms"] if first_clear is not None and ts > first_clear
     )
@@ -351,6 +354,9 @@ def _report(
             "max_delay_s": round(float(np.max(delays)), 1) if delays else None,
         }
     totals["exit_blocked"]["cleared_within_75s"] = sum(r["exit_blocked"]["cleared_in_time"] for r in per_scene)
+    clears = [d for r in per_scene for d in r["exit_blocked"]["clear_delays_s"]]
+    totals["exit_blocked"]["mean_clear_after_removal_s"] = round(float(np.mean(clears)), 1) if clears else None
+    totals["exit_blocked"]["max_clear_after_removal_s"] = round(float(np.max(clears)), 1) if clears else None
     totals["exit_blocked"]["re_raises_after_clear"] = sum(r["exit_blocked"]["re_raises"] for r in per_scene)
     report: dict[str, Any] = {
         "seeds": seeds,
