@@ -123,9 +123,11 @@ class Brokers:
         with psycopg.connect(self.db_url) as conn:
             hub_users, devices, _rows = registry_users(conn, nats_settings, self.partitions)
         s = subject_prefix(PREFIX)
+        # any device's telemetry and events, mapped onto its partition, or not (nats-server 2.9.10 checks and stores
+        # some QoS 1 publishes unmapped: gridhub/services/nats.py unmapped_filters)
         load = NatsUser(LOAD_USER, self.load_password, {
-            "publish": {"allow": [f"{s}.{PARTITION_LEVEL}.*.devices.*.telemetry",
-                                  f"{s}.{PARTITION_LEVEL}.*.devices.*.event"]},
+            "publish": {"allow": [f"{s}.{PARTITION_LEVEL}.*.devices.*.{kind}" for kind in ("telemetry", "event")]
+                        + [f"{s}.devices.*.{kind}" for kind in ("telemetry", "event")]},
             "subscribe": {"allow": [MQTT_DELIVERY]}})
         self.nats.write_config(accounts_conf(PREFIX, self.partitions, hub_users, [*devices, load],
                                              NatsUser("sys", secrets.token_urlsafe(12))))
