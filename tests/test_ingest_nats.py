@@ -216,3 +216,34 @@ def test_a_holder_stopped_past_its_lease_acknowledges_nothing_more(hub: NatsHub,
         for proc in procs.values():
             if proc.poll() is None:
                 stop_ingest(proc)
+
+
+def test_a_node_killed_under_ingest_its_sessions_resume_on_the_next(hub: NatsHub, tmp_path: Path) -> None:
+    """SIGKILL of the NATS node ingest's sessions are connected to (the first live host of its multi-host URL),
+    devices publishing to another node: each session connects to the next node of the URL and resumes there
+    (session present), and what the devices published is exactly what is stored."""
+    first = hub.cluster.nodes[0]
+    hub.broker.port = hub.cluster.nodes[2].mqtt_port  # the devices stay on a node that lives
+    log = tmp_path / "ingest.log"
+    proc = start_ingest_process(hub, "nats-one", log, GRIDHUB_LEASE_S=LEASE_S)
+    try:
+        wait_until(lambda: _connections(log) >= P, 90, "ingest connected under the four partitions")
+        assert log.read_text(errors="replace").count(f"broker 127.0.0.1:{first.mqtt_port})") == P
+        with psycopg.connect(hub.db_url, autocommit=True) as conn:
+            devices = _paced_stream(hub, TOTAL, int(time.time() * 1000) - 10_800_000, rate_each=120)
+            wait_until(lambda: distinct(conn) >= TOTAL // 4, 300, "a quarter of the stream stored")
+            hub.cluster.signal_node(first, signal.SIGKILL)
+            killed = time.monotonic()
+            wait_until(lambda: _connections(log) >= 2 * P, 180, "every session connected again")
+            again_s = time.monotonic() - killed
+            text = log.read_text(errors="replace")
+            after = text[text.index("broker connection lost"):]
+            assert f"broker 127.0.0.1:{first.mqtt_port})" not in after  # the next node, not the dead one
+            assert after.count("session resumed") >= P
+            published_is_stored(conn, devices, TOTAL, [log])
+            print(json.dumps({"killed": first.name, "sessions_back_after_s": round(again_s, 1),
+                              "resent": sum(d.resent for d in devices), "stored": distinct(conn)}))
+    finally:
+        if proc.poll() is None:
+            stop_ingest(proc)
+        hub.cluster.start_node(first)
