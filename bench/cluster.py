@@ -213,9 +213,12 @@ def _wait_alerts(b: Brokers, proc: subprocess.Popen[bytes], log: Path) -> None:
             if row == (b.partitions,) and any("-events" in line for line in connected) \
                     and any("-telemetry" in line for line in connected):
                 break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"alerts on NATS did not take its {b.partitions} partitions within "
-                                   f"{START_TIMEOUT_S:.0f} s (exit {proc.poll()}):\n" + "\n".join(lines[-40:]))
+            if proc.poll() is not None:
+                raise RuntimeError(f"gridhub alerts on NATS exited ({proc.returncode}) before it held its "
+                                   f"{b.partitions} partitions:\n" + "\n".join(lines[-40:]))
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"gridhub alerts on NATS did not hold its {b.partitions} partitions with both lanes "
+                                   f"connected within {START_TIMEOUT_S:.0f} s:\n" + "\n".join(lines[-40:]))
             time.sleep(0.3)
     time.sleep(5)  # every partition's sessions connected, backlog markers seen
 
@@ -338,13 +341,18 @@ def main() -> int:
         devices = [f"sa-{i:05d}" for i in range(args.devices)]
         if not args.skip_throughput:
             result["readings_stored"] = throughput(b, devices, n, args.rounds, args.window)
-        result["alarm_to_worker"] = latency(b, args.alarms, args.rate, args.load_devices, args.kill)
+        failed = False
+        try:
+            result["alarm_to_worker"] = latency(b, args.alarms, args.rate, args.load_devices, args.kill)
+        except RuntimeError as exc:  # the throughput figures are still printed
+            result["alarm_to_worker"] = {"error": str(exc)}
+            failed = True
         result["config"] = {"messages": n, "devices": args.devices, "partitions": args.partitions,
                             "nats_replicas": 3, "publishers": 2, "publisher": args.publisher,
                             "publishing_to": "n1", "qos": 1, "cpus": os.cpu_count(),
                             "database": "one local PostgreSQL for both (not Patroni)"}
         print(json.dumps(result, indent=2))
-        return 0
+        return 1 if failed else 0
     finally:
         b.close()
         shutil.rmtree(tmp / "nats", ignore_errors=True)

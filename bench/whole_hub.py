@@ -139,9 +139,12 @@ class Hub:
         deadline = time.monotonic() + START_TIMEOUT_S
         while line not in self.log(part).read_text(errors="replace"):
             proc = self.procs[part]
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{what} of gridhub {part} did not connect within {START_TIMEOUT_S:.0f} s "
-                                   f"(exit {proc.poll()}):\n{self.log(part).read_text(errors='replace')[-3000:]}")
+            if proc.poll() is not None:
+                raise RuntimeError(f"gridhub {part} exited ({proc.returncode}) before {what} connected:\n"
+                                   f"{self.log(part).read_text(errors='replace')[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} of gridhub {part} did not connect within {START_TIMEOUT_S:.0f} s:\n"
+                                   f"{self.log(part).read_text(errors='replace')[-3000:]}")
             time.sleep(0.1)
 
     def lane_pid(self) -> int:
