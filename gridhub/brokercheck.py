@@ -426,7 +426,11 @@ def _local_broker_kind(settings: Settings) -> str | None:
     if services is None or not settings.mqtt_url:
         return None
     url = urlsplit(settings.mqtt_url)
-    if url.hostname not in ("127.0.0.1", "localhost") or url.port != services.broker.port:
+    try:
+        port = url.port
+    except ValueError:  # several nodes (h1:p1,h2:p2,...): a cluster, never the local services
+        return None
+    if url.hostname not in ("127.0.0.1", "localhost") or port != services.broker.port:
         return None
     return services.broker_kind
 
@@ -437,8 +441,17 @@ EMBEDDED_SKIP = ("the embedded amqtt broker (the local services) is not probed: 
                  "changes (use mosquitto, `make services-install`, where that matters)")
 
 
+NATS_SKIP = ("a NATS cluster (GRIDHUB_BROKER=nats) is not probed: the MQTT gateway keeps a QoS 1 session's messages "
+             "in the account's replicated JetStream stream ($MQTT_msgs) and its consumer, not in a per-session queue "
+             "with a count limit, and flow-controls delivery (mqtt max_ack_pending) instead of dropping; the settings "
+             "that matter (stream_replicas 3, max_payload above 2 MiB) are written by gridhub/services/nats.py and "
+             "deploy/nats/nats-cluster.conf (docs/scaling.md)")
+
+
 def skip_reason(settings: Settings) -> str | None:
-    """Why the settings' broker is not probed, None when it is: the local embedded amqtt broker."""
+    """Why the settings' broker is not probed, None when it is: the local embedded amqtt broker, a NATS cluster."""
+    if settings.broker == "nats":
+        return NATS_SKIP
     if _local_broker_kind(settings) == "embedded":
         return EMBEDDED_SKIP
     return None

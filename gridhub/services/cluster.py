@@ -242,10 +242,8 @@ class HubCluster:
             "GRIDHUB_SECRET_KEY": self.secrets()["secret_key"],
             "GRIDHUB_DATA_DIR": str(self.root / "data"),
         })
-        # The broker check (gridhub/brokercheck.py) probes mosquitto's queue and in-flight limits and cannot parse a
-        # multi-host URL yet (ingest and alerts exited on it): off here unless GRIDHUB_BROKER_CHECK is given; `start`
-        # says so. NATS keeps a session's messages in its replicated stream, which has no mosquitto-like queue limit.
-        env["GRIDHUB_BROKER_CHECK"] = "off"
+        # The broker check skips a NATS cluster by itself (gridhub/brokercheck.py NATS_SKIP: no per-session queue
+        # limit to probe there) and logs why.
         # the demo's notify file (Web Push) unless one is given, so that notify sends and serves its health
         env["GRIDHUB_NOTIFY_FILE"] = str(self.root / "data" / DEMO_NOTIFY_FILE)
         for name in ("GRIDHUB_TIMEZONE", "GRIDHUB_TOPIC_PREFIX", "GRIDHUB_NOTIFY_FILE", "GRIDHUB_RULES_FILE",
@@ -387,9 +385,6 @@ class HubCluster:
             self.nats.reload()  # nodes already running read the accounts again (SIGHUP)
             self.nats.start(timeout=60)
             say(f"NATS: 3 nodes healthy ({time.monotonic() - t2:.1f} s)")
-            if "GRIDHUB_BROKER_CHECK" not in os.environ:
-                say("the broker check is off for the parts (GRIDHUB_BROKER_CHECK=off): gridhub/brokercheck.py is "
-                    "written for mosquitto and does not take a multi-host URL")
             t3 = time.monotonic()
             for p in self.layout.parts:
                 self.start_part(p)
