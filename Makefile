@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PG_PORT ?= 55432
 export GRIDHUB_TEST_ADMIN_URL ?= postgresql://postgres@127.0.0.1:$(PG_PORT)/postgres
 
-.PHONY: help demo test test-unit lint typecheck pytest services services-install services-stop services-status bench clean
+.PHONY: help demo test test-unit lint typecheck pytest services services-install services-stop services-status bench clean test-data
 
 help:
 	@echo "make demo           install, start local services, run the hub with a demo district and simulators"
@@ -57,7 +57,11 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-test: services lint typecheck pytest
+# the real footage the detector's tests replay (vtest.avi from Debian's opencv-doc), never committed
+test-data:
+	bash scripts/install-test-data.sh
+
+test: services test-data lint typecheck pytest
 
 # The fast layer needs the venv and nothing else: no service is started, and a unit test that asks for one fails
 # (tests/conftest.py). The admin URL points nowhere, so that nothing can quietly use a running cluster either.
@@ -67,7 +71,7 @@ test-unit: $(STAMP)
 demo: services
 	$(BIN)/gridhub demo
 
-bench: services
+bench: services test-data
 	@for b in bench/[!_]*.py; do echo "== $$b" >&2; $(BIN)/python $$b || exit 1; done
 
 clean:
