@@ -40,6 +40,7 @@ from gridhub.api import (
 from gridhub.api.commands import CommandPublisher
 from gridhub.api.limits import BodyLimit
 from gridhub.api.pages import mount_pages
+from gridhub.db import connect_kwargs
 from gridhub.housekeeping import RetentionLoop
 from gridhub.settings import Settings, get_settings
 
@@ -113,11 +114,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # check=: a pooled connection that a database failover or restart closed is replaced before it is handed
         # out (one `SELECT ''` round trip), instead of answering one request with a 500 (CONTRACT §8)
         pool = AsyncConnectionPool(database_url, min_size=2, max_size=20, open=False,
-                                   kwargs={"autocommit": True}, check=AsyncConnectionPool.check_connection)
+                                   kwargs=connect_kwargs(database_url, autocommit=True),
+                                   check=AsyncConnectionPool.check_connection)
         await pool.open(wait=True, timeout=30)
         app.state.pool = pool
         # Task actions and KPIs are the alert engine's synchronous code: they run in threads on this pool.
-        sync_pool = ConnectionPool(database_url, min_size=1, max_size=8, open=False,
+        sync_pool = ConnectionPool(database_url, min_size=1, max_size=8, open=False, kwargs=connect_kwargs(database_url),
                                    check=ConnectionPool.check_connection)
         await run_in_threadpool(sync_pool.open, True, 30)
         app.state.sync_pool = sync_pool

@@ -41,7 +41,7 @@ from gridhub.auth import (
     decode_token,
     issue_stream_ticket,
 )
-from gridhub.db import CHANGES_CHANNEL
+from gridhub.db import CHANGES_CHANNEL, connect_kwargs
 
 log = logging.getLogger("gridhub.api.stream")
 router = APIRouter(tags=["stream"])
@@ -75,7 +75,8 @@ class ChangeFeed:
     async def _listen(self) -> None:
         while not self._closed:
             try:
-                async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(
+                        self._url, **connect_kwargs(self._url, autocommit=True)) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self._fire()  # anything committed while we were not listening
                     async for _ in conn.notifies():
