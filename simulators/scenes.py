@@ -139,6 +139,7 @@ class Scene:
     walkers: list[Walker] = field(default_factory=list)
     covers: list[Cover] = field(default_factory=list)
     people: list[StandingPerson] = field(default_factory=list)
+    min_clear_s: float | None = None  # in the camera's config when set (CONTRACT §3's default is 30 s)
     albedo: np.ndarray = field(default_factory=lambda: np.zeros((1, 1, 3), np.float32), repr=False)
     noise_sigma: float = 2.0
 
@@ -151,7 +152,10 @@ class Scene:
         return [self.start_ms + round(i * self.fps_interval_s * 1000) for i in range(n)]
 
     def camera_config(self) -> dict[str, Any]:
-        return {"camera_id": self.camera_id, "roi": self.roi, "min_blocked_s": self.min_blocked_s}
+        config: dict[str, Any] = {"camera_id": self.camera_id, "roi": self.roi, "min_blocked_s": self.min_blocked_s}
+        if self.min_clear_s is not None:
+            config["min_clear_s"] = self.min_clear_s
+        return config
 
     def truth(self) -> dict[str, Any]:
         """Ground truth intervals in epoch ms: blocked, obstructed, and what happened."""
@@ -426,12 +430,19 @@ def generate_hard_scene(seed: int, duration_s: float = 300.0, fps_interval_s: fl
 
 
 def generate_removal_scene(
-    seed: int, fps_interval_s: float = 2.0, *, min_blocked_s: float = 60.0, lighting: bool = False
+    seed: int,
+    fps_interval_s: float = 2.0,
+    *,
+    min_blocked_s: float = 60.0,
+    min_clear_s: float = 10.0,
+    lighting: bool = False,
 ) -> Scene:
     """An object left on the route for two to three and a half minutes, then taken away by someone who stops by it,
     and the floor bare to the end (at least ``2 × min_blocked_s + 60`` s): the route must be raised once, clear
     after the removal and never be raised again. People pass as in every scene; those who would pause do so only
-    while the object is there (after the removal, a pause would be something on the floor)."""
+    while the object is there (after the removal, a pause would be something on the floor). The camera clears after
+    ``min_clear_s`` (10 s by default, as on the platform of issue 16, where the route cleared 12 s after the removal
+    and was raised again on the bare floor 2 s later)."""
     rng = np.random.default_rng(seed + 15_485_863)
     placed = 20.0 + float(rng.uniform(5.0, 25.0))
     stay = float(rng.uniform(max(120.0, min_blocked_s + 60.0), max(210.0, min_blocked_s + 90.0)))
@@ -441,6 +452,7 @@ def generate_removal_scene(
         seed, duration, fps_interval_s, min_blocked_s=min_blocked_s, lighting=lighting, crowd=True,
         obstacles=0, short_obstacles=0,
     )
+    scene.min_clear_s = min_clear_s
     o = _random_obstacle(rng, placed, removed, scene.roi)
     scene.obstacles.append(o)
     # the floor stays bare after the removal: people pass, nobody stops (a pause is not something left there)

@@ -92,6 +92,8 @@ def test_a_removal_scene_leaves_an_object_minutes_then_bare_floor_to_the_end(min
             if w.pause_at is not None and w not in owners:
                 assert pause_ends(w) < o.end_s - 5.0
         assert generate_removal_scene(seed, 2.0, min_blocked_s=min_blocked_s).truth() == truth
+        assert scene.camera_config()["min_clear_s"] == 10.0  # sharp, as on the platform of issue 16
+    assert "min_clear_s" not in generate_scene(5, 120.0, 5.0, lighting=False).camera_config()
 
 
 def test_a_standing_scene_needs_crops() -> None:
