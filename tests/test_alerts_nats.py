@@ -16,6 +16,7 @@ Failover times are printed, never asserted."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -29,7 +30,8 @@ import paho.mqtt.client as paho
 import psycopg
 import pytest
 from alerts_processes import Alerts
-from nats_support import NatsHub, nats_hub
+from alerts_support import Listener
+from nats_support import HUB_USER, NatsHub, nats_hub
 from paho.mqtt.enums import CallbackAPIVersion
 from polling import wait_for
 
@@ -161,7 +163,10 @@ def _start_pair(hub: NatsHub, tmp_path: Path, procs: list[Alerts]) -> tuple[Aler
 def test_alarms_on_every_partition_and_a_killed_holders_partitions_move(hub: NatsHub, devices: Devices,
                                                                         pair: list[Alerts], tmp_path: Path) -> None:
     a, b = _start_pair(hub, tmp_path, pair)
-    with psycopg.connect(hub.db_url, autocommit=True) as conn:
+    # the alert changes, as the hub's own user (HUB account) on another node: alerts publish them there
+    listener = Listener(f"mqtt://{HUB_USER}:{hub.hub_password}@127.0.0.1:{hub.cluster.nodes[2].mqtt_port}",
+                        [f"{hub.settings.topic_prefix}/alerts"])
+    with contextlib.closing(listener), psycopg.connect(hub.db_url, autocommit=True) as conn:
         held = _shared(conn, a, b)
         assert "gives back" in a.text()  # the fair share: two of its four partitions went to the newcomer
         # one alarm on every partition: one task each, whichever process holds it
@@ -169,6 +174,8 @@ def test_alarms_on_every_partition_and_a_killed_holders_partitions_move(hub: Nat
         for dev in first:
             devices.alarm(dev)
         wait_for(lambda: set(_tasks(conn)) >= set(first), 90, "a task for the alarm on every partition")
+        wait_for(lambda: {c.get("device_id") for c in listener.of("/alerts")} >= set(first), 60,
+                 "the alert changes published on the hub's account")
 
         # alarms on every partition, and the holder of two of them killed right after their PUBACKs
         victim, survivor = (a, b) if held[a.name] else (b, a)
