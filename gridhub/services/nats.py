@@ -58,6 +58,7 @@ MAX_PARTITIONS = 1024
 REPLICAS = 3
 DEVICES_ACCOUNT = "DEVICES"
 HUB_ACCOUNT = "HUB"
+WORKERS_ACCOUNT = "WORKERS"  # the grid workers' apps: their own task pushes from HUB, nothing else
 SYSTEM_ACCOUNT = "SYS"
 # the partitioned subjects: <prefix>/part/<k>/devices/<id>/<kind>[/<ts>]
 PARTITION_LEVEL = "part"
@@ -137,6 +138,26 @@ def session_user_url(mqtt_url: str) -> str:
                            "(mqtt://user:pass@host:port)")
     reader = status_reader(NatsUser(unquote(user), unquote(password)))
     return urlunsplit(parts._replace(netloc=f"{quote(reader.user, safe='')}{colon}{password}{at}{hosts}"))
+
+
+def detector_user_url(mqtt_url: str) -> str:
+    """The URL `gridhub detect` connects with on NATS: the hub's own, as its detector user in DEVICES
+    (`detector_user`), so that its camera events land in the stream alerts' and ingest's partition sessions read,
+    exactly as a device's own would. The hosts, password and query stay as they are."""
+    parts = urlsplit(mqtt_url)
+    creds, at, hosts = parts.netloc.rpartition("@")
+    user, colon, password = creds.partition(":")
+    if not at or not user:
+        raise ServiceError("GRIDHUB_MQTT_URL names no user: gridhub detect on NATS logs in as the hub's detector "
+                           "user (mqtt://user:pass@host:port)")
+    name = detector_user(NatsUser(unquote(user), unquote(password))).user
+    return urlunsplit(parts._replace(netloc=f"{quote(name, safe='')}{colon}{password}{at}{hosts}"))
+
+
+def camera_event_topic(topic_prefix: str, camera_id: str, partitions: int) -> str:
+    """Where `gridhub detect` publishes a camera's event on NATS: the camera's partition's event topic, where the
+    account's mapping puts the camera's own events (`device_mappings`); nothing maps it again."""
+    return f"{topic_prefix}/{PARTITION_LEVEL}/{device_partition(camera_id, partitions)}/devices/{camera_id}/event"
 
 
 def session_client_id_on_nats(client_id: str, mqtt_url: str) -> str:
@@ -232,6 +253,7 @@ class NatsUser:
     user: str
     password: str
     permissions: dict[str, Any] | None = None
+    account: str | None = None  # another account than the list's it is given in (`accounts_conf`: WORKERS)
 
 
 def status_reader(hub: NatsUser) -> NatsUser:
@@ -244,6 +266,41 @@ def status_reader(hub: NatsUser) -> NatsUser:
     return NatsUser(f"{hub.user}-status", hub.password)
 
 
+def detector_user(hub: NatsUser) -> NatsUser:
+    """The hub's `gridhub detect` user in DEVICES (the hub's password): it reads every camera's frames, on the
+    partitions' subjects and on the devices' own unmapped ones (`unmapped_filters`), and publishes only the
+    registered cameras' events, each on its camera's partition subject (`detector_permissions`). So its findings
+    reach alerts' and ingest's partition sessions exactly as a camera's own event would: stored in the DEVICES
+    stream the sessions read, on the partition the camera's other messages are on. Use it with an unguessable client
+    id (`session_client_id_on_nats`)."""
+    return NatsUser(f"{hub.user}-detect", hub.password)
+
+
+def detector_permissions(topic_prefix: str, cameras: list[str], partitions: int) -> dict[str, Any]:
+    """The detector user's permissions: subscribe to frames only; publish each registered camera's event on its
+    partition's subject only (no other device's, no other kind). No camera: publish nothing."""
+    s = subject_prefix(topic_prefix)
+    events = [f"{s}.{PARTITION_LEVEL}.{device_partition(c, partitions)}.devices.{c}.event" for c in cameras]
+    frames = [f"{s}.{PARTITION_LEVEL}.*.devices.*.frame", f"{s}.{PARTITION_LEVEL}.*.devices.*.frame.*",
+              f"{s}.devices.*.frame", f"{s}.devices.*.frame.*"]
+    return {"publish": {"allow": events} if events else {"deny": [">"]},
+            "subscribe": {"allow": [*frames, MQTT_DELIVERY]}}
+
+
+WORKER_USER_PREFIX = "worker."  # gridhub.broker.WORKER_PREFIX: the same user names as on mosquitto
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def worker_permissions(topic_prefix: str, worker_id: str, role: str) -> dict[str, Any]:
+    """A worker app (in WORKERS) subscribes only to its own task topic, the bureau and admins to the alerts topic too
+    (as mosquitto's ACL, gridhub/broker.py); it publishes nothing."""
+    if not _TOKEN_RE.match(worker_id):
+        raise ServiceError(f"worker id {worker_id!r} cannot be a NATS subject token (letters, digits, '_', '-')")
+    s = subject_prefix(topic_prefix)
+    allow = [f"{s}.workers.{worker_id}.tasks"] + ([f"{s}.alerts"] if role in ("bureau", "admin") else [])
+    return {"publish": {"deny": [">"]}, "subscribe": {"allow": [*allow, MQTT_DELIVERY]}}
+
+
 def accounts_conf(topic_prefix: str, partitions: int, hub: list[NatsUser], devices: list[NatsUser],
                   system: NatsUser) -> str:
     """The `accounts` block every node includes: DEVICES (devices, their mappings and permissions) exports the
@@ -252,8 +309,14 @@ def accounts_conf(topic_prefix: str, partitions: int, hub: list[NatsUser], devic
     s = subject_prefix(topic_prefix)
     part_subjects = f"{s}.{PARTITION_LEVEL}.>"
     command_subjects = f"{s}.devices.*.command"
+    # HUB -> WORKERS: the task pushes (alerts/publish.py) and the alerts topic, each worker reading its own only
+    worker_subjects = [f"{s}.workers.*.tasks", f"{s}.alerts"]
+    worker_users = [{"user": w.user, "password": w.password, "permissions": w.permissions or {"publish": {"deny": [">"]},
+                     "subscribe": {"deny": [">"]}}} for w in devices if w.account == WORKERS_ACCOUNT]
     dev_users = []
     for d in devices:
+        if d.account == WORKERS_ACCOUNT:
+            continue
         entry: dict[str, Any] = {"user": d.user, "password": d.password}
         entry["permissions"] = d.permissions or device_permissions(topic_prefix, d.user, partitions)
         dev_users.append(entry)
@@ -279,16 +342,24 @@ def accounts_conf(topic_prefix: str, partitions: int, hub: list[NatsUser], devic
         HUB_ACCOUNT: {
             "jetstream": "enabled",
             "users": [{"user": h.user, "password": h.password} for h in hub],
-            "exports": [{"stream": command_subjects}, {"stream": f"$MQTT.msgs.{command_subjects}"}],
+            "exports": [{"stream": command_subjects}, {"stream": f"$MQTT.msgs.{command_subjects}"}]
+            + [{"stream": f"{m}{w}"} for w in worker_subjects for m in ("", "$MQTT.msgs.")],
             "imports": [
                 {"stream": {"account": DEVICES_ACCOUNT, "subject": part_subjects}},
                 {"stream": {"account": DEVICES_ACCOUNT, "subject": f"$MQTT.msgs.{part_subjects}"}},
             ],
         },
+        WORKERS_ACCOUNT: {
+            "jetstream": "enabled",
+            "users": worker_users,
+            "imports": [{"stream": {"account": HUB_ACCOUNT, "subject": f"{m}{w}"}}
+                        for w in worker_subjects for m in ("", "$MQTT.msgs.")],
+        },
         SYSTEM_ACCOUNT: {"users": [{"user": system.user, "password": system.password}]},
     }
     header = ("# Written by gridhub (gridhub/services/nats.py) from the registry; edits are overwritten.\n"
-              f"# {len(devices)} devices, {partitions} partitions, topic prefix {topic_prefix}\n")
+              f"# {len(dev_users)} users in {DEVICES_ACCOUNT}, {len(worker_users)} in {WORKERS_ACCOUNT}, "
+              f"{partitions} partitions, topic prefix {topic_prefix}\n")
     return header + f"accounts: {_block(accounts)}\nsystem_account: {_q(SYSTEM_ACCOUNT)}\n"
 
 
@@ -500,15 +571,27 @@ def wait_for(check: Any, timeout: float, what: str, interval: float = 0.2) -> An
 
 def registry_users(conn: Any, settings: Any, partitions: int) -> tuple[list[NatsUser], list[NatsUser],
                                                                      list[tuple[str, str, str, str]]]:
-    """(hub users, device users, the CSV rows kind/id/user/password) from the registry: the hub's account from
-    GRIDHUB_MQTT_URL, every device that is not retired with its derived password."""
-    from gridhub.broker import build_accounts
+    """(hub users, the other users, the CSV rows kind/id/user/password) from the registry: the hub's account from
+    GRIDHUB_MQTT_URL; every device that is not retired with its derived password, and the hub's detector user
+    (`detector_user`, allowed the registered cameras' events), in DEVICES; every active worker's app account in
+    WORKERS (`NatsUser.account`)."""
+    from gridhub.broker import WORKER_PREFIX, build_accounts
 
-    accounts, _workers, hub = build_accounts(conn, settings)
-    devices = [NatsUser(a.username, a.password, device_permissions(settings.topic_prefix, a.subject, partitions))
+    assert WORKER_PREFIX == WORKER_USER_PREFIX
+
+    accounts, workers, hub = build_accounts(conn, settings)
+    prefix = settings.topic_prefix
+    devices = [NatsUser(a.username, a.password, device_permissions(prefix, a.subject, partitions))
                for a in accounts if a.kind == "device"]
+    cameras = [r[0] for r in conn.execute("SELECT id FROM devices WHERE kind = 'camera' AND NOT retired ORDER BY id")]
+    hub_user = NatsUser(hub.username, hub.password)
+    detector = detector_user(hub_user)
+    devices.append(NatsUser(detector.user, detector.password, detector_permissions(prefix, cameras, partitions)))
+    roles = dict(workers)
+    devices += [NatsUser(a.username, a.password, worker_permissions(prefix, a.subject, roles.get(a.subject, "")),
+                         WORKERS_ACCOUNT) for a in accounts if a.kind == "worker"]
     rows = [(a.kind, a.subject, a.username, a.password) for a in accounts if a.kind == "device"]
-    return [NatsUser(hub.username, hub.password)], devices, rows
+    return [hub_user], devices, rows
 
 
 def write_credentials(settings: Any, partitions: int, out: Path) -> int:
@@ -532,7 +615,14 @@ def write_credentials(settings: Any, partitions: int, out: Path) -> int:
     w.writerow(["kind", "id", "username", "password"])
     w.writerows(rows)
     write_private(out / "device-credentials.csv", buf.getvalue())
-    return len(devices)
+    # the worker apps' accounts (WORKERS): the same derived passwords as mosquitto's device-credentials.csv has
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["kind", "id", "username", "password"])
+    w.writerows(("worker", u.user.removeprefix(WORKER_USER_PREFIX), u.user, u.password) for u in devices
+                if u.account == WORKERS_ACCOUNT)
+    write_private(out / "worker-credentials.csv", buf.getvalue())
+    return len(rows)
 
 
 def check_config(conf: Path) -> str:
