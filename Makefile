@@ -20,6 +20,7 @@ help:
 	@echo "make cluster        the clustered hub on this machine: 3 NATS nodes, Patroni, 2 of each part (docs/scaling.md)"
 	@echo "make cluster-stop   stop exactly what make cluster started"
 	@echo "make cluster-test   the cluster tests (tests/cluster), installing etcd, Patroni and nats-server as root"
+	@echo "make cluster-fault-test  the cluster fault test alone (kills under a resending stream; failover times)"
 
 # The virtual environment is complete only when the stamp exists: a failed venv or pip run leaves no stamp.
 $(STAMP): pyproject.toml
@@ -81,7 +82,7 @@ clean:
 # Patroni with a 3-member etcd (gridhub/services/patroni.py), and nats-server for the cluster broker. Debian's
 # patroni takes its etcd client (python3-etcd) only as a choice among alternatives: name it.
 # cluster-install: what the cluster needs besides make services-install's (PostgreSQL+TimescaleDB, nats-server).
-.PHONY: cluster-install cluster-test cluster cluster-stop cluster-status
+.PHONY: cluster-install cluster-test cluster-fault-test cluster cluster-stop cluster-status
 cluster-install: services-install
 	@if [ "$$(id -u)" -ne 0 ]; then command -v etcd >/dev/null && command -v patroni >/dev/null || \
 	  { echo "[cluster-install] not root: apt-get install etcd-server patroni python3-etcd nats-server"; exit 1; }; \
@@ -93,6 +94,11 @@ cluster-install: services-install
 
 cluster-test: cluster-install $(STAMP)
 	$(BIN)/pytest -q tests/cluster $(PYTEST_ARGS)
+
+# The cluster fault test alone (issue 15): SIGKILL of the NATS stream leader, of the Patroni primary and of each
+# part's lease holder, SIGSTOP of a holder past its lease, under a resending QoS 1 stream; prints the failover times.
+cluster-fault-test: cluster-install $(STAMP)
+	$(BIN)/pytest -q -s tests/cluster/test_cluster_faults.py $(PYTEST_ARGS)
 
 # The clustered hub on one machine (gridhub/services/cluster.py, docs/scaling.md): 3 NATS nodes, 3 etcd members,
 # 2 PostgreSQL nodes under Patroni, 2 instances of each part, every port on 127.0.0.1, its files in var/cluster
