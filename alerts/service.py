@@ -1,20 +1,24 @@
-"""The `gridhub alerts` process: holds the alerts part's partition by lease (gridhub/leases.py; one partition on
-mosquitto) and, while it holds it, consumes the partition's persistent sessions (named by the partition, never by
-the process: `gridhub-alerts-p0-events` here, `gridhub-alerts-p0-telemetry` in the telemetry process), evaluates the
-rules, raises and clears alerts, opens and joins tasks, fires the partition's durable timers (offline, escalation,
-reminders) and pushes every change to MQTT. Other instances stand by: they receive nothing and fire nothing, and
-the first to find the lease free or expired takes the partition and resumes exactly the sessions the old holder
-left, with what it had received but not acknowledged.
+"""The `gridhub alerts` process: holds its fair share of the alerts part's partitions by lease
+(`gridhub.leases.LeaseKeeper`; one partition on mosquitto, GRIDHUB_PARTITIONS on NATS) and, for each partition it
+holds, consumes the partition's two persistent sessions (named by the partition and the lane, never by the process:
+`gridhub-alerts-p<k>-events` here, `gridhub-alerts-p<k>-telemetry` in the telemetry process; on NATS with a tag no
+device can guess), evaluates the rules, raises and clears alerts, opens and joins tasks, fires the partition's
+durable timers (offline, escalation, reminders) and pushes every change to MQTT on a publisher connection of its
+own. An instance holding no partition stands by: it receives nothing and fires nothing; whoever takes a partition
+that was given back, or whose lease expired, resumes exactly the sessions the old holder left, with what it had
+received but not acknowledged.
 
-Fencing: the lease keeper renews the lease every third of a lease. Before acknowledging anything, before the timer
-loop fires, and before paho may reconnect after a lost connection, the holder confirms with the database that the
-lease is still its own with the epoch it took it under (`partitions.Fence`); no confirmation, no acknowledgement
-(the PUBACKs wait for one) and no reconnect. A lease lost (stalled past it, SIGSTOP) is left: the sessions'
-connections are closed and never opened again under their client ids, and what they had received is forgotten (the
-broker redelivers it to the new holder; the work is idempotent).
+Fencing: the keeper renews the leases every third of a lease and reports what changed (`_on_change`): a partition
+gained gets its sessions (`partitions.PartitionSession`), one lost is left at once (nothing more acknowledged, the
+connections closed and never opened again under their client ids, what they had received forgotten: the broker
+redelivers it to the new holder and the work is idempotent), a surplus is left after acknowledging what was
+processed and given back once the telemetry process has left it too. Before acknowledging anything, before the
+timer loop fires a partition's timers, and before paho may reconnect after a lost connection, the lease is confirmed
+with the database (`LeaseKeeper.confirm`, its epoch included); no confirmation, no acknowledgement (the PUBACKs wait
+for one) and no reconnect (the session pauses; it is resumed once the lease confirms, or left when it is lost).
 
 Fire alarms never share an interpreter with the telemetry flood: readings are evaluated by a child process
-(`telemetry.py`, its own session and database connection, told the lease after every round). This process keeps the
+(`telemetry.py`, its own sessions and database connection, told the held leases after every change). This process keeps the
 priority lane (events and status), which publishes the notifications of its own transaction right after commit; the
 notifier, woken by NOTIFY (then 0.1 s later), publishes every other change (telemetry, timers, the API) and catches
 up on anything a crash left unpublished (`publish.py`: once per change). The timer loop sleeps until the next due
@@ -26,8 +30,9 @@ queue, a message whose transaction failed is kept (first in line) and acknowledg
 part's health endpoint answers 503 "waiting for database" meanwhile (`gridhub.waiting.WAITS`).
 
 After (re)connecting, the broker first hands over what it queued for our session; a marker published to
-ourselves comes after that backlog, and offline deadlines stay held back until the markers of both sessions have
-been processed plus a margin (silence during our own absence is no evidence). A retained `offline` status,
+ourselves comes after that backlog (mosquitto; on NATS the sessions' user may not publish, and a session quiet for a
+second after subscribing counts as drained), and offline deadlines stay held back until every held partition's two
+sessions are drained, plus a margin (silence during our own absence is no evidence). A retained `offline` status,
 replayed on subscribe, tells state, not an event: it makes the device's offline deadline due at once, so it
 becomes an alert only if nothing else from the device arrives in the backlog or the grace margin. A live last
 will (`offline`, not retained) raises device_offline at once.
