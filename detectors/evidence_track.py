@@ -80,6 +80,7 @@ class Evidence:
         self._before: tuple[np.ndarray, np.ndarray, np.ndarray] = (
             np.zeros((wh, ww), F32), np.zeros((wh, ww), F32), np.zeros((wh, ww), F32))
         self.kept: np.ndarray = np.zeros((wh, ww), bool)  # where a look from before is kept
+        self._alike: np.ndarray = np.zeros((wh, ww), F32)  # seconds a kept region has looked as before
         self._kept_scene: Scene | None = None
 
     def objects(self) -> np.ndarray:
@@ -107,56 +108,67 @@ class Evidence:
     def remember_before(self, scene: Scene, fg_long: np.ndarray) -> None:
         """Keep the clear scene's look where something differs or has evidence and none is kept yet (the
         regions closed up, so that the plain inside of an object is kept with its outline); drop it where
-        nothing is left."""
+        nothing is left. Only the ROI's bounding box (evidence counts there)."""
+        box = self.geometry.box
         if scene is not self._kept_scene:
             # another light: from now on the looks before are that light's clear scene
             self._kept_scene = scene
             self.kept[:] = False
-        busy = fg_long | (self.age > 0) | (self.still > 0)
+        busy = fg_long[box] | (self.age[box] > 0) | (self.still[box] > 0)
         if busy.any():
             busy = cv2.morphologyEx(busy.astype(np.uint8), cv2.MORPH_CLOSE, _CLOSE).astype(bool)
-        new = busy & ~self.kept
-        if new.any():
-            self._before = (
-                np.where(new, scene.lum, self._before[0]).astype(F32),
-                np.where(new, scene.cr, self._before[1]).astype(F32),
-                np.where(new, scene.cb, self._before[2]).astype(F32),
-            )
-        self.kept = busy
+            new = busy & ~self.kept[box]
+            if new.any():
+                for kept_look, look in zip(self._before, (scene.lum, scene.cr, scene.cb), strict=True):
+                    kept_look[box] = np.where(new, look[box], kept_look[box])
+        self.kept[box] = busy
 
     def back_to_before(
-        self, background: Background, feats: Features, scene: Scene, fg_long: np.ndarray, exclude: np.ndarray
+        self, background: Background, feats: Features, scene: Scene, fg_long: np.ndarray, exclude: np.ndarray,
+        dt: float,
     ) -> np.ndarray | None:
-        """The regions with evidence that look again as they did before it started: clear again, whatever
-        the models learned while something stood there. ``None`` when there is none."""
-        kept = self.kept
-        if not (kept & (self.age > 0)).any():
+        """The regions with evidence that have looked again as they did before it started for ``before_s`` (on
+        two frames at least: something faint may vanish in the noise on one): clear again, whatever the models
+        learned while something stood there. ``None`` when there is none."""
+        box = self.geometry.box
+        kept = self.kept[box]
+        evidence = self.age[box] > 0
+        if not (kept & evidence).any():
+            self._alike[box] = 0
             return None
-        b_lum, b_cr, b_cb = self._before
-        drift = kept & (
-            (np.abs(scene.lum - b_lum) > _DRIFT_LUM) | (np.abs(scene.cr - b_cr) + np.abs(scene.cb - b_cb) > _DRIFT_CHR)
-        )
+        b_lum, b_cr, b_cb = (b[box] for b in self._before)
+        s_lum, s_cr, s_cb = scene.lum[box], scene.cr[box], scene.cb[box]
+        drift = kept & ((np.abs(s_lum - b_lum) > _DRIFT_LUM) | (np.abs(s_cr - b_cr) + np.abs(s_cb - b_cb) > _DRIFT_CHR))
         if drift.any():
             # the clear scene changed there meanwhile (a new light made, a ghost taken in): compare with before
+            whole = self.kept
             unlike = background.unlike(
                 feats,
-                np.where(kept, b_lum, scene.lum).astype(F32),
-                np.where(kept, b_cr, scene.cr).astype(F32),
-                np.where(kept, b_cb, scene.cb).astype(F32),
+                np.where(whole, self._before[0], scene.lum).astype(F32),
+                np.where(whole, self._before[1], scene.cr).astype(F32),
+                np.where(whole, self._before[2], scene.cb).astype(F32),
                 exclude,
-            )
+            )[box]
         else:
-            unlike = fg_long
+            unlike = fg_long[box]
         n, labels = cv2.connectedComponents(kept.astype(np.uint8), connectivity=8)
         flat = labels.ravel()
         size = np.bincount(flat, minlength=n).astype(F32)
         differ = np.bincount(flat, weights=unlike.ravel().astype(F32), minlength=n)
-        held = np.bincount(flat, weights=(self.age > 0).ravel().astype(F32), minlength=n)
-        back = (differ <= F32(self.tuning.before_share) * size) & (held > 0)
-        back[0] = False
+        held = np.bincount(flat, weights=evidence.ravel().astype(F32), minlength=n)
+        alike = (differ <= F32(self.tuning.before_share) * size) & (held > 0)
+        alike[0] = False
+        now = alike[labels]
+        was = self._alike[box]
+        # seconds looking as before: counted from the second frame that does
+        self._alike[box] = np.where(now, np.where(was > 0, was + F32(dt), F32(1e-3)), F32(0))
+        back = now & (self._alike[box] >= F32(self.tuning.before_s))
         if not back.any():
             return None
-        return np.asarray(back[labels])
+        out = np.zeros_like(self.kept)
+        out[box] = back
+        self._alike[out] = 0
+        return out
 
     def before(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The looks kept from before evidence started (valid where ``kept``)."""

@@ -231,7 +231,7 @@ class ExitDetector:
         # learned meanwhile: no evidence there, and the clear scene is the one from before
         if not lighting:
             ev.remember_before(scene, fg_long)
-            back = ev.back_to_before(bg, feats, scene, fg_long, objects)
+            back = ev.back_to_before(bg, feats, scene, fg_long, objects, dt)
             if back is not None:
                 before = ev.before()
                 if (back & ((scene.lum != before[0]) | (scene.cr != before[1]) | (scene.cb != before[2]))).any():

@@ -32,6 +32,8 @@ class Person:
 
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 on the working size
     look_again_ms: int
+    misses: int = 0  # looked at again and not found
+    found: bool = True  # False: a region where no one was found on the first look, looked at once more
 
 
 class People:
@@ -54,8 +56,8 @@ class People:
         what has no evidence left. ``still``: standing still on this frame; ``still_s``: the seconds it
         has; ``evidence``: where anything is still counted; ``min_px``: a region with fewer settled ROI
         pixels could not block the route alone and is not looked at; ``settle_s``: the seconds standing
-        still that make a region settled. One crop per frame at most: the
-        biggest region first, the others on the next frames."""
+        still that make a region settled. One crop per frame at most: the biggest region first, the others
+        on the next frames."""
         t = self.tuning
         if not t.people:
             return
@@ -64,6 +66,7 @@ class People:
         if not evidence.any():
             self.people = []
             return
+        self.people = [p for p in self.people if evidence[p.box[1] : p.box[3], p.box[0] : p.box[2]].any()]
         box = self.geometry.box
         settled = np.zeros_like(still)
         settled[box] = still[box] & (still_s[box] >= np.float32(settle_s)) & self.geometry.roi[box]
@@ -73,7 +76,7 @@ class People:
             looked = self._look_at_new(frame, fg_long, settled, new, min_px, ts_ms)
         due = [p for p in self.people if ts_ms >= p.look_again_ms]
         if due and not looked:
-            self._look_again(frame, fg_long, due[:1], ts_ms)
+            self._look_again(frame, fg_long, due[0], ts_ms)
 
     def _regions(self, fg_long: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
         whole = cv2.morphologyEx(fg_long.astype(np.uint8), cv2.MORPH_CLOSE, _CLOSE)
@@ -99,31 +102,44 @@ class People:
             if seen_before >= 0.5 * int(here.sum()) or int((here & self.mask).sum()) > 0:
                 continue
             x, y, w, h, _area = (int(v) for v in stats[i])
-            return self._look(frame, fg_long, region, (x, y, x + w, y + h), ts_ms)
+            if not self._look(frame, fg_long, region, (x, y, x + w, y + h), ts_ms):
+                # one more look a little later: a person turning or half hidden is missed now and then
+                later = ts_ms + round(self.tuning.people_recheck_s * 500)
+                self.people.append(Person((x, y, x + w, y + h), later, 1, found=False))
+            return True
         return False
 
-    def _look_again(self, frame: np.ndarray, fg_long: np.ndarray, due: list[Person], ts_ms: int) -> None:
-        for p in due:
-            self.people.remove(p)
-        self.mask[:] = False
+    def _look_again(self, frame: np.ndarray, fg_long: np.ndarray, due: Person, ts_ms: int) -> None:
+        """A person found is looked at again; not found twice running, their mark goes (their evidence stays:
+        anything left where they stood has its own from when it came, evidence_track.py's layers)."""
+        self.people.remove(due)
+        x0, y0, x1, y1 = due.box
+        region = np.zeros_like(fg_long)
+        region[y0:y1, x0:x1] = True
+        if self._look(frame, fg_long, region & fg_long, due.box, ts_ms):
+            return
+        if due.misses == 0:
+            # the detector misses a person now and then (turning, walking off): once does not take the mark away
+            self.people.append(Person(due.box, ts_ms + round(self.tuning.people_recheck_s * 1000), 1))
+            return
+        if not due.found:
+            return  # no one there, twice
+        self.mask[y0:y1, x0:x1] = False
         for p in self.people:
-            self._mark(fg_long, p.box)
-        for p in due:
-            x0, y0, x1, y1 = p.box
-            region = np.zeros_like(fg_long)
-            region[y0:y1, x0:x1] = True
-            self._look(frame, fg_long, region & fg_long, p.box, ts_ms)
+            if p.found:
+                self._mark(fg_long, p.box)
+        self.looked[y0:y1, x0:x1] = False  # what stands there now is looked at afresh once it has settled
 
     def _look(
         self, frame: np.ndarray, fg_long: np.ndarray, region: np.ndarray, box: tuple[int, int, int, int], ts_ms: int
     ) -> bool:
-        found = self._find(frame, box)
-        if found is None:
-            return False
+        """Look for people in ``box``; True if one was found (their marks made)."""
+        here = fg_long | region
+        found = [p for p in self._find(frame, box) or [] if _stands_in(here, p)]
         for person in found:
             self.people.append(Person(person, ts_ms + round(self.tuning.people_recheck_s * 1000)))
             self._mark(fg_long | region, person)
-        return True
+        return bool(found)
 
     def _mark(self, fg: np.ndarray, box: tuple[int, int, int, int]) -> None:
         x0, y0, x1, y1 = box
@@ -150,7 +166,7 @@ class People:
             return None  # far bigger than a person: not one
         crop = cv2.resize(frame[cy0:cy1, cx0:cx1], None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
         self.crops += 1
-        rects, weights = self._detector().detectMultiScale(crop, winStride=(8, 8), padding=(16, 16), scale=1.1)
+        rects, weights = self._detector().detectMultiScale(crop, winStride=(4, 4), padding=(16, 16), scale=1.1)
         out = []
         a, b, c, d = _PERSON_IN_WINDOW
         for (rx, ry, rw, rh), wt in zip(rects, np.ravel(weights), strict=False):
@@ -172,3 +188,14 @@ class People:
             hog.setSVMDetector(np.asarray(cv2.HOGDescriptor.getDefaultPeopleDetector(), np.float32))
             self._hog = hog
         return self._hog
+
+
+def _stands_in(fg: np.ndarray, box: tuple[int, int, int, int]) -> bool:
+    """A person's box that the foreground fills from head to feet (a detection on a low object, or on a
+    patch of floor next to it, leaves its top or its bottom empty)."""
+    x0, y0, x1, y1 = box
+    inside = fg[y0:y1, x0:x1]
+    if inside.shape[0] < 3 or inside.shape[1] < 1:
+        return False
+    third = max(1, inside.shape[0] // 3)
+    return bool(inside[:third].mean() >= 0.3 and inside[-third:].mean() >= 0.3 and inside.mean() >= 0.4)

@@ -63,11 +63,12 @@ class Tuning:
         30.0  # a new object settles into the short-term model within this; longer is a person
     )
     before_share: float = 0.05  # a region with evidence this little unlike its look from before is clear
+    before_s: float = 4.0  # for this long (two frames at least)
     people: bool = True  # look for a person in each region that settles (HOG, on a crop of the frame)
     people_settle_s: float = 4.0  # a region is looked at once it has stood still this long, and
     people_settle_share: float = 0.25  # this share of min_blocked_s (held needs still_share of it)
-    people_recheck_s: float = 15.0  # a person found is looked at again after this
-    people_min_weight: float = 0.3  # the HOG detector's score a person needs
+    people_recheck_s: float = 20.0  # a person found is looked at again after this
+    people_min_weight: float = 0.5  # the HOG detector's score a person needs
     people_max_crop_px: int = 60_000  # a region scaled to a person's size bigger than this is not one
 
 
