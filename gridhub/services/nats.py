@@ -49,7 +49,7 @@ MAX_PAYLOAD = 4 * 1024 * 1024
 # GRIDHUB_PARTITIONS on NATS when unset (issue 15 item 2), measured with bench/partitions.py on one 2-core machine
 # (3 nodes, R3), one ingest holding every partition, 20,000 QoS 1 readings: P = 1 stored 4,137-5,072/s (in 3 runs of
 # 5 one reading reached ingest only at NATS's redelivery ~30 s later, so those runs read ~640/s; not seen with P >= 2
-# nor with a bare paho subscriber), P = 2 3,610-4,162/s, P = 4 2,844-4,366/s, P = 8 2,759-2,981/s with the
+# nor with a bare paho subscriber), P = 2 3,106-4,162/s, P = 4 2,844-4,366/s, P = 8 2,759-2,981/s with the
 # publishers' PUBACK rate down a third and ingest's CPU per reading doubled. Each partition costs every part one persistent
 # session, that is replicated consumers on every node (3 for ingest's telemetry, event and status). 4 is the
 # smallest P that lets each part spread over 4 instances at no measurable cost against 2; 8 already costs.
