@@ -12,12 +12,26 @@ it comes back). Undecodable frames are quarantined as ``bad_frame``, frames over
 ``oversize``, frames of cameras not in the registry as ``unregistered_device``.
 
 Each camera is run by one instance: instances lease cameras in ``detector_leases`` and renew
-the leases; a camera whose lease has expired is taken over by another instance.
+the leases; a camera whose lease has expired is taken over by another instance. An instance leases cameras only
+while it is connected to the broker (its events could not go out otherwise, and the frames of a camera it held would
+be judged by nobody): without the broker it renews nothing, so its leases run out and another instance takes the
+cameras; once it has been away a whole lease it lets go of them (and stops pulling) too.
+
+On a NATS cluster (``GRIDHUB_BROKER=nats``, CONTRACT §8) detect speaks MQTT 3.1.1, logs in as the hub's detector user
+in the devices' account (``gridhub.services.nats.detector_user``) under a client id no device can guess, reads the
+frames where the account's mapping put them, on the partitions' topics
+(``{prefix}/part/{k}/devices/{id}/frame[/{ts}]``, turned back into the camera's own topic) and on the devices' own
+topics (where nats-server 2.9.10 leaves some QoS 1 publishes unmapped), and publishes each camera's event on the
+camera's partition's event topic: stored in the very stream alerts' and ingest's partition sessions read, on the
+partition the camera's own messages are on, as if the camera had published it. That user may publish nothing else.
 
 A frame received over MQTT is acknowledged only once it has been judged (its evidence stored, or it was
 quarantined). Through a database outage every database round trip of the worker waits and tries again
 (``gridhub.waiting.keep_trying``) rather than failing: frames stay in order, unacknowledged, and are judged
-when the database is back; the part's health endpoint says it is waiting for the database meanwhile.
+when the database is back; the part's health endpoint says it is waiting for the database meanwhile. The
+broker likewise: until the first CONNACK, and whenever the connection is lost or refused (an unreachable node, a
+refused account or protocol), the health endpoint answers 503 ``waiting_for: broker``; paho reconnects with backoff,
+going on to the next node of a multi-host URL.
 """
 
 from __future__ import annotations
@@ -48,8 +62,15 @@ from gridhub.protocol import MAX_FRAME, Reason, TopicError, device_topic, parse_
 from gridhub.quarantine import quarantine
 from gridhub.registry import CameraBlock, check_camera_source
 from gridhub.runtime import run_until_signalled
+from gridhub.services.nats import (
+    PARTITION_LEVEL,
+    camera_event_topic,
+    contract_topic,
+    detector_user_url,
+    session_client_id_on_nats,
+)
 from gridhub.settings import Settings
-from gridhub.waiting import GaveUp, keep_trying
+from gridhub.waiting import WAITS, GaveUp, keep_trying
 
 from .config import CameraConfig
 from .evidence import render_evidence
@@ -63,7 +84,9 @@ REGISTRY_REFRESH_S = 30.0
 DEFAULT_HEARTBEAT_S = 60
 VIDEO_LOSS_AFTER = 3  # failed pulls in a row
 SCENE_SAVE_S = 600.0  # the clear scene is kept at least this often (frame time), and on each change
-RECEIVE_MAXIMUM = 32  # frames the broker may send before we acknowledge (each up to 2 MiB)
+RECEIVE_MAXIMUM = 32  # frames the broker may send before we acknowledge (each up to 2 MiB); MQTT 5 only
+BROKER = "broker"  # what the health endpoint says the part waits for while the broker is away or refuses us
+BROKER_WAITER = "detect-mqtt"
 
 T = TypeVar("T")
 
@@ -120,6 +143,16 @@ def open_source(source: str, files_dir: Path | None) -> str:
     return check_camera_source(expand_source(source), files_dir)
 
 
+def frame_subscriptions(prefix: str, nats: bool) -> list[tuple[str, int]]:
+    """The frame topics detect subscribes to (QoS 1): the devices' own; on NATS also the partitions' topics, where
+    the devices' account maps every frame (gridhub/services/nats.py `device_mappings`)."""
+    own = [(f"{prefix}/devices/+/frame", 1), (f"{prefix}/devices/+/frame/+", 1)]
+    if not nats:
+        return own
+    part = f"{prefix}/{PARTITION_LEVEL}/+/devices/+"
+    return [(f"{part}/frame", 1), (f"{part}/frame/+", 1), *own]
+
+
 def camera_from_row(device_id: str, block: dict[str, Any], heartbeat_s: int | None) -> Camera:
     """A ``Camera`` from the registry's ``camera:`` block; ValueError names the field."""
     data = {k: v for k, v in block.items() if v is not None}
@@ -146,6 +179,8 @@ class DetectService:
         assert settings.database_url and settings.mqtt_url
         self.settings = settings
         self.prefix = settings.topic_prefix
+        self.nats = settings.broker == "nats"
+        self.partitions = settings.partitions
         self.instance = settings.client_id("detect")
         self.frames: queue.Queue[Frame] = queue.Queue(maxsize=10_000)
         self.cameras: dict[str, Camera] = {}
@@ -158,21 +193,31 @@ class DetectService:
         self.worker: threading.Thread | None = None
         self.processed = 0
         self.published = 0
+        self.broker_away_since: float | None = time.monotonic()  # None while connected
+        self.renew_soon = threading.Event()  # connected again: take camera leases without waiting a round
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Connect to the broker and start the worker, which reads the registry first (waiting for the database if
-        it is away); frames wait unacknowledged until then."""
+        """Connect to the broker in the background (waiting for it, and saying so on the health endpoint, while it is
+        away or refuses us) and start the worker, which reads the registry first (waiting for the database if it is
+        away); frames wait unacknowledged until then."""
         assert self.settings.database_url and self.settings.mqtt_url
+        url, client_id = self.settings.mqtt_url, self.instance
+        if self.nats:  # MQTT 3.1.1 as the detector user in DEVICES, under a client id no device can guess
+            url = detector_user_url(self.settings.mqtt_url)
+            client_id = session_client_id_on_nats(self.instance, self.settings.mqtt_url)
         mqtt = MqttConnection(
-            self.settings.mqtt_url, self.instance, protocol=paho.MQTTv5, keepalive=30, reconnect_delay=(1, 120),
-            manual_ack=True, receive_maximum=RECEIVE_MAXIMUM,
-            subscriptions=[(f"{self.prefix}/devices/+/frame", 1), (f"{self.prefix}/devices/+/frame/+", 1)],
+            url, client_id, protocol=paho.MQTTv311 if self.nats else paho.MQTTv5, keepalive=30,
+            reconnect_delay=(1, 30 if self.nats else 120), manual_ack=True,
+            receive_maximum=None if self.nats else RECEIVE_MAXIMUM,
+            subscriptions=frame_subscriptions(self.prefix, self.nats),
             on_connected=self._on_connected, on_message=self._on_message, on_refused=self._on_refused,
+            on_disconnected=self._on_disconnected,
         )
-        mqtt.connect(wait_s=None)  # the TCP connection now; CONNACK, refusals and reconnects in the background
+        WAITS.begin(BROKER, BROKER_WAITER, "connecting")
         self.mqtt = mqtt
+        mqtt.start()  # CONNACK, refusals and reconnects in the background: an absent broker is waited for
         self.worker = threading.Thread(target=self._work, name="detect-worker", daemon=True)
         self.worker.start()
 
@@ -200,20 +245,38 @@ class DetectService:
 
     # -- MQTT in ---------------------------------------------------------------------------
 
+    def _broker_away(self) -> None:
+        if self.broker_away_since is None:
+            self.broker_away_since = time.monotonic()
+
     def _on_refused(self, rc: Any) -> None:
+        WAITS.begin(BROKER, BROKER_WAITER, f"refused: {rc}")
+        self._broker_away()
         log.error("broker refused the detector's connection: %s", rc)
+
+    def _on_disconnected(self, rc: Any) -> None:
+        mqtt = self.mqtt
+        if mqtt is not None and not mqtt.stopping:
+            WAITS.begin(BROKER, BROKER_WAITER, f"connection lost: {rc}")
+            self._broker_away()
 
     def _on_connected(self, connack: Connack) -> None:
         # the connection subscribes to the frame topics right after this, on every (re)connection
-        log.info("detect: subscribed to camera frames under %s", self.prefix)
+        WAITS.end(BROKER, BROKER_WAITER)
+        self.broker_away_since = None
+        self.renew_soon.set()
+        log.info("detect: subscribed to camera frames under %s (%s)", self.prefix,
+                 "NATS, MQTT 3.1.1, partitions' topics" if self.nats else "MQTT 5")
 
     def _on_message(self, msg: paho.MQTTMessage) -> None:
         now_ms = int(time.time() * 1000)
+        # on NATS a partition's topic back as the camera published it (CONTRACT §1)
+        received = contract_topic(self.prefix, msg.topic) if self.nats else msg.topic
         try:
-            topic = parse_topic(msg.topic, self.prefix)
+            topic = parse_topic(received, self.prefix)
         except TopicError as exc:
             self._enqueue(
-                Frame("", now_ms, bytes(msg.payload), topic=msg.topic, reject=(Reason.BAD_TOPIC, str(exc)))
+                Frame("", now_ms, bytes(msg.payload), topic=received, reject=(Reason.BAD_TOPIC, str(exc)))
             )
             return
         ts = now_ms
@@ -223,7 +286,7 @@ class DetectService:
             for key, value in getattr(msg.properties, "UserProperty", None) or []:
                 if key == "ts" and str(value).isdigit():
                     ts = int(value)
-        self._enqueue(Frame(topic.device_id, ts, bytes(msg.payload), topic=msg.topic, mid=msg.mid, qos=msg.qos,
+        self._enqueue(Frame(topic.device_id, ts, bytes(msg.payload), topic=received, mid=msg.mid, qos=msg.qos,
                             generation=self._generation()))
 
     def _generation(self) -> int:
@@ -254,6 +317,10 @@ class DetectService:
                     item = self.frames.get(timeout=0.5)
                 except queue.Empty:
                     item = None
+                if self.renew_soon.is_set():  # connected again: lease before judging (a frame may be here first)
+                    self.renew_soon.clear()
+                    self._renew()
+                    next_renew = time.monotonic() + RENEW_S
                 if item is not None and item.reject is not None:
                     reason, detail = item.reject
                     if self._quarantine(item.topic, item.camera_id or None, reason, detail, item.payload or b""):
@@ -302,6 +369,15 @@ class DetectService:
 
     def _renew(self) -> None:
         ids = sorted(self.cameras)
+        away = self.broker_away_since
+        if away is not None:
+            # no broker: renew nothing (the leases run out for another instance); a whole lease away, let go here too
+            if self.held and time.monotonic() - away >= LEASE_S:
+                log.warning("detect: the broker has been away %.0f s; letting go of %d cameras", LEASE_S,
+                            len(self.held))
+                self._let_go(self.held)
+                self.held = set()
+            return
         if not ids:
             self.held = set()
             return
@@ -316,11 +392,7 @@ class DetectService:
         if rows is GaveUp.STOPPING:
             return
         held = {r[0] for r in rows}
-        for lost in self.held - held:
-            cam = self.cameras.get(lost)
-            if cam is not None:
-                cam.detector = None  # another instance runs it now; start afresh if it comes back
-                cam.stop.set()
+        self._let_go(self.held - held)
         self.held = held
         for cid in held:
             cam = self.cameras[cid]
@@ -330,6 +402,13 @@ class DetectService:
                 t = threading.Thread(target=self._pull, args=(cam,), name=f"pull-{cid}", daemon=True)
                 self.pullers[cid] = t
                 t.start()
+
+    def _let_go(self, cameras: set[str]) -> None:
+        for lost in cameras:
+            cam = self.cameras.get(lost)
+            if cam is not None:
+                cam.detector = None  # another instance runs it now; start afresh if it comes back
+                cam.stop.set()
 
     def _handle(self, frame: Frame) -> bool:
         """Judge one frame (or quarantine it); False only when stopping before the database let us."""
@@ -441,7 +520,11 @@ class DetectService:
         assert self.mqtt is not None
         cam.seq += 1
         payload = json.dumps({"ts": ts_ms, "seq": cam.seq, "type": type_, "detail": detail})
-        self.mqtt.publish(device_topic(self.prefix, cam.id, "event"), payload, qos=1)
+        # on NATS: the camera's partition's event topic, where its own events are mapped (the detector user may
+        # publish there only, for registered cameras)
+        where = (camera_event_topic(self.prefix, cam.id, self.partitions) if self.nats
+                 else device_topic(self.prefix, cam.id, "event"))
+        self.mqtt.publish(where, payload, qos=1)
         self.published += 1
         if type_ != "heartbeat":
             log.info("camera %s: %s at %s %s", cam.id, type_, ts_ms, detail)
