@@ -268,7 +268,8 @@ class ExitDetector:
 
         # the route's state
         held = ev.held(self.config.min_blocked_s, fg_long) & ~people.mask
-        present = ev.present(fg_long)
+        # a person found standing is occupancy from then on, even before occupancy_min_s
+        present = ev.present(fg_long) | (people.mask & fg_long & self._geometry.roi)
         self.last_masks = {
             "long": fg_long, "short": fg_short, "held": held, "present": present, "people": people.mask.copy()
         }
