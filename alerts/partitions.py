@@ -269,10 +269,9 @@ class PartitionSession:
         self._on_message(self, msg)
 
     def _disconnected(self, rc: Any) -> None:
-        """Before paho reconnects: unless the lease is confirmed, pause and stop the connection (the owner's next look
-        resumes it if the lease is still ours, or leaves it). Stopped from another thread: paho, after this callback,
-        marks a lost connection as lost again and reconnects whatever the callback did (paho 2.1 `_loop_rc_handle`),
-        and stopping its loop means joining its own thread."""
+        """Before paho reconnects: unless the lease is confirmed, pause and hold the connection (`MqttConnection.hold`:
+        paho marks a lost connection lost again after this callback and would reconnect whatever it did); the owner's
+        next look resumes it if the lease is still ours, or leaves it."""
         self.subscribed = False
         if self.mqtt.stopping:
             return
@@ -282,7 +281,7 @@ class PartitionSession:
                              "session", rc, self.client_id)
             return
         self.paused = lease is not None
-        threading.Thread(target=self.mqtt.stop, name=f"stop-{self.client_id}", daemon=True).start()
+        self.mqtt.hold()
         if lease is not None:
             self.log.warning("broker connection lost (%s); not reconnecting as %s until the lease is confirmed", rc,
                              self.client_id)
