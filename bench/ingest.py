@@ -376,7 +376,7 @@ def main() -> int:
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    broker = None
+    broker = relay_broker = None
     try:
         migrate(url)
         with psycopg.connect(url) as conn:
@@ -389,6 +389,14 @@ def main() -> int:
         broker.apply_accounts(passwd_text(accounts), acl_text(PREFIX, hub.username, workers))
         time.sleep(0.5)
         broker_pid = int(broker.pid_file.read_text().split()[0])
+        # the relay on a broker of its own: ingest's persistent session would queue the relay's messages on the
+        # shared one and the next ingest round would store them too (rounds >= 2 inflated)
+        (tmp / "relay").mkdir(exist_ok=True)
+        relay_broker = start_private_mosquitto(tmp / "relay", max_inflight_messages=args.window)
+        relay_broker.apply_accounts(passwd_text(accounts), acl_text(PREFIX, hub.username, workers))  # the same
+        # accounts, so the hub's password from `settings` (the first broker's) is the relay broker's too
+        time.sleep(0.5)
+        relay_pid = int(relay_broker.pid_file.read_text().split()[0])
         devices = [f"sa-{i:05d}" for i in range(args.devices)]
         base_ms = int(time.time() * 1000) - 40 * n * args.rounds
         extra = {"GRIDHUB_INGEST_WINDOW": str(args.window)}
@@ -405,7 +413,8 @@ def main() -> int:
             start_ms = base_ms + k * 40 * n
             for r in runs:
                 if r == "relay":
-                    one["bare_relay"] = bare_relay(broker.port, broker.hub_password(), devices, n, start_ms, broker_pid)
+                    one["bare_relay"] = bare_relay(relay_broker.port, broker.hub_password(), devices, n, start_ms,
+                                                   relay_pid)
                 else:
                     one["ingest"] = ingest_run(url, broker.port, broker.hub_password(), mqtt_url, devices, n,
                                                start_ms + 20 * n, tmp, extra, broker_pid)
@@ -434,6 +443,8 @@ def main() -> int:
         print(json.dumps(results, indent=2))
         return 0
     finally:
+        if relay_broker is not None:
+            relay_broker.stop()
         if broker is not None:
             broker.stop()
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
