@@ -3,7 +3,9 @@
 - A camera publishes its frames to one node over MQTT 3.1.1 (`frame/{ts}`, as its own device account); the frames
   reach a `gridhub detect` process (GRIDHUB_BROKER=nats, a multi-host URL) on the partitions' topics; a blocked exit
   becomes an `exit_blocked` event that a subscriber with alerts' own partition-session subscriptions and user
-  receives on the camera's partition, on the very topic a camera's own event arrives on; its evidence is stored.
+  receives on the camera's partition, on the very topic a camera's own event arrives on; its evidence is stored; a
+  real `gridhub alerts` process (holding every partition) makes it a task, whose push reaches the assignee's app
+  over the WORKERS account. The detector user cannot publish another device's (a smoke alarm's) event.
 - detect's /healthz says 503 `waiting_for: broker` while the broker refuses it (a wrong password), 200 once
   connected; the refused one leases no camera (it started first: before, it took the camera and the frames went
   unjudged).
@@ -27,23 +29,35 @@ from typing import Any
 import paho.mqtt.client as paho
 import psycopg
 import pytest
+from alerts_processes import Alerts
 from faults import health
 from ingest_env import SECRET, wait_until
-from nats_support import NatsHub, nats_hub
+from nats_support import HUB_USER, NatsHub, nats_hub
 from paho.mqtt.enums import CallbackAPIVersion
+from polling import wait_for
 from psycopg.types.json import Jsonb
 
 from gridhub.accounts import derived_password
 from gridhub.alerts.partitions import session_subscriptions, session_url
 from gridhub.mqtt import MqttConnection
 from gridhub.protocol import alerts_topic, worker_tasks_topic
-from gridhub.services.nats import WORKERS_ACCOUNT, contract_topic, device_partition, registry_users
+from gridhub.services.nats import (
+    WORKERS_ACCOUNT,
+    NatsUser,
+    contract_topic,
+    detector_user,
+    device_partition,
+    registry_users,
+    status_reader,
+)
 from gridhub.services.process import free_port
 from gridhub.settings import DEFAULT_TOPIC_PREFIX as PREFIX
 from gridhub.simulators.scenes import Obstacle, generate_scene
 
 P = 4
-CAMERA = "cam-0001"  # a camera of tests/data/registry.yaml: the detector user may publish its events
+CAMERA = "cam-0001"  # a camera of tests/data/registry.yaml (building b-12, grid g-xg-01): the detector user may
+# publish its events
+SMOKE = "sa-0001"  # not a camera: the detector user may not publish its events
 ROI = [[0.41, 0.52], [0.59, 0.52], [0.93, 0.99], [0.07, 0.99]]
 
 
@@ -82,7 +96,8 @@ class Inbox:
 
     def subscribe(self, topic: str) -> list[int]:
         """Subscribe at QoS 1 and return the SUBACK's codes (0x80: refused)."""
-        _, mid = self.client.subscribe(topic, qos=1)
+        rc, mid = self.client.subscribe(topic, qos=1)
+        assert rc == paho.MQTT_ERR_SUCCESS and mid is not None, f"SUBSCRIBE to {topic} not sent ({rc})"
         wait_until(lambda: mid in self.granted, 30, f"SUBACK for {topic}")
         return self.granted[mid]
 
@@ -138,7 +153,14 @@ def test_camera_frames_on_a_node_become_an_event_on_the_cameras_partition(hub: N
     bad = _start_detect(hub, "detect-refused", tmp_path / "detect-refused.log", bad_port, GRIDHUB_MQTT_URL=bad_url)
     port = free_port()
     proc = _start_detect(hub, "detect-1", tmp_path / "detect-1.log", port)
+    alerts = Alerts(hub, "alerts-1", tmp_path, "4")
+    workers = _workers(hub)
+    apps = {w: Inbox(hub.cluster.nodes[1].mqtt_port, f"worker.{w}", workers[w]) for w in ("w-001", "w-002")}
     try:
+        for w, app in apps.items():
+            assert app.subscribe(worker_tasks_topic(PREFIX, w)) == [1]
+        # alerts' sessions are new: what is published before they are subscribed is not theirs
+        wait_for(lambda: alerts.connections() >= 2 * P, 180, "alerts connected as its eight partition sessions")
         wait_until(_health_is(bad_port, 503), 60, "the refused detect's /healthz answering 503")
         code, body = health(bad_port) or (0, {})
         assert (code, body.get("waiting_for")) == (503, "broker"), body
@@ -188,10 +210,48 @@ def test_camera_frames_on_a_node_become_an_event_on_the_cameras_partition(hub: N
         assert row == (CAMERA, "detection")
         log = (tmp_path / "detect-1.log").read_text(errors="replace")
         assert "MQTT 3.1.1" in log and "Unsupported protocol" not in log
+
+        # alerts' real sessions got it: a task, pushed to its assignee's app over the WORKERS account
+        with psycopg.connect(hub.db_url, autocommit=True) as conn:
+            task = wait_for(lambda: conn.execute(
+                "SELECT id, assignee FROM tasks WHERE device_id = %s AND type = 'exit_blocked'", (CAMERA,)).fetchone(),
+                120, "alerts' task for the blocked exit")
+        task_id, assignee = task
+        print(f"task {task_id} for {assignee} {time.monotonic() - started:.1f} s after the first frame")
+        assert assignee in apps, assignee
+        wait_until(lambda: any(json.loads(m).get("id") == task_id
+                               for m in apps[assignee].got(worker_tasks_topic(PREFIX, assignee))), 60,
+                   f"the task push on {assignee}'s app")
+        print(f"pushed to {assignee}'s app {time.monotonic() - started:.1f} s after the first frame")
     finally:
         _stop(proc)
         _stop(bad)
+        alerts.stop()
         listener.stop()
+        for app in apps.values():
+            app.close()
+
+
+def test_the_detector_user_publishes_only_cameras_events(hub: NatsHub) -> None:
+    nodes = hub.cluster.nodes
+    hub_user = NatsUser(HUB_USER, hub.hub_password)
+    # the hub's subscribe-only user in DEVICES (what alerts' and ingest's partition sessions log in as)
+    reader = Inbox(nodes[0].mqtt_port, status_reader(hub_user).user, hub.hub_password)
+    detector = Inbox(nodes[1].mqtt_port, detector_user(hub_user).user, hub.hub_password)
+    try:
+        assert reader.subscribe(f"{PREFIX}/part/+/devices/+/event") == [1]
+        smoke_topic = f"{PREFIX}/part/{device_partition(SMOKE, P)}/devices/{SMOKE}/event"
+        camera_topic = f"{PREFIX}/part/{device_partition(CAMERA, P)}/devices/{CAMERA}/event"
+        body = json.dumps({"ts": 1_790_000_000_000, "seq": 1, "type": "alarm", "detail": {}})
+        detector.client.publish(smoke_topic, body, qos=1)
+        barrier = detector.client.publish(camera_topic, body.replace("alarm", "heartbeat"), qos=1)
+        barrier.wait_for_publish(60)
+        assert barrier.is_published()
+        wait_until(lambda: bool(reader.got(camera_topic)), 60, "the camera's event from the detector user")
+        assert reader.got(smoke_topic) == [], "the detector user published a smoke alarm's event"
+    finally:
+        detector.close()
+        reader.close()
 
 
 def _workers(hub: NatsHub) -> dict[str, str]:
