@@ -68,6 +68,7 @@ CHUNK = 45  # readings a streaming device sends before it waits for their PUBACK
 START_S = 900  # the whole cluster's start on a loaded 2-core machine (a liveness bound)
 FAILOVER_S = 180  # deadline for a new leader / holder / readings stored again
 TASKS_S = 240  # deadline for every fire alarm's task
+LOST_S = 50.0  # how long the stored readings may stand still before what is missing counts as lost
 
 
 @dataclass
@@ -88,13 +89,17 @@ class Fault:
     alarms: list[Alarm] = field(default_factory=list)
 
 
-def db(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """One query on a connection of its own through the multi-host URL; [] when no primary answers (a failover)."""
-    try:
-        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
-            return conn.execute(sql, params).fetchall()
-    except psycopg.OperationalError:
-        return []
+def db_strict(url: str, sql: str, params: tuple[Any, ...] = (), deadline_s: float = FAILOVER_S) -> list[tuple[Any, ...]]:
+    """One query through the multi-host URL, tried again until a primary answers (a liveness bound)."""
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+                return conn.execute(sql, params).fetchall()
+        except psycopg.OperationalError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.5)
 
 
 def holders(url: str, part: str) -> dict[int, str] | None:
@@ -163,6 +168,7 @@ class Run:
         self.stop = threading.Event()
         self.devices: list[ResendingDevice] = []
         self.faults: list[Fault] = []
+        self.reported: set[tuple[str, int]] = set()  # (device, seq) found lost after an earlier fault
 
     def start_stream(self) -> None:
         base_ms = int(time.time() * 1000)
@@ -189,7 +195,7 @@ class Run:
         return threads
 
     def max_seqs(self) -> dict[str, int]:
-        found = db(self.url, "SELECT device_id, max(seq) FROM readings WHERE device_id = ANY(%s) GROUP BY 1",
+        found = db_strict(self.url, "SELECT device_id, max(seq) FROM readings WHERE device_id = ANY(%s) GROUP BY 1",
                    (self.stream_ids,))
         return {str(d): int(s) for d, s in found}
 
@@ -204,6 +210,34 @@ class Run:
 
         wait_for(flowing, FAILOVER_S, "every streaming device's readings stored again", interval=0.25)
         return round(time.monotonic() - started, 1)
+
+    def lost_since(self, marks: dict[str, int]) -> dict[str, list[tuple[int, str, str]]]:
+        """The readings below each device's mark (all acknowledged) not stored once none has been added for LOST_S
+        (longer than the broker's ack wait, 30 s, after which it redelivers what was not acknowledged): by device,
+        (seq, the stored neighbours' received_at before and after) of the first 20."""
+        def gaps() -> dict[str, list[int]]:
+            out = {}
+            for device, mark in marks.items():
+                found = db_strict(self.url, "SELECT s FROM generate_series(0, %s - 1) s WHERE NOT EXISTS (SELECT 1 FROM "
+                           "readings WHERE device_id = %s AND seq = s) ORDER BY s LIMIT 20", (mark, device))
+                if found:
+                    out[device] = [int(r[0]) for r in found]
+            return out
+
+        left, since = gaps(), time.monotonic()
+        while left and time.monotonic() - since < LOST_S:
+            time.sleep(1)
+            if (now := gaps()) != left:
+                left, since = now, time.monotonic()
+        detail: dict[str, list[tuple[int, str, str]]] = {}
+        for device, seqs in left.items():
+            for seq in seqs:
+                near = db_strict(self.url, "SELECT (SELECT received_at::time::text FROM readings WHERE device_id = %s AND "
+                          "seq < %s ORDER BY seq DESC LIMIT 1), (SELECT received_at::time::text FROM readings WHERE "
+                          "device_id = %s AND seq > %s ORDER BY seq LIMIT 1)", (device, seq, device, seq))
+                before, after = near[0] if near else ("?", "?")
+                detail.setdefault(device, []).append((seq, str(before), str(after)))
+        return detail
 
     def check_devices(self) -> None:
         for dev in self.devices:
@@ -282,8 +316,18 @@ def during(r: Run, name: str, up: Callable[[], list[NatsNode]], act: Callable[[F
         threads.extend(r.fire_alarms(fault, up()))
 
     fault.figures["_alarms"] = alarms_now  # `act` calls it right after its signal
+    fault.figures["at"] = time.strftime("%H:%M:%S")
     act(fault, t0)
     fault.figures.pop("_alarms", None)
+    # every reading acknowledged before the fault's end is stored (what a device sent before its current chunk)
+    marks = {dev.device: max(0, dev.sent - CHUNK) for dev in r.devices}
+    lost = {d: [x for x in v if (d, x[0]) not in r.reported] for d, v in r.lost_since(marks).items()}
+    lost = {d: v for d, v in lost.items() if v}
+    r.reported |= {(d, x[0]) for d, v in lost.items() for x in v}
+    if lost:
+        fault.figures["lost"] = {d: [f"seq {s} (stored neighbours at {a} / {b})" for s, a, b in v]
+                                 for d, v in lost.items()}
+        fault.figures["lost_partitions"] = sorted({device_partition(d, PARTITIONS) for d in lost})
     for t in threads:
         t.join(200)
     for a in fault.alarms:
@@ -293,6 +337,7 @@ def during(r: Run, name: str, up: Callable[[], list[NatsNode]], act: Callable[[F
     return fault
 
 
+@pytest.mark.timeout(1200)  # the cluster's start, five faults and a wait of LOST_S after each loss found
 def test_the_cluster_keeps_every_reading_and_alarm_through_each_fault(run: Run) -> None:
     r, cluster = run, run.cluster
     nodes = cluster.layout.nats
@@ -395,7 +440,6 @@ def test_the_cluster_keeps_every_reading_and_alarm_through_each_fault(run: Run) 
         total = sum(dev.confirmed for dev in r.devices)
         print(f"\nstream: {total} readings acknowledged, {sum(d.resent for d in r.devices)} publishes sent again",
               flush=True)
-        published_is_stored(conn, r.devices, total, logs)
 
         alarms = {a.device: a for f in r.faults for a in f.alarms}
 
@@ -423,6 +467,13 @@ def test_the_cluster_keeps_every_reading_and_alarm_through_each_fault(run: Run) 
         summary.append({"fault": f.name, **f.figures})
     print("\nper fault:\n" + "\n".join(json.dumps(s, ensure_ascii=False) for s in summary), flush=True)
 
+    handovers = [f"{lg.stem}: {line[11:23]} {line.split(' ', 5)[-1][:140]}" for lg in logs
+                 for line in lg.read_text(errors="replace").splitlines()
+                 if any(w in line for w in (" holds partition ", " gives back ", " lost partition "))]
+    print("the parts' partition handovers:\n" + "\n".join(sorted(handovers, key=lambda h: h.split(": ", 1)[1])),
+          flush=True)
+    with psycopg.connect(r.url, autocommit=True) as conn:
+        published_is_stored(conn, r.devices, total, logs)
     no_task = sorted(d for d in alarms if d not in tasks)
     assert not no_task, (
         f"fire alarms without a task: {[(d, alarms[d].partition, alarms[d].node) for d in no_task]}; events stored "
