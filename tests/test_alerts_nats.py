@@ -81,6 +81,15 @@ class Devices:
         info.wait_for_publish(60)
         assert info.is_published(), f"{device}: the alarm was not PUBACKed"
 
+    def low_battery(self, device: str) -> None:
+        """Two readings with the battery at 5 % (the telemetry lane's rule), QoS 1, each PUBACKed."""
+        now = int(time.time() * 1000)
+        for seq in (2, 3):
+            body = {"ts": now + seq, "seq": seq, "metrics": {"battery_pct": 5}}
+            info = self.clients[device].publish(f"{self.prefix}/devices/{device}/telemetry", json.dumps(body), qos=1)
+            info.wait_for_publish(60)
+            assert info.is_published(), f"{device}: the reading was not PUBACKed"
+
     def close(self) -> None:
         for client in self.clients.values():
             client.disconnect()
@@ -115,6 +124,11 @@ def _session_connections(log: str) -> list[tuple[int | None, int]]:
     """(partition, epoch) of every session connection in a process's log, in order; (None, -1) for one made under
     no lease."""
     return [(int(m[1]), int(m[2])) if m[1] else (None, -1) for m in SESSION_CONNECTED.finditer(log)]
+
+
+def _active(conn: psycopg.Connection[Any], alert_type: str) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT device_id FROM alerts WHERE type = %s AND state = 'active'",
+                                       (alert_type,))}
 
 
 def _tasks(conn: psycopg.Connection[Any]) -> dict[str, int]:
@@ -176,6 +190,11 @@ def test_alarms_on_every_partition_and_a_killed_holders_partitions_move(hub: Nat
         wait_for(lambda: set(_tasks(conn)) >= set(first), 90, "a task for the alarm on every partition")
         wait_for(lambda: {c.get("device_id") for c in listener.of("/alerts")} >= set(first), 60,
                  "the alert changes published on the hub's account")
+        # readings go through the telemetry process's sessions of every partition
+        flat = [BY_PARTITION[k][2] for k in range(P)]
+        for dev in flat:
+            devices.low_battery(dev)
+        wait_for(lambda: _active(conn, "low_battery") >= set(flat), 90, "low_battery from a reading on every partition")
 
         # alarms on every partition, and the holder of two of them killed right after their PUBACKs
         victim, survivor = (a, b) if held[a.name] else (b, a)
