@@ -85,6 +85,10 @@ DEFAULT_HEARTBEAT_S = 60
 VIDEO_LOSS_AFTER = 3  # failed pulls in a row
 SCENE_SAVE_S = 600.0  # the clear scene is kept at least this often (frame time), and on each change
 RECEIVE_MAXIMUM = 32  # frames the broker may send before we acknowledge (each up to 2 MiB); MQTT 5 only
+# frames received and not judged yet, at most: MQTT 5's Receive Maximum bounds them on mosquitto; on NATS (MQTT 3.1.1)
+# the gateway may send a session up to its max_ack_pending (1,024 by default) frames of up to 2 MiB each. Beyond this
+# a frame is dropped (acknowledged unjudged, logged): a live detector needs the newest frames, not a backlog.
+MAX_QUEUED_BYTES = RECEIVE_MAXIMUM * MAX_FRAME
 BROKER = "broker"  # what the health endpoint says the part waits for while the broker is away or refuses us
 BROKER_WAITER = "detect-mqtt"
 
@@ -183,6 +187,9 @@ class DetectService:
         self.partitions = settings.partitions
         self.instance = settings.client_id("detect")
         self.frames: queue.Queue[Frame] = queue.Queue(maxsize=10_000)
+        self.queued_bytes = 0  # MQTT payload bytes in `frames` (MAX_QUEUED_BYTES)
+        self.dropped = 0
+        self._queued_lock = threading.Lock()
         self.cameras: dict[str, Camera] = {}
         self.held: set[str] = set()
         self.pullers: dict[str, threading.Thread] = {}
@@ -293,11 +300,28 @@ class DetectService:
         return self.mqtt.generation if self.mqtt is not None else 0
 
     def _enqueue(self, frame: Frame) -> None:
-        try:
-            self.frames.put_nowait(frame)
-        except queue.Full:
-            log.warning("detect: frame queue full, frame of %s at %s dropped", frame.camera_id, frame.ts_ms)
-            self._ack(frame)
+        size = len(frame.payload) if frame.payload is not None else 0
+        with self._queued_lock:
+            room = self.queued_bytes + size <= MAX_QUEUED_BYTES
+            if room:
+                self.queued_bytes += size
+        if room:
+            try:
+                self.frames.put_nowait(frame)
+                return
+            except queue.Full:
+                self._taken(frame)
+        self.dropped += 1
+        if self.dropped % 100 == 1:  # the first, then every hundredth
+            log.warning("detect: %d frames wait to be judged (%.0f MiB); frame of %s at %s dropped unjudged (%d so "
+                        "far)", self.frames.qsize(), self.queued_bytes / 2**20, frame.camera_id, frame.ts_ms,
+                        self.dropped)
+        self._ack(frame)
+
+    def _taken(self, frame: Frame) -> None:
+        if frame.payload is not None:
+            with self._queued_lock:
+                self.queued_bytes -= len(frame.payload)
 
     def _ack(self, frame: Frame) -> None:
         """Acknowledge an MQTT frame once judged (a pulled frame has nothing to acknowledge)."""
@@ -317,6 +341,8 @@ class DetectService:
                     item = self.frames.get(timeout=0.5)
                 except queue.Empty:
                     item = None
+                if item is not None:
+                    self._taken(item)
                 if self.renew_soon.is_set():  # connected again: lease before judging (a frame may be here first)
                     self.renew_soon.clear()
                     self._renew()

@@ -166,3 +166,28 @@ def test_a_restarted_detector_keeps_its_learned_clear_scene(
         assert detector is not None and not detector.learning
     finally:
         again.stop()
+
+
+def test_frames_waiting_to_be_judged_are_bounded_in_bytes(tmp_path: Path) -> None:
+    """On NATS (MQTT 3.1.1, no Receive Maximum) the broker may send a session up to its max_ack_pending frames at
+    once: what waits to be judged stays under MAX_QUEUED_BYTES, the rest is dropped (and would be acknowledged)."""
+    from ingest_env import SECRET
+
+    from gridhub.detectors.live import MAX_QUEUED_BYTES, Frame
+    from gridhub.protocol import MAX_FRAME
+    from gridhub.settings import Settings
+
+    settings = Settings(database_url="postgresql://nobody@127.0.0.1:1/none", mqtt_url="mqtt://u:p@127.0.0.1:1",
+                        data_dir=tmp_path, secret_key=SECRET, broker="nats", partitions=4)
+    service = DetectService(settings)  # not started: nothing takes frames out
+    frame = b"\xff\xd8" + bytes(MAX_FRAME - 2)
+    total = 2 * MAX_QUEUED_BYTES // MAX_FRAME
+    for i in range(total):
+        service._enqueue(Frame("cam-x", i, frame, topic="gridhub/v1/devices/cam-x/frame", mid=i + 1, qos=1))
+    queued = service.frames.qsize()
+    print(f"{queued} of {total} frames of {MAX_FRAME} bytes queued, {service.dropped} dropped")
+    assert queued * MAX_FRAME == service.queued_bytes <= MAX_QUEUED_BYTES
+    assert queued + service.dropped == total and service.dropped > 0
+    service._taken(service.frames.get_nowait())  # the worker takes one: room for one more
+    service._enqueue(Frame("cam-x", total, frame, topic="gridhub/v1/devices/cam-x/frame", mid=total + 1, qos=1))
+    assert service.frames.qsize() == queued
