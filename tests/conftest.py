@@ -34,7 +34,8 @@ SLOW_FILES = {
     "test_embedded_up.py",
     "test_ingest_processes.py", "test_ingest_restart_loss.py", "test_ingest_slots.py", "test_localservices.py", "test_scenarios_e2e.py", "test_simulators_demo.py",
     "test_simulators_load.py", "test_notify_processes.py", "test_notify_cli.py", "test_parts_wait_for_db.py",
-    "test_nats_cluster.py",
+    "test_nats_cluster.py", "test_ingest_nats.py", "test_alerts_nats.py", "test_detect_nats.py",
+    "test_store_unknown_commit.py", "test_detector_real.py",
     "test_fault_single_machine.py", "test_broker_check.py",
 }
 # the fixtures that reach PostgreSQL or start a broker: no unit test may use them, even through another fixture
