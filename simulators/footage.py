@@ -91,9 +91,14 @@ def read_video(path: Path, max_frames: int = MAX_FRAMES) -> list[np.ndarray]:
     return frames
 
 
-def clear_scene(frames: list[np.ndarray], step: int = 3) -> np.ndarray:
-    """The scene without its people: the per-pixel median of every ``step``-th frame (everyone moves in the clip)."""
-    return np.median(np.stack(frames[::step]), axis=0).astype(np.uint8)
+def clear_scene(frames: list[np.ndarray], step: int = 3, band: int = 32) -> np.ndarray:
+    """The scene without its people: the per-pixel median of every ``step``-th frame (everyone moves in the clip),
+    taken ``band`` rows at a time so that no stack of whole frames is made."""
+    picked = frames[::step]
+    out = np.empty_like(picked[0])
+    for y in range(0, out.shape[0], band):
+        out[y:y + band] = np.median(np.stack([f[y:y + band] for f in picked]), axis=0).astype(np.uint8)
+    return out
 
 
 @dataclass(frozen=True)
