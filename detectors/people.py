@@ -34,6 +34,7 @@ class Person:
     look_again_ms: int
     misses: int = 0  # looked at again and not found
     found: bool = True  # False: a region where no one was found on the first look, looked at once more
+    pixels: np.ndarray | None = None  # the foreground taken for the person (working size)
 
 
 class People:
@@ -62,11 +63,17 @@ class People:
         if not t.people:
             return
         self.looked &= evidence
-        self.mask &= evidence
         if not evidence.any():
-            self.people = []
+            if self.people:
+                self.people = []
+                self._remask()
             return
-        self.people = [p for p in self.people if evidence[p.box[1] : p.box[3], p.box[0] : p.box[2]].any()]
+        # a person's mark stays while anything is counted in their box (a part of it cleared, a ghost taken
+        # in as they walk off, does not take it away)
+        kept = [p for p in self.people if evidence[p.box[1] : p.box[3], p.box[0] : p.box[2]].any()]
+        if len(kept) != len(self.people):
+            self.people = kept
+            self._remask()
         box = self.geometry.box
         settled = np.zeros_like(still)
         settled[box] = still[box] & (still_s[box] >= np.float32(settle_s)) & self.geometry.roi[box]
@@ -116,34 +123,44 @@ class People:
         x0, y0, x1, y1 = due.box
         region = np.zeros_like(fg_long)
         region[y0:y1, x0:x1] = True
-        if self._look(frame, fg_long, region & fg_long, due.box, ts_ms):
+        found = self._look(frame, fg_long, region & fg_long, due.box, ts_ms)
+        if found:
+            if due.pixels is not None:  # the mark grows, never shrinks, while they are found
+                found[0].pixels = due.pixels | found[0].pixels if found[0].pixels is not None else due.pixels
+                self._remask()
             return
         if due.misses == 0:
             # the detector misses a person now and then (turning, walking off): once does not take the mark away
-            self.people.append(Person(due.box, ts_ms + round(self.tuning.people_recheck_s * 1000), 1))
+            later = ts_ms + round(self.tuning.people_recheck_s * 1000)
+            self.people.append(Person(due.box, later, 1, due.found, due.pixels))
             return
         if not due.found:
             return  # no one there, twice
-        self.mask[y0:y1, x0:x1] = False
-        for p in self.people:
-            if p.found:
-                self._mark(fg_long, p.box)
+        self._remask()
         self.looked[y0:y1, x0:x1] = False  # what stands there now is looked at afresh once it has settled
 
     def _look(
         self, frame: np.ndarray, fg_long: np.ndarray, region: np.ndarray, box: tuple[int, int, int, int], ts_ms: int
-    ) -> bool:
-        """Look for people in ``box``; True if one was found (their marks made)."""
+    ) -> list[Person]:
+        """Look for people in ``box``; the people found (marked)."""
         here = fg_long | region
-        found = [p for p in self._find(frame, box) or [] if _stands_in(here, p)]
-        for person in found:
-            self.people.append(Person(person, ts_ms + round(self.tuning.people_recheck_s * 1000)))
-            self._mark(fg_long | region, person)
-        return bool(found)
+        found = []
+        for b in self._find(frame, box) or []:
+            if _stands_in(here, b):
+                x0, y0, x1, y1 = b
+                pixels = np.zeros_like(here)
+                pixels[y0:y1, x0:x1] = here[y0:y1, x0:x1]
+                found.append(Person(b, ts_ms + round(self.tuning.people_recheck_s * 1000), pixels=pixels))
+        self.people.extend(found)
+        if found:
+            self._remask()
+        return found
 
-    def _mark(self, fg: np.ndarray, box: tuple[int, int, int, int]) -> None:
-        x0, y0, x1, y1 = box
-        self.mask[y0:y1, x0:x1] |= fg[y0:y1, x0:x1]
+    def _remask(self) -> None:
+        self.mask[:] = False
+        for p in self.people:
+            if p.found and p.pixels is not None:
+                self.mask |= p.pixels
 
     def _find(self, frame: np.ndarray, box: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]] | None:
         """People standing in the region ``box`` (working size): their boxes on the working size; ``None`` when
