@@ -7,33 +7,30 @@ object and raise it: the check is about people, not about the picture."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
+from footage import vtest_path
 
 from gridhub.detectors.config import CameraConfig
 from gridhub.detectors.model import DetectionEvent, ExitDetector, decode_frame
 from gridhub.simulators.scenes import PIX_PER_M, TUNING_SEEDS, floor_point, generate_scene
 
-VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 MIN_BLOCKED_S = 20.0
 ARRIVES_S = 40.0
 LEAVES_S = ARRIVES_S + 3 * MIN_BLOCKED_S
 
 
 @pytest.fixture(scope="module")
-def person() -> np.ndarray:
-    """A person from vtest (the strongest of OpenCV's people detections on one frame), cut to their own box."""
-    if not VTEST.is_file():
-        pytest.fail(f"{VTEST} is missing: install Debian's opencv-doc (`apt-get install -y opencv-doc`, as "
-                    "scripts/install-test-data.sh does for `make test`)", pytrace=False)
-    cap = cv2.VideoCapture(str(VTEST))
+def person(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    """A person from vtest (the strongest of OpenCV's people detections on one frame), cut to their own box; the
+    test fails, naming the fix, when the footage is not installed (tests/footage.py)."""
+    vtest = vtest_path(tmp_path_factory.getbasetemp() / "footage")
+    cap = cv2.VideoCapture(str(vtest))
     cap.set(cv2.CAP_PROP_POS_FRAMES, 200)
     ok, frame = cap.read()
     cap.release()
-    assert ok, f"{VTEST} cannot be read by OpenCV"
+    assert ok, f"{vtest} cannot be read by OpenCV"
     hog = cv2.HOGDescriptor()
     hog.setSVMDetector(np.asarray(cv2.HOGDescriptor.getDefaultPeopleDetector(), np.float32))
     rects, weights = hog.detectMultiScale(frame, winStride=(8, 8), padding=(8, 8), scale=1.05)
