@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from gridhub.runtime import PARTS, resolve_services, supervise
+from gridhub.services.nats import DEFAULT_PARTITIONS as DEFAULT_NATS_PARTITIONS
 from gridhub.settings import Settings, get_settings
 
 
@@ -387,8 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--no-reload", action="store_true", help="do not signal the local broker to reload")
     cr.add_argument("--broker", choices=("mosquitto", "nats"), default="mosquitto",
                     help="which broker's accounts to write (default mosquitto)")
-    cr.add_argument("--partitions", type=int, default=4,
-                    help="nats: P, the partitions devices are mapped onto (default 4, provisional)")
+    cr.add_argument("--partitions", type=int, default=DEFAULT_NATS_PARTITIONS,
+                    help=f"nats: P, the partitions devices are mapped onto (default {DEFAULT_NATS_PARTITIONS}, measured:"
+                    " docs/scaling.md); every part must run with the same GRIDHUB_PARTITIONS")
     cr.add_argument("--nats-dir", help="nats: the local cluster's directory, reloaded after the write"
                     " (default <data dir>/nats)")
     ro = dev_sub.add_parser("rotate", help="move every device still on the legacy password to the separated key,"

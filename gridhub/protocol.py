@@ -247,8 +247,12 @@ class BrokerAddress:
     @classmethod
     def parse(cls, url: str) -> BrokerAddress:
         parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise BrokerURLError(f"broker URL {url!r} must look like mqtt://user:pass@host:port (mqtts:// for TLS)")
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):  # the URL itself is not shown: it may hold a password
+            raise BrokerURLError(f"a broker URL with the scheme {parts.scheme!r} must look like "
+                                 "mqtt://user:pass@host:port (mqtts:// for TLS)")
+        creds, at, hosts = parts.netloc.rpartition("@")
+        if "," in hosts:  # several nodes (gridhub.mqtt's multi-host URL): this address is the first
+            parts = parts._replace(netloc=f"{creds}{at}{hosts.split(',')[0].strip()}")
         tls = parts.scheme in ("mqtts", "ssl")
         return cls(
             host=parts.hostname or "127.0.0.1",

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from gridhub.db import REGISTRY_CHANNEL
+from gridhub.db import REGISTRY_CHANNEL, connect
 from gridhub.ingest.validate import Device
 from gridhub.protocol import DeviceKind
 from gridhub.waiting import DATABASE_ERRORS, run_through_outages
@@ -56,7 +56,7 @@ class RegistryCache(Mapping[str, Device]):
         return len(self._devices)
 
     def reload(self) -> None:
-        with psycopg.connect(self.url, autocommit=True, connect_timeout=10, application_name="gridhub-ingest") as conn:
+        with connect(self.url, autocommit=True, application_name="gridhub-ingest") as conn:
             self._devices = load_devices(conn)
         self.loads += 1
         self._loaded_at = time.monotonic()
@@ -84,7 +84,7 @@ class RegistryCache(Mapping[str, Device]):
         ingest says once that it waits for the database, and once that it is back)."""
 
         def follow(connected: Callable[[], None]) -> None:
-            with psycopg.connect(self.url, autocommit=True, connect_timeout=10, application_name="gridhub-ingest") as conn:
+            with connect(self.url, autocommit=True, application_name="gridhub-ingest") as conn:
                 conn.execute(f"LISTEN {CHANNEL}")
                 self.reload()
                 connected()

@@ -31,3 +31,16 @@ def test_one_host_is_unchanged() -> None:
 def test_empty_hosts_and_too_many_are_refused(url: str) -> None:
     with pytest.raises(BrokerURLError):
         single_host_urls(url)
+
+
+def test_a_broker_address_of_a_multi_host_url_is_its_first_node_and_an_error_shows_no_password() -> None:
+    from gridhub.protocol import BrokerAddress, BrokerURLError
+
+    first = BrokerAddress.parse("mqtt://hub:p%40ss@10.0.0.1:1883,10.0.0.2:1884,10.0.0.3:1885")
+    assert (first.host, first.port, first.username, first.password) == ("10.0.0.1", 1883, "hub", "p@ss")
+    try:
+        BrokerAddress.parse("http://hub:very-secret@10.0.0.1:1883")
+    except BrokerURLError as exc:
+        assert "very-secret" not in str(exc)
+    else:
+        raise AssertionError("an http:// broker URL was accepted")
