@@ -56,6 +56,7 @@ MAX_PAYLOAD = 4 * 1024 * 1024
 DEFAULT_PARTITIONS = 4
 MAX_PARTITIONS = 1024
 REPLICAS = 3
+ACK_WAIT = "5s"  # the MQTT gateway's redelivery wait (nats-server's default is 30 s): see node_conf
 DEVICES_ACCOUNT = "DEVICES"
 HUB_ACCOUNT = "HUB"
 WORKERS_ACCOUNT = "WORKERS"  # the grid workers' apps: their own task pushes from HUB, nothing else
@@ -396,8 +397,11 @@ def node_conf(node: NatsNode, nodes: list[NatsNode], store_dir: Path, cluster_na
         f"cluster {{ name: {_q(cluster_name)}, host: 127.0.0.1, port: {node.cluster_port},"
         f" routes: [{', '.join(_q(r) for r in routes)}] }}",
         # stream_replicas: the gateway otherwise counts configured routes, not nodes (SERVICES.md): with 2 replicas
-        # one dead node made every CONNECT fail.
-        f"mqtt {{ host: 127.0.0.1, port: {node.mqtt_port}, stream_replicas: {REPLICAS} }}",
+        # one dead node made every CONNECT fail. ack_wait: how long a QoS 1 message delivered to a session and not
+        # acknowledged waits before it is sent again; the default 30 s was the delay before a dead holder's alarms
+        # reached the new holder, and before a message 2.9 left undelivered at max_ack_pending went out
+        # (docs/scaling.md); redeliveries meanwhile are stored once (dedup) and evaluated once (rule_events)
+        f"mqtt {{ host: 127.0.0.1, port: {node.mqtt_port}, stream_replicas: {REPLICAS}, ack_wait: {_q(ACK_WAIT)} }}",
         f"include {_q(ACCOUNTS_FILE)}",
         "",
     ])
