@@ -91,6 +91,8 @@ RECEIVE_MAXIMUM = 32  # frames the broker may send before we acknowledge (each u
 MAX_QUEUED_BYTES = RECEIVE_MAXIMUM * MAX_FRAME
 BROKER = "broker"  # what the health endpoint says the part waits for while the broker is away or refuses us
 BROKER_WAITER = "detect-mqtt"
+SUBSCRIBE_WAITER = "detect-subscriptions"
+RESUBSCRIBE_S = (2.0, 30.0)  # a refused subscription is asked for again after 2 s, doubling up to 30 s
 
 T = TypeVar("T")
 
@@ -202,6 +204,10 @@ class DetectService:
         self.published = 0
         self.broker_away_since: float | None = time.monotonic()  # None while connected
         self.renew_soon = threading.Event()  # connected again: take camera leases without waiting a round
+        self.refused_subs: set[str] = set()  # frame filters the broker refused in its last SUBACK for them
+        self._retries: dict[int, list[str]] = {}  # SUBSCRIBE packet id -> the refused filters asked for again
+        self._resubscribe_s = RESUBSCRIBE_S[0]
+        self._retry_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -223,6 +229,7 @@ class DetectService:
             on_disconnected=self._on_disconnected,
         )
         WAITS.begin(BROKER, BROKER_WAITER, "connecting")
+        self._watch_subacks(mqtt)
         self.mqtt = mqtt
         mqtt.start()  # CONNACK, refusals and reconnects in the background: an absent broker is waited for
         self.worker = threading.Thread(target=self._work, name="detect-worker", daemon=True)
@@ -274,6 +281,51 @@ class DetectService:
         self.renew_soon.set()
         log.info("detect: subscribed to camera frames under %s (%s)", self.prefix,
                  "NATS, MQTT 3.1.1, partitions' topics" if self.nats else "MQTT 5")
+
+    def _watch_subacks(self, mqtt: MqttConnection) -> None:
+        """See every SUBACK before the connection does: NATS's gateway answers a subscription whose JetStream consumer
+        it could not make (seen after a node's SIGKILL: "Unable to add JetStream consumer for subscription ...
+        timeout") with a refusal (0x80) and keeps the connection, so those frames would never come."""
+        inner = mqtt.client.on_subscribe
+
+        def on_subscribe(client: paho.Client, userdata: Any, mid: int, rcs: Any, props: Any = None) -> None:
+            self._suback(mqtt, mid, list(rcs))
+            if inner is not None:
+                inner(client, userdata, mid, rcs, props)  # type: ignore[call-arg]  # VERSION2's five arguments
+
+        mqtt.client.on_subscribe = on_subscribe
+
+    def _suback(self, mqtt: MqttConnection, mid: int, rcs: list[Any]) -> None:
+        with self._retry_lock:  # _resubscribe records its packet id before this can run for it
+            asked = self._retries.pop(mid, None)
+        filters = asked if asked is not None else [f for f, _ in mqtt.subscriptions]
+        refused = {f for f, rc in zip(filters, rcs, strict=False) if getattr(rc, "is_failure", rc == 0x80)}
+        if asked is None:  # every filter, on a (re)connection
+            self.refused_subs = refused
+        else:
+            self.refused_subs = (self.refused_subs - set(asked)) | refused
+        if not self.refused_subs:
+            self._resubscribe_s = RESUBSCRIBE_S[0]
+            WAITS.end(BROKER, SUBSCRIBE_WAITER)
+            return
+        WAITS.begin(BROKER, SUBSCRIBE_WAITER, "a frame subscription refused")
+        log.error("the broker refused detect's subscription to %s; asking again in %.0f s",
+                  ", ".join(sorted(self.refused_subs)), self._resubscribe_s)
+        timer = threading.Timer(self._resubscribe_s, self._resubscribe, args=(mqtt, mqtt.generation))
+        timer.daemon = True
+        timer.start()
+        self._resubscribe_s = min(self._resubscribe_s * 2, RESUBSCRIBE_S[1])
+
+    def _resubscribe(self, mqtt: MqttConnection, generation: int) -> None:
+        """Ask again for the refused filters, on the same connection only (a new one subscribes to all anyway)."""
+        failed = sorted(self.refused_subs)
+        if not failed or self.stop_event.is_set() or mqtt.stopping or mqtt.generation != generation \
+                or not mqtt.is_connected():
+            return
+        with self._retry_lock:
+            rc, mid = mqtt.client.subscribe([(f, 1) for f in failed])
+            if rc == paho.MQTT_ERR_SUCCESS and mid is not None:
+                self._retries[mid] = failed
 
     def _on_message(self, msg: paho.MQTTMessage) -> None:
         now_ms = int(time.time() * 1000)

@@ -16,7 +16,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -308,3 +312,57 @@ def test_a_worker_app_receives_its_own_task_push_only(hub: NatsHub) -> None:
         for inbox in (w1, w3, bureau):
             inbox.close()
         publisher.stop()
+
+
+def test_detect_waits_for_its_lost_node_and_judges_on_the_next(hub: NatsHub, tmp_path: Path) -> None:
+    """SIGKILL of the node detect is connected to: its health says it waits for the broker, it goes on to the next
+    node of the URL and judges the camera's frames published to a surviving node again."""
+    with psycopg.connect(hub.db_url, autocommit=True) as conn:
+        conn.execute("UPDATE devices SET camera = %s WHERE id = %s", (Jsonb({"roi": ROI, "min_blocked_s": 60}),
+                                                                      CAMERA))
+    port = free_port()
+    log = tmp_path / "detect-1.log"
+    proc = _start_detect(hub, "detect-1", log, port)
+    cam: Inbox | None = None
+    try:
+        wait_until(_health_is(port, 200), 60, "detect connected to the cluster (/healthz 200)")
+        # the URL's first host is dead: detect went on to the next one, whose port its log names
+        on = [int(m) for m in re.findall(r"connecting to the next broker node, 127\.0\.0\.1:(\d+)", log.read_text())]
+        node = next(n for n in hub.cluster.nodes if n.mqtt_port == on[-1])
+        survivor = next(n for n in hub.cluster.nodes if n.name != node.name)
+        cam = Inbox(survivor.mqtt_port, CAMERA, derived_password(SECRET, "device", CAMERA))
+        camera = cam
+        with psycopg.connect(hub.db_url, autocommit=True) as conn:
+
+            def judged(at_least: int) -> Callable[[], bool]:
+                """A camera sends frames on and on: one broken frame a second, until detect has judged (quarantined)
+                `at_least` (a clean session's new subscription takes what is published once the gateway made it)."""
+                def check() -> bool:
+                    info = camera.client.publish(f"{PREFIX}/devices/{CAMERA}/frame/{int(time.time() * 1000)}",
+                                                 b"\xff\xd8 broken", qos=1)
+                    info.wait_for_publish(60)
+                    assert info.is_published(), "a frame was not PUBACKed"
+                    time.sleep(1)
+                    row = conn.execute("SELECT count(*) FROM quarantine WHERE device_id = %s AND reason ="
+                                       " 'bad_frame'", (CAMERA,)).fetchone()
+                    return bool(row and row[0] >= at_least)
+                return check
+
+            wait_until(judged(1), 120, "a broken frame judged (quarantined as bad_frame) before the kill")
+            killed = time.monotonic()
+            hub.cluster.signal_node(node, signal.SIGKILL)
+            wait_until(lambda: "waiting for the broker (connection lost" in log.read_text(errors="replace"), 60,
+                       "detect saying it waits for the broker")
+            wait_until(_health_is(port, 200), 240, "detect connected again (/healthz 200)")
+            print(f"detect connected again {time.monotonic() - killed:.1f} s after SIGKILL of {node.name}")
+            before = conn.execute("SELECT count(*) FROM quarantine WHERE device_id = %s", (CAMERA,)).fetchone()
+            assert before is not None
+            wait_until(judged(before[0] + 1), 180, "a broken frame judged after the failover")
+            print(f"a frame judged again {time.monotonic() - killed:.1f} s after the kill")
+    finally:
+        if cam is not None:
+            cam.close()
+        _stop(proc)
+        for n in hub.cluster.nodes:  # kept for a failure's diagnosis (the cluster's directory is removed)
+            with contextlib.suppress(OSError):
+                shutil.copy(hub.cluster.log_file(n), tmp_path / f"nats-{n.name}.log")
