@@ -191,3 +191,33 @@ def test_frames_waiting_to_be_judged_are_bounded_in_bytes(tmp_path: Path) -> Non
     service._taken(service.frames.get_nowait())  # the worker takes one: room for one more
     service._enqueue(Frame("cam-x", total, frame, topic="gridhub/v1/devices/cam-x/frame", mid=total + 1, qos=1))
     assert service.frames.qsize() == queued
+
+
+def test_a_refused_frame_subscription_is_waited_for_and_asked_again(tmp_path: Path) -> None:
+    """NATS's gateway may answer SUBACK 0x80 for a filter whose JetStream consumer it could not make, keeping the
+    connection: detect says it waits for the broker until a SUBACK grants every frame filter."""
+    from ingest_env import SECRET
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from gridhub.detectors.live import BROKER, frame_subscriptions
+    from gridhub.mqtt import MqttConnection
+    from gridhub.settings import Settings
+    from gridhub.waiting import WAITS
+
+    settings = Settings(database_url="postgresql://nobody@127.0.0.1:1/none", mqtt_url="mqtt://u:p@127.0.0.1:1",
+                        data_dir=tmp_path, secret_key=SECRET, broker="nats", partitions=4)
+    service = DetectService(settings)  # not started: its connection never connects
+    subs = frame_subscriptions(settings.topic_prefix, nats=True)
+    mqtt = MqttConnection(settings.mqtt_url or "", "detect-suback-test", subscriptions=subs)
+    granted, refused = ReasonCode(PacketTypes.SUBACK, identifier=1), ReasonCode(PacketTypes.SUBACK, identifier=0x80)
+    service._suback(mqtt, 7, [granted, refused, granted, refused])
+    assert service.refused_subs == {subs[1][0], subs[3][0]}
+    assert BROKER in WAITS.waiting()
+    service._retries[8] = [subs[1][0]]  # asked again for one of them (what _resubscribe records): granted
+    service._suback(mqtt, 8, [granted])
+    assert service.refused_subs == {subs[3][0]}
+    assert BROKER in WAITS.waiting()
+    service._suback(mqtt, 9, [granted] * len(subs))  # a new connection's SUBACK grants every filter
+    assert service.refused_subs == set()
+    assert BROKER not in WAITS.waiting()
