@@ -1,0 +1,491 @@
+"""Issue 15: is a partition's consumer at-least-once across a handover on a NATS JetStream cluster?
+
+A partition's consumer is handed over N times between two holders (A stops cleanly, then B starts, then A ...)
+while QoS 1 MQTT 3.1.1 publishers (paho, one connection a device, sequence numbers in the payload, resending what
+was not PUBACKed) publish device telemetry that the DEVICES account maps onto P partitions. Two variants, each on a
+fresh 3-node cluster (gridhub/services/nats.py, accounts from `accounts_conf`, free ports, removed at the end):
+
+  mqtt_session   the hub's way today: one persistent MQTT session a partition (fixed client id, clean_session False,
+                 the hub's `status_reader` user in DEVICES), acknowledging each message after recording it.
+  jetstream_pull one JetStream durable pull consumer a partition (nats-py) on the DEVICES account's `$MQTT_msgs`
+                 stream (the stream a device's PUBACK waits for), filtered to the partition's subjects, explicit
+                 acks after recording, fetched in batches; plus the stream leader node killed with SIGKILL mid-run.
+
+Published = (device, seq) pairs PUBACKed; received = distinct pairs recorded; lost = published - received.
+Partition 0's consumer also reads the devices' unmapped subjects, as the hub does (`unmapped_filters`): nats-server
+2.9.10 stores some QoS 1 publishes unmapped. JSON on stdout, progress on stderr.
+
+    .venv/bin/python bench/nats_handover.py [--devices 8] [--per-device 400] [--interval 0.02] [--handovers 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.errors
+import orjson
+import paho.mqtt.client as paho
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gridhub.services.nats import (
+    DEVICES_ACCOUNT,
+    PARTITION_LEVEL,
+    NatsCluster,
+    NatsNode,
+    NatsUser,
+    accounts_conf,
+    device_partition,
+    find_nats_server,
+    free_layout,
+    server_version,
+    status_reader,
+    subject_prefix,
+)
+from gridhub.services.process import make_service_tmpdir
+from gridhub.settings import DEFAULT_TOPIC_PREFIX
+
+PREFIX = DEFAULT_TOPIC_PREFIX
+STREAM = "$MQTT_msgs"  # the MQTT gateway's message stream in each account (checked with /jsz below)
+HUB = NatsUser("gridhub-hub", "hub-" + uuid.uuid4().hex)
+JS_USER = "gridhub-hub-js"  # the consumer user variant (b) needs in DEVICES: JetStream API on $MQTT_msgs only
+
+
+def log(*args: Any) -> None:
+    print(time.strftime("%H:%M:%S"), *args, file=sys.stderr, flush=True)
+
+
+def js_permissions() -> dict[str, Any]:
+    """What a hub user in DEVICES needs to own durable pull consumers on the gateway's stream, and nothing else: the
+    JetStream API for that stream (info, create, next message), acknowledgements, and its own reply inboxes."""
+    api = "$JS.API"
+    return {"publish": {"allow": [f"{api}.INFO", f"{api}.STREAM.INFO.{STREAM}",
+                                  f"{api}.CONSUMER.CREATE.{STREAM}.>", f"{api}.CONSUMER.DURABLE.CREATE.{STREAM}.>",
+                                  f"{api}.CONSUMER.INFO.{STREAM}.>", f"{api}.CONSUMER.MSG.NEXT.{STREAM}.>",
+                                  f"$JS.ACK.{STREAM}.>"]},
+            "subscribe": {"allow": ["_INBOX.>"]}}
+
+
+def device_ids(count: int, partitions: int) -> list[str]:
+    """`count` device ids spread evenly over the partitions (by the same hash as NATS's mapping)."""
+    per = {k: [] for k in range(partitions)}  # type: dict[int, list[str]]
+    i = 0
+    while sum(len(v) for v in per.values()) < count:
+        d = f"bench-ho-{i:03d}"
+        k = device_partition(d, partitions)
+        if len(per[k]) < -(-count // partitions):
+            per[k].append(d)
+        i += 1
+    return sorted(x for v in per.values() for x in v)[:count]
+
+
+def start_cluster(devices: list[str], partitions: int) -> tuple[NatsCluster, Path]:
+    root = Path(make_service_tmpdir("gridhub-bench-ho-"))
+    cluster = NatsCluster(root, free_layout())
+    users = [NatsUser(d, "pw-" + d) for d in devices] + [NatsUser(JS_USER, HUB.password, js_permissions())]
+    cluster.write_config(accounts_conf(PREFIX, partitions, [HUB], users, NatsUser("sys", uuid.uuid4().hex)))
+    cluster.start(timeout=90)
+    return cluster, root
+
+
+def stream_facts(cluster: NatsCluster) -> dict[str, Any]:
+    """The DEVICES account's MQTT message stream as /jsz reports it: name, subjects, retention, replicas, leader."""
+    for n in cluster.nodes:
+        if cluster.pid(n) is None:
+            continue
+        try:
+            jsz = cluster.monitor(n, f"/jsz?acc={DEVICES_ACCOUNT}&streams=true&config=true&consumers=true")
+        except OSError:
+            continue
+        for acc in jsz.get("account_details") or []:
+            for st in acc.get("stream_detail") or []:
+                if st["name"] == STREAM:
+                    cfg = st.get("config") or {}
+                    return {"name": st["name"], "subjects": cfg.get("subjects"), "retention": cfg.get("retention"),
+                            "replicas": cfg.get("num_replicas"), "storage": cfg.get("storage"),
+                            "leader": (st.get("cluster") or {}).get("leader"),
+                            "messages": (st.get("state") or {}).get("messages"),
+                            "consumers": (st.get("state") or {}).get("consumer_count")}
+    return {}
+
+
+# --- publishers -------------------------------------------------------------------------------------------------
+
+
+class Publisher(threading.Thread):
+    """One device: QoS 1, one message at a time, each resent (same seq) until PUBACKed; records what was acked."""
+
+    def __init__(self, device: str, ports: list[int], per_device: int, interval: float) -> None:
+        super().__init__(daemon=True)
+        self.device, self.ports, self.per_device, self.interval = device, ports, per_device, interval
+        self.acked: set[int] = set()
+        self.resends = 0
+
+    def run(self) -> None:
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{self.device}-{uuid.uuid4().hex[:6]}",
+                        protocol=paho.MQTTv311)
+        c.username_pw_set(self.device, "pw-" + self.device)
+        c.reconnect_delay_set(0.2, 2)
+        c.connect("127.0.0.1", self.ports[0], keepalive=15)
+        c.loop_start()
+        topic = f"{PREFIX}/devices/{self.device}/telemetry"
+        try:
+            for seq in range(self.per_device):
+                body = orjson.dumps({"ts": int(time.time() * 1000), "seq": seq, "metrics": {"battery_pct": 42.0}})
+                first = True
+                while True:
+                    if not first:
+                        self.resends += 1
+                    first = False
+                    info = c.publish(topic, body, qos=1)
+                    try:
+                        info.wait_for_publish(10)
+                    except (RuntimeError, ValueError):
+                        time.sleep(0.2)
+                    if info.is_published():
+                        self.acked.add(seq)
+                        break
+                time.sleep(self.interval)
+        finally:
+            c.disconnect()
+            c.loop_stop()
+
+
+# --- consumers --------------------------------------------------------------------------------------------------
+
+
+class Record:
+    """What the consumers "stored": (device, seq) -> times recorded, and one sample of a stored message."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: Counter[tuple[str, int]] = Counter()
+        self.sample: dict[str, Any] | None = None
+        self.subjects: Counter[str] = Counter()
+
+    def add(self, payload: bytes, where: str) -> None:
+        device = where.split("/" if "/" in where else ".")
+        if device[-1] != "telemetry":  # the start-up probe's status message
+            return
+        doc = orjson.loads(payload)
+        dev = device[device.index("devices") + 1]
+        kind = "mapped" if PARTITION_LEVEL in device else "unmapped"
+        with self.lock:
+            self.seen[(dev, int(doc["seq"]))] += 1
+            self.subjects[kind] += 1
+
+
+def run_mqtt_holder(port: int, client_id: str, partition: int, record: Record, stop: threading.Event,
+                    ready: threading.Event) -> None:
+    """One holder of partition `partition`'s persistent MQTT session until `stop`: clean DISCONNECT at the end."""
+    reader = status_reader(HUB)
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311, clean_session=False)
+    c.username_pw_set(reader.user, reader.password)
+    c.manual_ack_set(True)
+    filters = [f"{PREFIX}/{PARTITION_LEVEL}/{partition}/devices/+/telemetry"]
+    if partition == 0:
+        filters.append(f"{PREFIX}/devices/+/telemetry")
+
+    def on_connect(cl: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if not rc.is_failure:
+            cl.subscribe([(f, 1) for f in filters])
+
+    def on_subscribe(_cl: paho.Client, _u: Any, _mid: Any, _rc: Any, _p: Any) -> None:
+        ready.set()
+
+    def on_message(cl: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        record.add(msg.payload, msg.topic)  # "store" first, then acknowledge
+        cl.ack(msg.mid, msg.qos)
+
+    c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
+    c.connect("127.0.0.1", port, keepalive=15)
+    c.loop_start()
+    stop.wait()
+    c.disconnect()
+    c.loop_stop()
+
+
+class MqttVariant:
+    def __init__(self, ports: list[int], partitions: int, record: Record) -> None:
+        self.ports, self.partitions, self.record = ports, partitions, record
+        self.tag = uuid.uuid4().hex[:8]
+        self.current: list[tuple[threading.Thread, threading.Event]] = []
+        self.holder = 0
+
+    def start_holders(self) -> None:
+        self.current = []
+        readies = []
+        for k in range(self.partitions):
+            stop, ready = threading.Event(), threading.Event()
+            # holder A and B connect to different nodes, as two hub processes might
+            port = self.ports[self.holder % len(self.ports)]
+            t = threading.Thread(target=run_mqtt_holder, daemon=True,
+                                 args=(port, f"gridhub-bench-p{k}-{self.tag}", k, self.record, stop, ready))
+            t.start()
+            self.current.append((t, stop))
+            readies.append(ready)
+        for r in readies:
+            if not r.wait(60):
+                raise RuntimeError("an MQTT holder did not get its SUBACK in 60 s")
+
+    def stop_holders(self) -> None:
+        for _t, stop in self.current:
+            stop.set()
+        for t, _ in self.current:
+            t.join(30)
+        self.holder += 1
+
+
+class JetStreamVariant:
+    """Durable pull consumers on DEVICES' $MQTT_msgs, held by one nats-py connection at a time (holder A or B), in
+    an asyncio loop of their own thread."""
+
+    def __init__(self, cluster: NatsCluster, nodes: list[NatsNode], partitions: int, record: Record) -> None:
+        self.cluster, self.nodes, self.partitions, self.record = cluster, nodes, partitions, record
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.tag = uuid.uuid4().hex[:8]
+        self.holder = 0
+        self.stop_flag: asyncio.Event | None = None
+        self.tasks: list[Any] = []
+        self.nc: Any = None
+        self.facts: dict[str, Any] = {}
+        self.errors: Counter[str] = Counter()
+
+    def call(self, coro: Any, timeout: float = 120) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def filters(self) -> dict[str, str]:
+        s = subject_prefix(PREFIX)
+        out = {f"bench-p{k}-{self.tag}": f"$MQTT.msgs.{s}.{PARTITION_LEVEL}.{k}.>" for k in range(self.partitions)}
+        # partition 0's holder reads the unmapped subjects too; 2.9 allows one filter a consumer, so a second one
+        out[f"bench-unmapped-{self.tag}"] = f"$MQTT.msgs.{s}.devices.>"
+        return out
+
+    async def connect(self, first: NatsNode) -> Any:
+        others = [n for n in self.nodes if n is not first]
+        servers = [f"nats://127.0.0.1:{n.client_port}" for n in [first, *others]]
+        return await nats.connect(servers=servers, user=JS_USER, password=HUB.password, dont_randomize=True,
+                                  max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5)
+
+    async def create(self) -> None:
+        nc = await self.connect(self.nodes[0])
+        js = nc.jetstream(timeout=30)
+        si = await js.stream_info(STREAM)
+        self.facts = {"retention": str(si.config.retention), "subjects": si.config.subjects,
+                      "replicas": si.config.num_replicas}
+        for name, subject in self.filters().items():
+            await js.add_consumer(STREAM, ConsumerConfig(durable_name=name, filter_subject=subject,
+                                                         ack_policy=AckPolicy.EXPLICIT,
+                                                         deliver_policy=DeliverPolicy.ALL, ack_wait=5,
+                                                         max_ack_pending=1000))
+        await nc.close()
+
+    async def consume(self, js: Any, name: str, stop: asyncio.Event) -> None:
+        sub = await js.pull_subscribe_bind(name, STREAM)
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(100, timeout=1)
+            except nats.errors.TimeoutError:
+                continue
+            except Exception as exc:  # a leader election, a reconnect: wait and fetch again
+                self.errors[type(exc).__name__] += 1
+                await asyncio.sleep(0.5)
+                continue
+            for m in msgs:
+                if self.record.sample is None:
+                    self.record.sample = {"subject": m.subject, "headers": m.headers,
+                                          "payload": m.data.decode(errors="replace"),
+                                          "stream_seq": m.metadata.sequence.stream,
+                                          "num_delivered": m.metadata.num_delivered}
+                self.record.add(m.data, m.subject)  # "store" first, then acknowledge
+                try:
+                    await m.ack()
+                except Exception as exc:
+                    self.errors["ack-" + type(exc).__name__] += 1
+            if stop.is_set():
+                break
+
+    async def _start(self) -> None:
+        node = self.nodes[self.holder % len(self.nodes)]
+        self.nc = await self.connect(node)
+        js = self.nc.jetstream(timeout=10)
+        self.stop_flag = asyncio.Event()
+        self.tasks = [asyncio.ensure_future(self.consume(js, name, self.stop_flag)) for name in self.filters()]
+
+    async def _stop(self) -> None:
+        assert self.stop_flag is not None
+        self.stop_flag.set()
+        await asyncio.wait(self.tasks, timeout=15)
+        await self.nc.close()
+
+    def start_holders(self) -> None:
+        self.call(self._start())
+
+    def stop_holders(self) -> None:
+        self.call(self._stop())
+        self.holder += 1
+
+    async def _pending(self) -> dict[str, Any]:
+        nc = await self.connect(self.nodes[0])
+        js = nc.jetstream(timeout=10)
+        out = {}
+        for name in self.filters():
+            ci = await js.consumer_info(STREAM, name)
+            out[name] = {"num_pending": ci.num_pending, "num_ack_pending": ci.num_ack_pending,
+                         "num_redelivered": ci.num_redelivered}
+        await nc.close()
+        return out
+
+    def pending(self) -> dict[str, Any]:
+        return dict(self.call(self._pending()))
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+# --- one run ----------------------------------------------------------------------------------------------------
+
+
+def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
+    devices = device_ids(args.devices, args.partitions)
+    cluster, root = start_cluster(devices, args.partitions)
+    record = Record()
+    out: dict[str, Any] = {"variant": variant, "partitions": args.partitions, "devices": len(devices)}
+    killed: dict[str, Any] = {}
+    js_variant: JetStreamVariant | None = None
+    try:
+        # one MQTT connection in DEVICES makes the gateway create the account's streams; then find their leader
+        probe = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-probe-" + uuid.uuid4().hex[:6],
+                            protocol=paho.MQTTv311)
+        probe.username_pw_set(devices[0], "pw-" + devices[0])
+        probe.connect("127.0.0.1", cluster.nodes[0].mqtt_port, keepalive=15)
+        probe.loop_start()
+        probe.publish(f"{PREFIX}/devices/{devices[0]}/status", b'{"online": true}', qos=1).wait_for_publish(60)
+        probe.disconnect()
+        probe.loop_stop()
+        facts = stream_facts(cluster)
+        out["stream_before"] = facts
+        leader = facts.get("leader") or cluster.nodes[0].name
+        # publishers and holders on the two nodes that do not lead the stream: the leader is the one killed in (b)
+        others = [n for n in cluster.nodes if n.name != leader]
+        out["leader_node"], out["client_nodes"] = leader, [n.name for n in others]
+        if variant == "mqtt_session":
+            consumer: Any = MqttVariant([n.mqtt_port for n in others], args.partitions, record)
+        else:
+            js_variant = JetStreamVariant(cluster, others, args.partitions, record)
+            js_variant.call(js_variant.create())
+            out["stream_via_nats_py"] = js_variant.facts
+            consumer = js_variant
+        consumer.start_holders()
+        pubs = [Publisher(d, [others[i % 2].mqtt_port], args.per_device, args.interval)
+                for i, d in enumerate(devices)]
+        began = time.monotonic()
+        for p in pubs:
+            p.start()
+        expected = args.per_device * args.interval * 1.3
+        step = expected / (args.handovers + 1)
+        handovers = 0
+        gap = []
+        while handovers < args.handovers and any(p.is_alive() for p in pubs):
+            time.sleep(step)
+            t0 = time.monotonic()
+            consumer.stop_holders()
+            time.sleep(args.gap)
+            consumer.start_holders()
+            gap.append(round(time.monotonic() - t0, 3))
+            handovers += 1
+            if variant == "jetstream_pull" and handovers == args.handovers // 2 and not killed:
+                node = cluster.node(leader)
+                pid = cluster.signal_node(node, signal.SIGKILL)
+                killed = {"node": leader, "pid": pid, "at_s": round(time.monotonic() - began, 1)}
+                log("SIGKILL", killed)
+        for p in pubs:
+            p.join(600)
+        published = {(p.device, s) for p in pubs for s in p.acked}
+        publish_s = time.monotonic() - began
+        log(variant, "published", len(published), "in", round(publish_s, 1), "s; waiting for the consumers")
+        # wait for everything PUBACKed, or until nothing new arrived for `--settle` seconds (redelivery is 5 s)
+        last, last_change = -1, time.monotonic()
+        while True:
+            with record.lock:
+                have = len(published & set(record.seen))
+            if have != last:
+                last, last_change = have, time.monotonic()
+            if have == len(published) or time.monotonic() - last_change > args.settle:
+                break
+            time.sleep(0.5)
+        if killed:
+            cluster.start_node(cluster.node(leader))  # back in, for a clean stop
+        with record.lock:
+            seen = dict(record.seen)
+            subjects = dict(record.subjects)
+        lost = sorted(published - set(seen))
+        out.update({
+            "published_pubacked": len(published),
+            "publisher_resends": sum(p.resends for p in pubs),
+            "received_distinct": len(published & set(seen)),
+            "lost": len(lost),
+            "lost_sample": [f"{d}#{s}" for d, s in lost[:10]],
+            "lost_by_partition": dict(Counter(str(device_partition(d, args.partitions)) for d, _ in lost)),
+            "duplicates": sum(c - 1 for c in seen.values() if c > 1),
+            "received_not_pubacked": len(set(seen) - published),
+            "received_by_subject": subjects,
+            "handovers": handovers,
+            "handover_stop_to_start_s": gap,
+            "publish_seconds": round(publish_s, 1),
+            "wait_after_publish_s": round(time.monotonic() - began - publish_s, 1),
+        })
+        if killed:
+            out["sigkill_stream_leader"] = killed
+        consumer.stop_holders()
+        if js_variant is not None:
+            out["consumers_after"] = js_variant.pending()
+            out["consumer_errors"] = dict(js_variant.errors)
+            out["stored_message_sample"] = record.sample
+        out["stream_after"] = stream_facts(cluster)
+        return out
+    finally:
+        if js_variant is not None:
+            js_variant.close()
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--variants", default="mqtt_session,jetstream_pull")
+    ap.add_argument("--partitions", type=int, default=2)
+    ap.add_argument("--devices", type=int, default=8)
+    ap.add_argument("--per-device", type=int, default=400)
+    ap.add_argument("--interval", type=float, default=0.02, help="seconds between a device's messages")
+    ap.add_argument("--handovers", type=int, default=10)
+    ap.add_argument("--gap", type=float, default=0.3, help="seconds between one holder's stop and the next start")
+    ap.add_argument("--settle", type=float, default=30, help="give up when nothing new arrived for this long")
+    args = ap.parse_args()
+    results = []
+    for v in args.variants.split(","):
+        log("variant", v)
+        results.append(run_variant(v, args))
+    program = find_nats_server()
+    print(json.dumps({"nats_server": server_version(program) if program else None, "args": vars(args),
+                      "results": results}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
