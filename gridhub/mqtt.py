@@ -254,6 +254,7 @@ class MqttConnection:
         self._closed: ReasonCode | None = None
         self._connack: Connack | None = None
         self._sub_mid: int | None = None
+        self._refused_subscribes = 0  # SUBACKs in a row on this connection that refused a filter
         self._stopping = False
         client = make_client(url, client_id, protocol=protocol, clean=not persistent, manual_ack=manual_ack)
         if max_inflight is not None:
@@ -470,18 +471,44 @@ class MqttConnection:
             self._connected.set()
         if self.on_connected is not None:
             self.on_connected(connack)
-        if self.subscriptions:
-            topics: list[tuple[str, Any]]
-            if self.protocol == paho.MQTTv5:
-                topics = [(f, SubscribeOptions(qos=q)) for f, q in self.subscriptions]
-            else:
-                topics = list(self.subscriptions)
-            _, self._sub_mid = client.subscribe(topics)
+        self._refused_subscribes = 0
+        self._subscribe(client)
         self._answered.set()
+
+    def _subscribe(self, client: paho.Client) -> None:
+        if not self.subscriptions:
+            return
+        topics: list[tuple[str, Any]]
+        if self.protocol == paho.MQTTv5:
+            topics = [(f, SubscribeOptions(qos=q)) for f, q in self.subscriptions]
+        else:
+            topics = list(self.subscriptions)
+        _, self._sub_mid = client.subscribe(topics)
+
+    def _subscribe_again(self, generation: int) -> None:
+        """A refused subscription asked for again, on the same connection only (a new one subscribes anew)."""
+        with self._ack_lock:
+            current = generation == self.generation and self._connected.is_set() and not self._stopping
+        if current:
+            self._subscribe(self._client)
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, rcs: Any, props: Any = None) -> None:
         if mid != self._sub_mid:
             return
+        refused = [f for (f, _q), rc in zip(self.subscriptions, rcs or (), strict=False)
+                   if getattr(rc, "is_failure", False)]
+        if refused:  # a SUBACK 0x80 keeps the connection: nothing would ever arrive on those filters. NATS answers so
+            # for a filter whose JetStream consumer it could not make (after a node's death); mosquitto on an ACL
+            # deny. Asked for again with backoff; no marker and no on_subscribed until every filter is granted.
+            delay = min(60.0, 2.0 * 2 ** self._refused_subscribes)
+            self._refused_subscribes += 1
+            log.error("%s: the broker at %s refused the subscription to %s; subscribing again in %g s",
+                      self.client_id, self.where, ", ".join(refused), delay)
+            timer = threading.Timer(delay, self._subscribe_again, args=(self.generation,))
+            timer.daemon = True
+            timer.start()
+            return
+        self._refused_subscribes = 0
         if self.marker_topic is not None:
             client.publish(self.marker_topic, self.marker.encode(), qos=1)
         if self.on_subscribed is not None:

@@ -24,6 +24,7 @@ from gridhub.mqtt import (
     NotConnected,
     check_broker,
 )
+from gridhub.services.embedded_broker import EmbeddedMqttBroker
 from gridhub.services.mosquitto import LocalMosquitto, start_private_mosquitto
 from gridhub.services.process import free_port
 
@@ -328,3 +329,39 @@ def test_an_old_connections_packet_id_is_never_acknowledged_on_the_new_one(broke
     finally:
         pub.stop()
         conn.stop(end_session=True)
+
+
+def test_a_refused_subscription_is_asked_for_again_and_only_then_told(tmp_path: Path) -> None:
+    """A SUBACK that refuses a filter (0x80: the embedded broker on an ACL deny, NATS when it cannot make the
+    filter's JetStream consumer) keeps the connection, so nothing would ever arrive: the connection asks again with
+    backoff, and tells its owner it has subscribed only once every filter is granted. (mosquitto grants a denied
+    filter and delivers nothing, so the embedded broker, which refuses it, is the broker here.)"""
+    from gridhub.accounts import mosquitto_hash
+    from gridhub.broker import acl_text
+
+    prefix = "gridhub/v1"
+    passwd = f"sa-0001:{mosquitto_hash('pw-sa-0001')}\n"
+    other = f"{prefix}/devices/sa-0002/command"  # another device's: refused to sa-0001 at first
+    broker = EmbeddedMqttBroker(tmp_path / "amqtt", free_port())
+    broker.apply_accounts(passwd, acl_text(prefix, "gridhub-hub", []))
+    broker.ensure_started()
+    inbox = Inbox()
+    subscribed = threading.Event()
+    conn = MqttConnection(f"mqtt://sa-0001:pw-sa-0001@127.0.0.1:{broker.port}", "sa-0001",
+                          subscriptions=[(other, 1)], on_subscribed=subscribed.set, on_message=inbox)
+    conn.connect()
+    pub: MqttConnection | None = None
+    try:
+        assert not subscribed.wait(3), "told it had subscribed while the broker refused the filter"
+        broker.apply_accounts(passwd, acl_text(prefix, "gridhub-hub", []) + f"user sa-0001\ntopic read {other}\n")
+        assert subscribed.wait(60), "the refused subscription was never asked for again"
+        assert conn.generation == 1  # on the same connection
+        pub = MqttConnection(f"mqtt://gridhub-hub:{broker.hub_password()}@127.0.0.1:{broker.port}", _cid("pub"))
+        pub.connect()
+        pub.publish_confirmed(other, b"now", timeout_s=10)
+        assert inbox.take(1, timeout=30)[0][:2] == (other, b"now")
+    finally:
+        if pub is not None:
+            pub.stop()
+        conn.stop()
+        broker.stop()
