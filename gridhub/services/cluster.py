@@ -455,6 +455,7 @@ class HubCluster:
             "postgresql": [f"127.0.0.1:{n.pg_port}" for n in self.layout.patroni.nodes],
             "part_health": {p.name: f"http://127.0.0.1:{p.port}/healthz" for p in self.layout.parts},
             "device_credentials": str(self.nats.root / "device-credentials.csv"),
+            "worker_credentials": str(self.nats.root / "worker-credentials.csv"),
             "logins": {wid: {"name": name, "password": demo_password(wid)} for wid, name in (logins or {}).items()},
             "partitions": self.layout.partitions,
         }
@@ -465,6 +466,7 @@ def describe_text(info: dict[str, Any]) -> str:
              "  board (API, two instances): " + "  ".join(info["board"]),
              "  devices' MQTT 3.1.1 (any NATS node): " + "  ".join(info["mqtt"]),
              f"  device passwords: {info['device_credentials']} (0600)",
+             f"  worker app passwords (MQTT push): {info['worker_credentials']} (0600)",
              "  NATS monitoring: " + "  ".join(info["nats_monitoring"]),
              "  Patroni REST: " + "  ".join(info["patroni_rest"]),
              "  PostgreSQL nodes: " + "  ".join(info["postgresql"]),
