@@ -46,23 +46,10 @@ class CommitAnswerDropper(DbProxy):
         self._count_lock = threading.Lock()
         super().__init__(target)
 
-    def _accept(self, lst: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = lst.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._socks += [client, upstream]
-            drop_answer = threading.Event()
-            threading.Thread(target=self._requests, args=(client, upstream, drop_answer), daemon=True).start()
-            threading.Thread(target=self._answers, args=(upstream, client, drop_answer), daemon=True).start()
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        drop_answer = threading.Event()
+        threading.Thread(target=self._requests, args=(client, upstream, drop_answer), daemon=True).start()
+        threading.Thread(target=self._answers, args=(upstream, client, drop_answer), daemon=True).start()
 
     def _take_drop(self) -> bool:
         with self._count_lock:
