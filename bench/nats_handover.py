@@ -125,11 +125,14 @@ def stream_facts(cluster: NatsCluster) -> dict[str, Any]:
 
 
 class Publisher(threading.Thread):
-    """One device: QoS 1, one message at a time, each resent (same seq) until PUBACKed; records what was acked."""
+    """One device: QoS 1, one message at a time, each resent (same seq) until PUBACKed, until `done` is set (after
+    the last handover) or `per_device` messages; records the sequence numbers PUBACKed."""
 
-    def __init__(self, device: str, ports: list[int], per_device: int, interval: float) -> None:
+    def __init__(self, device: str, ports: list[int], per_device: int, interval: float,
+                 done: threading.Event) -> None:
         super().__init__(daemon=True)
         self.device, self.ports, self.per_device, self.interval = device, ports, per_device, interval
+        self.done = done
         self.acked: set[int] = set()
         self.resends = 0
 
@@ -143,6 +146,8 @@ class Publisher(threading.Thread):
         topic = f"{PREFIX}/devices/{self.device}/telemetry"
         try:
             for seq in range(self.per_device):
+                if self.done.is_set():
+                    break
                 body = orjson.dumps({"ts": int(time.time() * 1000), "seq": seq, "metrics": {"battery_pct": 42.0}})
                 first = True
                 while True:
@@ -188,15 +193,21 @@ class Record:
 
 
 def run_mqtt_holder(port: int, client_id: str, partition: int, record: Record, stop: threading.Event,
-                    ready: threading.Event) -> None:
-    """One holder of partition `partition`'s persistent MQTT session until `stop`: clean DISCONNECT at the end."""
+                    ready: threading.Event, ack_interval: float) -> None:
+    """One holder of partition `partition`'s persistent MQTT session until `stop`, subscribed as ingest is (its
+    telemetry, event and status topics; partition 0 the unmapped ones too). It records each message, then
+    acknowledges: at once, or (`ack_interval` > 0) in batches every `ack_interval` seconds as ingest does after
+    storing a batch. At `stop` it acknowledges what it recorded and sends a clean DISCONNECT."""
     reader = status_reader(HUB)
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311, clean_session=False)
     c.username_pw_set(reader.user, reader.password)
     c.manual_ack_set(True)
-    filters = [f"{PREFIX}/{PARTITION_LEVEL}/{partition}/devices/+/telemetry"]
+    kinds = ("telemetry", "event", "status")
+    filters = [f"{PREFIX}/{PARTITION_LEVEL}/{partition}/devices/+/{k}" for k in kinds]
     if partition == 0:
-        filters.append(f"{PREFIX}/devices/+/telemetry")
+        filters += [f"{PREFIX}/devices/+/{k}" for k in kinds]
+    unacked: list[tuple[int, int]] = []
+    lock = threading.Lock()
 
     def on_connect(cl: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         if not rc.is_failure:
@@ -207,19 +218,32 @@ def run_mqtt_holder(port: int, client_id: str, partition: int, record: Record, s
 
     def on_message(cl: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         record.add(msg.payload, msg.topic)  # "store" first, then acknowledge
-        cl.ack(msg.mid, msg.qos)
+        if ack_interval <= 0:
+            cl.ack(msg.mid, msg.qos)
+        else:
+            with lock:
+                unacked.append((msg.mid, msg.qos))
+
+    def flush() -> None:
+        with lock:
+            batch = unacked[:]
+            unacked.clear()
+        for mid, qos in batch:
+            c.ack(mid, qos)
 
     c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
     c.connect("127.0.0.1", port, keepalive=15)
     c.loop_start()
-    stop.wait()
+    while not stop.wait(ack_interval if ack_interval > 0 else 1):
+        flush()
+    flush()
     c.disconnect()
     c.loop_stop()
 
 
 class MqttVariant:
-    def __init__(self, ports: list[int], partitions: int, record: Record) -> None:
-        self.ports, self.partitions, self.record = ports, partitions, record
+    def __init__(self, ports: list[int], partitions: int, record: Record, ack_interval: float) -> None:
+        self.ports, self.partitions, self.record, self.ack_interval = ports, partitions, record, ack_interval
         self.tag = uuid.uuid4().hex[:8]
         self.current: list[tuple[threading.Thread, threading.Event]] = []
         self.holder = 0
@@ -232,7 +256,8 @@ class MqttVariant:
             # holder A and B connect to different nodes, as two hub processes might
             port = self.ports[self.holder % len(self.ports)]
             t = threading.Thread(target=run_mqtt_holder, daemon=True,
-                                 args=(port, f"gridhub-bench-p{k}-{self.tag}", k, self.record, stop, ready))
+                                 args=(port, f"gridhub-bench-p{k}-{self.tag}", k, self.record, stop, ready,
+                                       self.ack_interval))
             t.start()
             self.current.append((t, stop))
             readies.append(ready)
@@ -385,24 +410,36 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         others = [n for n in cluster.nodes if n.name != leader]
         out["leader_node"], out["client_nodes"] = leader, [n.name for n in others]
         if variant == "mqtt_session":
-            consumer: Any = MqttVariant([n.mqtt_port for n in others], args.partitions, record)
+            consumer: Any = MqttVariant([n.mqtt_port for n in others], args.partitions, record, args.ack_interval)
         else:
             js_variant = JetStreamVariant(cluster, others, args.partitions, record)
             js_variant.call(js_variant.create())
             out["stream_via_nats_py"] = js_variant.facts
             consumer = js_variant
+        # a second, never handed over persistent session a partition on the same subjects (alerts', in the hub):
+        # the stream keeps a message (interest retention) until every consumer on it has acknowledged it
+        alerts = Record()
+        steady: list[tuple[threading.Thread, threading.Event]] = []
+        for k in range(args.partitions if args.steady_session else 0):
+            stop, ready = threading.Event(), threading.Event()
+            t = threading.Thread(target=run_mqtt_holder, daemon=True,
+                                 args=(others[1].mqtt_port, f"gridhub-bench-alerts-p{k}-{uuid.uuid4().hex[:6]}", k,
+                                       alerts, stop, ready, 0.0))
+            t.start()
+            steady.append((t, stop))
+            if not ready.wait(60):
+                raise RuntimeError("the steady session did not get its SUBACK in 60 s")
         consumer.start_holders()
-        pubs = [Publisher(d, [others[i % 2].mqtt_port], args.per_device, args.interval)
+        done = threading.Event()
+        pubs = [Publisher(d, [others[i % 2].mqtt_port], args.per_device, args.interval, done)
                 for i, d in enumerate(devices)]
         began = time.monotonic()
         for p in pubs:
             p.start()
-        expected = args.per_device * args.interval * 1.3
-        step = expected / (args.handovers + 1)
         handovers = 0
         gap = []
         while handovers < args.handovers and any(p.is_alive() for p in pubs):
-            time.sleep(step)
+            time.sleep(args.every)
             t0 = time.monotonic()
             consumer.stop_holders()
             time.sleep(args.gap)
@@ -414,6 +451,8 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
                 pid = cluster.signal_node(node, signal.SIGKILL)
                 killed = {"node": leader, "pid": pid, "at_s": round(time.monotonic() - began, 1)}
                 log("SIGKILL", killed)
+        time.sleep(args.every)
+        done.set()
         for p in pubs:
             p.join(600)
         published = {(p.device, s) for p in pubs for s in p.acked}
@@ -431,6 +470,10 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.5)
         if killed:
             cluster.start_node(cluster.node(leader))  # back in, for a clean stop
+        for _t, stop in steady:
+            stop.set()
+        for t, _ in steady:
+            t.join(30)
         with record.lock:
             seen = dict(record.seen)
             subjects = dict(record.subjects)
@@ -443,6 +486,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
             "lost_sample": [f"{d}#{s}" for d, s in lost[:10]],
             "lost_by_partition": dict(Counter(str(device_partition(d, args.partitions)) for d, _ in lost)),
             "duplicates": sum(c - 1 for c in seen.values() if c > 1),
+            "steady_session_lost": len(published - set(alerts.seen)) if steady else None,
             "received_not_pubacked": len(set(seen) - published),
             "received_by_subject": subjects,
             "handovers": handovers,
@@ -470,11 +514,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variants", default="mqtt_session,jetstream_pull")
     ap.add_argument("--partitions", type=int, default=2)
-    ap.add_argument("--devices", type=int, default=8)
-    ap.add_argument("--per-device", type=int, default=400)
-    ap.add_argument("--interval", type=float, default=0.02, help="seconds between a device's messages")
-    ap.add_argument("--handovers", type=int, default=10)
-    ap.add_argument("--gap", type=float, default=0.3, help="seconds between one holder's stop and the next start")
+    ap.add_argument("--devices", type=int, default=16)
+    ap.add_argument("--per-device", type=int, default=100000, help="at most; they stop after the last handover")
+    ap.add_argument("--interval", type=float, default=0.01, help="seconds between a device's messages")
+    ap.add_argument("--handovers", type=int, default=30)
+    ap.add_argument("--every", type=float, default=1.0, help="seconds a holder holds before the handover")
+    ap.add_argument("--gap", type=float, default=0.6, help="seconds between one holder's stop and the next start")
+    ap.add_argument("--ack-interval", type=float, default=0.05,
+                    help="MQTT holders acknowledge in batches every this many seconds (0: each at once)")
+    ap.add_argument("--no-steady-session", dest="steady_session", action="store_false",
+                    help="no second (alerts-like) session on the partitions' subjects")
     ap.add_argument("--settle", type=float, default=30, help="give up when nothing new arrived for this long")
     args = ap.parse_args()
     results = []
