@@ -133,7 +133,7 @@ class Publisher(threading.Thread):
         super().__init__(daemon=True)
         self.device, self.ports, self.per_device, self.interval = device, ports, per_device, interval
         self.done = done
-        self.acked: set[int] = set()
+        self.acked: dict[int, float] = {}  # seq -> monotonic time of its PUBACK
         self.resends = 0
 
     def run(self) -> None:
@@ -160,7 +160,7 @@ class Publisher(threading.Thread):
                     except (RuntimeError, ValueError):
                         time.sleep(0.2)
                     if info.is_published():
-                        self.acked.add(seq)
+                        self.acked[seq] = time.monotonic()
                         break
                 time.sleep(self.interval)
         finally:
@@ -438,6 +438,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
             p.start()
         handovers = 0
         gap = []
+        handover_at: list[float] = []
         while handovers < args.handovers and any(p.is_alive() for p in pubs):
             time.sleep(args.every)
             t0 = time.monotonic()
@@ -445,8 +446,9 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(args.gap)
             consumer.start_holders()
             gap.append(round(time.monotonic() - t0, 3))
+            handover_at.append(t0 - began)
             handovers += 1
-            if variant == "jetstream_pull" and handovers == args.handovers // 2 and not killed:
+            if variant == "jetstream_pull" and args.kill and handovers == args.handovers // 2 and not killed:
                 node = cluster.node(leader)
                 pid = cluster.signal_node(node, signal.SIGKILL)
                 killed = {"node": leader, "pid": pid, "at_s": round(time.monotonic() - began, 1)}
@@ -455,7 +457,8 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         done.set()
         for p in pubs:
             p.join(600)
-        published = {(p.device, s) for p in pubs for s in p.acked}
+        acked_at = {(p.device, s): t for p in pubs for s, t in p.acked.items()}
+        published = set(acked_at)
         publish_s = time.monotonic() - began
         log(variant, "published", len(published), "in", round(publish_s, 1), "s; waiting for the consumers")
         # wait for everything PUBACKed, or until nothing new arrived for `--settle` seconds (redelivery is 5 s)
@@ -484,6 +487,9 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
             "received_distinct": len(published & set(seen)),
             "lost": len(lost),
             "lost_sample": [f"{d}#{s}" for d, s in lost[:10]],
+            # when the lost messages were PUBACKed: seconds since the start -> how many
+            "lost_pubacked_at_s": dict(Counter(str(int(acked_at[m] - began)) for m in lost)),
+            "handovers_at_s": [round(x, 1) for x in handover_at],
             "lost_by_partition": dict(Counter(str(device_partition(d, args.partitions)) for d, _ in lost)),
             "duplicates": sum(c - 1 for c in seen.values() if c > 1),
             "steady_session_lost": len(published - set(alerts.seen)) if steady else None,
@@ -524,6 +530,7 @@ def main() -> int:
                     help="MQTT holders acknowledge in batches every this many seconds (0: each at once)")
     ap.add_argument("--no-steady-session", dest="steady_session", action="store_false",
                     help="no second (alerts-like) session on the partitions' subjects")
+    ap.add_argument("--no-kill", dest="kill", action="store_false", help="no SIGKILL of the stream leader in (b)")
     ap.add_argument("--settle", type=float, default=30, help="give up when nothing new arrived for this long")
     args = ap.parse_args()
     results = []
