@@ -24,6 +24,7 @@ _CLOSE = np.ones((5, 5), np.uint8)
 _WINDOW_W, _WINDOW_H = 64, 128  # the default people detector's window
 _PERSON_IN_WINDOW = (0.2, 0.06, 0.8, 0.94)  # where the person stands inside a detection's window
 _CROP_H = 140  # a region is scaled to this height (frame pixels): people from 0.7 of it upward are found
+_MARGIN = np.ones((5, 5), np.uint8)  # a person's mark reaches two working pixels past their foreground
 
 
 @dataclass
@@ -83,7 +84,7 @@ class People:
             looked = self._look_at_new(frame, fg_long, settled, new, min_px, ts_ms)
         due = [p for p in self.people if ts_ms >= p.look_again_ms]
         if due and not looked:
-            self._look_again(frame, fg_long, due[0], ts_ms)
+            self._look_again(frame, fg_long, still, due[0], ts_ms)
 
     def _regions(self, fg_long: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
         whole = cv2.morphologyEx(fg_long.astype(np.uint8), cv2.MORPH_CLOSE, _CLOSE)
@@ -116,7 +117,9 @@ class People:
             return True
         return False
 
-    def _look_again(self, frame: np.ndarray, fg_long: np.ndarray, due: Person, ts_ms: int) -> None:
+    def _look_again(
+        self, frame: np.ndarray, fg_long: np.ndarray, still: np.ndarray, due: Person, ts_ms: int
+    ) -> None:
         """A person found is looked at again; not found twice running, their mark goes (their evidence stays:
         anything left where they stood has its own from when it came, evidence_track.py's layers)."""
         self.people.remove(due)
@@ -136,6 +139,14 @@ class People:
             return
         if not due.found:
             return  # no one there, twice
+        # not found twice running: what stands still in the mark now is no longer taken for the person (they may
+        # have left it there); the rest of the mark, someone walking off over the place they stood, stays until
+        # its evidence is gone or stands still (looked at again every people_recheck_s)
+        if due.pixels is not None:
+            moving = due.pixels & ~_grown(still & due.pixels)
+            if moving.sum() >= 0.2 * due.pixels.sum():
+                later = ts_ms + round(self.tuning.people_recheck_s * 1000)
+                self.people.append(Person(due.box, later, 1, True, moving))
         self._remask()
         self.looked[y0:y1, x0:x1] = False  # what stands there now is looked at afresh once it has settled
 
@@ -205,6 +216,12 @@ class People:
             hog.setSVMDetector(np.asarray(cv2.HOGDescriptor.getDefaultPeopleDetector(), np.float32))
             self._hog = hog
         return self._hog
+
+
+def _grown(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with a margin: the slivers at a person's edges (a shadow, an arm, the outline the working copy
+    blurs) belong to them, not to an object."""
+    return np.asarray(cv2.dilate(mask.astype(np.uint8), _MARGIN)).astype(bool)
 
 
 def _stands_in(fg: np.ndarray, box: tuple[int, int, int, int]) -> bool:
