@@ -420,7 +420,12 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         # the stream keeps a message (interest retention) until every consumer on it has acknowledged it
         alerts = Record()
         steady: list[tuple[threading.Thread, threading.Event]] = []
-        for k in range(args.partitions if args.steady_session else 0):
+        steady_pull: JetStreamVariant | None = None
+        if args.steady == "pull":  # or a second set of durable pull consumers
+            steady_pull = JetStreamVariant(cluster, others[1:], args.partitions, alerts)
+            steady_pull.call(steady_pull.create())
+            steady_pull.start_holders()
+        for k in range(args.partitions if args.steady == "mqtt" else 0):
             stop, ready = threading.Event(), threading.Event()
             t = threading.Thread(target=run_mqtt_holder, daemon=True,
                                  args=(others[1].mqtt_port, f"gridhub-bench-alerts-p{k}-{uuid.uuid4().hex[:6]}", k,
@@ -442,11 +447,12 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         while handovers < args.handovers and any(p.is_alive() for p in pubs):
             time.sleep(args.every)
             t0 = time.monotonic()
-            consumer.stop_holders()
-            time.sleep(args.gap)
-            consumer.start_holders()
-            gap.append(round(time.monotonic() - t0, 3))
-            handover_at.append(t0 - began)
+            if args.hand_over:
+                consumer.stop_holders()
+                time.sleep(args.gap)
+                consumer.start_holders()
+                gap.append(round(time.monotonic() - t0, 3))
+                handover_at.append(t0 - began)
             handovers += 1
             if variant == "jetstream_pull" and args.kill and handovers == args.handovers // 2 and not killed:
                 node = cluster.node(leader)
@@ -473,6 +479,9 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.5)
         if killed:
             cluster.start_node(cluster.node(leader))  # back in, for a clean stop
+        if steady_pull is not None:
+            steady_pull.stop_holders()
+            steady_pull.close()
         for _t, stop in steady:
             stop.set()
         for t, _ in steady:
@@ -492,10 +501,11 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
             "handovers_at_s": [round(x, 1) for x in handover_at],
             "lost_by_partition": dict(Counter(str(device_partition(d, args.partitions)) for d, _ in lost)),
             "duplicates": sum(c - 1 for c in seen.values() if c > 1),
-            "steady_session_lost": len(published - set(alerts.seen)) if steady else None,
+            "steady_consumer": args.steady,
+            "steady_consumer_lost": len(published - set(alerts.seen)) if args.steady != "none" else None,
             "received_not_pubacked": len(set(seen) - published),
             "received_by_subject": subjects,
-            "handovers": handovers,
+            "handovers": handovers if args.hand_over else 0,
             "handover_stop_to_start_s": gap,
             "publish_seconds": round(publish_s, 1),
             "wait_after_publish_s": round(time.monotonic() - began - publish_s, 1),
@@ -528,8 +538,11 @@ def main() -> int:
     ap.add_argument("--gap", type=float, default=0.6, help="seconds between one holder's stop and the next start")
     ap.add_argument("--ack-interval", type=float, default=0.05,
                     help="MQTT holders acknowledge in batches every this many seconds (0: each at once)")
-    ap.add_argument("--no-steady-session", dest="steady_session", action="store_false",
-                    help="no second (alerts-like) session on the partitions' subjects")
+    ap.add_argument("--steady", choices=("mqtt", "pull", "none"), default="mqtt",
+                    help="a second, never handed over consumer on the same subjects (alerts' in the hub): a "
+                         "persistent MQTT session a partition, a durable pull consumer a partition, or none")
+    ap.add_argument("--no-handover", dest="hand_over", action="store_false",
+                    help="the same periods, without handing the consumers over (a control run)")
     ap.add_argument("--no-kill", dest="kill", action="store_false", help="no SIGKILL of the stream leader in (b)")
     ap.add_argument("--settle", type=float, default=30, help="give up when nothing new arrived for this long")
     args = ap.parse_args()
