@@ -1,21 +1,53 @@
 """Issue 15: is a partition's consumer at-least-once across a handover on a NATS JetStream cluster?
 
-A partition's consumer is handed over N times between two holders (A stops cleanly, then B starts, then A ...)
+A partition's consumer is handed over N times between two holders (A stops cleanly, then B starts on another node)
 while QoS 1 MQTT 3.1.1 publishers (paho, one connection a device, sequence numbers in the payload, resending what
 was not PUBACKed) publish device telemetry that the DEVICES account maps onto P partitions. Two variants, each on a
 fresh 3-node cluster (gridhub/services/nats.py, accounts from `accounts_conf`, free ports, removed at the end):
 
   mqtt_session   the hub's way today: one persistent MQTT session a partition (fixed client id, clean_session False,
-                 the hub's `status_reader` user in DEVICES), acknowledging each message after recording it.
+                 the hub's `status_reader` user in DEVICES, subscribed to the partition's telemetry, event and
+                 status as ingest is), recording each message, acknowledging in batches (--ack-interval).
   jetstream_pull one JetStream durable pull consumer a partition (nats-py) on the DEVICES account's `$MQTT_msgs`
-                 stream (the stream a device's PUBACK waits for), filtered to the partition's subjects, explicit
-                 acks after recording, fetched in batches; plus the stream leader node killed with SIGKILL mid-run.
+                 stream (the stream a device's PUBACK waits for), filtered to `$MQTT.msgs.<prefix>.part.<k>.>`,
+                 explicit acks after recording, fetched in batches of 100; the stream leader node is killed with
+                 SIGKILL halfway (--no-kill: not).
 
-Published = (device, seq) pairs PUBACKed; received = distinct pairs recorded; lost = published - received.
-Partition 0's consumer also reads the devices' unmapped subjects, as the hub does (`unmapped_filters`): nats-server
-2.9.10 stores some QoS 1 publishes unmapped. JSON on stdout, progress on stderr.
+Besides the handed-over consumers, `--steady` (default mqtt) runs a second consumer a partition on the same subjects
+that is never handed over, as alerts' sessions sit beside ingest's in the hub: a persistent MQTT session, a durable
+pull consumer, or none. Published = (device, seq) pairs PUBACKed; received = distinct pairs recorded; lost =
+published - received (after nothing new arrived for --settle s; the gateway's ack_wait is 5 s). Partition 0's
+holder also reads the devices' unmapped subjects, as the hub does: nats-server 2.9.10 stores some QoS 1 publishes
+unmapped (seen: a few in every run). JSON on stdout, progress on stderr.
 
-    .venv/bin/python bench/nats_handover.py [--devices 8] [--per-device 400] [--interval 0.02] [--handovers 10]
+Measured here (nats-server 2.9.10, 2 cores shared, 16 devices, P = 2, 20-30 handovers with 0.6 s between stop and
+start, ~1,000 PUBACKed msg/s; one run each):
+
+  consumers on the partition subjects                 handovers  published  lost (handed over / steady)
+  one MQTT session a partition                           30        61,186    0
+  MQTT session + steady MQTT session                     20        35,403    520 / 0      <- issue 15's loss
+  MQTT session + steady MQTT session                      0        19,546    0 / 0
+  pull consumer                                          20        43,564    0
+  pull consumer, SIGKILL of the stream leader            20        39,996    0 (100 duplicates)
+  pull consumer + steady MQTT session                    20        31,730    821 / 4
+  pull consumer + steady pull consumer                   20        35,599    746 / 210
+  pull consumer + steady pull consumer                    0        17,817    260 / 244
+
+`$MQTT_msgs` (in DEVICES): subjects `$MQTT.msgs.>`, retention **interest**, R3, file storage. An extra durable
+consumer is allowed (a user in DEVICES with the JetStream API on that stream: `js_permissions`) and holds messages
+until it acknowledges them: alone, it kept every PUBACKed message across handovers and a SIGKILL of the stream
+leader. But as soon as two consumers cover the same messages, the stream loses messages that one of them has not
+acknowledged: a handed-over MQTT session beside another, and two pull consumers even without any handover. So the
+loss is the interest retention of the gateway's stream with more than one consumer a message, not MQTT as such;
+switching the hub's parts to pull consumers on `$MQTT_msgs` does not make them at-least-once while ingest and
+alerts both read each message.
+
+A stored message, as the pull consumer gets it: subject `$MQTT.msgs.<topic with '/' as '.'>` after the account's
+mapping (`$MQTT.msgs.gridhub.v1.part.0.devices.<id>.telemetry`; unmapped ones `$MQTT.msgs.gridhub.v1.devices.<id>.
+telemetry`), one header `Nmqtt-Pub: 1` (the QoS it was published with), and the MQTT PUBLISH's payload as is.
+
+    .venv/bin/python bench/nats_handover.py [--variants mqtt_session,jetstream_pull] [--steady mqtt|pull|none]
+        [--handovers 20] [--every 1] [--gap 0.6] [--no-handover] [--no-kill] [--devices 16] [--interval 0.01]
 """
 
 from __future__ import annotations
@@ -140,7 +172,7 @@ class Publisher(threading.Thread):
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{self.device}-{uuid.uuid4().hex[:6]}",
                         protocol=paho.MQTTv311)
         c.username_pw_set(self.device, "pw-" + self.device)
-        c.reconnect_delay_set(0.2, 2)
+        c.reconnect_delay_set(1, 2)
         c.connect("127.0.0.1", self.ports[0], keepalive=15)
         c.loop_start()
         topic = f"{PREFIX}/devices/{self.device}/telemetry"
@@ -217,7 +249,7 @@ def run_mqtt_holder(port: int, client_id: str, partition: int, record: Record, s
         ready.set()
 
     def on_message(cl: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
-        record.add(msg.payload, msg.topic)  # "store" first, then acknowledge
+        record.add(bytes(msg.payload), msg.topic)  # "store" first, then acknowledge
         if ack_interval <= 0:
             cl.ack(msg.mid, msg.qos)
         else:
