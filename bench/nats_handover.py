@@ -69,7 +69,15 @@ import nats
 import nats.errors
 import orjson
 import paho.mqtt.client as paho
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamSource,
+)
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gridhub.services.nats import (
@@ -91,6 +99,7 @@ from gridhub.settings import DEFAULT_TOPIC_PREFIX
 
 PREFIX = DEFAULT_TOPIC_PREFIX
 STREAM = "$MQTT_msgs"  # the MQTT gateway's message stream in each account (checked with /jsz below)
+SOURCED = "GRIDHUB_DEVICES"  # jetstream_sourced: a limits-retention R3 stream sourcing $MQTT_msgs' device subjects
 HUB = NatsUser("gridhub-hub", "hub-" + uuid.uuid4().hex)
 JS_USER = "gridhub-hub-js"  # the consumer user variant (b) needs in DEVICES: JetStream API on $MQTT_msgs only
 
@@ -103,11 +112,11 @@ def js_permissions() -> dict[str, Any]:
     """What a hub user in DEVICES needs to own durable pull consumers on the gateway's stream, and nothing else: the
     JetStream API for that stream (info, create, next message), acknowledgements, and its own reply inboxes."""
     api = "$JS.API"
-    return {"publish": {"allow": [f"{api}.INFO", f"{api}.STREAM.INFO.{STREAM}",
-                                  f"{api}.CONSUMER.CREATE.{STREAM}.>", f"{api}.CONSUMER.DURABLE.CREATE.{STREAM}.>",
-                                  f"{api}.CONSUMER.INFO.{STREAM}.>", f"{api}.CONSUMER.MSG.NEXT.{STREAM}.>",
-                                  f"$JS.ACK.{STREAM}.>"]},
-            "subscribe": {"allow": ["_INBOX.>"]}}
+    allow = [f"{api}.INFO", f"{api}.STREAM.CREATE.{SOURCED}"]
+    for st in (STREAM, SOURCED):
+        allow += [f"{api}.STREAM.INFO.{st}", f"{api}.CONSUMER.CREATE.{st}.>", f"{api}.CONSUMER.DURABLE.CREATE.{st}.>",
+                  f"{api}.CONSUMER.INFO.{st}.>", f"{api}.CONSUMER.MSG.NEXT.{st}.>", f"$JS.ACK.{st}.>"]
+    return {"publish": {"allow": allow}, "subscribe": {"allow": ["_INBOX.>"]}}
 
 
 def device_ids(count: int, partitions: int) -> list[str]:
@@ -309,8 +318,10 @@ class JetStreamVariant:
     """Durable pull consumers on DEVICES' $MQTT_msgs, held by one nats-py connection at a time (holder A or B), in
     an asyncio loop of their own thread."""
 
-    def __init__(self, cluster: NatsCluster, nodes: list[NatsNode], partitions: int, record: Record) -> None:
+    def __init__(self, cluster: NatsCluster, nodes: list[NatsNode], partitions: int, record: Record,
+                 stream: str = STREAM) -> None:
         self.cluster, self.nodes, self.partitions, self.record = cluster, nodes, partitions, record
+        self.stream = stream
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -341,18 +352,24 @@ class JetStreamVariant:
     async def create(self) -> None:
         nc = await self.connect(self.nodes[0])
         js = nc.jetstream(timeout=30)
-        si = await js.stream_info(STREAM)
+        if self.stream == SOURCED:
+            # limits retention: a consumer's ack removes nothing; one source (an internal consumer) on $MQTT_msgs
+            await js.add_stream(StreamConfig(name=SOURCED, retention=RetentionPolicy.LIMITS, num_replicas=3,
+                                             storage=StorageType.FILE, max_age=3600,
+                                             sources=[StreamSource(name=STREAM, filter_subject=(
+                                                 f"$MQTT.msgs.{subject_prefix(PREFIX)}.>"))]))
+        si = await js.stream_info(self.stream)
         self.facts = {"retention": str(si.config.retention), "subjects": si.config.subjects,
                       "replicas": si.config.num_replicas}
         for name, subject in self.filters().items():
-            await js.add_consumer(STREAM, ConsumerConfig(durable_name=name, filter_subject=subject,
+            await js.add_consumer(self.stream, ConsumerConfig(durable_name=name, filter_subject=subject,
                                                          ack_policy=AckPolicy.EXPLICIT,
                                                          deliver_policy=DeliverPolicy.ALL, ack_wait=5,
                                                          max_ack_pending=1000))
         await nc.close()
 
     async def consume(self, js: Any, name: str, stop: asyncio.Event) -> None:
-        sub = await js.pull_subscribe_bind(name, STREAM)
+        sub = await js.pull_subscribe_bind(name, self.stream)
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(100, timeout=1)
@@ -401,7 +418,7 @@ class JetStreamVariant:
         js = nc.jetstream(timeout=10)
         out = {}
         for name in self.filters():
-            ci = await js.consumer_info(STREAM, name)
+            ci = await js.consumer_info(self.stream, name)
             out[name] = {"num_pending": ci.num_pending, "num_ack_pending": ci.num_ack_pending,
                          "num_redelivered": ci.num_redelivered}
         await nc.close()
@@ -444,7 +461,8 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         if variant == "mqtt_session":
             consumer: Any = MqttVariant([n.mqtt_port for n in others], args.partitions, record, args.ack_interval)
         else:
-            js_variant = JetStreamVariant(cluster, others, args.partitions, record)
+            js_variant = JetStreamVariant(cluster, others, args.partitions, record,
+                                          SOURCED if variant == "jetstream_sourced" else STREAM)
             js_variant.call(js_variant.create())
             out["stream_via_nats_py"] = js_variant.facts
             consumer = js_variant
@@ -454,7 +472,8 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         steady: list[tuple[threading.Thread, threading.Event]] = []
         steady_pull: JetStreamVariant | None = None
         if args.steady == "pull":  # or a second set of durable pull consumers
-            steady_pull = JetStreamVariant(cluster, others[1:], args.partitions, alerts)
+            steady_pull = JetStreamVariant(cluster, others[1:], args.partitions, alerts,
+                                           SOURCED if variant == "jetstream_sourced" else STREAM)
             steady_pull.call(steady_pull.create())
             steady_pull.start_holders()
         for k in range(args.partitions if args.steady == "mqtt" else 0):
@@ -486,7 +505,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
                 gap.append(round(time.monotonic() - t0, 3))
                 handover_at.append(t0 - began)
             handovers += 1
-            if variant == "jetstream_pull" and args.kill and handovers == args.handovers // 2 and not killed:
+            if variant != "mqtt_session" and args.kill and handovers == args.handovers // 2 and not killed:
                 node = cluster.node(leader)
                 pid = cluster.signal_node(node, signal.SIGKILL)
                 killed = {"node": leader, "pid": pid, "at_s": round(time.monotonic() - began, 1)}
