@@ -67,6 +67,7 @@ from typing import Any
 
 import nats
 import nats.errors
+import nats.js.errors
 import orjson
 import paho.mqtt.client as paho
 from nats.js.api import (
@@ -198,11 +199,11 @@ class Publisher(threading.Thread):
                     info = c.publish(topic, body, qos=1)
                     try:
                         info.wait_for_publish(10)
-                    except (RuntimeError, ValueError):
+                        if info.is_published():
+                            self.acked[seq] = time.monotonic()
+                            break
+                    except (RuntimeError, ValueError):  # not connected: paho's loop reconnects, then resend
                         time.sleep(0.2)
-                    if info.is_published():
-                        self.acked[seq] = time.monotonic()
-                        break
                 time.sleep(self.interval)
         finally:
             c.disconnect()
@@ -349,10 +350,17 @@ class JetStreamVariant:
         return await nats.connect(servers=servers, user=JS_USER, password=HUB.password, dont_randomize=True,
                                   max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5)
 
+    async def exists(self, js: Any) -> bool:
+        try:
+            await js.stream_info(self.stream)
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
+
     async def create(self) -> None:
         nc = await self.connect(self.nodes[0])
         js = nc.jetstream(timeout=30)
-        if self.stream == SOURCED:
+        if self.stream == SOURCED and not await self.exists(js):
             # limits retention: a consumer's ack removes nothing; one source (an internal consumer) on $MQTT_msgs
             await js.add_stream(StreamConfig(name=SOURCED, retention=RetentionPolicy.LIMITS, num_replicas=3,
                                              storage=StorageType.FILE, max_age=3600,
