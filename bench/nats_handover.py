@@ -12,6 +12,7 @@ fresh 3-node cluster (gridhub/services/nats.py, accounts from `accounts_conf`, f
                  stream (the stream a device's PUBACK waits for), filtered to `$MQTT.msgs.<prefix>.part.<k>.>`,
                  explicit acks after recording, fetched in batches of 100; the stream leader node is killed with
                  SIGKILL halfway (--no-kill: not).
+  jetstream_sourced  the same consumers on a limits-retention R3 stream that sources `$MQTT_msgs` (`SOURCED`).
 
 Besides the handed-over consumers, `--steady` (default mqtt) runs a second consumer a partition on the same subjects
 that is never handed over, as alerts' sessions sit beside ingest's in the hub: a persistent MQTT session, a durable
@@ -20,27 +21,39 @@ published - received (after nothing new arrived for --settle s; the gateway's ac
 holder also reads the devices' unmapped subjects, as the hub does: nats-server 2.9.10 stores some QoS 1 publishes
 unmapped (seen: a few in every run). JSON on stdout, progress on stderr.
 
-Measured here (nats-server 2.9.10, 2 cores shared, 16 devices, P = 2, 20-30 handovers with 0.6 s between stop and
-start, ~1,000 PUBACKed msg/s; one run each):
+Measured here (nats-server 2.9.10, 2 cores shared, 16 devices, P = 2, 20-30 handovers 1-2.6 s apart with 0.6 s
+between stop and start, ~800-1,400 PUBACKed msg/s; each line one run):
 
-  consumers on the partition subjects                 handovers  published  lost (handed over / steady)
-  one MQTT session a partition                           30        61,186    0
-  MQTT session + steady MQTT session                     20        35,403    520 / 0      <- issue 15's loss
-  MQTT session + steady MQTT session                      0        19,546    0 / 0
-  pull consumer                                          20        43,564    0
-  pull consumer, SIGKILL of the stream leader            20        39,996    0 (100 duplicates)
-  pull consumer + steady MQTT session                    20        31,730    821 / 4
-  pull consumer + steady pull consumer                   20        35,599    746 / 210
-  pull consumer + steady pull consumer                    0        17,817    260 / 244
+  handed-over consumers     + steady consumer   handovers  SIGKILL  published  lost (handed over / steady)  dups
+  MQTT session              none                   30        -       61,186    0                              149
+  MQTT session              MQTT session           20        -       35,403    520 / 0                        225
+  MQTT session              MQTT session           20        -       30,923    993 / 0                        200
+  MQTT session              MQTT session            0        -       19,546    0 / 0                            0
+  pull on $MQTT_msgs        none                   20        -       43,564    0                                0
+  pull on $MQTT_msgs        none                   20      leader    39,996    0                              100
+  pull on $MQTT_msgs        MQTT session           20        -       31,730    821 / 4                          0
+  pull on $MQTT_msgs        MQTT session           20      leader    27,018    276 / 43                         0
+  pull on $MQTT_msgs        pull                   20        -       35,599    746 / 210                        0
+  pull on $MQTT_msgs        pull                    0        -       17,817    260 / 244                        0
+  pull on sourced stream    pull                   20        -       31,105    0 / 0                            0
+  pull on sourced stream    pull                   20      leader    22,283    57 / 57 (one block)              0
+  pull on sourced stream    pull                   20      leader    23,743    0 / 0                           32
+  pull on sourced stream    pull                   20      leader    28,679    311 / 311 (one block)            0
+
+(SIGKILL: of `$MQTT_msgs`' leader node, halfway; publishers and consumers on the other two nodes.)
 
 `$MQTT_msgs` (in DEVICES): subjects `$MQTT.msgs.>`, retention **interest**, R3, file storage. An extra durable
 consumer is allowed (a user in DEVICES with the JetStream API on that stream: `js_permissions`) and holds messages
-until it acknowledges them: alone, it kept every PUBACKed message across handovers and a SIGKILL of the stream
-leader. But as soon as two consumers cover the same messages, the stream loses messages that one of them has not
-acknowledged: a handed-over MQTT session beside another, and two pull consumers even without any handover. So the
-loss is the interest retention of the gateway's stream with more than one consumer a message, not MQTT as such;
-switching the hub's parts to pull consumers on `$MQTT_msgs` does not make them at-least-once while ingest and
-alerts both read each message.
+until it acknowledges them: as the only consumer on its messages it kept every PUBACKed message across handovers and
+a SIGKILL of the stream leader. But as soon as two consumers cover the same messages, the interest stream drops
+messages one of them has not acknowledged: a handed-over MQTT session beside a steady one (the loss of issue 15:
+ingest's and alerts' sessions read the same subjects), and two pull consumers even without any handover. So the
+loss is the gateway stream's interest retention with more than one consumer a message, not MQTT as such, and pull
+consumers on `$MQTT_msgs` do not fix it while ingest and alerts both read each message. `jetstream_sourced` (a
+limits-retention R3 stream `GRIDHUB_DEVICES` sourcing `$MQTT_msgs`' device subjects, the consumers on it) kept
+everything across handovers with two consumer sets, but lost one contiguous block of PUBACKed messages (both sets
+alike: it never reached the sourced stream) in 2 of 3 SIGKILLs of `$MQTT_msgs`' leader: the source is no
+at-least-once path on 2.9.10 either.
 
 A stored message, as the pull consumer gets it: subject `$MQTT.msgs.<topic with '/' as '.'>` after the account's
 mapping (`$MQTT.msgs.gridhub.v1.part.0.devices.<id>.telemetry`; unmapped ones `$MQTT.msgs.gridhub.v1.devices.<id>.
