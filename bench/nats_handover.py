@@ -31,6 +31,7 @@ between stop and start, ~800-1,400 PUBACKed msg/s; each line one run):
   MQTT session              MQTT session            0        -       19,546    0 / 0                            0
   pull on $MQTT_msgs        none                   20        -       43,564    0                                0
   pull on $MQTT_msgs        none                   20      leader    39,996    0                              100
+  pull on $MQTT_msgs        none                   20      leader    36,138    0                                3
   pull on $MQTT_msgs        MQTT session           20        -       31,730    821 / 4                          0
   pull on $MQTT_msgs        MQTT session           20      leader    27,018    276 / 43                         0
   pull on $MQTT_msgs        pull                   20        -       35,599    746 / 210                        0
