@@ -73,6 +73,7 @@ demo: services
 	$(BIN)/gridhub demo
 
 bench: services test-data
+	$(BIN)/pip install -q -e '.[test,embedded,bench]'
 	@for b in bench/[!_]*.py; do echo "== $$b" >&2; $(BIN)/python $$b || exit 1; done
 
 clean:
