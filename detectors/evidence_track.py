@@ -184,8 +184,8 @@ class Evidence:
 
     def held(self, min_blocked_s: float, fg_long: np.ndarray) -> np.ndarray:
         """ROI pixels that have differed for ``min_blocked_s``, stood still for a good part of it, are not
-        being judged and still differ now (or next to a pixel that does: evidence fading on bare floor
-        raises nothing)."""
+        being judged and lie on or next to a pixel of ``fg_long`` (the caller passes what stands still now:
+        evidence fading on bare floor, or crossed by people as it fades, raises nothing)."""
         t = self.tuning
         held = (
             self.geometry.roi

@@ -267,7 +267,9 @@ class ExitDetector:
             people.update(frame, fg_long, still, ev.still, (ev.age > 0) | (ev.still > 0), min_px, settle_s, ts_ms)
 
         # the route's state
-        held = ev.held(self.config.min_blocked_s, fg_long) & ~people.mask
+        # held evidence must stand still now (or lie next to what does): people crossing the place an object
+        # left differ from the clear scene there while its evidence fades, but they move
+        held = ev.held(self.config.min_blocked_s, still) & ~people.mask
         # a person found standing is occupancy from then on, even before occupancy_min_s
         present = ev.present(fg_long) | (people.mask & fg_long & self._geometry.roi)
         self.last_masks = {
