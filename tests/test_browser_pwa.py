@@ -282,7 +282,8 @@ def test_actions_note_and_photo_taken_offline_are_replayed_in_order(browser: Any
         page.locator("[data-testid=outbox][data-count='0']").wait_for(state="attached", timeout=WAIT_MS)
         back_online = datetime.now().astimezone()
         page.locator(f"[data-task-id='{task_id}'][data-state=accepted]").wait_for(timeout=WAIT_MS)
-        assert page.locator(f"[data-task-id='{task_id}'] [data-testid=pending]").count() == 0
+        # the card's "待发送" badge goes once the card is drawn again from the hub's answer (a state, waited for)
+        page.locator(f"[data-task-id='{task_id}'] [data-testid=pending]").wait_for(state="detached", timeout=WAIT_MS)
         steps = hub.task(task_id)["history"]
         mine = [s for s in steps if s["actor"] == "w-001"]
         assert [s["action"] for s in mine] == ["accept", "comment", "photo"]
