@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from detector_support import play
 
 from gridhub.detectors.config import CameraConfig, CameraConfigError, load_camera_config
 from gridhub.detectors.evidence import render_evidence
@@ -28,15 +29,7 @@ from gridhub.simulators.scenes import (
 def run(scene: Scene) -> tuple[list[DetectionEvent], list[dict[str, object]]]:
     """Every frame through JPEG and the detector, as the hub does; the events and the lines."""
     det = ExitDetector(CameraConfig.model_validate(scene.camera_config()))
-    events: list[DetectionEvent] = []
-    lines = []
-    for ts, data in scene.jpeg_frames():
-        frame = decode_frame(data)
-        assert frame is not None
-        res = det.process(frame, ts)
-        events.extend(res.events)
-        lines.append(res.line())
-    return events, lines
+    return play(det, scene)
 
 
 def types(events: list[DetectionEvent]) -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from detector_support import play
 from footage import Clip, vtest, vtest_person_crops
 
 from gridhub.detectors.config import CameraConfig
@@ -133,15 +134,7 @@ def test_person_crops_are_people_with_masks_not_boxes(crops: list[PersonCrop]) -
 
 def run(scene: Scene, tuning: Tuning | None = None) -> tuple[list[DetectionEvent], list[dict[str, object]]]:
     det = ExitDetector(CameraConfig.model_validate(scene.camera_config()), tuning)
-    events: list[DetectionEvent] = []
-    lines = []
-    for ts, data in scene.jpeg_frames():
-        frame = decode_frame(data)
-        assert frame is not None
-        res = det.process(frame, ts)
-        events.extend(res.events)
-        lines.append(res.line())
-    return events, lines
+    return play(det, scene)
 
 
 @pytest.mark.parametrize(("seed", "min_blocked_s", "interval_s"), [(31, 60.0, 2.0), (32, 10.0, 1.0), (33, 30.0, 5.0)])

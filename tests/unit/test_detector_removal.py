@@ -7,8 +7,10 @@ long stay would still be fading."""
 
 from __future__ import annotations
 
+from detector_support import play
+
 from gridhub.detectors.config import CameraConfig
-from gridhub.detectors.model import DetectionEvent, ExitDetector, decode_frame
+from gridhub.detectors.model import DetectionEvent, ExitDetector
 from gridhub.simulators.scenes import TUNING_SEEDS, LightEvent, Obstacle, Scene, generate_scene
 
 PLACED_S, REMOVED_S = 40.0, 160.0
@@ -28,15 +30,7 @@ def removal_scene(seed: int, min_blocked_s: float) -> Scene:
 
 def run(scene: Scene, min_clear_s: float) -> tuple[ExitDetector, list[DetectionEvent], list[dict[str, object]]]:
     det = ExitDetector(CameraConfig.model_validate(dict(scene.camera_config(), min_clear_s=min_clear_s)))
-    events: list[DetectionEvent] = []
-    lines = []
-    for ts, data in scene.jpeg_frames():
-        frame = decode_frame(data)
-        assert frame is not None
-        res = det.process(frame, ts)
-        events.extend(res.events)
-        lines.append(res.line())
-    return det, events, lines
+    return (det, *play(det, scene))
 
 
 def at(scene: Scene, ts_ms: int) -> float:
