@@ -10,7 +10,6 @@ packet larger than `MAX_PACKET_SIZE` disconnects its sender before the broker re
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import shutil
@@ -32,6 +31,7 @@ from gridhub.services.process import (
     read_pid,
     require_free_port,
     tail,
+    terminate,
     user_can_reach,
     user_exists,
     wait_until,
@@ -154,12 +154,7 @@ class BrokerFiles:
     def _terminate(self, pid: int | None, name: str, timeout: float) -> None:
         if pid is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        if not wait_until(lambda: not pid_alive(pid, name), timeout):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            wait_until(lambda: not pid_alive(pid, name), 5)
+        terminate(pid, timeout, name)
         self.pid_file.unlink(missing_ok=True)
 
 

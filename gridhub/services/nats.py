@@ -11,7 +11,6 @@ pid file; `stop()` ends exactly the processes those files name.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import hashlib
 import hmac
@@ -38,6 +37,7 @@ from gridhub.services.process import (
     port_open,
     read_pid,
     tail,
+    terminate,
     wait_until,
     write_private,
 )
@@ -511,11 +511,7 @@ class NatsCluster:
     def stop_node(self, node: NatsNode, timeout: float = 15) -> None:
         pid = self.pid(node)
         if pid is not None:
-            os.kill(pid, signal.SIGTERM)
-            if not wait_until(lambda: not pid_alive(pid), timeout, 0.1):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                wait_until(lambda: not pid_alive(pid), 5, 0.05)
+            terminate(pid, timeout)
         self.pid_file(node).unlink(missing_ok=True)
 
     def stop(self) -> None:

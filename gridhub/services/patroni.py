@@ -13,12 +13,9 @@ processes those files name.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -40,6 +37,7 @@ from gridhub.services.process import (
     port_open,
     read_pid,
     tail,
+    terminate,
     user_exists,
     wait_until,
     write_private,
@@ -98,15 +96,6 @@ def free_layout() -> Layout:
     """Ports that are free now (for tests)."""
     return Layout([EtcdMember(f"e{i + 1}", free_port(), free_port()) for i in range(3)],
                   [PgNode(f"pg{j + 1}", free_port(), free_port()) for j in range(2)])
-
-
-def _stop_pid(pid: int, timeout: float) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    if not wait_until(lambda: not pid_alive(pid), timeout, 0.1):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: not pid_alive(pid), 5, 0.05)
 
 
 class PatroniCluster:
@@ -357,15 +346,15 @@ class PatroniCluster:
         for n in self.layout.nodes:
             pid = self.patroni_pid(n)
             if pid is not None:
-                _stop_pid(pid, timeout)
+                terminate(pid, timeout)
             (self.node_dir(n) / "patroni.pid").unlink(missing_ok=True)
             postmaster = self.postmaster_pid(n)
             if postmaster is not None:  # Patroni was killed and left its postgres behind
-                _stop_pid(postmaster, timeout)
+                terminate(postmaster, timeout)
         for m in self.layout.etcd:
             pid = self.etcd_pid(m)
             if pid is not None:
-                _stop_pid(pid, 15)
+                terminate(pid, 15)
             (self.etcd_dir(m) / "etcd.pid").unlink(missing_ok=True)
 
     # --- Patroni's REST API -------------------------------------------------------------------------------------

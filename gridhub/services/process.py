@@ -9,6 +9,7 @@ import fcntl
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -182,6 +183,17 @@ def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.05
         time.sleep(interval)
     return check()
 
+
+
+def terminate(pid: int, timeout: float, name: str | None = None) -> None:
+    """SIGTERM to `pid`, SIGKILL when it still runs (as `name`, when given) after `timeout`; returns once it is gone
+    (or 5 s after the SIGKILL). A process already gone is fine."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if not wait_until(lambda: not pid_alive(pid, name), timeout, 0.1):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(pid, name), 5)
 
 @contextlib.contextmanager
 def locked(lock_file: Path) -> Iterator[None]:
